@@ -1,0 +1,324 @@
+//! Connection tracking: the flow tuple, the table entry and the TCP state
+//! machine, as pure functions the BPF programs and host tests share.
+//!
+//! A translated flow owns two entries in one LRU map. The *original* entry is
+//! keyed by the tuple of the first packet and holds state, timestamps and
+//! counters. The *reply* entry is keyed by the tuple replies carry. Each entry
+//! stores the tuple its packets are rewritten to (`xlat`), and the two are
+//! mirror images: `reply key = orig.xlat.reversed()` and
+//! `reply.xlat = orig key.reversed()`, so either entry finds its partner
+//! without storing it.
+
+/// A flow tuple as it appears in a packet. Network byte order. For ICMP echo
+/// the identifier stands in for a port: a request carries it as `sport`
+/// (`dport` 0), a reply as `dport` (`sport` 0), so a request's reversed tuple
+/// is its reply's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    pub const fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `CtEntry::dir`.
+pub const DIR_ORIG: u8 = 0;
+pub const DIR_REPLY: u8 = 1;
+
+/// `CtEntry::nat`: which translation created the flow.
+pub const NAT_DNAT: u8 = 1;
+pub const NAT_SNAT: u8 = 2;
+
+pub const fn nat_name(nat: u8) -> &'static str {
+    match nat {
+        NAT_DNAT => "dnat",
+        NAT_SNAT => "snat",
+        _ => "none",
+    }
+}
+
+/// One conntrack table entry. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+/// Only the original entry's state, times and counters are maintained; the
+/// reply entry forwards to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub xlat: FlowKey,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// Indexed by direction: `[DIR_ORIG]`, `[DIR_REPLY]`.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub dir: u8,
+    /// A [`CtState`] value.
+    pub state: u8,
+    pub nat: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Flow states. One numbering for every protocol so a single timeout table
+/// indexed by state serves them all.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtState {
+    None = 0,
+    SynSent = 1,
+    SynRecv = 2,
+    Established = 3,
+    /// The original direction sent FIN.
+    FinOrig = 4,
+    /// The reply direction sent FIN.
+    FinReply = 5,
+    /// Both sides sent FIN.
+    TimeWait = 6,
+    /// RST seen.
+    Close = 7,
+    UdpUnreplied = 8,
+    UdpReplied = 9,
+    Icmp = 10,
+}
+
+pub const STATE_COUNT: usize = 11;
+
+impl CtState {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::SynSent,
+            2 => Self::SynRecv,
+            3 => Self::Established,
+            4 => Self::FinOrig,
+            5 => Self::FinReply,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::UdpUnreplied,
+            9 => Self::UdpReplied,
+            10 => Self::Icmp,
+            _ => Self::None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::Established => "ESTABLISHED",
+            Self::FinOrig => "FIN_WAIT",
+            Self::FinReply => "CLOSE_WAIT",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::UdpUnreplied => "UNREPLIED",
+            Self::UdpReplied => "REPLIED",
+            Self::Icmp => "ICMP",
+        }
+    }
+}
+
+/// Default timeouts in seconds, indexed by state: netfilter's defaults
+/// (`nf_conntrack_tcp_timeout_*`, `nf_conntrack_udp_timeout{,_stream}`,
+/// `nf_conntrack_icmp_timeout`), so flows live as long as users expect.
+pub const DEFAULT_TIMEOUTS: [u32; STATE_COUNT] = [
+    0,       // None
+    120,     // SynSent
+    60,      // SynRecv
+    432_000, // Established (5 days)
+    120,     // FinOrig (FIN_WAIT)
+    60,      // FinReply (CLOSE_WAIT)
+    120,     // TimeWait
+    10,      // Close
+    30,      // UdpUnreplied
+    120,     // UdpReplied
+    30,      // Icmp
+];
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// State of a TCP flow after a packet with `flags` in direction `dir`.
+///
+/// A simplified netfilter machine: no window tracking, and like
+/// `nf_conntrack_tcp_loose=1` a mid-stream packet of an unknown flow is
+/// picked up as established (see [`tcp_initial`]).
+pub const fn tcp_next(state: CtState, dir: u8, flags: u8) -> CtState {
+    use CtState::*;
+    if flags & TCP_RST != 0 {
+        return Close;
+    }
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    let fin = flags & TCP_FIN != 0;
+    if syn && !ack && dir == DIR_ORIG {
+        // A fresh SYN restarts a finished flow with the same tuple (port reuse).
+        return match state {
+            None | SynSent | TimeWait | Close => SynSent,
+            other => other,
+        };
+    }
+    if syn && ack && dir == DIR_REPLY {
+        return match state {
+            SynSent => SynRecv,
+            other => other,
+        };
+    }
+    if fin {
+        return match (state, dir) {
+            (Established | SynRecv, DIR_ORIG) => FinOrig,
+            (Established | SynRecv, _) => FinReply,
+            (FinOrig, DIR_REPLY) | (FinReply, DIR_ORIG) => TimeWait,
+            (other, _) => other,
+        };
+    }
+    match state {
+        SynRecv if ack && dir == DIR_ORIG => Established,
+        other => other,
+    }
+}
+
+/// State of a flow created by its first packet.
+pub const fn initial_state(proto: u8, tcp_flags: u8) -> CtState {
+    match proto {
+        crate::IPPROTO_TCP => tcp_initial(tcp_flags),
+        crate::IPPROTO_UDP => CtState::UdpUnreplied,
+        _ => CtState::Icmp,
+    }
+}
+
+const fn tcp_initial(flags: u8) -> CtState {
+    if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        CtState::SynSent
+    } else if flags & TCP_RST != 0 {
+        CtState::Close
+    } else {
+        CtState::Established
+    }
+}
+
+/// State after any packet of a tracked flow.
+pub const fn next_state(proto: u8, state: CtState, dir: u8, tcp_flags: u8) -> CtState {
+    match proto {
+        crate::IPPROTO_TCP => tcp_next(state, dir, tcp_flags),
+        crate::IPPROTO_UDP if dir == DIR_REPLY => CtState::UdpReplied,
+        _ => state,
+    }
+}
+
+/// Whether an entry last seen at `last_seen_ns` has outlived its state's timeout.
+pub const fn expired(
+    timeouts: &[u32; STATE_COUNT],
+    state: u8,
+    last_seen_ns: u64,
+    now_ns: u64,
+) -> bool {
+    let idx = state as usize;
+    let secs = if idx < STATE_COUNT { timeouts[idx] } else { 0 };
+    now_ns.saturating_sub(last_seen_ns) > secs as u64 * 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CtState::*;
+    use super::*;
+
+    #[test]
+    fn three_way_handshake_establishes() {
+        let s = tcp_initial(TCP_SYN);
+        assert_eq!(s, SynSent);
+        let s = tcp_next(s, DIR_REPLY, TCP_SYN | TCP_ACK);
+        assert_eq!(s, SynRecv);
+        let s = tcp_next(s, DIR_ORIG, TCP_ACK);
+        assert_eq!(s, Established);
+    }
+
+    #[test]
+    fn fin_from_both_sides_reaches_time_wait() {
+        let s = tcp_next(Established, DIR_REPLY, TCP_FIN | TCP_ACK);
+        assert_eq!(s, FinReply);
+        assert_eq!(tcp_next(s, DIR_REPLY, TCP_ACK), FinReply);
+        assert_eq!(tcp_next(s, DIR_ORIG, TCP_FIN | TCP_ACK), TimeWait);
+        let s = tcp_next(Established, DIR_ORIG, TCP_FIN);
+        assert_eq!(tcp_next(s, DIR_REPLY, TCP_FIN), TimeWait);
+    }
+
+    #[test]
+    fn rst_closes_from_any_state() {
+        for s in [SynSent, SynRecv, Established, FinOrig, TimeWait] {
+            assert_eq!(tcp_next(s, DIR_REPLY, TCP_RST | TCP_ACK), Close);
+        }
+    }
+
+    #[test]
+    fn new_syn_restarts_a_finished_flow_but_not_a_live_one() {
+        assert_eq!(tcp_next(TimeWait, DIR_ORIG, TCP_SYN), SynSent);
+        assert_eq!(tcp_next(Close, DIR_ORIG, TCP_SYN), SynSent);
+        assert_eq!(tcp_next(Established, DIR_ORIG, TCP_SYN), Established);
+    }
+
+    #[test]
+    fn midstream_pickup_is_established() {
+        assert_eq!(initial_state(crate::IPPROTO_TCP, TCP_ACK), Established);
+        assert_eq!(initial_state(crate::IPPROTO_UDP, 0), UdpUnreplied);
+        assert_eq!(initial_state(crate::IPPROTO_ICMP, 0), Icmp);
+    }
+
+    #[test]
+    fn udp_reply_marks_replied() {
+        assert_eq!(
+            next_state(crate::IPPROTO_UDP, UdpUnreplied, DIR_REPLY, 0),
+            UdpReplied
+        );
+        assert_eq!(
+            next_state(crate::IPPROTO_UDP, UdpUnreplied, DIR_ORIG, 0),
+            UdpUnreplied
+        );
+    }
+
+    #[test]
+    fn expiry_follows_the_state_timeout() {
+        let t = DEFAULT_TIMEOUTS;
+        let s = 1_000_000_000u64;
+        assert!(!expired(&t, UdpUnreplied as u8, 0, 30 * s));
+        assert!(expired(&t, UdpUnreplied as u8, 0, 31 * s));
+        assert!(!expired(&t, Established as u8, 0, 31 * s));
+        assert!(expired(&t, 200, 0, 1));
+    }
+
+    #[test]
+    fn reversal_round_trips() {
+        let k = FlowKey {
+            saddr: 1,
+            daddr: 2,
+            sport: 3,
+            dport: 4,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        assert_eq!(k.reversed().reversed(), k);
+        assert_eq!(k.reversed().saddr, 2);
+        assert_eq!(k.reversed().sport, 4);
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for v in 0..STATE_COUNT as u8 {
+            assert_eq!(CtState::from_u8(v) as u8, v);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Why a packet was passed, dropped or translated: one enumeration for the
+//! datapath's per-CPU counters and for `netbr stats`.
+
+/// Index into the per-CPU counter array. Drops are named `Drop*`; every drop
+/// in the datapath increments exactly one of them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged): passed untouched.
+    PassNotIpv4 = 0,
+    /// Protocol netbr does not translate (or an ICMP type it does not track).
+    PassUntrackedProto,
+    /// IPv4 fragment: passed untouched.
+    PassFragment,
+    /// Matched no flow and no mapping: passed untouched.
+    PassNoMatch,
+    /// The datapath has no configuration yet.
+    PassNotConfigured,
+    DnatNew,
+    SnatNew,
+    /// A packet of a tracked flow was translated.
+    Translated,
+    /// A tracked entry had outlived its timeout when looked up.
+    CtExpired,
+    DropTruncated,
+    DropBadHeader,
+    /// Every SNAT source port tried was taken.
+    DropSnatExhausted,
+    /// The conntrack table refused an insert.
+    DropCtInsert,
+    /// A packet rewrite helper failed; the packet may be half-rewritten.
+    DropRewrite,
+}
+
+pub const REASON_COUNT: u32 = 14;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassUntrackedProto,
+        Reason::PassFragment,
+        Reason::PassNoMatch,
+        Reason::PassNotConfigured,
+        Reason::DnatNew,
+        Reason::SnatNew,
+        Reason::Translated,
+        Reason::CtExpired,
+        Reason::DropTruncated,
+        Reason::DropBadHeader,
+        Reason::DropSnatExhausted,
+        Reason::DropCtInsert,
+        Reason::DropRewrite,
+    ];
+
+    /// Stable name for `netbr stats` and its JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassUntrackedProto => "pass_untracked_proto",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNoMatch => "pass_no_match",
+            Reason::PassNotConfigured => "pass_not_configured",
+            Reason::DnatNew => "dnat_new",
+            Reason::SnatNew => "snat_new",
+            Reason::Translated => "translated",
+            Reason::CtExpired => "ct_expired",
+            Reason::DropTruncated => "drop_truncated",
+            Reason::DropBadHeader => "drop_bad_header",
+            Reason::DropSnatExhausted => "drop_snat_exhausted",
+            Reason::DropCtInsert => "drop_ct_insert",
+            Reason::DropRewrite => "drop_rewrite",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropTruncated
+                | Reason::DropBadHeader
+                | Reason::DropSnatExhausted
+                | Reason::DropCtInsert
+                | Reason::DropRewrite
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_in_index_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{}", r.name());
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Map names, pin names and the Pod types stored in the maps.
+
+/// Map names as they appear in the object file and under the pin directory.
+/// Kernel object names are cut at 15 characters; these stay well below.
+pub const MAP_CONFIG: &str = "NB_CFG";
+pub const MAP_MAPPINGS: &str = "NB_MAPS";
+pub const MAP_CONNTRACK: &str = "NB_CT4";
+pub const MAP_LOCAL_ADDRS: &str = "NB_LOCAL";
+pub const MAP_ENDPOINTS: &str = "NB_EP";
+pub const MAP_COUNTERS: &str = "NB_CNT";
+
+/// Every map the loader pins, in one list so attach and detach agree.
+pub const PINNED_MAPS: [&str; 6] = [
+    MAP_CONFIG,
+    MAP_MAPPINGS,
+    MAP_CONNTRACK,
+    MAP_LOCAL_ADDRS,
+    MAP_ENDPOINTS,
+    MAP_COUNTERS,
+];
+
+/// Program names (ELF symbol names) and the hook each one is attached to.
+pub const PROG_UPLINK_INGRESS: &str = "nb_up_in";
+pub const PROG_UPLINK_EGRESS: &str = "nb_up_out";
+pub const PROG_BRIDGE_INGRESS: &str = "nb_br_in";
+
+/// Root of every netbr pin directory; each (network namespace, bridge) pair
+/// gets `<netns inode>-<bridge>` below it.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/netbr";
+
+/// Bumped whenever a pinned map's key or value layout changes, so an `attach`
+/// of a newer binary can tell that pinned maps were written by an older one.
+pub const LAYOUT_VERSION: u32 = 1;
+
+pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
+pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
+pub const LOCAL_ADDRS_MAX_ENTRIES: u32 = 256;
+pub const ENDPOINTS_MAX_ENTRIES: u32 = 4_096;
+
+/// Key of the published-port map: "traffic for `proto` to `addr:port` goes to
+/// a container". `addr` 0 means every local address of the host (Docker's
+/// `-p 8080:80` without a host IP). Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MappingKey {
+    pub proto: u8,
+    pub _pad: u8,
+    pub port: u16,
+    pub addr: u32,
+}
+
+/// Value of the published-port map: where the traffic is translated to.
+/// Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MappingTarget {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+pub const ENDPOINT_NAME_MAX: usize = 64;
+pub const ENDPOINT_NETNS_MAX: usize = 104;
+/// `Endpoint::flags`: netbr created the named namespace and removes it on `rm`.
+pub const ENDPOINT_OWNS_NETNS: u16 = 1;
+
+/// Value of the endpoint map, keyed by the container's IPv4 address (network
+/// byte order). Names are NUL-padded UTF-8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host-side veth, enslaved to the bridge.
+    pub host_ifindex: u32,
+    /// MAC address of the container's eth0.
+    pub mac: [u8; 6],
+    pub flags: u16,
+    pub name: [u8; ENDPOINT_NAME_MAX],
+    /// Path of the container's network namespace.
+    pub netns: [u8; ENDPOINT_NETNS_MAX],
+}
+
+/// Datapath configuration, one entry in an array map. Addresses are network
+/// byte order; ports, counts and timeouts are host byte order because only
+/// arithmetic uses them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// u32 flag instead of bool so the type has no invalid bit patterns;
+    /// 0 means "not attached yet": the programs touch nothing.
+    pub configured: u32,
+    pub layout_version: u32,
+    pub uplink_ifindex: u32,
+    pub bridge_ifindex: u32,
+    pub uplink_addr: u32,
+    pub gateway_addr: u32,
+    pub subnet_addr: u32,
+    pub subnet_mask: u32,
+    /// Source ports the SNAT allocator picks from, inclusive.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// The host's own ephemeral range (`ip_local_port_range`): a container's
+    /// source port inside it is never kept, since a host socket may own it.
+    pub host_port_min: u16,
+    pub host_port_max: u16,
+    /// Seconds, indexed by [`crate::conntrack::CtState`] value.
+    pub timeouts: [u32; crate::conntrack::STATE_COUNT],
+    pub _pad: u32,
+}
+
+impl Config {
+    pub const fn in_subnet(&self, addr_be: u32) -> bool {
+        addr_be & self.subnet_mask == self.subnet_addr
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), Copy, has explicit padding and no
+    // invalid bit patterns.
+    unsafe impl aya::Pod for super::MappingKey {}
+    unsafe impl aya::Pod for super::MappingTarget {}
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for crate::conntrack::FlowKey {}
+    unsafe impl aya::Pod for crate::conntrack::CtEntry {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn pod_layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<MappingKey>(), 8);
+        assert_eq!(size_of::<MappingTarget>(), 8);
+        assert_eq!(size_of::<Endpoint>(), 4 + 6 + 2 + 64 + 104);
+        assert_eq!(
+            size_of::<Config>(),
+            8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4
+        );
+    }
+
+    #[test]
+    fn subnet_membership_uses_network_order() {
+        let cfg = Config {
+            configured: 1,
+            layout_version: LAYOUT_VERSION,
+            uplink_ifindex: 0,
+            bridge_ifindex: 0,
+            uplink_addr: 0,
+            gateway_addr: 0,
+            subnet_addr: u32::from_ne_bytes([172, 30, 0, 0]),
+            subnet_mask: u32::from_ne_bytes([255, 255, 0, 0]),
+            snat_port_min: 0,
+            snat_port_max: 0,
+            host_port_min: 0,
+            host_port_max: 0,
+            timeouts: [0; crate::conntrack::STATE_COUNT],
+            _pad: 0,
+        };
+        assert!(cfg.in_subnet(u32::from_ne_bytes([172, 30, 9, 3])));
+        assert!(!cfg.in_subnet(u32::from_ne_bytes([172, 31, 0, 3])));
+    }
+}
