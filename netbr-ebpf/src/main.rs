@@ -1,2 +1,59 @@
+//! netbr's datapath. Entry points stay thin: each runs its hook and turns
+//! the outcome into a counter and a verdict.
 #![no_std]
 #![no_main]
+
+mod conntrack;
+mod counters;
+mod hooks;
+mod maps;
+mod nat;
+mod parse;
+mod rewrite;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
+use netbr_common::counters::Reason;
+
+/// Counts the outcome; drops become `TC_ACT_SHOT`, everything else
+/// `TC_ACT_UNSPEC` (TCX_NEXT), so programs attached after ours still run.
+#[inline(always)]
+fn verdict(outcome: Result<Reason, Reason>) -> i32 {
+    let reason = match outcome {
+        Ok(r) | Err(r) => r,
+    };
+    counters::count(reason);
+    if reason.is_drop() {
+        TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_UNSPEC
+    }
+}
+
+#[classifier]
+pub fn nb_up_in(ctx: TcContext) -> i32 {
+    verdict(hooks::uplink_ingress(&ctx))
+}
+
+#[classifier]
+pub fn nb_up_out(ctx: TcContext) -> i32 {
+    verdict(hooks::uplink_egress(&ctx))
+}
+
+#[classifier]
+pub fn nb_br_in(ctx: TcContext) -> i32 {
+    verdict(hooks::bridge_ingress(&ctx))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,13 @@
+//! netbr's loader: Docker-style bridge networking whose NAT runs in eBPF.
+//! The `netbr` binary is a thin shell over [`cli`]; tests and the demo use
+//! the same modules.
+
+pub mod addr;
+pub mod bpf;
+pub mod cli;
+pub mod cmd;
+pub mod netlink;
+pub mod netns;
+pub mod probe;
+pub mod sandbox;
+pub mod sysctl;

@@ -1,0 +1,119 @@
+//! The conntrack table: lookup with expiry, flow creation, accounting.
+//! Layout and invariants are described in `netbr_common::conntrack`.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use netbr_common::{
+    conntrack::{expired, next_state, CtEntry, CtState, FlowKey, DIR_ORIG, DIR_REPLY},
+    counters::Reason,
+    maps::Config,
+};
+
+use crate::{
+    counters::count,
+    maps::{CONNTRACK, SCRATCH},
+};
+
+/// A tracked flow as seen by one packet: the entry its tuple matched, and the
+/// original entry that holds the flow's state (the same one for DIR_ORIG).
+pub struct Flow {
+    pub entry: *mut CtEntry,
+    pub orig: *mut CtEntry,
+}
+
+/// Finds the live flow `key` belongs to. Entries whose partner is gone (LRU
+/// eviction takes one entry at a time) or whose state timed out are removed
+/// here, so expiry needs no garbage collector.
+#[inline(always)]
+pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a map value pointer stays valid for the program's run.
+    let e = unsafe { &*entry };
+    let orig_key = e.xlat.reversed();
+    let orig = if e.dir == DIR_ORIG {
+        entry
+    } else {
+        match CONNTRACK.get_ptr_mut(&orig_key) {
+            Some(orig) => orig,
+            None => {
+                let _ = CONNTRACK.remove(key);
+                return None;
+            }
+        }
+    };
+    // SAFETY: as above.
+    let o = unsafe { &*orig };
+    if expired(&cfg.timeouts, o.state, o.last_seen_ns, now) {
+        count(Reason::CtExpired);
+        let (orig_key, reply_key) = if e.dir == DIR_ORIG {
+            (*key, e.xlat.reversed())
+        } else {
+            (orig_key, *key)
+        };
+        let _ = CONNTRACK.remove(&orig_key);
+        let _ = CONNTRACK.remove(&reply_key);
+        return None;
+    }
+    Some(Flow { entry, orig })
+}
+
+/// Records a packet of a tracked flow: state transition, counters, last seen.
+#[inline(always)]
+pub fn account(flow: &Flow, proto: u8, tcp_flags: u8, len: u32, now: u64) {
+    // SAFETY: map value pointers from `lookup`, valid for this run. Two CPUs
+    // may race on the counters; they are statistics, not accounting.
+    let (dir, o) = unsafe { ((*flow.entry).dir, &mut *flow.orig) };
+    o.state = next_state(proto, CtState::from_u8(o.state), dir, tcp_flags) as u8;
+    o.last_seen_ns = now;
+    let d = (dir & 1) as usize;
+    o.packets[d] += 1;
+    o.bytes[d] += len as u64;
+}
+
+/// Builds, in per-CPU scratch space, the reply entry of a new flow whose
+/// first packet had tuple `orig`. It is the same whatever the flow is
+/// translated to, so a port search builds it once.
+#[inline(always)]
+pub fn reply_entry(orig: &FlowKey, nat: u8, state: CtState, now: u64) -> Result<&'static mut CtEntry, Reason> {
+    let e = SCRATCH.get_ptr_mut(0).ok_or(Reason::DropCtInsert)?;
+    // SAFETY: per-CPU map value, used by this packet only.
+    let e = unsafe { &mut *e };
+    e.xlat = orig.reversed();
+    e.created_ns = now;
+    e.last_seen_ns = now;
+    e.packets = [0, 0];
+    e.bytes = [0, 0];
+    e.dir = DIR_REPLY;
+    e.state = state as u8;
+    e.nat = nat;
+    e._pad = [0; 5];
+    Ok(e)
+}
+
+/// Claims `reply_key` for a new flow. Inserting with `BPF_NOEXIST` makes the
+/// claim atomic, so two CPUs racing for one SNAT port cannot both win it. A
+/// key held by a dead flow (expired, or its partner evicted) is reclaimed:
+/// `lookup` removes such entries.
+#[inline(always)]
+pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
+    if CONNTRACK.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    lookup(reply_key, cfg, now).is_none()
+        && CONNTRACK.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Completes a flow whose reply entry is claimed: turns the scratch entry
+/// into the original one (rewriting to `xlat`) and inserts it, or releases
+/// the claim if that fails.
+#[inline(always)]
+pub fn insert_orig(orig: &FlowKey, xlat: &FlowKey, entry: &mut CtEntry, len: u32) -> Result<(), Reason> {
+    entry.xlat = *xlat;
+    entry.dir = DIR_ORIG;
+    entry.packets = [1, 0];
+    entry.bytes = [len as u64, 0];
+    if CONNTRACK.insert(orig, &*entry, BPF_ANY as u64).is_err() {
+        let _ = CONNTRACK.remove(&xlat.reversed());
+        return Err(Reason::DropCtInsert);
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The maps, declared once. Pinning is the loader's choice (it pins every map
+//! under the per-bridge directory); tests load them unpinned.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use netbr_common::{
+    conntrack::{CtEntry, FlowKey},
+    counters::REASON_COUNT,
+    maps::{
+        Config, Endpoint, MappingKey, MappingTarget, CT_MAX_ENTRIES_DEFAULT,
+        ENDPOINTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES,
+    },
+};
+
+#[map(name = "NB_CFG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "NB_MAPS")]
+pub static MAPPINGS: HashMap<MappingKey, MappingTarget> =
+    HashMap::with_max_entries(MAPPINGS_MAX_ENTRIES, 0);
+
+/// Sized by the loader (`map_max_entries`); LRU so a full table evicts the
+/// least recently used flow instead of refusing new ones.
+#[map(name = "NB_CT4")]
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
+
+/// IPv4 addresses of the host (network byte order), for Docker's
+/// "published on every local address" (`-m addrtype --dst-type LOCAL`).
+#[map(name = "NB_LOCAL")]
+pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_ADDRS_MAX_ENTRIES, 0);
+
+#[map(name = "NB_EP")]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(ENDPOINTS_MAX_ENTRIES, 0);
+
+#[map(name = "NB_CNT")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Per-CPU room for building a conntrack entry: the 512-byte BPF stack is
+/// shared by the whole call chain, and the SNAT port search (a `bpf_loop`
+/// callback) would not fit with a 72-byte entry on it. Not pinned: nothing in
+/// it outlives one packet.
+#[map(name = "NB_SCRATCH")]
+pub static SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,150 @@
+//! Deciding translations for packets of no known flow: DNAT for published
+//! ports, masquerade for container traffic leaving through the uplink.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_loop};
+use netbr_common::{
+    conntrack::{initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_SNAT},
+    counters::Reason,
+    maps::{Config, MappingKey},
+    snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS},
+    IPPROTO_ICMP,
+};
+
+use crate::{
+    conntrack,
+    maps::{LOCAL_ADDRS, MAPPINGS},
+    parse::Packet,
+};
+
+/// The published mapping for a packet addressed to the host: an exact
+/// `HOSTIP:PORT` mapping first, then a wildcard one when the destination is
+/// one of the host's addresses.
+#[inline(always)]
+fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
+    let mut key = MappingKey {
+        proto,
+        _pad: 0,
+        port,
+        addr,
+    };
+    // SAFETY: read-only copy out of the map value.
+    if let Some(t) = unsafe { MAPPINGS.get(&key) } {
+        return Some((t.addr, t.port));
+    }
+    // SAFETY: as above.
+    unsafe { LOCAL_ADDRS.get(&addr) }?;
+    key.addr = 0;
+    // SAFETY: as above.
+    unsafe { MAPPINGS.get(&key) }.map(|t| (t.addr, t.port))
+}
+
+/// Creates a DNAT flow if the packet is for a published port; `Ok(None)`
+/// when it is not.
+#[inline(always)]
+pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<FlowKey>, Reason> {
+    if pkt.key.proto == IPPROTO_ICMP {
+        return Ok(None);
+    }
+    let Some((addr, port)) = published_target(pkt.key.proto, pkt.key.daddr, pkt.key.dport) else {
+        return Ok(None);
+    };
+    let mut xlat = pkt.key;
+    xlat.daddr = addr;
+    xlat.dport = port;
+    let reply = conntrack::reply_entry(&pkt.key, NAT_DNAT, initial_state(pkt.key.proto, pkt.tcp_flags), now)?;
+    if !conntrack::claim_reply(&xlat.reversed(), reply, cfg, now) {
+        return Err(Reason::DropCtInsert);
+    }
+    conntrack::insert_orig(&pkt.key, &xlat, reply, pkt.len)?;
+    Ok(Some(xlat))
+}
+
+/// Whether masquerade applies: from the bridge subnet to outside it. ICMP
+/// only for echo requests (an echo reply leaving a container answers a flow
+/// someone else started).
+#[inline(always)]
+pub fn wants_snat(pkt: &Packet, cfg: &Config) -> bool {
+    cfg.in_subnet(pkt.key.saddr)
+        && !cfg.in_subnet(pkt.key.daddr)
+        && (pkt.key.proto != IPPROTO_ICMP || pkt.key.sport != 0)
+}
+
+/// State shared with the `bpf_loop` callback that searches a free port.
+struct PortSearch {
+    /// The translated tuple; `sport` is the candidate.
+    xlat: FlowKey,
+    reply: *mut CtEntry,
+    cfg: *const Config,
+    now: u64,
+    seed: u32,
+    found: u32,
+}
+
+/// Claims `xlat.sport` unless it is published or carries a live flow to the
+/// same peer.
+#[inline(always)]
+fn claim_port(xlat: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
+    if xlat.proto != IPPROTO_ICMP && published_target(xlat.proto, cfg.uplink_addr, xlat.sport).is_some() {
+        return false;
+    }
+    conntrack::claim_reply(&xlat.reversed(), reply, cfg, now)
+}
+
+/// One probe of the port search. Run through `bpf_loop` so the verifier
+/// checks this body once instead of once per attempt: an unrolled search
+/// blew through the 1M-instruction verification budget.
+extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the PortSearch on snat_new_flow's stack, and `cfg`
+    // points at the config map value, both alive for this bpf_loop call.
+    let s = unsafe { &mut *(ctx as *mut PortSearch) };
+    let (cfg, reply) = unsafe { (&*s.cfg, &*s.reply) };
+    let port = snat_candidate(s.seed, attempt as u32, cfg.snat_port_min, cfg.snat_port_max);
+    s.xlat.sport = port.to_be();
+    if claim_port(&s.xlat, reply, cfg, s.now) {
+        s.found = 1;
+        return 1;
+    }
+    0
+}
+
+/// Creates a masquerade flow: source becomes the uplink address; the source
+/// port is kept when free and outside the host's ephemeral range, otherwise
+/// drawn from the SNAT range, never a published host port.
+#[inline(always)]
+pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Reason> {
+    let reply = conntrack::reply_entry(&pkt.key, NAT_SNAT, initial_state(pkt.key.proto, pkt.tcp_flags), now)?;
+    let mut search = PortSearch {
+        xlat: pkt.key,
+        reply,
+        cfg,
+        now,
+        // SAFETY: the helper has no preconditions.
+        seed: unsafe { bpf_get_prandom_u32() },
+        found: 0,
+    };
+    search.xlat.saddr = cfg.uplink_addr;
+    let own = u16::from_be(pkt.key.sport);
+    if may_keep_port(own, cfg.host_port_min, cfg.host_port_max)
+        && claim_port(&search.xlat, reply, cfg, now)
+    {
+        search.found = 1;
+    } else {
+        // SAFETY: callback and context follow bpf_loop's contract.
+        unsafe {
+            bpf_loop(
+                SNAT_ATTEMPTS,
+                probe_port as *mut c_void,
+                &mut search as *mut PortSearch as *mut c_void,
+                0,
+            )
+        };
+    }
+    if search.found == 0 {
+        return Err(Reason::DropSnatExhausted);
+    }
+    // SAFETY: the scratch entry, not aliased while the search is over.
+    conntrack::insert_orig(&pkt.key, &search.xlat, unsafe { &mut *search.reply }, pkt.len)?;
+    Ok(search.xlat)
+}

@@ -1,0 +1,133 @@
+//! Header parsing through `bpf_skb_load_bytes`, which bounds-checks every
+//! access against the skb (linear or not) and so lets offsets depend on IHL
+//! without a fight with the verifier.
+
+use aya_ebpf::programs::TcContext;
+use netbr_common::{
+    conntrack::FlowKey, counters::Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+pub const ETH_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+/// IPv4 header field offsets from the start of the frame (RFC 791).
+pub const IP_TOT_LEN: usize = ETH_LEN + 2;
+const IP_FRAG: usize = ETH_LEN + 6;
+const IP_PROTO: usize = ETH_LEN + 9;
+pub const IP_CSUM: usize = ETH_LEN + 10;
+pub const IP_SADDR: usize = ETH_LEN + 12;
+pub const IP_DADDR: usize = ETH_LEN + 16;
+/// More-fragments flag and fragment offset bits of the frag field.
+const IP_MF_OFFSET: u16 = 0x3fff;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// What the translators need to know about one IPv4 packet.
+pub struct Packet {
+    pub key: FlowKey,
+    /// Offsets of the fields a port rewrite touches. For ICMP echo both point
+    /// at the identifier; the tuple's zero half never changes, so only the
+    /// right one is ever written.
+    pub sport_off: usize,
+    pub dport_off: usize,
+    pub csum_off: usize,
+    /// The L4 checksum covers the IP addresses (pseudo-header): TCP and UDP.
+    pub csum_pseudo: bool,
+    /// Extra `bpf_l4_csum_replace` flags (`BPF_F_MARK_MANGLED_0` for UDP).
+    pub csum_flags: u64,
+    pub tcp_flags: u8,
+    /// IP total length, for byte counters.
+    pub len: u32,
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize, short: Reason) -> Result<T, Reason> {
+    ctx.load::<T>(off).map_err(|_| short)
+}
+
+/// Parses an Ethernet + IPv4 + TCP/UDP/ICMP-echo packet. `Err` carries the
+/// reason the packet is not translatable; [`Reason::is_drop`] says whether it
+/// is malformed (drop) or merely not ours (pass untouched).
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
+    let ethertype: u16 = load(ctx, 12, Reason::PassNotIpv4)?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return Err(Reason::PassNotIpv4);
+    }
+    let vihl: u8 = load(ctx, ETH_LEN, Reason::DropTruncated)?;
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Reason::DropBadHeader);
+    }
+    let tot_len = u16::from_be(load(ctx, IP_TOT_LEN, Reason::DropTruncated)?) as usize;
+    if tot_len < ihl {
+        return Err(Reason::DropBadHeader);
+    }
+    if ETH_LEN + tot_len > ctx.len() as usize {
+        return Err(Reason::DropTruncated);
+    }
+    let frag = u16::from_be(load(ctx, IP_FRAG, Reason::DropTruncated)?);
+    if frag & IP_MF_OFFSET != 0 {
+        return Err(Reason::PassFragment);
+    }
+    let proto: u8 = load(ctx, IP_PROTO, Reason::DropTruncated)?;
+    let saddr: u32 = load(ctx, IP_SADDR, Reason::DropTruncated)?;
+    let daddr: u32 = load(ctx, IP_DADDR, Reason::DropTruncated)?;
+    let l4 = ETH_LEN + ihl;
+    let l4_len = tot_len - ihl;
+
+    let mut pkt = Packet {
+        key: FlowKey {
+            saddr,
+            daddr,
+            sport: 0,
+            dport: 0,
+            proto,
+            _pad: [0; 3],
+        },
+        sport_off: l4,
+        dport_off: l4 + 2,
+        csum_off: 0,
+        csum_pseudo: true,
+        csum_flags: 0,
+        tcp_flags: 0,
+        len: tot_len as u32,
+    };
+    match proto {
+        IPPROTO_TCP => {
+            if l4_len < 20 {
+                return Err(Reason::DropTruncated);
+            }
+            pkt.tcp_flags = load(ctx, l4 + 13, Reason::DropTruncated)?;
+            pkt.csum_off = l4 + 16;
+        }
+        IPPROTO_UDP => {
+            if l4_len < 8 {
+                return Err(Reason::DropTruncated);
+            }
+            pkt.csum_off = l4 + 6;
+            pkt.csum_flags = aya_ebpf::bindings::BPF_F_MARK_MANGLED_0 as u64;
+        }
+        IPPROTO_ICMP => {
+            if l4_len < 8 {
+                return Err(Reason::DropTruncated);
+            }
+            let icmp_type: u8 = load(ctx, l4, Reason::DropTruncated)?;
+            let id: u16 = load(ctx, l4 + 4, Reason::DropTruncated)?;
+            match icmp_type {
+                ICMP_ECHO_REQUEST => pkt.key.sport = id,
+                ICMP_ECHO_REPLY => pkt.key.dport = id,
+                _ => return Err(Reason::PassUntrackedProto),
+            }
+            pkt.sport_off = l4 + 4;
+            pkt.dport_off = l4 + 4;
+            pkt.csum_off = l4 + 2;
+            pkt.csum_pseudo = false;
+            return Ok(pkt);
+        }
+        _ => return Err(Reason::PassUntrackedProto),
+    }
+    pkt.key.sport = load(ctx, l4, Reason::DropTruncated)?;
+    pkt.key.dport = load(ctx, l4 + 2, Reason::DropTruncated)?;
+    Ok(pkt)
+}

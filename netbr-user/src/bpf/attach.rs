@@ -1,0 +1,102 @@
+//! Loading the object with its maps pinned, attaching the TC programs through
+//! pinned TCX links, and undoing it all.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use netbr_common::maps::{
+    MAP_CONNTRACK, PINNED_MAPS, PROG_BRIDGE_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+};
+
+use super::pins::{LINKS, LINK_BRIDGE_INGRESS, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS};
+
+/// Loads the object. With `pin_dir`, every map is pinned there, and maps
+/// already pinned by an earlier attach are reused, so flows and mappings
+/// survive a re-attach.
+pub fn load(pin_dir: Option<&Path>, ct_max: u32) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_CONNTRACK, ct_max);
+    let paths: Vec<_> = match pin_dir {
+        Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+        .load(super::OBJECT)
+        .context("loading the netbr BPF programs")
+}
+
+/// Attaches the three TC programs. Where a pinned link exists (a re-attach)
+/// the program behind it is swapped atomically with BPF_LINK_UPDATE, so no
+/// packet sees a moment without a program.
+pub fn attach_all(ebpf: &mut Ebpf, dir: &Path, uplink: &str, bridge: &str) -> Result<()> {
+    for (prog, iface, hook, link) in [
+        (PROG_UPLINK_INGRESS, uplink, TcAttachType::Ingress, LINK_UPLINK_INGRESS),
+        (PROG_UPLINK_EGRESS, uplink, TcAttachType::Egress, LINK_UPLINK_EGRESS),
+        (PROG_BRIDGE_INGRESS, bridge, TcAttachType::Ingress, LINK_BRIDGE_INGRESS),
+    ] {
+        attach_one(ebpf, prog, iface, hook, &dir.join(link))
+            .with_context(|| format!("attaching {prog} to {iface}"))?;
+    }
+    Ok(())
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    iface: &str,
+    hook: TcAttachType,
+    link_path: &Path,
+) -> Result<()> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("the BPF object has no program {prog}"))?
+        .try_into()?;
+    program.load().with_context(|| format!("verifying {prog}"))?;
+    if link_path.exists() {
+        let old = PinnedLink::from_pin(link_path).context("opening the pinned link")?;
+        let id = program.attach_to_link(FdLink::from(old).try_into()?)?;
+        // The pin keeps the updated link alive; dropping our handle is fine.
+        drop(program.take_link(id)?);
+    } else {
+        let id = program.attach_with_options(
+            iface,
+            hook,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )?;
+        let link: FdLink = program.take_link(id)?.try_into()?;
+        link.pin(link_path).context("pinning the link")?;
+    }
+    Ok(())
+}
+
+/// Removes links (which detaches the programs), map pins and the directory.
+/// Keeps going past failures and reports all of them, so a half-attached
+/// bridge never blocks its own cleanup.
+pub fn remove_pins(dir: &Path) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    for name in LINKS.iter().chain(PINNED_MAPS.iter()) {
+        let path = dir.join(name);
+        if path.exists() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                errors.push(anyhow::Error::from(e).context(format!("removing {}", path.display())));
+            }
+        }
+    }
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            errors.push(anyhow::Error::from(e).context(format!("removing {}", dir.display())));
+        }
+    }
+    errors
+}

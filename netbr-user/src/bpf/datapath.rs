@@ -1,0 +1,144 @@
+//! Typed handles on the datapath's maps, opened from the pins (every command
+//! after `attach`) or taken from a freshly loaded object (attach, tests).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    Ebpf,
+};
+use netbr_common::{
+    conntrack::{CtEntry, FlowKey},
+    counters::Reason,
+    maps::{
+        Config, Endpoint, MappingKey, MappingTarget, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS,
+        MAP_ENDPOINTS, MAP_LOCAL_ADDRS, MAP_MAPPINGS,
+    },
+};
+
+pub struct Datapath {
+    pub config: Array<MapData, Config>,
+    pub mappings: HashMap<MapData, MappingKey, MappingTarget>,
+    pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    pub local_addrs: HashMap<MapData, u32, u32>,
+    pub endpoints: HashMap<MapData, u32, Endpoint>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Datapath {
+    /// Opens a bridge's pinned maps; the error tells the user to attach.
+    pub fn open(bridge: &str) -> Result<(Self, PathBuf)> {
+        let dir = super::pins::pin_dir(bridge)?;
+        if !dir.join(MAP_CONFIG).exists() {
+            return Err(anyhow!(
+                "bridge {bridge} is not attached in this network namespace: run netbr attach --bridge {bridge} --subnet CIDR --uplink IFACE"
+            ));
+        }
+        Ok((Self::from_pins(&dir)?, dir))
+    }
+
+    pub fn from_pins(dir: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let data = MapData::from_pin(dir.join(name))
+                .with_context(|| format!("opening pinned map {name} in {}", dir.display()))?;
+            Map::from_map_data(data).with_context(|| format!("map {name}"))
+        };
+        Ok(Self {
+            config: typed(open(MAP_CONFIG)?, MAP_CONFIG)?,
+            mappings: typed(open(MAP_MAPPINGS)?, MAP_MAPPINGS)?,
+            conntrack: typed(open(MAP_CONNTRACK)?, MAP_CONNTRACK)?,
+            local_addrs: typed(open(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
+            endpoints: typed(open(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
+            counters: typed(open(MAP_COUNTERS)?, MAP_COUNTERS)?,
+        })
+    }
+
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
+        };
+        Ok(Self {
+            config: typed(take(MAP_CONFIG)?, MAP_CONFIG)?,
+            mappings: typed(take(MAP_MAPPINGS)?, MAP_MAPPINGS)?,
+            conntrack: typed(take(MAP_CONNTRACK)?, MAP_CONNTRACK)?,
+            local_addrs: typed(take(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
+            endpoints: typed(take(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
+            counters: typed(take(MAP_COUNTERS)?, MAP_COUNTERS)?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).context("reading the datapath configuration")
+    }
+
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        self.config.set(0, cfg, 0).context("writing the datapath configuration")
+    }
+
+    /// Counter totals over all CPUs, in [`Reason::ALL`] order.
+    pub fn counter_totals(&self) -> Result<Vec<(Reason, u64)>> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let per_cpu = self.counters.get(&(*r as u32), 0).context("reading counters")?;
+                Ok((*r, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn counter(&self, reason: Reason) -> Result<u64> {
+        Ok(self
+            .counters
+            .get(&(reason as u32), 0)
+            .context("reading counters")?
+            .iter()
+            .sum())
+    }
+
+    /// Original-direction entries: one per flow.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+        let mut out = Vec::new();
+        for item in self.conntrack.iter() {
+            let (k, v) = item.context("reading conntrack")?;
+            if v.dir == netbr_common::conntrack::DIR_ORIG {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every flow for which `pred(orig key, orig entry)` holds, both
+    /// entries. Returns how many flows went.
+    pub fn remove_flows(&mut self, pred: impl Fn(&FlowKey, &CtEntry) -> bool) -> Result<usize> {
+        let doomed: Vec<_> = self
+            .flows()?
+            .into_iter()
+            .filter(|(k, v)| pred(k, v))
+            .collect();
+        for (k, v) in &doomed {
+            let _ = self.conntrack.remove(k);
+            let _ = self.conntrack.remove(&v.xlat.reversed());
+        }
+        Ok(doomed.len())
+    }
+
+    pub fn endpoint_list(&self) -> Result<Vec<(u32, Endpoint)>> {
+        self.endpoints
+            .iter()
+            .map(|r| r.context("reading endpoints"))
+            .collect()
+    }
+
+    pub fn mapping_list(&self) -> Result<Vec<(MappingKey, MappingTarget)>> {
+        self.mappings
+            .iter()
+            .map(|r| r.context("reading mappings"))
+            .collect()
+    }
+}

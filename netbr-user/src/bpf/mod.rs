@@ -1,0 +1,9 @@
+//! The BPF layer: the embedded object, pin paths, loading and attaching the
+//! programs, and typed access to the maps.
+
+pub mod attach;
+pub mod datapath;
+pub mod pins;
+
+/// The compiled programs, built by `build.rs` through aya-build.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbr-bpf"));

@@ -1,0 +1,49 @@
+//! Where a bridge's datapath is pinned, and bpffs itself.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use netbr_common::maps::PIN_ROOT;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Names of the pinned TCX links, one per attach point.
+pub const LINK_UPLINK_INGRESS: &str = "link_up_in";
+pub const LINK_UPLINK_EGRESS: &str = "link_up_out";
+pub const LINK_BRIDGE_INGRESS: &str = "link_br_in";
+pub const LINKS: [&str; 3] = [LINK_UPLINK_INGRESS, LINK_UPLINK_EGRESS, LINK_BRIDGE_INGRESS];
+
+/// `/sys/fs/bpf/netbr/<netns inode>-<bridge>`: unique per (namespace,
+/// bridge), so two sandboxes with a bridge of the same name never meet.
+pub fn pin_dir(bridge: &str) -> Result<PathBuf> {
+    Ok(Path::new(PIN_ROOT).join(format!("{}-{bridge}", crate::netns::current_id()?)))
+}
+
+/// Mounts bpffs on /sys/fs/bpf when it is missing (a fresh machine).
+pub fn ensure_bpffs() -> Result<()> {
+    if is_bpffs(BPFFS) {
+        return Ok(());
+    }
+    let fs = std::ffi::CString::new("bpf")?;
+    let target = std::ffi::CString::new(BPFFS)?;
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}

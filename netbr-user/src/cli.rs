@@ -1,0 +1,79 @@
+//! The command line: global options, subcommands, and running one.
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netbr",
+    version,
+    about = "Docker-style bridge networking with NAT in eBPF instead of iptables"
+)]
+pub struct Cli {
+    /// Run inside this network namespace (a name under /run/netns or a path).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Print listings as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the bridge if needed and attach the datapath to it and the uplink.
+    Attach(cmd::attach::Attach),
+    /// Remove the datapath, its pins, endpoints and (unless --keep-bridge) the bridge.
+    Detach(cmd::detach::Detach),
+    /// Add or remove a container endpoint on the bridge.
+    #[command(subcommand)]
+    Endpoint(cmd::endpoint::EndpointCmd),
+    /// Publish container ports on the host, Docker's -p.
+    Publish(cmd::publish::Publish),
+    /// Withdraw published ports.
+    Unpublish(cmd::publish::Unpublish),
+    /// Show the bridge, its endpoints and published ports.
+    Ls(cmd::ls::Ls),
+    /// List or flush tracked connections.
+    #[command(subcommand)]
+    Conntrack(cmd::conntrack::ConntrackCmd),
+    /// Show the datapath's counters.
+    Stats(cmd::stats::Stats),
+    /// Build a sandbox, show netbr at work, and clean up.
+    Demo(cmd::demo::Demo),
+}
+
+/// Options every command sees.
+#[derive(Clone, Copy, Debug)]
+pub struct Global {
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    // setns affects only this thread, so enter before the single-threaded
+    // runtime starts: every socket netbr opens is then in that namespace.
+    if let Some(ns) = &cli.netns {
+        crate::netns::enter(&crate::netns::resolve(ns))?;
+    }
+    let global = Global { json: cli.json };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Attach(c) => c.exec(global).await,
+            Command::Detach(c) => c.exec(global).await,
+            Command::Endpoint(c) => c.exec(global).await,
+            Command::Publish(c) => c.exec(global).await,
+            Command::Unpublish(c) => c.exec(global).await,
+            Command::Ls(c) => c.exec(global).await,
+            Command::Conntrack(c) => c.exec(global).await,
+            Command::Stats(c) => c.exec(global).await,
+            Command::Demo(c) => c.exec(global).await,
+        }
+    })
+}

@@ -1,0 +1,192 @@
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use netbr_common::{
+    conntrack::DEFAULT_TIMEOUTS,
+    maps::{Config, CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION},
+};
+
+use crate::{
+    addr::{to_be32, Cidr, PortRange},
+    bpf::{attach, datapath::Datapath, pins},
+    cli::Global,
+    netlink::Netlink,
+    sysctl,
+};
+
+#[derive(Args, Debug)]
+pub struct Attach {
+    #[arg(long, default_value = super::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// The containers' subnet, e.g. 172.30.0.0/16.
+    #[arg(long)]
+    pub subnet: Cidr,
+    /// Interface that leads to the outside world.
+    #[arg(long)]
+    pub uplink: String,
+    /// Bridge address; the first host address of the subnet by default.
+    #[arg(long)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Conntrack table size (entries; each flow takes two).
+    #[arg(long, default_value_t = CT_MAX_ENTRIES_DEFAULT)]
+    pub ct_max: u32,
+    /// Source ports masquerade picks from when a container's own port cannot
+    /// be kept. Outside the host's ephemeral range by default.
+    #[arg(long, default_value = "61000-65535")]
+    pub snat_ports: PortRange,
+}
+
+impl Attach {
+    pub async fn exec(self, _g: Global) -> Result<()> {
+        validate_ifname(&self.bridge)?;
+        let nl = Netlink::connect()?;
+        let uplink = nl.link(&self.uplink).await?.with_context(|| {
+            format!(
+                "uplink {} not found in this network namespace: pick an interface from `ip link`",
+                self.uplink
+            )
+        })?;
+        let uplink_addrs = nl.addrs(Some(uplink.index)).await?;
+        let Some(uplink_addr) = uplink_addrs.first() else {
+            bail!("uplink {} has no IPv4 address: add one before attaching", self.uplink);
+        };
+        for a in &uplink_addrs {
+            let net = Cidr::new(a.addr, a.prefix);
+            if net.overlaps(&self.subnet) {
+                bail!(
+                    "subnet {} overlaps uplink {}'s {net}: choose another --subnet",
+                    self.subnet,
+                    self.uplink
+                );
+            }
+        }
+        let subnet = Cidr::new(self.subnet.network(), self.subnet.prefix);
+        let gateway = self.gateway.unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()) + 1));
+        if !subnet.is_host(gateway) {
+            bail!("gateway {gateway} is not a host address of {subnet}");
+        }
+        if self.bridge == self.uplink {
+            bail!("the bridge and the uplink must be different interfaces");
+        }
+        let bridge = nl.link(&self.bridge).await?;
+        if let Some(b) = &bridge {
+            if !b.is_bridge {
+                bail!("interface {} exists and is not a bridge: pick another --bridge", self.bridge);
+            }
+        }
+        let dir = pins::pin_dir(&self.bridge)?;
+        let reattach = dir.join(netbr_common::maps::MAP_CONFIG).exists();
+        if reattach {
+            check_compatible(&dir, &self.bridge, subnet, uplink.index)?;
+        }
+        let (host_min, host_max) = sysctl::local_port_range()?;
+
+        // Everything is validated; from here on netbr changes the system.
+        let bridge = match bridge {
+            Some(b) => b,
+            None => nl.create_bridge(&self.bridge).await?,
+        };
+        let have = nl.addrs(Some(bridge.index)).await?;
+        if !have.iter().any(|a| a.addr == gateway) {
+            nl.add_addr(bridge.index, gateway, subnet.prefix).await?;
+        }
+        nl.set_up(bridge.index).await?;
+        sysctl::write("net.ipv4.ip_forward", "1")?;
+        pins::ensure_bpffs()?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+        let result = async {
+            let mut ebpf = attach::load(Some(&dir), self.ct_max)?;
+            let mut dp = Datapath::from_ebpf(&mut ebpf)?;
+            let mut timeouts = DEFAULT_TIMEOUTS;
+            if reattach {
+                timeouts = dp.config()?.timeouts;
+            }
+            dp.set_config(&Config {
+                configured: 1,
+                layout_version: LAYOUT_VERSION,
+                uplink_ifindex: uplink.index,
+                bridge_ifindex: bridge.index,
+                uplink_addr: to_be32(uplink_addr.addr),
+                gateway_addr: to_be32(gateway),
+                subnet_addr: to_be32(subnet.network()),
+                subnet_mask: to_be32(Ipv4Addr::from(subnet.mask())),
+                snat_port_min: self.snat_ports.0,
+                snat_port_max: self.snat_ports.1,
+                host_port_min: host_min,
+                host_port_max: host_max,
+                timeouts,
+                _pad: 0,
+            })?;
+            sync_local_addrs(&nl, &mut dp).await?;
+            attach::attach_all(&mut ebpf, &dir, &self.uplink, &self.bridge)
+        }
+        .await;
+        if let Err(e) = result {
+            if !reattach {
+                for err in attach::remove_pins(&dir) {
+                    log::warn!("{err:#}");
+                }
+            }
+            return Err(e);
+        }
+        println!(
+            "{} bridge {} ({gateway}/{}) with uplink {} ({}); pins in {}",
+            if reattach { "re-attached" } else { "attached" },
+            self.bridge,
+            subnet.prefix,
+            self.uplink,
+            uplink_addr.addr,
+            dir.display()
+        );
+        Ok(())
+    }
+}
+
+fn validate_ifname(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
+        bail!("{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)");
+    }
+    Ok(())
+}
+
+/// A re-attach may replace the programs but not change what the bridge is.
+fn check_compatible(dir: &std::path::Path, bridge: &str, subnet: Cidr, uplink: u32) -> Result<()> {
+    let cfg = Datapath::from_pins(dir)?.config()?;
+    if cfg.layout_version != LAYOUT_VERSION {
+        bail!(
+            "bridge {bridge} was attached by a netbr with map layout {} (this one uses {LAYOUT_VERSION}): run netbr detach first",
+            cfg.layout_version
+        );
+    }
+    if cfg.configured != 0
+        && (cfg.subnet_addr != to_be32(subnet.network())
+            || cfg.subnet_mask != to_be32(Ipv4Addr::from(subnet.mask()))
+            || cfg.uplink_ifindex != uplink)
+    {
+        bail!(
+            "bridge {bridge} is already attached with another subnet or uplink: run netbr detach --bridge {bridge} first"
+        );
+    }
+    Ok(())
+}
+
+/// Mirrors the namespace's IPv4 addresses into the datapath, for ports
+/// published on every local address. Re-run `attach` after adding one.
+pub async fn sync_local_addrs(nl: &Netlink, dp: &mut Datapath) -> Result<()> {
+    let now: Vec<u32> = nl.addrs(None).await?.iter().map(|a| to_be32(a.addr)).collect();
+    let stale: Vec<u32> = dp
+        .local_addrs
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !now.contains(k))
+        .collect();
+    for k in stale {
+        dp.local_addrs.remove(&k)?;
+    }
+    for a in now {
+        dp.local_addrs.insert(a, 1, 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use netbr_common::{
+    conntrack::{nat_name, CtState, FlowKey, DIR_ORIG, DIR_REPLY},
+    proto_name,
+};
+use serde_json::json;
+
+use crate::{
+    addr::{from_be32, monotonic_ns},
+    bpf::datapath::Datapath,
+    cli::Global,
+};
+
+#[derive(Subcommand, Debug)]
+pub enum ConntrackCmd {
+    /// List tracked flows with their original and translated tuples.
+    List(Target),
+    /// Forget every tracked flow.
+    Flush(Target),
+}
+
+#[derive(Args, Debug)]
+pub struct Target {
+    #[arg(long, default_value = super::DEFAULT_BRIDGE)]
+    pub bridge: String,
+}
+
+fn tuple(k: &FlowKey) -> serde_json::Value {
+    json!({
+        "src": from_be32(k.saddr).to_string(),
+        "dst": from_be32(k.daddr).to_string(),
+        "sport": u16::from_be(k.sport),
+        "dport": u16::from_be(k.dport),
+    })
+}
+
+fn tuple_text(k: &FlowKey) -> String {
+    format!(
+        "src={} dst={} sport={} dport={}",
+        from_be32(k.saddr),
+        from_be32(k.daddr),
+        u16::from_be(k.sport),
+        u16::from_be(k.dport)
+    )
+}
+
+impl ConntrackCmd {
+    pub async fn exec(self, g: Global) -> Result<()> {
+        match self {
+            ConntrackCmd::List(t) => list(&t.bridge, g),
+            ConntrackCmd::Flush(t) => {
+                let (mut dp, _) = Datapath::open(&t.bridge)?;
+                let n = dp.remove_flows(|_, _| true)?;
+                println!("flushed {n} flow(s)");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn list(bridge: &str, g: Global) -> Result<()> {
+    let (dp, _) = Datapath::open(bridge)?;
+    let cfg = dp.config()?;
+    let now = monotonic_ns();
+    let mut rows = Vec::new();
+    for (k, e) in dp.flows()? {
+        let timeout = cfg.timeouts.get(e.state as usize).copied().unwrap_or(0) as u64;
+        let idle = now.saturating_sub(e.last_seen_ns) / 1_000_000_000;
+        rows.push(json!({
+            "proto": proto_name(k.proto),
+            "state": CtState::from_u8(e.state).name(),
+            "nat": nat_name(e.nat),
+            "original": tuple(&k),
+            "translated": tuple(&e.xlat),
+            "age_s": now.saturating_sub(e.created_ns) / 1_000_000_000,
+            "expires_s": timeout.saturating_sub(idle),
+            "packets": { "original": e.packets[DIR_ORIG as usize], "reply": e.packets[DIR_REPLY as usize] },
+            "bytes": { "original": e.bytes[DIR_ORIG as usize], "reply": e.bytes[DIR_REPLY as usize] },
+        }));
+        if !g.json {
+            println!(
+                "{:<4} {:<11} {} -> {} {} age={}s expires={}s packets={}/{} bytes={}/{}",
+                proto_name(k.proto),
+                CtState::from_u8(e.state).name(),
+                tuple_text(&k),
+                tuple_text(&e.xlat),
+                nat_name(e.nat),
+                now.saturating_sub(e.created_ns) / 1_000_000_000,
+                timeout.saturating_sub(idle),
+                e.packets[0],
+                e.packets[1],
+                e.bytes[0],
+                e.bytes[1],
+            );
+        }
+    }
+    if g.json {
+        super::print_json(&serde_json::Value::Array(rows));
+    } else {
+        println!("{} flow(s)", rows.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::{
+    bpf::{attach, datapath::Datapath, pins},
+    cli::Global,
+    netlink::Netlink,
+};
+
+#[derive(Args, Debug)]
+pub struct Detach {
+    #[arg(long, default_value = super::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// Keep the bridge and its endpoints; remove only the datapath.
+    #[arg(long)]
+    pub keep_bridge: bool,
+}
+
+impl Detach {
+    pub async fn exec(self, _g: Global) -> Result<()> {
+        let nl = Netlink::connect()?;
+        let dir = pins::pin_dir(&self.bridge)?;
+        let bridge = nl.link(&self.bridge).await?;
+        if !dir.exists() && bridge.is_none() {
+            bail!("bridge {} is not attached in this network namespace: nothing to detach", self.bridge);
+        }
+        // Teardown keeps going past failures and reports them all at the end.
+        let mut errors = Vec::new();
+        if !self.keep_bridge {
+            if let Ok((dp, _)) = Datapath::open(&self.bridge) {
+                match dp.endpoint_list() {
+                    Ok(eps) => {
+                        for (_, ep) in eps {
+                            errors.extend(super::endpoint::remove_endpoint_objects(&nl, &ep).await);
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        errors.extend(attach::remove_pins(&dir));
+        if !self.keep_bridge {
+            if let Some(b) = bridge {
+                if let Err(e) = nl.del_link(b.index).await {
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            println!("detached bridge {}", self.bridge);
+            return Ok(());
+        }
+        for e in &errors {
+            eprintln!("netbr: {e:#}");
+        }
+        bail!("detach of {} finished with {} error(s) above", self.bridge, errors.len())
+    }
+}

@@ -1,0 +1,118 @@
+use anyhow::Result;
+use clap::Args;
+use netbr_common::{conntrack::CtState, proto_name};
+use serde_json::json;
+
+use super::text;
+use crate::{addr::from_be32, bpf::datapath::Datapath, cli::Global, netlink::Netlink};
+
+#[derive(Args, Debug)]
+pub struct Ls {
+    #[arg(long, default_value = super::DEFAULT_BRIDGE)]
+    pub bridge: String,
+}
+
+impl Ls {
+    pub async fn exec(self, g: Global) -> Result<()> {
+        let (dp, dir) = Datapath::open(&self.bridge)?;
+        let cfg = dp.config()?;
+        let nl = Netlink::connect()?;
+        let ifname = |i: u32| async move {
+            nl_name(&nl, i).await
+        };
+        let uplink = ifname(cfg.uplink_ifindex).await;
+        let endpoints = dp.endpoint_list()?;
+        let eps: Vec<_> = endpoints
+            .iter()
+            .map(|(ip, ep)| {
+                json!({
+                    "name": text(&ep.name),
+                    "ip": from_be32(*ip).to_string(),
+                    "mac": ep.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                    "host_ifindex": ep.host_ifindex,
+                    "netns": text(&ep.netns),
+                })
+            })
+            .collect();
+        let name_of = |addr: u32| {
+            endpoints
+                .iter()
+                .find(|(a, _)| *a == addr)
+                .map(|(_, ep)| text(&ep.name))
+                .unwrap_or_default()
+        };
+        let mut maps: Vec<_> = dp.mapping_list()?;
+        maps.sort_by_key(|(k, _)| (u16::from_be(k.port), k.proto, k.addr));
+        let mappings: Vec<_> = maps
+            .iter()
+            .map(|(k, t)| {
+                json!({
+                    "proto": proto_name(k.proto),
+                    "host_ip": if k.addr == 0 { "0.0.0.0".to_string() } else { from_be32(k.addr).to_string() },
+                    "host_port": u16::from_be(k.port),
+                    "endpoint": name_of(t.addr),
+                    "container_ip": from_be32(t.addr).to_string(),
+                    "container_port": u16::from_be(t.port),
+                })
+            })
+            .collect();
+        let timeouts: serde_json::Map<_, _> = cfg
+            .timeouts
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, t)| (CtState::from_u8(i as u8).name().to_lowercase(), json!(t)))
+            .collect();
+        let mask_bits = u32::from(from_be32(cfg.subnet_mask)).count_ones();
+        let doc = json!({
+            "bridge": self.bridge,
+            "subnet": format!("{}/{mask_bits}", from_be32(cfg.subnet_addr)),
+            "gateway": from_be32(cfg.gateway_addr).to_string(),
+            "uplink": uplink,
+            "uplink_ip": from_be32(cfg.uplink_addr).to_string(),
+            "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
+            "timeouts_s": timeouts,
+            "pins": dir.display().to_string(),
+            "endpoints": eps,
+            "mappings": mappings,
+        });
+        if g.json {
+            super::print_json(&doc);
+            return Ok(());
+        }
+        println!(
+            "bridge {} subnet {} gateway {} uplink {} ({})",
+            self.bridge, doc["subnet"].as_str().unwrap_or(""), doc["gateway"].as_str().unwrap_or(""),
+            doc["uplink"].as_str().unwrap_or(""), doc["uplink_ip"].as_str().unwrap_or("")
+        );
+        println!("snat ports {}  pins {}", doc["snat_ports"].as_str().unwrap_or(""), dir.display());
+        println!("timeouts (s): {}", serde_json::to_string(&doc["timeouts_s"])?);
+        println!("\nENDPOINT                         IP               NETNS");
+        for e in &eps {
+            println!(
+                "{:<32} {:<16} {}",
+                e["name"].as_str().unwrap_or(""),
+                e["ip"].as_str().unwrap_or(""),
+                e["netns"].as_str().unwrap_or("")
+            );
+        }
+        println!("\nPUBLISHED                        -> ENDPOINT");
+        for m in &mappings {
+            println!(
+                "{:<32} -> {} {}:{}",
+                format!("{}:{}/{}", m["host_ip"].as_str().unwrap_or(""), m["host_port"], m["proto"].as_str().unwrap_or("")),
+                m["endpoint"].as_str().unwrap_or(""),
+                m["container_ip"].as_str().unwrap_or(""),
+                m["container_port"]
+            );
+        }
+        Ok(())
+    }
+}
+
+async fn nl_name(nl: &Netlink, index: u32) -> String {
+    match nl.link_by_index(index).await {
+        Ok(Some(l)) => l.name,
+        _ => format!("ifindex {index} (gone)"),
+    }
+}

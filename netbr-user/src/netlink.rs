@@ -1,0 +1,239 @@
+//! A typed layer over rtnetlink: command code asks for links, addresses and
+//! routes by what they are, and never builds a netlink message itself.
+//!
+//! A `Netlink` talks to the network namespace its socket was opened in, so
+//! open it after entering the namespace you mean.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{anyhow, Context as _, Result};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    },
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+/// What netbr needs to know about a network interface.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub master: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub is_bridge: bool,
+}
+
+/// An IPv4 address with its prefix, on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr4 {
+    pub index: u32,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// Runs an async netlink job on a private single-threaded runtime: for code
+/// running on threads of its own (inside another namespace, or in tests).
+pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")?
+        .block_on(f)
+}
+
+/// The kernel's errno behind a failed request, if it was one.
+pub fn errno(err: &anyhow::Error) -> Option<i32> {
+    err.chain().find_map(|e| match e.downcast_ref::<rtnetlink::Error>() {
+        Some(rtnetlink::Error::NetlinkError(m)) => m.code.map(|c| -c.get()),
+        _ => None,
+    })
+}
+
+impl Netlink {
+    /// Opens a socket in the calling thread's namespace; must run inside a
+    /// tokio runtime, which drives the connection.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut stream = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.context("listing links")? {
+            out.push(link_from(&msg));
+        }
+        Ok(out)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        Ok(self.links().await?.into_iter().find(|l| l.index == index))
+    }
+
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| anyhow!("interface {name} not found"))
+    }
+
+    /// IPv4 addresses, of one interface or of all.
+    pub async fn addrs(&self, index: Option<u32>) -> Result<Vec<Addr4>> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let mut stream = req.execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                    out.push(Addr4 {
+                        index: msg.header.index,
+                        addr: *a,
+                        prefix: msg.header.prefix_len,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn create_bridge(&self, name: &str) -> Result<Link> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating bridge {name}"))?;
+        self.require_link(name).await
+    }
+
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {name}/{peer}"))
+    }
+
+    pub async fn add_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, addr.into(), prefix)
+            .execute()
+            .await
+            .with_context(|| format!("adding address {addr}/{prefix}"))
+    }
+
+    async fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .with_context(|| what.to_string())
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).up().build(), "setting link up")
+            .await
+    }
+
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).controller(master).build(),
+            "enslaving link to the bridge",
+        )
+        .await
+    }
+
+    pub async fn move_to_netns(&self, index: u32, netns: &std::fs::File) -> Result<()> {
+        use std::os::fd::AsRawFd as _;
+        self.set(
+            LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build(),
+            "moving link into the container namespace",
+        )
+        .await
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).name(name.to_string()).build(),
+            "renaming link",
+        )
+        .await
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build())
+            .execute()
+            .await
+            .with_context(|| format!("adding default route via {gateway}"))
+    }
+
+    pub async fn add_route(&self, dest: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dest, prefix)
+                    .gateway(gateway)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("adding route {dest}/{prefix} via {gateway}"))
+    }
+
+    pub async fn del_link(&self, index: u32) -> Result<()> {
+        let mut links = self.handle.link();
+        links
+            .del(index)
+            .execute()
+            .await
+            .context("deleting link")
+    }
+}
+
+fn link_from(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        master: None,
+        mac: None,
+        is_bridge: false,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                let mut mac = [0; 6];
+                mac.copy_from_slice(a);
+                link.mac = Some(mac);
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                link.is_bridge = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+            }
+            _ => {}
+        }
+    }
+    link
+}

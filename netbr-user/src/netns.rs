@@ -1,0 +1,183 @@
+//! Network namespaces: entering one, creating and deleting named ones the way
+//! `ip netns add`/`del` do, and running work inside one on its own thread.
+//!
+//! `setns(CLONE_NEWNET)` changes only the calling thread's namespace and keeps
+//! the mount namespace, so `/sys/fs/bpf` stays the machine's bpffs. That is
+//! why netbr never uses `ip netns exec`, which remounts `/sys`.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// `NAME` means `/run/netns/NAME`; anything with a `/` is a path.
+pub fn resolve(name_or_path: &str) -> PathBuf {
+    if name_or_path.contains('/') {
+        PathBuf::from(name_or_path)
+    } else {
+        Path::new(NETNS_RUN_DIR).join(name_or_path)
+    }
+}
+
+pub fn open(path: &Path) -> Result<File> {
+    File::open(path).with_context(|| {
+        format!(
+            "network namespace {} does not exist: create it with `ip netns add` or pass an existing path",
+            path.display()
+        )
+    })
+}
+
+/// Moves the calling thread into the namespace at `path`.
+pub fn enter(path: &Path) -> Result<()> {
+    let file = open(path)?;
+    setns(&file).with_context(|| format!("entering network namespace {}", path.display()))
+}
+
+fn setns(file: &File) -> std::io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Enters a namespace for the guard's lifetime and returns to the previous
+/// one on drop. Sockets opened meanwhile stay in the entered namespace.
+pub struct NetnsGuard {
+    previous: File,
+}
+
+impl NetnsGuard {
+    pub fn enter(path: &Path) -> Result<Self> {
+        let previous = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
+        enter(path)?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.previous) {
+            // Continuing in the wrong namespace would act on the wrong
+            // interfaces; stopping is the only safe choice.
+            panic!("cannot return to the previous network namespace: {e}");
+        }
+    }
+}
+
+/// Inode of the calling thread's network namespace: stable for the life of
+/// the namespace and unique among live ones, so it names pin directories.
+pub fn current_id() -> Result<u64> {
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")
+        .context("reading own netns")?
+        .ino())
+}
+
+pub fn exists(name: &str) -> bool {
+    resolve(name).exists()
+}
+
+/// Creates `/run/netns/NAME` holding a new, empty network namespace, as
+/// `ip netns add NAME` does: a thread unshares its netns and bind-mounts it.
+pub fn create_named(name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("{name:?} is not a valid namespace name");
+    }
+    let path = resolve(name);
+    if path.exists() {
+        bail!(
+            "network namespace {name} already exists: pass --netns {} to use it",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(NETNS_RUN_DIR).context("creating /run/netns")?;
+    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let target = path.clone();
+    let result = std::thread::spawn(move || -> Result<()> {
+        // SAFETY: plain syscalls; this thread exits right after.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+            }
+        }
+        mount_bind("/proc/thread-self/ns/net", &target)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    // A new namespace's loopback is down; containers expect it up.
+    run_in(&path, || crate::netlink::block_on(async {
+        let nl = crate::netlink::Netlink::connect()?;
+        let lo = nl.require_link("lo").await?;
+        nl.set_up(lo.index).await
+    }))??;
+    Ok(path)
+}
+
+fn mount_bind(source: &str, target: &Path) -> Result<()> {
+    let src = std::ffi::CString::new(source)?;
+    let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("bind-mounting {source} on {}", target.display()));
+    }
+    Ok(())
+}
+
+/// Deletes a namespace made by [`create_named`] (or `ip netns add`). The
+/// namespace itself lives on while a process still uses it.
+pub fn delete_named(name: &str) -> Result<()> {
+    let path = resolve(name);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid NUL-terminated string. EINVAL (not a mount) is fine.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// Runs `f` on a fresh thread inside the namespace at `path`, so the caller's
+/// own namespace never changes.
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let file = open(path)?;
+    let path = path.to_path_buf();
+    std::thread::spawn(move || -> Result<T> {
+        setns(&file).with_context(|| format!("entering {}", path.display()))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in a network namespace panicked"))?
+}
+
+/// Like [`run_in`] without waiting: for servers that outlive the call.
+pub fn spawn_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    let file = open(path)?;
+    let path = path.to_path_buf();
+    Ok(std::thread::spawn(move || -> Result<T> {
+        setns(&file).with_context(|| format!("entering {}", path.display()))?;
+        Ok(f())
+    }))
+}
