@@ -1,1 +1,224 @@
-//! probes
+//! Traffic inside namespaces, for the demo and the tests: servers that record
+//! the peer addresses they see, clients that send a payload and read the
+//! answer, and an ICMP echo. Each runs on a thread that entered its namespace.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::netns;
+
+/// How a server answers a request: given the payload and the peer it saw.
+pub type Responder = Arc<dyn Fn(&[u8], SocketAddr) -> Vec<u8> + Send + Sync>;
+
+pub fn echo() -> Responder {
+    Arc::new(|data, _| data.to_vec())
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A TCP or UDP server running in a namespace until dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Server {
+    pub fn tcp(ns: &Path, port: u16, respond: Responder) -> Result<Self> {
+        Self::start(ns, move |stop, peers, ready| {
+            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port));
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Ok(());
+                }
+            };
+            l.set_nonblocking(true)?;
+            let _ = ready.send(Ok(()));
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        peers.lock().map_err(|_| anyhow!("poisoned"))?.push(peer);
+                        s.set_nonblocking(false)?;
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        let mut buf = vec![0; 65536];
+                        let n = s.read(&mut buf).unwrap_or(0);
+                        let _ = s.write_all(&respond(&buf[..n], peer));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn udp(ns: &Path, port: u16, respond: Responder) -> Result<Self> {
+        Self::start(ns, move |stop, peers, ready| {
+            let s = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Ok(());
+                }
+            };
+            s.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let _ = ready.send(Ok(()));
+            let mut buf = vec![0; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = s.recv_from(&mut buf) {
+                    peers.lock().map_err(|_| anyhow!("poisoned"))?.push(peer);
+                    let _ = s.send_to(&respond(&buf[..n], peer), peer);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn start(
+        ns: &Path,
+        body: impl FnOnce(Arc<AtomicBool>, Arc<Mutex<Vec<SocketAddr>>>, mpsc::Sender<Result<(), String>>) -> Result<()>
+            + Send
+            + 'static,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let (s, p) = (stop.clone(), peers.clone());
+        let thread = netns::spawn_in(ns, move || body(s, p, tx).map_err(|e| e.to_string()))?;
+        match rx.recv_timeout(IO_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("server could not start: {e}"),
+            Err(_) => bail!("server did not start in {}", ns.display()),
+        }
+        Ok(Self {
+            stop,
+            peers,
+            thread: Some(std::thread::spawn(move || {
+                thread
+                    .join()
+                    .map_err(|_| anyhow!("server panicked"))??
+                    .map_err(|e| anyhow!(e))
+            })),
+        })
+    }
+
+    /// Every peer address the server has seen, in order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `to`, sends `payload`, half-closes, returns the answer.
+pub fn tcp_request(ns: &Path, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    let payload = payload.to_vec();
+    netns::run_in(ns, move || -> Result<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT)
+            .with_context(|| format!("connecting to {to}"))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(&payload)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).with_context(|| format!("reading from {to}"))?;
+        Ok(out)
+    })?
+}
+
+/// Sends one datagram from `ns` (from `from_port`, 0 for any) and waits for
+/// the answer.
+pub fn udp_request(ns: &Path, to: SocketAddr, from_port: u16, payload: &[u8]) -> Result<Vec<u8>> {
+    let payload = payload.to_vec();
+    netns::run_in(ns, move || -> Result<Vec<u8>> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from_port))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.send_to(&payload, to)?;
+        let mut buf = vec![0; 65536];
+        let (n, _) = s.recv_from(&mut buf).with_context(|| format!("no answer from {to}"))?;
+        buf.truncate(n);
+        Ok(buf)
+    })?
+}
+
+/// One ICMP echo from `ns` to `dst`; returns whether a matching reply came.
+pub fn ping(ns: &Path, dst: Ipv4Addr) -> Result<bool> {
+    netns::run_in(ns, move || -> Result<bool> {
+        // SAFETY: plain socket syscalls on an fd this closure owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("raw ICMP socket");
+            }
+            let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
+            let mut req = [8u8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1, b'n', b'b'];
+            let sum = inet_checksum(&req);
+            req[2..4].copy_from_slice(&sum.to_be_bytes());
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+                sin_zero: [0; 8],
+            };
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, size_of::<libc::timeval>() as u32);
+            let sent = libc::sendto(fd, req.as_ptr().cast(), req.len(), 0, &addr as *const _ as *const _, size_of::<libc::sockaddr_in>() as u32);
+            let mut ok = false;
+            if sent >= 0 {
+                let mut buf = [0u8; 1500];
+                for _ in 0..10 {
+                    let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                    if n < 28 {
+                        break;
+                    }
+                    let ihl = ((buf[0] & 0x0f) as usize) * 4;
+                    let icmp = &buf[ihl..n as usize];
+                    if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == req[4..6] && buf[12..16] == dst.octets() {
+                        ok = true;
+                        break;
+                    }
+                }
+            }
+            libc::close(fd);
+            Ok(ok)
+        }
+    })?
+}
+
+/// RFC 1071 Internet checksum.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

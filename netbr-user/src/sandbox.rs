@@ -1,1 +1,166 @@
-//! sandbox
+//! The sandbox of DESIGN.md, for the demo, the tests and benchmarks:
+//!
+//! ```text
+//! ns lan   eth0 192.0.2.2/24        the outside world; no route to the bridge subnet
+//! ns host  up0  192.0.2.1/24        uplink; bridge netbr0 172.30.0.1/16
+//! ns cN    eth0 172.30.0.N/16       containers (made by `netbr endpoint add`)
+//! ```
+//!
+//! Every name carries a unique suffix, and dropping the sandbox detaches
+//! netbr and deletes every namespace it made, also when a test panics.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{netlink, netns};
+
+pub const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const SUBNET: &str = "172.30.0.0/16";
+pub const UPLINK: &str = "up0";
+pub const BRIDGE: &str = "netbr0";
+
+pub struct Sandbox {
+    pub suffix: String,
+    pub lan: String,
+    pub host: String,
+    netbr: PathBuf,
+}
+
+/// A short suffix unique on this machine for this process's lifetime.
+pub fn unique_suffix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Sandbox {
+    /// Builds `lan` and `host` joined by a veth pair. `netbr` is the binary
+    /// the sandbox drives.
+    pub fn create(netbr: impl Into<PathBuf>) -> Result<Self> {
+        let suffix = unique_suffix();
+        let sb = Self {
+            lan: format!("nbl-{suffix}"),
+            host: format!("nbh-{suffix}"),
+            suffix,
+            netbr: netbr.into(),
+        };
+        netns::create_named(&sb.lan)?;
+        netns::create_named(&sb.host)?;
+        // From here on, Drop cleans up whatever fails below.
+        sb.wire().context("wiring the sandbox")?;
+        Ok(sb)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let lan = self.lan_path();
+        netns::run_in(&self.host_path(), move || {
+            netlink::block_on(async {
+                let nl = netlink::Netlink::connect()?;
+                nl.create_veth(UPLINK, "nblan0").await?;
+                let up = nl.require_link(UPLINK).await?;
+                let peer = nl.require_link("nblan0").await?;
+                nl.move_to_netns(peer.index, &netns::open(&lan)?).await?;
+                nl.add_addr(up.index, UPLINK_IP, 24).await?;
+                nl.set_up(up.index).await
+            })
+        })??;
+        netns::run_in(&self.lan_path(), || {
+            netlink::block_on(async {
+                let nl = netlink::Netlink::connect()?;
+                let eth = nl.require_link("nblan0").await?;
+                nl.rename(eth.index, "eth0").await?;
+                nl.add_addr(eth.index, LAN_IP, 24).await?;
+                nl.set_up(eth.index).await
+            })
+        })??;
+        Ok(())
+    }
+
+    pub fn lan_path(&self) -> PathBuf {
+        netns::resolve(&self.lan)
+    }
+
+    pub fn host_path(&self) -> PathBuf {
+        netns::resolve(&self.host)
+    }
+
+    /// A container name unique to this sandbox.
+    pub fn container(&self, n: u32) -> String {
+        format!("c{n}-{}", self.suffix)
+    }
+
+    pub fn container_path(&self, n: u32) -> PathBuf {
+        netns::resolve(&self.container(n))
+    }
+
+    /// Runs `netbr --netns HOST ARGS...` and returns its output.
+    pub fn netbr(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.netbr)
+            .arg("--netns")
+            .arg(&self.host)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.netbr.display()))
+    }
+
+    /// Like [`Self::netbr`], failing unless the command succeeds; returns stdout.
+    pub fn netbr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.netbr(args)?;
+        if !out.status.success() {
+            bail!(
+                "netbr {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn attach(&self) -> Result<String> {
+        self.netbr_ok(&["attach", "--subnet", SUBNET, "--uplink", UPLINK])
+    }
+
+    /// Adds endpoint `n` (named namespace `cN-SUFFIX`) at 172.30.0.(n+1).
+    pub fn add_container(&self, n: u32) -> Result<Ipv4Addr> {
+        let ip = Ipv4Addr::new(172, 30, 0, (n + 1) as u8);
+        self.netbr_ok(&["endpoint", "add", &self.container(n), "--ip", &ip.to_string()])?;
+        Ok(ip)
+    }
+
+    /// Runs a command in the host namespace through setns (nsenter keeps the
+    /// mount namespace; `ip netns exec` would not).
+    pub fn in_host(&self, cmd: &str, args: &[&str]) -> Result<Output> {
+        in_netns(&self.host_path(), cmd, args)
+    }
+}
+
+/// Runs `cmd args` inside the namespace at `ns` with `nsenter --net`.
+pub fn in_netns(ns: &Path, cmd: &str, args: &[&str]) -> Result<Output> {
+    Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .arg(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} in {}", ns.display()))
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Detach removes pins, endpoints and the namespaces netbr made for
+        // them; it fails harmlessly when nothing was attached.
+        let _ = self.netbr(&["detach"]);
+        for ns in [&self.lan, &self.host] {
+            if netns::exists(ns) {
+                if let Err(e) = netns::delete_named(ns) {
+                    eprintln!("sandbox cleanup: {e:#}");
+                }
+            }
+        }
+    }
+}
