@@ -1,0 +1,4 @@
+//! Helpers shared by the test binaries.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+pub mod packet;

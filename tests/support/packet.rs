@@ -1,0 +1,181 @@
+//! Crafting Ethernet/IPv4 packets and checking their checksums.
+
+use std::net::Ipv4Addr;
+
+use netbr::probe::inet_checksum;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+
+/// A packet to build: addresses, ports (the ICMP echo id goes in `sport`),
+/// protocol, TCP flags, IP options and payload.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    /// ICMP type (8 echo request, 0 echo reply).
+    pub icmp_type: u8,
+    /// Raw IP options, a multiple of 4 bytes.
+    pub ip_options: Vec<u8>,
+    pub payload: Vec<u8>,
+    /// UDP only: send with checksum 0 (none).
+    pub udp_no_csum: bool,
+}
+
+impl Spec {
+    pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Self {
+        Self::new(TCP, src, dst, flags)
+    }
+
+    pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
+        Self::new(UDP, src, dst, 0)
+    }
+
+    pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Self {
+        let mut s = Self::new(ICMP, (src, id), (dst, 0), 0);
+        s.icmp_type = 8;
+        s
+    }
+
+    fn new(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Self {
+        Self {
+            src: src.0,
+            dst: dst.0,
+            sport: src.1,
+            dport: dst.1,
+            proto,
+            tcp_flags: flags,
+            icmp_type: 0,
+            ip_options: Vec::new(),
+            payload: b"netbr".to_vec(),
+            udp_no_csum: false,
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut l4 = match self.proto {
+            TCP => {
+                let mut h = vec![0u8; 20];
+                h[0..2].copy_from_slice(&self.sport.to_be_bytes());
+                h[2..4].copy_from_slice(&self.dport.to_be_bytes());
+                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = self.tcp_flags;
+                h[14..16].copy_from_slice(&65535u16.to_be_bytes());
+                h
+            }
+            UDP => {
+                let mut h = vec![0u8; 8];
+                h[0..2].copy_from_slice(&self.sport.to_be_bytes());
+                h[2..4].copy_from_slice(&self.dport.to_be_bytes());
+                h[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                h
+            }
+            _ => {
+                let id = if self.icmp_type == 8 { self.sport } else { self.dport };
+                let mut h = vec![self.icmp_type, 0, 0, 0, 0, 0, 0, 1];
+                h[4..6].copy_from_slice(&id.to_be_bytes());
+                h
+            }
+        };
+        l4.extend_from_slice(&self.payload);
+        let csum = match self.proto {
+            ICMP => inet_checksum(&l4),
+            UDP if self.udp_no_csum => 0,
+            _ => l4_checksum(self.src, self.dst, self.proto, &l4),
+        };
+        let off = match self.proto {
+            TCP => 16,
+            UDP => 6,
+            _ => 2,
+        };
+        l4[off..off + 2].copy_from_slice(&csum.to_be_bytes());
+
+        let ihl = 20 + self.ip_options.len();
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x40 | (ihl / 4) as u8;
+        ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+        ip[6] = 0x40; // DF
+        ip[8] = 64;
+        ip[9] = self.proto;
+        ip[12..16].copy_from_slice(&self.src.octets());
+        ip[16..20].copy_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&self.ip_options);
+        let c = inet_checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+}
+
+fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
+    let mut buf = Vec::with_capacity(12 + l4.len());
+    buf.extend_from_slice(&src.octets());
+    buf.extend_from_slice(&dst.octets());
+    buf.extend_from_slice(&[0, proto]);
+    buf.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    buf.extend_from_slice(l4);
+    let c = inet_checksum(&buf);
+    if proto == UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// The fields of a packet as the peer would read them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Parses a frame, panicking unless its IP and L4 checksums verify.
+pub fn parse_checked(frame: &[u8]) -> Seen {
+    let ip = &frame[14..];
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    assert_eq!(inet_checksum(&ip[..ihl]), 0, "IP header checksum is wrong");
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = &ip[ihl..tot];
+    let proto = ip[9];
+    match proto {
+        ICMP => {
+            assert_eq!(inet_checksum(l4), 0, "ICMP checksum is wrong");
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            let (sport, dport) = if l4[0] == 8 { (id, 0) } else { (0, id) };
+            Seen { src, dst, sport, dport }
+        }
+        _ => {
+            let stored = u16::from_be_bytes([l4[if proto == TCP { 16 } else { 6 }], l4[if proto == TCP { 17 } else { 7 }]]);
+            if !(proto == UDP && stored == 0) {
+                let mut pseudo = Vec::new();
+                pseudo.extend_from_slice(&src.octets());
+                pseudo.extend_from_slice(&dst.octets());
+                pseudo.extend_from_slice(&[0, proto]);
+                pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                pseudo.extend_from_slice(l4);
+                assert_eq!(inet_checksum(&pseudo), 0, "L4 checksum is wrong");
+            }
+            Seen {
+                src,
+                dst,
+                sport: u16::from_be_bytes([l4[0], l4[1]]),
+                dport: u16::from_be_bytes([l4[2], l4[3]]),
+            }
+        }
+    }
+}
