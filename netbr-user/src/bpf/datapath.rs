@@ -36,7 +36,7 @@ impl Datapath {
         let dir = super::pins::pin_dir(bridge)?;
         if !dir.join(MAP_CONFIG).exists() {
             return Err(anyhow!(
-                "bridge {bridge} is not attached in this network namespace: run netbr attach --bridge {bridge} --subnet CIDR --uplink IFACE"
+                "bridge {bridge} is not attached: run netbr attach --bridge {bridge} --subnet CIDR --uplink IFACE"
             ));
         }
         Ok((Self::from_pins(&dir)?, dir))
