@@ -9,7 +9,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("netbr-user has no parent directory"))?
         .join("netbr-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {root:?}"))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {root:?}"))?;
     aya_build::build_ebpf(
         [Package {
             name: "netbr-ebpf",

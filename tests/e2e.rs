@@ -32,7 +32,11 @@ fn stderr(o: &Output) -> String {
 fn fails_with(sb: &Sandbox, args: &[&str], needle: &str) {
     let o = sb.netbr(args).expect("run netbr");
     assert!(!o.status.success(), "netbr {args:?} should fail");
-    assert!(stderr(&o).contains(needle), "netbr {args:?}: expected {needle:?} in {:?}", stderr(&o));
+    assert!(
+        stderr(&o).contains(needle),
+        "netbr {args:?}: expected {needle:?} in {:?}",
+        stderr(&o)
+    );
 }
 
 fn published(port: u16) -> SocketAddr {
@@ -54,7 +58,10 @@ fn assert_no_netfilter_rules(sb: &Sandbox) {
     assert!(rules.is_empty(), "iptables rules found: {rules:?}");
     let nft = in_netns(&sb.host_path(), "nft", &["list", "ruleset"]).expect("nft");
     assert!(nft.status.success(), "nft failed: {}", stderr(&nft));
-    assert!(String::from_utf8_lossy(&nft.stdout).trim().is_empty(), "nft ruleset is not empty");
+    assert!(
+        String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
+        "nft ruleset is not empty"
+    );
 }
 
 #[test]
@@ -62,24 +69,50 @@ fn published_tcp_and_udp_reach_the_container_and_echo_back() {
     let sb = attached();
     assert_no_netfilter_rules(&sb);
     let c1 = sb.add_container(1).expect("endpoint");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80", "-p", "5353:53/udp"]).expect("publish");
+    sb.netbr_ok(&[
+        "publish",
+        &sb.container(1),
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+    ])
+    .expect("publish");
     let tcp = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("tcp server");
     let udp = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("udp server");
 
     let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
-    let back = probe::tcp_request(&sb.lan_path(), published(8080), &payload).expect("tcp through DNAT");
+    let back =
+        probe::tcp_request(&sb.lan_path(), published(8080), &payload).expect("tcp through DNAT");
     assert_eq!(back, payload, "TCP payload must come back byte for byte");
-    let back = probe::udp_request(&sb.lan_path(), published(5353), 0, b"udp payload").expect("udp through DNAT");
+    let back = probe::udp_request(&sb.lan_path(), published(5353), 0, b"udp payload")
+        .expect("udp through DNAT");
     assert_eq!(back, b"udp payload");
     // Like Docker, the container sees the real client.
-    assert!(tcp.peers().iter().all(|p| p.ip() == LAN_IP), "{:?}", tcp.peers());
-    assert!(udp.peers().iter().all(|p| p.ip() == LAN_IP), "{:?}", udp.peers());
+    assert!(
+        tcp.peers().iter().all(|p| p.ip() == LAN_IP),
+        "{:?}",
+        tcp.peers()
+    );
+    assert!(
+        udp.peers().iter().all(|p| p.ip() == LAN_IP),
+        "{:?}",
+        udp.peers()
+    );
 
     let flows: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["conntrack", "list", "--json"]).expect("ct")).expect("json");
-    let dnat: Vec<_> = flows.as_array().expect("array").iter().filter(|f| f["nat"] == "dnat").collect();
+        serde_json::from_str(&sb.netbr_ok(&["conntrack", "list", "--json"]).expect("ct"))
+            .expect("json");
+    let dnat: Vec<_> = flows
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|f| f["nat"] == "dnat")
+        .collect();
     assert_eq!(dnat.len(), 2, "{flows:#}");
-    assert!(dnat.iter().all(|f| f["translated"]["dst"] == c1.to_string()));
+    assert!(dnat
+        .iter()
+        .all(|f| f["translated"]["dst"] == c1.to_string()));
     assert_no_netfilter_rules(&sb);
 }
 
@@ -89,14 +122,35 @@ fn container_traffic_leaves_with_the_uplink_address() {
     sb.add_container(1).expect("endpoint");
     let tcp = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan tcp");
     let udp = Server::udp(&sb.lan_path(), 9001, probe::echo()).expect("lan udp");
-    let back = probe::tcp_request(&sb.container_path(1), SocketAddr::from((LAN_IP, 9000)), b"out").expect("tcp out");
+    let back = probe::tcp_request(
+        &sb.container_path(1),
+        SocketAddr::from((LAN_IP, 9000)),
+        b"out",
+    )
+    .expect("tcp out");
     assert_eq!(back, b"out");
-    let back = probe::udp_request(&sb.container_path(1), SocketAddr::from((LAN_IP, 9001)), 0, b"dgram").expect("udp out");
+    let back = probe::udp_request(
+        &sb.container_path(1),
+        SocketAddr::from((LAN_IP, 9001)),
+        0,
+        b"dgram",
+    )
+    .expect("udp out");
     assert_eq!(back, b"dgram");
-    assert_eq!(tcp.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), [UPLINK_IP]);
-    assert_eq!(udp.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), [UPLINK_IP]);
-    assert!(probe::ping(&sb.container_path(1), LAN_IP).expect("ping"), "no echo reply through masquerade");
-    let stats: serde_json::Value = serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    assert_eq!(
+        tcp.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        [UPLINK_IP]
+    );
+    assert_eq!(
+        udp.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        [UPLINK_IP]
+    );
+    assert!(
+        probe::ping(&sb.container_path(1), LAN_IP).expect("ping"),
+        "no echo reply through masquerade"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
     assert_eq!(stats["snat_new"], 3, "{stats:#}");
     assert_no_netfilter_rules(&sb);
 }
@@ -115,50 +169,100 @@ fn two_containers_publish_different_ports() {
     let sb = attached();
     sb.add_container(1).expect("c1");
     sb.add_container(2).expect("c2");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8081:80"]).expect("publish c1");
-    sb.netbr_ok(&["publish", &sb.container(2), "-p", "8082:80"]).expect("publish c2");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8081:80"])
+        .expect("publish c1");
+    sb.netbr_ok(&["publish", &sb.container(2), "-p", "8082:80"])
+        .expect("publish c2");
     let name = |n: u32| -> probe::Responder {
         let tag = format!("c{n}");
         std::sync::Arc::new(move |_: &[u8], _| tag.clone().into_bytes())
     };
     let _s1 = Server::tcp(&sb.container_path(1), 80, name(1)).expect("s1");
     let _s2 = Server::tcp(&sb.container_path(2), 80, name(2)).expect("s2");
-    assert_eq!(probe::tcp_request(&sb.lan_path(), published(8081), b"?").expect("8081"), b"c1");
-    assert_eq!(probe::tcp_request(&sb.lan_path(), published(8082), b"?").expect("8082"), b"c2");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8081), b"?").expect("8081"),
+        b"c1"
+    );
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8082), b"?").expect("8082"),
+        b"c2"
+    );
     let ls = ls_json(&sb);
-    assert_eq!(ls["mappings"].as_array().expect("mappings").len(), 2, "{ls:#}");
+    assert_eq!(
+        ls["mappings"].as_array().expect("mappings").len(),
+        2,
+        "{ls:#}"
+    );
 }
 
 #[test]
 fn unpublish_stops_new_connections_and_ends_its_flows() {
     let sb = attached();
     sb.add_container(1).expect("endpoint");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80", "-p", "5353:53/udp"]).expect("publish");
+    sb.netbr_ok(&[
+        "publish",
+        &sb.container(1),
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+    ])
+    .expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     let _udp = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("udp server");
-    assert_eq!(probe::tcp_request(&sb.lan_path(), published(8080), b"a").expect("before"), b"a");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"a").expect("before"),
+        b"a"
+    );
     // A UDP flow from a fixed client port, so the same tuple is reused below.
-    assert_eq!(probe::udp_request(&sb.lan_path(), published(5353), 7000, b"u").expect("udp before"), b"u");
-    sb.netbr_ok(&["unpublish", &sb.container(1), "-p", "5353:53/udp"]).expect("unpublish udp");
-    assert!(probe::udp_request(&sb.lan_path(), published(5353), 7000, b"u").is_err(), "stale UDP flow still delivers");
-    sb.netbr_ok(&["unpublish", &sb.container(1), "--all"]).expect("unpublish");
-    assert!(probe::tcp_request(&sb.lan_path(), published(8080), b"b").is_err(), "connection after unpublish");
-    assert!(ls_json(&sb)["mappings"].as_array().expect("mappings").is_empty());
+    assert_eq!(
+        probe::udp_request(&sb.lan_path(), published(5353), 7000, b"u").expect("udp before"),
+        b"u"
+    );
+    sb.netbr_ok(&["unpublish", &sb.container(1), "-p", "5353:53/udp"])
+        .expect("unpublish udp");
+    assert!(
+        probe::udp_request(&sb.lan_path(), published(5353), 7000, b"u").is_err(),
+        "stale UDP flow still delivers"
+    );
+    sb.netbr_ok(&["unpublish", &sb.container(1), "--all"])
+        .expect("unpublish");
+    assert!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"b").is_err(),
+        "connection after unpublish"
+    );
+    assert!(ls_json(&sb)["mappings"]
+        .as_array()
+        .expect("mappings")
+        .is_empty());
 }
 
 #[test]
 fn reattach_is_idempotent_and_keeps_flows_and_mappings() {
     let sb = attached();
     sb.add_container(1).expect("endpoint");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"]).expect("publish");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
+        .expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     probe::tcp_request(&sb.lan_path(), published(8080), b"1").expect("before");
     let flows_before = sb.netbr_ok(&["conntrack", "list", "--json"]).expect("ct");
     let out = sb.attach().expect("second attach");
     assert!(out.contains("re-attached"), "{out}");
-    assert_eq!(sb.netbr_ok(&["conntrack", "list", "--json"]).expect("ct").matches("dnat").count(), flows_before.matches("dnat").count());
-    assert_eq!(probe::tcp_request(&sb.lan_path(), published(8080), b"2").expect("after"), b"2");
-    assert_eq!(ls_json(&sb)["mappings"].as_array().expect("mappings").len(), 1);
+    assert_eq!(
+        sb.netbr_ok(&["conntrack", "list", "--json"])
+            .expect("ct")
+            .matches("dnat")
+            .count(),
+        flows_before.matches("dnat").count()
+    );
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"2").expect("after"),
+        b"2"
+    );
+    assert_eq!(
+        ls_json(&sb)["mappings"].as_array().expect("mappings").len(),
+        1
+    );
 }
 
 #[test]
@@ -169,12 +273,21 @@ fn detach_leaves_nothing_behind() {
     assert!(std::path::Path::new(&pins).exists());
     sb.netbr_ok(&["detach"]).expect("detach");
     assert!(!std::path::Path::new(&pins).exists(), "{pins} still exists");
-    assert!(!netbr::netns::exists(&sb.container(1)), "endpoint namespace left behind");
+    assert!(
+        !netbr::netns::exists(&sb.container(1)),
+        "endpoint namespace left behind"
+    );
     let links = in_netns(&sb.host_path(), "ip", &["-j", "link"]).expect("ip link");
     let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains("netbr0") && !links.contains("\"nb"), "{links}");
+    assert!(
+        !links.contains("netbr0") && !links.contains("\"nb"),
+        "{links}"
+    );
     let tc = in_netns(&sb.host_path(), "bpftool", &["net", "show"]).expect("bpftool");
-    assert!(!String::from_utf8_lossy(&tc.stdout).contains("nb_up"), "programs still attached");
+    assert!(
+        !String::from_utf8_lossy(&tc.stdout).contains("nb_up"),
+        "programs still attached"
+    );
     fails_with(&sb, &["ls"], "is not attached");
 }
 
@@ -183,7 +296,8 @@ fn endpoint_names_may_be_long() {
     let sb = attached();
     let name = format!("{}-{}", "x".repeat(60 - sb.suffix.len()), sb.suffix);
     let name = &name[name.len() - 64.min(name.len())..];
-    sb.netbr_ok(&["endpoint", "add", name]).expect("long endpoint");
+    sb.netbr_ok(&["endpoint", "add", name])
+        .expect("long endpoint");
     let ls = ls_json(&sb);
     assert_eq!(ls["endpoints"][0]["name"], name);
     sb.netbr_ok(&["endpoint", "rm", name]).expect("rm");
@@ -194,35 +308,89 @@ fn endpoint_names_may_be_long() {
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let sb = sandbox();
     // Before attach.
-    fails_with(&sb, &["publish", "web", "-p", "8080:80"], "is not attached: run netbr attach");
-    fails_with(&sb, &["attach", "--subnet", "172.30.0.0/16", "--uplink", "eth9"], "uplink eth9 not found");
-    fails_with(&sb, &["attach", "--subnet", "192.0.2.0/25", "--uplink", "up0"], "overlaps uplink up0");
+    fails_with(
+        &sb,
+        &["publish", "web", "-p", "8080:80"],
+        "is not attached: run netbr attach",
+    );
+    fails_with(
+        &sb,
+        &["attach", "--subnet", "172.30.0.0/16", "--uplink", "eth9"],
+        "uplink eth9 not found",
+    );
+    fails_with(
+        &sb,
+        &["attach", "--subnet", "192.0.2.0/25", "--uplink", "up0"],
+        "overlaps uplink up0",
+    );
     let links = in_netns(&sb.host_path(), "ip", &["-j", "link"]).expect("ip link");
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("netbr0"), "a failed attach created the bridge");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("netbr0"),
+        "a failed attach created the bridge"
+    );
 
     sb.attach().expect("attach");
     sb.add_container(1).expect("endpoint");
     let c1 = sb.container(1);
-    fails_with(&sb, &["publish", "nosuch", "-p", "8080:80"], "no endpoint named nosuch");
+    fails_with(
+        &sb,
+        &["publish", "nosuch", "-p", "8080:80"],
+        "no endpoint named nosuch",
+    );
     fails_with(&sb, &["publish", &c1, "-p", "8080"], "invalid -p");
     fails_with(&sb, &["publish", &c1, "-p", "8080:80/sctp"], "tcp or udp");
     fails_with(&sb, &["publish", &c1, "-p", "70000:80"], "invalid -p");
-    fails_with(&sb, &["publish", &c1, "-p", "203.0.113.9:8080:80"], "not an address of this host");
-    sb.netbr_ok(&["publish", &c1, "-p", "8080:80"]).expect("publish");
+    fails_with(
+        &sb,
+        &["publish", &c1, "-p", "203.0.113.9:8080:80"],
+        "not an address of this host",
+    );
+    sb.netbr_ok(&["publish", &c1, "-p", "8080:80"])
+        .expect("publish");
     // Already published: the whole request is refused, the good part too.
-    fails_with(&sb, &["publish", &c1, "-p", "9090:90", "-p", "192.0.2.1:8080:81"], "already published");
+    fails_with(
+        &sb,
+        &["publish", &c1, "-p", "9090:90", "-p", "192.0.2.1:8080:81"],
+        "already published",
+    );
     // Busy because a host process listens there.
     let _host_srv = Server::tcp(&sb.host_path(), 7070, probe::echo()).expect("host listener");
-    fails_with(&sb, &["publish", &c1, "-p", "7070:70"], "in use by a process on the host");
+    fails_with(
+        &sb,
+        &["publish", &c1, "-p", "7070:70"],
+        "in use by a process on the host",
+    );
     let maps = ls_json(&sb)["mappings"].clone();
     assert_eq!(maps.as_array().expect("mappings").len(), 1, "{maps:#}");
     fails_with(&sb, &["endpoint", "add", &c1], "already exists");
     fails_with(&sb, &["endpoint", "add", "bad/name"], "endpoint name");
-    fails_with(&sb, &["endpoint", "add", "ipclash", "--ip", "172.30.0.2"], "already used");
-    fails_with(&sb, &["endpoint", "add", "outside", "--ip", "10.1.1.1"], "not a free host address");
+    fails_with(
+        &sb,
+        &["endpoint", "add", "ipclash", "--ip", "172.30.0.2"],
+        "already used",
+    );
+    fails_with(
+        &sb,
+        &["endpoint", "add", "outside", "--ip", "10.1.1.1"],
+        "not a free host address",
+    );
     assert!(!netbr::netns::exists("ipclash") && !netbr::netns::exists("outside"));
-    fails_with(&sb, &["endpoint", "rm", "nosuch"], "no endpoint named nosuch");
-    fails_with(&sb, &["unpublish", &c1, "-p", "9999:80"], "is not published");
-    assert_eq!(ls_json(&sb)["endpoints"].as_array().expect("endpoints").len(), 1);
+    fails_with(
+        &sb,
+        &["endpoint", "rm", "nosuch"],
+        "no endpoint named nosuch",
+    );
+    fails_with(
+        &sb,
+        &["unpublish", &c1, "-p", "9999:80"],
+        "is not published",
+    );
+    assert_eq!(
+        ls_json(&sb)["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .len(),
+        1
+    );
     let _ = Ipv4Addr::LOCALHOST;
 }

@@ -56,26 +56,50 @@ impl Harness {
             _pad: 0,
         })
         .expect("config");
-        dp.local_addrs.insert(to_be32(HOST), 1, 0).expect("local addr");
+        dp.local_addrs
+            .insert(to_be32(HOST), 1, 0)
+            .expect("local addr");
         for name in [UP_IN, UP_OUT] {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).expect("program").try_into().expect("classifier");
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("classifier");
             p.load().expect("verifier accepts the program");
         }
         Self { ebpf, dp }
     }
 
     fn publish(&mut self, proto: u8, host_port: u16, to: Ipv4Addr, port: u16) {
-        let key = MappingKey { proto, _pad: 0, port: host_port.to_be(), addr: 0 };
-        let target = MappingTarget { addr: to_be32(to), port: port.to_be(), _pad: 0 };
+        let key = MappingKey {
+            proto,
+            _pad: 0,
+            port: host_port.to_be(),
+            addr: 0,
+        };
+        let target = MappingTarget {
+            addr: to_be32(to),
+            port: port.to_be(),
+            _pad: 0,
+        };
         self.dp.mappings.insert(key, target, 0).expect("mapping");
     }
 
     /// Runs `prog` on `frame`; returns the verdict and the output frame.
     fn run(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let p: &mut SchedClassifier = self.ebpf.program_mut(prog).expect("program").try_into().expect("classifier");
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
         let mut out = vec![0u8; frame.len() + 256];
         let r = p
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -85,7 +109,12 @@ impl Harness {
         self.dp.counter(r).expect("counter")
     }
 
-    fn flows(&self) -> Vec<(netbr_common::conntrack::FlowKey, netbr_common::conntrack::CtEntry)> {
+    fn flows(
+        &self,
+    ) -> Vec<(
+        netbr_common::conntrack::FlowKey,
+        netbr_common::conntrack::CtEntry,
+    )> {
         self.dp.flows().expect("flows")
     }
 
@@ -95,7 +124,12 @@ impl Harness {
 }
 
 fn seen(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Seen {
-    Seen { src: src.0, dst: dst.0, sport: src.1, dport: dst.1 }
+    Seen {
+        src: src.0,
+        dst: dst.0,
+        sport: src.1,
+        dport: dst.1,
+    }
 }
 
 #[test]
@@ -121,7 +155,10 @@ fn reply_of_published_flow_leaves_with_the_host_address() {
     let mut h = Harness::new((61000, 65535));
     h.publish(TCP, 8080, WEB, 80);
     h.run(UP_IN, &Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build());
-    let (verdict, out) = h.run(UP_OUT, &Spec::tcp((WEB, 80), (LAN, 40000), SYN | ACK).build());
+    let (verdict, out) = h.run(
+        UP_OUT,
+        &Spec::tcp((WEB, 80), (LAN, 40000), SYN | ACK).build(),
+    );
     assert_eq!(verdict, PASS);
     assert_eq!(parse_checked(&out), seen((HOST, 8080), (LAN, 40000)));
     h.run(UP_IN, &Spec::tcp((LAN, 40000), (HOST, 8080), ACK).build());
@@ -149,8 +186,15 @@ fn source_port_in_the_host_ephemeral_range_is_remapped_into_the_snat_range() {
     let (_, out) = h.run(UP_OUT, &Spec::tcp((WEB, 40000), (REMOTE, 443), SYN).build());
     let s = parse_checked(&out);
     assert_eq!(s.src, HOST);
-    assert!((61000..=61009).contains(&s.sport), "port {} outside the SNAT range", s.sport);
-    let (_, back) = h.run(UP_IN, &Spec::tcp((REMOTE, 443), (HOST, s.sport), SYN | ACK).build());
+    assert!(
+        (61000..=61009).contains(&s.sport),
+        "port {} outside the SNAT range",
+        s.sport
+    );
+    let (_, back) = h.run(
+        UP_IN,
+        &Spec::tcp((REMOTE, 443), (HOST, s.sport), SYN | ACK).build(),
+    );
     assert_eq!(parse_checked(&back), seen((REMOTE, 443), (WEB, 40000)));
 }
 
@@ -266,7 +310,10 @@ fn expired_flow_is_forgotten_on_lookup() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     let frame = Spec::udp((REMOTE, 53), (HOST, 5000)).build();
     let (_, out) = h.run(UP_IN, &frame);
-    assert_eq!(out, frame, "the reply of an expired flow must not be translated");
+    assert_eq!(
+        out, frame,
+        "the reply of an expired flow must not be translated"
+    );
     assert_eq!(h.counter(Reason::CtExpired), 1);
     assert_eq!(h.entries(), 0);
 }

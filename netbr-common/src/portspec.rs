@@ -38,9 +38,7 @@ impl fmt::Display for SpecError {
             SpecError::ZeroPort => "port 0 cannot be published",
             SpecError::ReversedRange => "a port range ends before it starts",
             SpecError::BadProtocol => "the protocol must be tcp or udp",
-            SpecError::RangeMismatch => {
-                "host and container port ranges must have the same length"
-            }
+            SpecError::RangeMismatch => "host and container port ranges must have the same length",
         })
     }
 }
@@ -79,8 +77,7 @@ impl FromStr for PortSpec {
 impl PortSpec {
     /// Each (host port, container port) pair the spec publishes.
     pub fn pairs(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
-        (self.host_ports.0..=self.host_ports.1)
-            .zip(self.container_ports.0..=self.container_ports.1)
+        (self.host_ports.0..=self.host_ports.1).zip(self.container_ports.0..=self.container_ports.1)
     }
 }
 

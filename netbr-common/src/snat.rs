@@ -34,7 +34,10 @@ mod tests {
             seen.push(p);
         }
         assert_eq!(snat_candidate(7, 0, 5, 5), 5);
-        assert_eq!(snat_candidate(u32::MAX, 3, 0, 65535), snat_candidate(u32::MAX, 3, 0, 65535));
+        assert_eq!(
+            snat_candidate(u32::MAX, 3, 0, 65535),
+            snat_candidate(u32::MAX, 3, 0, 65535)
+        );
     }
 
     #[test]

@@ -73,7 +73,12 @@ pub fn account(flow: &Flow, proto: u8, tcp_flags: u8, len: u32, now: u64) {
 /// first packet had tuple `orig`. It is the same whatever the flow is
 /// translated to, so a port search builds it once.
 #[inline(always)]
-pub fn reply_entry(orig: &FlowKey, nat: u8, state: CtState, now: u64) -> Result<&'static mut CtEntry, Reason> {
+pub fn reply_entry(
+    orig: &FlowKey,
+    nat: u8,
+    state: CtState,
+    now: u64,
+) -> Result<&'static mut CtEntry, Reason> {
     let e = SCRATCH.get_ptr_mut(0).ok_or(Reason::DropCtInsert)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let e = unsafe { &mut *e };
@@ -95,18 +100,28 @@ pub fn reply_entry(orig: &FlowKey, nat: u8, state: CtState, now: u64) -> Result<
 /// `lookup` removes such entries.
 #[inline(always)]
 pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
-    if CONNTRACK.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+    if CONNTRACK
+        .insert(reply_key, reply, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         return true;
     }
     lookup(reply_key, cfg, now).is_none()
-        && CONNTRACK.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
+        && CONNTRACK
+            .insert(reply_key, reply, BPF_NOEXIST as u64)
+            .is_ok()
 }
 
 /// Completes a flow whose reply entry is claimed: turns the scratch entry
 /// into the original one (rewriting to `xlat`) and inserts it, or releases
 /// the claim if that fails.
 #[inline(always)]
-pub fn insert_orig(orig: &FlowKey, xlat: &FlowKey, entry: &mut CtEntry, len: u32) -> Result<(), Reason> {
+pub fn insert_orig(
+    orig: &FlowKey,
+    xlat: &FlowKey,
+    entry: &mut CtEntry,
+    len: u32,
+) -> Result<(), Reason> {
     entry.xlat = *xlat;
     entry.dir = DIR_ORIG;
     entry.packets = [1, 0];

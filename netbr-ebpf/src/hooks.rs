@@ -35,7 +35,12 @@ fn now() -> u64 {
 /// A BPF function of its own: its stack frame then does not add to the
 /// SNAT port search's, which must fit beside it in 512 bytes.
 #[inline(never)]
-fn translate_tracked(ctx: &TcContext, pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Reason>, Reason> {
+fn translate_tracked(
+    ctx: &TcContext,
+    pkt: &Packet,
+    cfg: &Config,
+    now: u64,
+) -> Result<Option<Reason>, Reason> {
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
         return Ok(None);
     };

@@ -9,8 +9,8 @@ use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::REASON_COUNT,
     maps::{
-        Config, Endpoint, MappingKey, MappingTarget, CT_MAX_ENTRIES_DEFAULT,
-        ENDPOINTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES,
+        Config, Endpoint, MappingKey, MappingTarget, CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES,
+        LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES,
     },
 };
 

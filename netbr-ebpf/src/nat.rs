@@ -53,7 +53,12 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
     let mut xlat = pkt.key;
     xlat.daddr = addr;
     xlat.dport = port;
-    let reply = conntrack::reply_entry(&pkt.key, NAT_DNAT, initial_state(pkt.key.proto, pkt.tcp_flags), now)?;
+    let reply = conntrack::reply_entry(
+        &pkt.key,
+        NAT_DNAT,
+        initial_state(pkt.key.proto, pkt.tcp_flags),
+        now,
+    )?;
     if !conntrack::claim_reply(&xlat.reversed(), reply, cfg, now) {
         return Err(Reason::DropCtInsert);
     }
@@ -86,7 +91,9 @@ struct PortSearch {
 /// same peer.
 #[inline(always)]
 fn claim_port(xlat: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
-    if xlat.proto != IPPROTO_ICMP && published_target(xlat.proto, cfg.uplink_addr, xlat.sport).is_some() {
+    if xlat.proto != IPPROTO_ICMP
+        && published_target(xlat.proto, cfg.uplink_addr, xlat.sport).is_some()
+    {
         return false;
     }
     conntrack::claim_reply(&xlat.reversed(), reply, cfg, now)
@@ -114,7 +121,12 @@ extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
 /// drawn from the SNAT range, never a published host port.
 #[inline(always)]
 pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Reason> {
-    let reply = conntrack::reply_entry(&pkt.key, NAT_SNAT, initial_state(pkt.key.proto, pkt.tcp_flags), now)?;
+    let reply = conntrack::reply_entry(
+        &pkt.key,
+        NAT_SNAT,
+        initial_state(pkt.key.proto, pkt.tcp_flags),
+        now,
+    )?;
     let mut search = PortSearch {
         xlat: pkt.key,
         reply,
@@ -145,6 +157,11 @@ pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Re
         return Err(Reason::DropSnatExhausted);
     }
     // SAFETY: the scratch entry, not aliased while the search is over.
-    conntrack::insert_orig(&pkt.key, &search.xlat, unsafe { &mut *search.reply }, pkt.len)?;
+    conntrack::insert_orig(
+        &pkt.key,
+        &search.xlat,
+        unsafe { &mut *search.reply },
+        pkt.len,
+    )?;
     Ok(search.xlat)
 }

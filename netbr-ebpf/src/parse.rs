@@ -3,9 +3,7 @@
 //! without a fight with the verifier.
 
 use aya_ebpf::programs::TcContext;
-use netbr_common::{
-    conntrack::FlowKey, counters::Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-};
+use netbr_common::{conntrack::FlowKey, counters::Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;

@@ -4,10 +4,7 @@
 //! CHECKSUM_PARTIAL skbs (every packet between namespaces on one host) right:
 //! for those the kernel adjusts only the pseudo-header seed, not a full sum.
 
-use aya_ebpf::{
-    bindings::BPF_F_PSEUDO_HDR,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use netbr_common::{conntrack::FlowKey, counters::Reason};
 
 use crate::parse::{Packet, IP_CSUM, IP_DADDR, IP_SADDR};

@@ -66,8 +66,12 @@ impl FromStr for Cidr {
         let (a, p) = s
             .split_once('/')
             .ok_or_else(|| anyhow!("{s:?} is not a CIDR block like 172.30.0.0/16"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| anyhow!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().map_err(|_| anyhow!("{p:?} is not a prefix length"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| anyhow!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| anyhow!("{p:?} is not a prefix length"))?;
         if !(8..=30).contains(&prefix) {
             bail!("prefix /{prefix} is out of range: use /8 to /30");
         }

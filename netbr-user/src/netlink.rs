@@ -50,10 +50,11 @@ pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T>
 
 /// The kernel's errno behind a failed request, if it was one.
 pub fn errno(err: &anyhow::Error) -> Option<i32> {
-    err.chain().find_map(|e| match e.downcast_ref::<rtnetlink::Error>() {
-        Some(rtnetlink::Error::NetlinkError(m)) => m.code.map(|c| -c.get()),
-        _ => None,
-    })
+    err.chain()
+        .find_map(|e| match e.downcast_ref::<rtnetlink::Error>() {
+            Some(rtnetlink::Error::NetlinkError(m)) => m.code.map(|c| -c.get()),
+            _ => None,
+        })
 }
 
 impl Netlink {
@@ -148,8 +149,11 @@ impl Netlink {
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.set(LinkUnspec::new_with_index(index).up().build(), "setting link up")
-            .await
+        self.set(
+            LinkUnspec::new_with_index(index).up().build(),
+            "setting link up",
+        )
+        .await
     }
 
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
@@ -163,7 +167,9 @@ impl Netlink {
     pub async fn move_to_netns(&self, index: u32, netns: &std::fs::File) -> Result<()> {
         use std::os::fd::AsRawFd as _;
         self.set(
-            LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build(),
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(netns.as_raw_fd())
+                .build(),
             "moving link into the container namespace",
         )
         .await
@@ -171,7 +177,9 @@ impl Netlink {
 
     pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
         self.set(
-            LinkUnspec::new_with_index(index).name(name.to_string()).build(),
+            LinkUnspec::new_with_index(index)
+                .name(name.to_string())
+                .build(),
             "renaming link",
         )
         .await
@@ -180,7 +188,11 @@ impl Netlink {
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         self.handle
             .route()
-            .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build())
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("adding default route via {gateway}"))
@@ -202,11 +214,7 @@ impl Netlink {
 
     pub async fn del_link(&self, index: u32) -> Result<()> {
         let mut links = self.handle.link();
-        links
-            .del(index)
-            .execute()
-            .await
-            .context("deleting link")
+        links.del(index).execute().await.context("deleting link")
     }
 }
 

@@ -115,11 +115,13 @@ pub fn create_named(name: &str) -> Result<PathBuf> {
         return Err(e);
     }
     // A new namespace's loopback is down; containers expect it up.
-    run_in(&path, || crate::netlink::block_on(async {
-        let nl = crate::netlink::Netlink::connect()?;
-        let lo = nl.require_link("lo").await?;
-        nl.set_up(lo.index).await
-    }))??;
+    run_in(&path, || {
+        crate::netlink::block_on(async {
+            let nl = crate::netlink::Netlink::connect()?;
+            let lo = nl.require_link("lo").await?;
+            nl.set_up(lo.index).await
+        })
+    })??;
     Ok(path)
 }
 
@@ -155,10 +157,7 @@ pub fn delete_named(name: &str) -> Result<()> {
 
 /// Runs `f` on a fresh thread inside the namespace at `path`, so the caller's
 /// own namespace never changes.
-pub fn run_in<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
+pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let file = open(path)?;
     let path = path.to_path_buf();
     std::thread::spawn(move || -> Result<T> {

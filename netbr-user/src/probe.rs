@@ -91,7 +91,11 @@ impl Server {
 
     fn start(
         ns: &Path,
-        body: impl FnOnce(Arc<AtomicBool>, Arc<Mutex<Vec<SocketAddr>>>, mpsc::Sender<Result<(), String>>) -> Result<()>
+        body: impl FnOnce(
+                Arc<AtomicBool>,
+                Arc<Mutex<Vec<SocketAddr>>>,
+                mpsc::Sender<Result<(), String>>,
+            ) -> Result<()>
             + Send
             + 'static,
     ) -> Result<Self> {
@@ -142,7 +146,8 @@ pub fn tcp_request(ns: &Path, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>>
         s.write_all(&payload)?;
         s.shutdown(std::net::Shutdown::Write)?;
         let mut out = Vec::new();
-        s.read_to_end(&mut out).with_context(|| format!("reading from {to}"))?;
+        s.read_to_end(&mut out)
+            .with_context(|| format!("reading from {to}"))?;
         Ok(out)
     })?
 }
@@ -156,7 +161,9 @@ pub fn udp_request(ns: &Path, to: SocketAddr, from_port: u16, payload: &[u8]) ->
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.send_to(&payload, to)?;
         let mut buf = vec![0; 65536];
-        let (n, _) = s.recv_from(&mut buf).with_context(|| format!("no answer from {to}"))?;
+        let (n, _) = s
+            .recv_from(&mut buf)
+            .with_context(|| format!("no answer from {to}"))?;
         buf.truncate(n);
         Ok(buf)
     })?
@@ -178,12 +185,30 @@ pub fn ping(ns: &Path, dst: Ipv4Addr) -> Result<bool> {
             let addr = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: 0,
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
                 sin_zero: [0; 8],
             };
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, size_of::<libc::timeval>() as u32);
-            let sent = libc::sendto(fd, req.as_ptr().cast(), req.len(), 0, &addr as *const _ as *const _, size_of::<libc::sockaddr_in>() as u32);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const _,
+                size_of::<libc::timeval>() as u32,
+            );
+            let sent = libc::sendto(
+                fd,
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                &addr as *const _ as *const _,
+                size_of::<libc::sockaddr_in>() as u32,
+            );
             let mut ok = false;
             if sent >= 0 {
                 let mut buf = [0u8; 1500];
@@ -194,7 +219,11 @@ pub fn ping(ns: &Path, dst: Ipv4Addr) -> Result<bool> {
                     }
                     let ihl = ((buf[0] & 0x0f) as usize) * 4;
                     let icmp = &buf[ihl..n as usize];
-                    if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == req[4..6] && buf[12..16] == dst.octets() {
+                    if icmp.len() >= 8
+                        && icmp[0] == 0
+                        && icmp[4..6] == req[4..6]
+                        && buf[12..16] == dst.octets()
+                    {
                         ok = true;
                         break;
                     }

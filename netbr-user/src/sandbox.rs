@@ -36,7 +36,11 @@ pub struct Sandbox {
 /// A short suffix unique on this machine for this process's lifetime.
 pub fn unique_suffix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Sandbox {
@@ -129,7 +133,13 @@ impl Sandbox {
     /// Adds endpoint `n` (named namespace `cN-SUFFIX`) at 172.30.0.(n+1).
     pub fn add_container(&self, n: u32) -> Result<Ipv4Addr> {
         let ip = Ipv4Addr::new(172, 30, 0, (n + 1) as u8);
-        self.netbr_ok(&["endpoint", "add", &self.container(n), "--ip", &ip.to_string()])?;
+        self.netbr_ok(&[
+            "endpoint",
+            "add",
+            &self.container(n),
+            "--ip",
+            &ip.to_string(),
+        ])?;
         Ok(ip)
     }
 

@@ -79,7 +79,11 @@ impl Spec {
                 h
             }
             _ => {
-                let id = if self.icmp_type == 8 { self.sport } else { self.dport };
+                let id = if self.icmp_type == 8 {
+                    self.sport
+                } else {
+                    self.dport
+                };
                 let mut h = vec![self.icmp_type, 0, 0, 0, 0, 0, 0, 1];
                 h[4..6].copy_from_slice(&id.to_be_bytes());
                 h
@@ -157,10 +161,18 @@ pub fn parse_checked(frame: &[u8]) -> Seen {
             assert_eq!(inet_checksum(l4), 0, "ICMP checksum is wrong");
             let id = u16::from_be_bytes([l4[4], l4[5]]);
             let (sport, dport) = if l4[0] == 8 { (id, 0) } else { (0, id) };
-            Seen { src, dst, sport, dport }
+            Seen {
+                src,
+                dst,
+                sport,
+                dport,
+            }
         }
         _ => {
-            let stored = u16::from_be_bytes([l4[if proto == TCP { 16 } else { 6 }], l4[if proto == TCP { 17 } else { 7 }]]);
+            let stored = u16::from_be_bytes([
+                l4[if proto == TCP { 16 } else { 6 }],
+                l4[if proto == TCP { 17 } else { 7 }],
+            ]);
             if !(proto == UDP && stored == 0) {
                 let mut pseudo = Vec::new();
                 pseudo.extend_from_slice(&src.octets());

@@ -1,1 +1,96 @@
-fn main() {}
+//! `cargo xtask setup|test|demo|lint`: everything a fresh machine needs, in
+//! one place. Every step checks before it acts, so re-running is cheap.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "netbr's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install prerequisites: Debian packages, nightly rust-src, bpf-linker.
+    Setup,
+    /// Set up, then run every test (unit, BPF_PROG_TEST_RUN, end-to-end). Needs root.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run `netbr demo`. Needs root.
+    Demo {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check and clippy (-D warnings) for the host crates and the BPF crate.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::all(),
+        Task::Test { args } => {
+            setup::all()?;
+            require_root("the tests create network namespaces and load BPF programs")?;
+            cargo(&["test"], &args)
+        }
+        Task::Demo { args } => {
+            setup::all()?;
+            require_root("the demo creates network namespaces and loads BPF programs")?;
+            cargo(&["run", "--release", "--bin", "netbr", "--", "demo"], &args)
+        }
+        Task::Lint => {
+            setup::all()?;
+            cargo(&["fmt", "--all", "--check"], &[])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
+            run(Command::new("cargo").current_dir("netbr-ebpf").args([
+                "+nightly",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+    }
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .args(extra),
+    )
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}

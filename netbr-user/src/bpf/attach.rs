@@ -41,9 +41,24 @@ pub fn load(pin_dir: Option<&Path>, ct_max: u32) -> Result<Ebpf> {
 /// packet sees a moment without a program.
 pub fn attach_all(ebpf: &mut Ebpf, dir: &Path, uplink: &str, bridge: &str) -> Result<()> {
     for (prog, iface, hook, link) in [
-        (PROG_UPLINK_INGRESS, uplink, TcAttachType::Ingress, LINK_UPLINK_INGRESS),
-        (PROG_UPLINK_EGRESS, uplink, TcAttachType::Egress, LINK_UPLINK_EGRESS),
-        (PROG_BRIDGE_INGRESS, bridge, TcAttachType::Ingress, LINK_BRIDGE_INGRESS),
+        (
+            PROG_UPLINK_INGRESS,
+            uplink,
+            TcAttachType::Ingress,
+            LINK_UPLINK_INGRESS,
+        ),
+        (
+            PROG_UPLINK_EGRESS,
+            uplink,
+            TcAttachType::Egress,
+            LINK_UPLINK_EGRESS,
+        ),
+        (
+            PROG_BRIDGE_INGRESS,
+            bridge,
+            TcAttachType::Ingress,
+            LINK_BRIDGE_INGRESS,
+        ),
     ] {
         attach_one(ebpf, prog, iface, hook, &dir.join(link))
             .with_context(|| format!("attaching {prog} to {iface}"))?;
@@ -62,7 +77,9 @@ fn attach_one(
         .program_mut(prog)
         .with_context(|| format!("the BPF object has no program {prog}"))?
         .try_into()?;
-    program.load().with_context(|| format!("verifying {prog}"))?;
+    program
+        .load()
+        .with_context(|| format!("verifying {prog}"))?;
     if link_path.exists() {
         let old = PinnedLink::from_pin(link_path).context("opening the pinned link")?;
         let id = program.attach_to_link(FdLink::from(old).try_into()?)?;

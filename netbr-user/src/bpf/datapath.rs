@@ -74,11 +74,15 @@ impl Datapath {
     }
 
     pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).context("reading the datapath configuration")
+        self.config
+            .get(&0, 0)
+            .context("reading the datapath configuration")
     }
 
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
-        self.config.set(0, cfg, 0).context("writing the datapath configuration")
+        self.config
+            .set(0, cfg, 0)
+            .context("writing the datapath configuration")
     }
 
     /// Counter totals over all CPUs, in [`Reason::ALL`] order.
@@ -86,7 +90,10 @@ impl Datapath {
         Reason::ALL
             .iter()
             .map(|r| {
-                let per_cpu = self.counters.get(&(*r as u32), 0).context("reading counters")?;
+                let per_cpu = self
+                    .counters
+                    .get(&(*r as u32), 0)
+                    .context("reading counters")?;
                 Ok((*r, per_cpu.iter().sum()))
             })
             .collect()

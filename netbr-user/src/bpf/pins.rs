@@ -29,7 +29,13 @@ pub fn ensure_bpffs() -> Result<()> {
     let target = std::ffi::CString::new(BPFFS)?;
     // SAFETY: valid NUL-terminated strings.
     let rc = unsafe {
-        libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");

@@ -49,7 +49,10 @@ impl Attach {
         })?;
         let uplink_addrs = nl.addrs(Some(uplink.index)).await?;
         let Some(uplink_addr) = uplink_addrs.first() else {
-            bail!("uplink {} has no IPv4 address: add one before attaching", self.uplink);
+            bail!(
+                "uplink {} has no IPv4 address: add one before attaching",
+                self.uplink
+            );
         };
         for a in &uplink_addrs {
             let net = Cidr::new(a.addr, a.prefix);
@@ -62,7 +65,9 @@ impl Attach {
             }
         }
         let subnet = Cidr::new(self.subnet.network(), self.subnet.prefix);
-        let gateway = self.gateway.unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()) + 1));
+        let gateway = self
+            .gateway
+            .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()) + 1));
         if !subnet.is_host(gateway) {
             bail!("gateway {gateway} is not a host address of {subnet}");
         }
@@ -72,7 +77,10 @@ impl Attach {
         let bridge = nl.link(&self.bridge).await?;
         if let Some(b) = &bridge {
             if !b.is_bridge {
-                bail!("interface {} exists and is not a bridge: pick another --bridge", self.bridge);
+                bail!(
+                    "interface {} exists and is not a bridge: pick another --bridge",
+                    self.bridge
+                );
             }
         }
         let dir = pins::pin_dir(&self.bridge)?;
@@ -175,7 +183,12 @@ fn check_compatible(dir: &std::path::Path, bridge: &str, subnet: Cidr, uplink: u
 /// Mirrors the namespace's IPv4 addresses into the datapath, for ports
 /// published on every local address. Re-run `attach` after adding one.
 pub async fn sync_local_addrs(nl: &Netlink, dp: &mut Datapath) -> Result<()> {
-    let now: Vec<u32> = nl.addrs(None).await?.iter().map(|a| to_be32(a.addr)).collect();
+    let now: Vec<u32> = nl
+        .addrs(None)
+        .await?
+        .iter()
+        .map(|a| to_be32(a.addr))
+        .collect();
     let stale: Vec<u32> = dp
         .local_addrs
         .keys()

@@ -32,7 +32,11 @@ fn run(sb: &Sandbox, args: &[&str]) -> Result<()> {
 
 fn http_responder(name: String) -> Responder {
     std::sync::Arc::new(move |req: &[u8], peer| {
-        let line = String::from_utf8_lossy(req).lines().next().unwrap_or("").to_string();
+        let line = String::from_utf8_lossy(req)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
         format!(
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from {name}: you asked {line:?}, you are {peer}\n"
         )
@@ -64,7 +68,16 @@ fn narrate(sb: &Sandbox) -> Result<()> {
         "sandbox: {} (lan, {LAN_IP}) <-> {} (host, uplink up0 {UPLINK_IP})",
         sb.lan, sb.host
     ));
-    run(sb, &["attach", "--subnet", crate::sandbox::SUBNET, "--uplink", "up0"])?;
+    run(
+        sb,
+        &[
+            "attach",
+            "--subnet",
+            crate::sandbox::SUBNET,
+            "--uplink",
+            "up0",
+        ],
+    )?;
     let web = sb.container(1);
     run(sb, &["endpoint", "add", &web])?;
     run(sb, &["publish", &web, "-p", "8080:80", "-p", "5353:53/udp"])?;
@@ -80,21 +93,46 @@ fn narrate(sb: &Sandbox) -> Result<()> {
         bail!("the HTTP request through the published port failed");
     }
     let _dns = Server::udp(&sb.container_path(1), 53, probe::echo())?;
-    let answer = probe::udp_request(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 5353)), 0, b"udp hello")?;
-    println!("lan$ udp to {UPLINK_IP}:5353 -> answered {:?}", String::from_utf8_lossy(&answer));
+    let answer = probe::udp_request(
+        &sb.lan_path(),
+        SocketAddr::from((UPLINK_IP, 5353)),
+        0,
+        b"udp hello",
+    )?;
+    println!(
+        "lan$ udp to {UPLINK_IP}:5353 -> answered {:?}",
+        String::from_utf8_lossy(&answer)
+    );
 
     step("masquerade: the web container reaches lan, which sees the host's address");
     let tcp = Server::tcp(&sb.lan_path(), 9000, probe::echo())?;
     let udp = Server::udp(&sb.lan_path(), 9001, probe::echo())?;
-    probe::tcp_request(&sb.container_path(1), SocketAddr::from((LAN_IP, 9000)), b"tcp out")?;
-    probe::udp_request(&sb.container_path(1), SocketAddr::from((LAN_IP, 9001)), 0, b"udp out")?;
+    probe::tcp_request(
+        &sb.container_path(1),
+        SocketAddr::from((LAN_IP, 9000)),
+        b"tcp out",
+    )?;
+    probe::udp_request(
+        &sb.container_path(1),
+        SocketAddr::from((LAN_IP, 9001)),
+        0,
+        b"udp out",
+    )?;
     println!("lan's TCP server saw {:?}", tcp.peers());
     println!("lan's UDP server saw {:?}", udp.peers());
-    if tcp.peers().iter().chain(udp.peers().iter()).any(|p| p.ip() != UPLINK_IP) {
+    if tcp
+        .peers()
+        .iter()
+        .chain(udp.peers().iter())
+        .any(|p| p.ip() != UPLINK_IP)
+    {
         bail!("lan saw a source other than the uplink address");
     }
     let pong = probe::ping(&sb.container_path(1), LAN_IP)?;
-    println!("{web}$ ping {LAN_IP}: {}", if pong { "reply received" } else { "no reply" });
+    println!(
+        "{web}$ ping {LAN_IP}: {}",
+        if pong { "reply received" } else { "no reply" }
+    );
     if !pong {
         bail!("ping from the container got no reply");
     }
@@ -104,7 +142,9 @@ fn narrate(sb: &Sandbox) -> Result<()> {
     run(sb, &["stats"])?;
 
     step("no netfilter rule was installed");
-    let rules = sb.in_host("iptables-save", &[]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let rules = sb
+        .in_host("iptables-save", &[])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     match rules {
         Ok(r) => println!(
             "iptables-save in {}: {} rule line(s)",

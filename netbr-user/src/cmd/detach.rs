@@ -22,7 +22,10 @@ impl Detach {
         let dir = pins::pin_dir(&self.bridge)?;
         let bridge = nl.link(&self.bridge).await?;
         if !dir.exists() && bridge.is_none() {
-            bail!("bridge {} is not attached in this network namespace: nothing to detach", self.bridge);
+            bail!(
+                "bridge {} is not attached in this network namespace: nothing to detach",
+                self.bridge
+            );
         }
         // Teardown keeps going past failures and reports them all at the end.
         let mut errors = Vec::new();
@@ -53,6 +56,10 @@ impl Detach {
         for e in &errors {
             eprintln!("netbr: {e:#}");
         }
-        bail!("detach of {} finished with {} error(s) above", self.bridge, errors.len())
+        bail!(
+            "detach of {} finished with {} error(s) above",
+            self.bridge,
+            errors.len()
+        )
     }
 }

@@ -72,7 +72,9 @@ fn validate_name(name: &str) -> Result<()> {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && !name.starts_with('.');
     if !ok {
-        bail!("endpoint name {name:?} must be 1-{ENDPOINT_NAME_MAX} characters of A-Z a-z 0-9 - _ .");
+        bail!(
+            "endpoint name {name:?} must be 1-{ENDPOINT_NAME_MAX} characters of A-Z a-z 0-9 - _ ."
+        );
     }
     Ok(())
 }
@@ -82,13 +84,21 @@ impl Add {
         validate_name(&self.name)?;
         let (mut dp, _) = Datapath::open(&self.bridge)?;
         let cfg = dp.config()?;
-        let subnet = Cidr::new(from_be32(cfg.subnet_addr), u32::from(from_be32(cfg.subnet_mask)).count_ones() as u8);
+        let subnet = Cidr::new(
+            from_be32(cfg.subnet_addr),
+            u32::from(from_be32(cfg.subnet_mask)).count_ones() as u8,
+        );
         let gateway = from_be32(cfg.gateway_addr);
         let endpoints = dp.endpoint_list()?;
         if endpoints.iter().any(|(_, ep)| text(&ep.name) == self.name) {
-            bail!("endpoint {} already exists on bridge {}", self.name, self.bridge);
+            bail!(
+                "endpoint {} already exists on bridge {}",
+                self.name,
+                self.bridge
+            );
         }
-        let taken = |ip: Ipv4Addr| ip == gateway || endpoints.iter().any(|(a, _)| *a == to_be32(ip));
+        let taken =
+            |ip: Ipv4Addr| ip == gateway || endpoints.iter().any(|(a, _)| *a == to_be32(ip));
         let ip = match self.ip {
             Some(ip) if !subnet.is_host(ip) || ip == gateway => {
                 bail!("{ip} is not a free host address of {subnet} (the gateway is {gateway})")
@@ -103,7 +113,10 @@ impl Add {
         let nl = Netlink::connect()?;
         let (host_if, peer_if) = veth_names(&self.bridge, &self.name);
         if nl.link(&host_if).await?.is_some() {
-            bail!("interface {host_if} (derived from endpoint {}) already exists", self.name);
+            bail!(
+                "interface {host_if} (derived from endpoint {}) already exists",
+                self.name
+            );
         }
         let (ns_path, owns) = match &self.netns {
             Some(ns) => {
@@ -124,7 +137,8 @@ impl Add {
             nl.create_veth(&host_if, &peer_if).await?;
             let host = nl.require_link(&host_if).await?;
             let peer = nl.require_link(&peer_if).await?;
-            nl.move_to_netns(peer.index, &netns::open(&ns_path)?).await?;
+            nl.move_to_netns(peer.index, &netns::open(&ns_path)?)
+                .await?;
             nl.set_master(host.index, cfg.bridge_ifindex).await?;
             nl.set_up(host.index).await?;
             let eth0 = inner.require_link(&peer_if).await?;

@@ -17,9 +17,7 @@ impl Ls {
         let (dp, dir) = Datapath::open(&self.bridge)?;
         let cfg = dp.config()?;
         let nl = Netlink::connect()?;
-        let ifname = |i: u32| async move {
-            nl_name(&nl, i).await
-        };
+        let ifname = |i: u32| async move { nl_name(&nl, i).await };
         let uplink = ifname(cfg.uplink_ifindex).await;
         let endpoints = dp.endpoint_list()?;
         let eps: Vec<_> = endpoints
@@ -82,11 +80,21 @@ impl Ls {
         }
         println!(
             "bridge {} subnet {} gateway {} uplink {} ({})",
-            self.bridge, doc["subnet"].as_str().unwrap_or(""), doc["gateway"].as_str().unwrap_or(""),
-            doc["uplink"].as_str().unwrap_or(""), doc["uplink_ip"].as_str().unwrap_or("")
+            self.bridge,
+            doc["subnet"].as_str().unwrap_or(""),
+            doc["gateway"].as_str().unwrap_or(""),
+            doc["uplink"].as_str().unwrap_or(""),
+            doc["uplink_ip"].as_str().unwrap_or("")
         );
-        println!("snat ports {}  pins {}", doc["snat_ports"].as_str().unwrap_or(""), dir.display());
-        println!("timeouts (s): {}", serde_json::to_string(&doc["timeouts_s"])?);
+        println!(
+            "snat ports {}  pins {}",
+            doc["snat_ports"].as_str().unwrap_or(""),
+            dir.display()
+        );
+        println!(
+            "timeouts (s): {}",
+            serde_json::to_string(&doc["timeouts_s"])?
+        );
         println!("\nENDPOINT                         IP               NETNS");
         for e in &eps {
             println!(
@@ -100,7 +108,12 @@ impl Ls {
         for m in &mappings {
             println!(
                 "{:<32} -> {} {}:{}",
-                format!("{}:{}/{}", m["host_ip"].as_str().unwrap_or(""), m["host_port"], m["proto"].as_str().unwrap_or("")),
+                format!(
+                    "{}:{}/{}",
+                    m["host_ip"].as_str().unwrap_or(""),
+                    m["host_port"],
+                    m["proto"].as_str().unwrap_or("")
+                ),
                 m["endpoint"].as_str().unwrap_or(""),
                 m["container_ip"].as_str().unwrap_or(""),
                 m["container_port"]

@@ -35,9 +35,14 @@ pub fn find_endpoint(dp: &Datapath, bridge: &str, name: &str) -> Result<(u32, En
     dp.endpoint_list()?
         .into_iter()
         .find(|(_, ep)| text(&ep.name) == name)
-        .ok_or_else(|| anyhow!("no endpoint named {name} on bridge {bridge}: see netbr ls --bridge {bridge}"))
+        .ok_or_else(|| {
+            anyhow!("no endpoint named {name} on bridge {bridge}: see netbr ls --bridge {bridge}")
+        })
 }
 
 pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }

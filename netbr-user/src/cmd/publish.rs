@@ -84,7 +84,11 @@ fn clash(a: &MappingKey, b: &MappingKey) -> bool {
 /// Without a proxy nothing binds the host port, so check by binding: a host
 /// process listening there would otherwise silently lose its traffic.
 fn host_port_free(k: &MappingKey) -> bool {
-    let ip = if k.addr == 0 { Ipv4Addr::UNSPECIFIED } else { from_be32(k.addr) };
+    let ip = if k.addr == 0 {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        from_be32(k.addr)
+    };
     let port = u16::from_be(k.port);
     if k.proto == IPPROTO_TCP {
         TcpListener::bind((ip, port)).is_ok()

@@ -1,0 +1,132 @@
+//! Prerequisites, each installed only when missing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+
+use crate::run;
+
+/// Debian packages and a binary each provides, to tell whether it is there.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("util-linux", "nsenter"),
+    ("iptables", "iptables-save"),
+    ("nftables", "nft"),
+    ("iputils-ping", "ping"),
+    ("iperf3", "iperf3"),
+    ("tcpdump", "tcpdump"),
+    ("bpftool", "bpftool"),
+    ("conntrack", "conntrack"),
+];
+
+pub fn all() -> Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(bin).exists())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, bin)| !have(bin))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running rustc +nightly")?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "no nightly toolchain: install it with `rustup toolchain install nightly`"
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let src = nightly_sysroot()?.join("lib/rustlib/src/rust/library/core");
+    if src.exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker_works() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// bpf-linker built against the nightly toolchain's own LLVM, so the bitcode
+/// rustc emits and the LLVM that links it always agree. Its build wants an
+/// LLVM prefix whose lib/ holds `libLLVM.so`; the sysroot ships the library
+/// under a versioned name, found here rather than hard-coded.
+fn bpf_linker() -> Result<()> {
+    if bpf_linker_works() {
+        return Ok(());
+    }
+    let lib_dir = nightly_sysroot()?.join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .ok_or_else(|| anyhow!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&llvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker against {llvm} (LLVM {major}); this takes a few minutes");
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
