@@ -394,3 +394,362 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     );
     let _ = Ipv4Addr::LOCALHOST;
 }
+
+fn tagged(tag: &str) -> probe::Responder {
+    let tag = tag.to_string();
+    std::sync::Arc::new(move |data: &[u8], _| [tag.as_bytes(), b":", data].concat())
+}
+
+#[test]
+fn hairpin_reaches_another_container_and_itself_through_the_host_address() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.add_container(2).expect("c2");
+    sb.netbr_ok(&[
+        "publish",
+        &sb.container(2),
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+    ])
+    .expect("publish");
+    let tcp = Server::tcp(&sb.container_path(2), 80, tagged("c2")).expect("tcp");
+    let udp = Server::udp(&sb.container_path(2), 53, tagged("c2")).expect("udp");
+    for n in [1, 2] {
+        let back =
+            probe::tcp_request(&sb.container_path(n), published(8080), b"hi").expect("tcp hairpin");
+        assert_eq!(back, b"c2:hi", "TCP hairpin from c{n}");
+        let back = probe::udp_request(&sb.container_path(n), published(5353), 0, b"yo")
+            .expect("udp hairpin");
+        assert_eq!(back, b"c2:yo", "UDP hairpin from c{n}");
+    }
+    // As with Docker's hairpin MASQUERADE, the target sees the gateway.
+    let gw = Ipv4Addr::new(172, 30, 0, 1);
+    assert!(
+        tcp.peers()
+            .iter()
+            .chain(udp.peers().iter())
+            .all(|p| p.ip() == gw),
+        "{:?}",
+        tcp.peers()
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    assert_eq!(stats["hairpin_new"], 4, "{stats:#}");
+    assert_no_netfilter_rules(&sb);
+}
+
+#[test]
+fn host_ip_binding_answers_only_on_that_address() {
+    let sb = sandbox();
+    let extra = "192.0.2.3";
+    let o = in_netns(
+        &sb.host_path(),
+        "ip",
+        &["addr", "add", &format!("{extra}/24"), "dev", "up0"],
+    )
+    .expect("ip");
+    assert!(o.status.success(), "{}", stderr(&o));
+    sb.attach().expect("attach");
+    sb.add_container(1).expect("c1");
+    let c1 = sb.container(1);
+    sb.netbr_ok(&[
+        "publish",
+        &c1,
+        "-p",
+        "8080:80",
+        "-p",
+        "192.0.2.1:8081:80",
+        "-p",
+        "127.0.0.1:8082:80",
+    ])
+    .expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    let other: Ipv4Addr = extra.parse().expect("ip");
+    let lan = sb.lan_path();
+    let at = |ip: Ipv4Addr, port: u16| probe::tcp_request(&lan, SocketAddr::from((ip, port)), b"x");
+    assert_eq!(at(UPLINK_IP, 8080).expect("wildcard on .1"), b"x");
+    assert_eq!(at(other, 8080).expect("wildcard on .3"), b"x");
+    assert_eq!(at(UPLINK_IP, 8081).expect("bound to .1"), b"x");
+    assert!(
+        at(other, 8081).is_err(),
+        "a port bound to 192.0.2.1 answered on 192.0.2.3"
+    );
+    // 127.0.0.1-bound ports are for host-local clients: nothing from lan.
+    assert!(
+        at(UPLINK_IP, 8082).is_err(),
+        "a 127.0.0.1-bound port answered from lan"
+    );
+    assert!(at(other, 8082).is_err());
+}
+
+#[test]
+fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
+    let sb = attached();
+    let c1 = sb.add_container(1).expect("c1");
+    let c2 = sb.add_container(2).expect("c2");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    let o = in_netns(
+        &sb.lan_path(),
+        "ip",
+        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
+    )
+    .expect("ip route");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let direct = SocketAddr::from((c1, 80));
+    assert!(
+        probe::tcp_request(&sb.lan_path(), direct, b"x").is_err(),
+        "lan reached a container directly"
+    );
+    // Containers on the bridge still reach each other.
+    assert_eq!(
+        probe::tcp_request(&sb.container_path(2), direct, b"peer").expect("c2 -> c1"),
+        b"peer"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    assert!(
+        stats["drop_direct_routing"].as_u64().unwrap_or(0) >= 1,
+        "{stats:#}"
+    );
+
+    sb.netbr_ok(&[
+        "attach",
+        "--subnet",
+        "172.30.0.0/16",
+        "--uplink",
+        "up0",
+        "--allow-direct-routing",
+    ])
+    .expect("re-attach");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), direct, b"ok").expect("opted in"),
+        b"ok"
+    );
+    let _ = c2;
+}
+
+#[test]
+fn icc_false_isolates_containers_but_keeps_published_ports_and_masquerade() {
+    let sb = sandbox();
+    sb.netbr_ok(&[
+        "attach",
+        "--subnet",
+        "172.30.0.0/16",
+        "--uplink",
+        "up0",
+        "--icc=false",
+    ])
+    .expect("attach");
+    let c1 = sb.add_container(1).expect("c1");
+    sb.add_container(2).expect("c2");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
+        .expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    assert!(
+        probe::tcp_request(&sb.container_path(2), SocketAddr::from((c1, 80)), b"x").is_err(),
+        "c2 reached c1 with icc=false"
+    );
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"pub").expect("published"),
+        b"pub"
+    );
+    let lan_srv = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    assert_eq!(
+        probe::tcp_request(
+            &sb.container_path(2),
+            SocketAddr::from((LAN_IP, 9000)),
+            b"out"
+        )
+        .expect("masquerade"),
+        b"out"
+    );
+    assert_eq!(lan_srv.peers()[0].ip(), UPLINK_IP);
+    assert_eq!(ls_json(&sb)["icc"], false);
+    // Turning it back on reaches existing endpoints too.
+    sb.netbr_ok(&[
+        "attach",
+        "--subnet",
+        "172.30.0.0/16",
+        "--uplink",
+        "up0",
+        "--icc=true",
+    ])
+    .expect("re-attach");
+    assert_eq!(
+        probe::tcp_request(&sb.container_path(2), SocketAddr::from((c1, 80)), b"y")
+            .expect("icc on"),
+        b"y"
+    );
+}
+
+#[test]
+fn port_ranges_publish_as_docker_does() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.add_container(2).expect("c2");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8000-8002:7000-7002/udp"])
+        .expect("udp range");
+    let servers: Vec<_> = (0..3)
+        .map(|i| {
+            Server::udp(
+                &sb.container_path(1),
+                7000 + i,
+                tagged(&format!("p{}", 7000 + i)),
+            )
+            .expect("server")
+        })
+        .collect();
+    for i in 0..3u16 {
+        let back =
+            probe::udp_request(&sb.lan_path(), published(8000 + i), 0, b"q").expect("udp range");
+        assert_eq!(back, format!("p{}:q", 7000 + i).into_bytes());
+    }
+    drop(servers);
+    // A host range for one container port publishes one free host port of it.
+    let out = sb
+        .netbr_ok(&["publish", &sb.container(1), "-p", "9000-9001:80"])
+        .expect("pick");
+    assert!(out.contains(":9000/tcp"), "{out}");
+    let out = sb
+        .netbr_ok(&["publish", &sb.container(2), "-p", "9000-9001:80"])
+        .expect("pick");
+    assert!(out.contains(":9001/tcp"), "{out}");
+    fails_with(
+        &sb,
+        &["publish", &sb.container(2), "-p", "9000-9001:80"],
+        "no free host port",
+    );
+    fails_with(
+        &sb,
+        &["publish", &sb.container(2), "-p", "9100-9101:80-82"],
+        "same length",
+    );
+    let _s1 = Server::tcp(&sb.container_path(1), 80, tagged("c1")).expect("s1");
+    let _s2 = Server::tcp(&sb.container_path(2), 80, tagged("c2")).expect("s2");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(9000), b"a").expect("9000"),
+        b"c1:a"
+    );
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(9001), b"b").expect("9001"),
+        b"c2:b"
+    );
+}
+
+#[test]
+fn unpublish_leaves_other_mappings_flows_alone() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&[
+        "publish",
+        &sb.container(1),
+        "-p",
+        "5353:53/udp",
+        "-p",
+        "5454:54/udp",
+    ])
+    .expect("publish");
+    let _a = Server::udp(&sb.container_path(1), 53, tagged("a")).expect("a");
+    let _b = Server::udp(&sb.container_path(1), 54, tagged("b")).expect("b");
+    assert_eq!(
+        probe::udp_request(&sb.lan_path(), published(5454), 7100, b"1").expect("b before"),
+        b"b:1"
+    );
+    assert_eq!(
+        probe::udp_request(&sb.lan_path(), published(5353), 7101, b"1").expect("a before"),
+        b"a:1"
+    );
+    sb.netbr_ok(&["unpublish", &sb.container(1), "-p", "5353:53/udp"])
+        .expect("unpublish");
+    assert!(probe::udp_request(&sb.lan_path(), published(5353), 7101, b"2").is_err());
+    let flows: serde_json::Value = serde_json::from_str(
+        &sb.netbr_ok(&["conntrack", "list", "--json", "--port", "5454"])
+            .expect("ct"),
+    )
+    .expect("json");
+    assert_eq!(
+        flows.as_array().expect("flows").len(),
+        1,
+        "the other mapping's flow must survive"
+    );
+    assert_eq!(
+        probe::udp_request(&sb.lan_path(), published(5454), 7100, b"2").expect("b after"),
+        b"b:2"
+    );
+}
+
+#[test]
+fn timeouts_are_settable_and_shown_and_conntrack_filters() {
+    let sb = sandbox();
+    fails_with(
+        &sb,
+        &[
+            "attach",
+            "--subnet",
+            "172.30.0.0/16",
+            "--uplink",
+            "up0",
+            "--timeout",
+            "tcp_bogus=5",
+        ],
+        "unknown timeout",
+    );
+    sb.netbr_ok(&[
+        "attach",
+        "--subnet",
+        "172.30.0.0/16",
+        "--uplink",
+        "up0",
+        "--timeout",
+        "udp_stream=7",
+        "--timeout",
+        "tcp_established=3600",
+    ])
+    .expect("attach");
+    let ls = ls_json(&sb);
+    assert_eq!(ls["timeouts_s"]["udp_stream"], 7);
+    assert_eq!(ls["timeouts_s"]["tcp_established"], 3600);
+    assert_eq!(
+        ls["timeouts_s"]["icmp"], 30,
+        "untouched timeouts keep netfilter's defaults"
+    );
+    sb.add_container(1).expect("c1");
+    sb.add_container(2).expect("c2");
+    let _u = Server::udp(&sb.lan_path(), 9001, probe::echo()).expect("udp");
+    let _t = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("tcp");
+    probe::udp_request(
+        &sb.container_path(1),
+        SocketAddr::from((LAN_IP, 9001)),
+        0,
+        b"u",
+    )
+    .expect("udp");
+    probe::tcp_request(
+        &sb.container_path(2),
+        SocketAddr::from((LAN_IP, 9000)),
+        b"t",
+    )
+    .expect("tcp");
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["conntrack", "list", "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str::<serde_json::Value>(&sb.netbr_ok(&a).expect("list"))
+            .expect("json")
+            .as_array()
+            .expect("array")
+            .clone()
+    };
+    assert_eq!(list(&[]).len(), 2);
+    let udp = list(&["--proto", "udp"]);
+    assert_eq!(udp.len(), 1);
+    assert_eq!(
+        (udp[0]["proto"].as_str(), udp[0]["state"].as_str()),
+        (Some("udp"), Some("REPLIED"))
+    );
+    assert!(udp[0]["expires_s"].as_u64().expect("expires") <= 7);
+    let c2 = list(&["--endpoint", &sb.container(2)]);
+    assert_eq!((c2.len(), c2[0]["proto"].as_str()), (1, Some("tcp")));
+    assert_eq!(list(&["--port", "9000"]).len(), 1);
+}

@@ -12,9 +12,12 @@ use aya::{
 };
 use netbr::{addr::to_be32, bpf::datapath::Datapath};
 use netbr_common::{
-    conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_SNAT, STATE_COUNT},
+    conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT, STATE_COUNT},
     counters::Reason,
-    maps::{Config, MappingKey, MappingTarget, LAYOUT_VERSION},
+    maps::{
+        Config, Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, ENDPOINT_NAME_MAX,
+        ENDPOINT_NETNS_MAX, LAYOUT_VERSION,
+    },
 };
 use support::packet::{parse_checked, Seen, Spec, ACK, SYN, TCP, UDP};
 
@@ -24,6 +27,15 @@ const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const UP_IN: &str = "nb_up_in";
 const UP_OUT: &str = "nb_up_out";
+const BR_IN: &str = "nb_br_in";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+const BRIDGE_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 1];
+const WEB_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 2];
+const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 3];
+const WEB_IFINDEX: u32 = 1002;
+const CLIENT_IFINDEX: u32 = 1003;
+const REDIRECT: u32 = 7; // TC_ACT_REDIRECT
 const PASS: u32 = -1i32 as u32; // TC_ACT_UNSPEC
 const SHOT: u32 = 2;
 
@@ -53,13 +65,30 @@ impl Harness {
             host_port_min: 32768,
             host_port_max: 60999,
             timeouts: DEFAULT_TIMEOUTS,
-            _pad: 0,
+            flags: 0,
+            bridge_mac: BRIDGE_MAC,
+            _pad: [0; 2],
         })
         .expect("config");
-        dp.local_addrs
-            .insert(to_be32(HOST), 1, 0)
-            .expect("local addr");
-        for name in [UP_IN, UP_OUT] {
+        for addr in [HOST, GATEWAY, Ipv4Addr::LOCALHOST] {
+            dp.local_addrs
+                .insert(to_be32(addr), 1, 0)
+                .expect("local addr");
+        }
+        for (ip, ifindex, mac) in [
+            (WEB, WEB_IFINDEX, WEB_MAC),
+            (CLIENT, CLIENT_IFINDEX, CLIENT_MAC),
+        ] {
+            let ep = Endpoint {
+                host_ifindex: ifindex,
+                mac,
+                flags: 0,
+                name: [0; ENDPOINT_NAME_MAX],
+                netns: [0; ENDPOINT_NETNS_MAX],
+            };
+            dp.endpoints.insert(to_be32(ip), ep, 0).expect("endpoint");
+        }
+        for name in [UP_IN, UP_OUT, BR_IN] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program")
@@ -315,5 +344,96 @@ fn expired_flow_is_forgotten_on_lookup() {
         "the reply of an expired flow must not be translated"
     );
     assert_eq!(h.counter(Reason::CtExpired), 1);
+    assert_eq!(h.entries(), 0);
+}
+
+#[test]
+fn hairpin_is_dnated_to_the_target_and_snated_to_the_gateway_then_redirected() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(TCP, 8080, WEB, 80);
+    let (verdict, out) = h.run(
+        BR_IN,
+        &Spec::tcp((CLIENT, 40000), (HOST, 8080), SYN).build(),
+    );
+    assert_eq!(verdict, REDIRECT);
+    let s = parse_checked(&out);
+    assert_eq!((s.src, s.dst, s.dport), (GATEWAY, WEB, 80));
+    assert!(
+        (61000..=65535).contains(&s.sport),
+        "gateway port {} outside the SNAT range",
+        s.sport
+    );
+    assert_eq!(
+        &out[0..6],
+        &WEB_MAC,
+        "frame must be addressed to the target container"
+    );
+    assert_eq!(&out[6..12], &BRIDGE_MAC);
+    let (_, e) = h.flows()[0];
+    assert_eq!(e.nat, NAT_HAIRPIN);
+
+    // The target's reply returns to the client as if from HOST:8080.
+    let (verdict, back) = h.run(
+        BR_IN,
+        &Spec::tcp((WEB, 80), (GATEWAY, s.sport), SYN | ACK).build(),
+    );
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(parse_checked(&back), seen((HOST, 8080), (CLIENT, 40000)));
+    assert_eq!(&back[0..6], &CLIENT_MAC);
+    assert_eq!(h.counter(Reason::HairpinNew), 1);
+    assert_eq!(h.counter(Reason::Translated), 1);
+}
+
+#[test]
+fn bridge_ingress_leaves_uplink_flows_to_routing() {
+    let mut h = Harness::new((61000, 65535));
+    // A masqueraded flow exists; its next packet enters the bridge device
+    // before routing and must reach the uplink untranslated.
+    h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
+    let frame = Spec::udp((WEB, 5000), (REMOTE, 53)).build();
+    let (verdict, out) = h.run(BR_IN, &frame);
+    assert_eq!(verdict, PASS);
+    assert_eq!(out, frame);
+}
+
+#[test]
+fn direct_routing_to_a_container_is_dropped_unless_allowed() {
+    let mut h = Harness::new((61000, 65535));
+    let frame = Spec::tcp((LAN, 40000), (WEB, 80), SYN).build();
+    let (verdict, _) = h.run(UP_IN, &frame);
+    assert_eq!(verdict, SHOT);
+    assert_eq!(h.counter(Reason::DropDirectRouting), 1);
+
+    let mut cfg = h.dp.config().expect("config");
+    cfg.flags |= CFG_ALLOW_DIRECT_ROUTING;
+    h.dp.set_config(&cfg).expect("config");
+    let (verdict, out) = h.run(UP_IN, &frame);
+    assert_eq!((verdict, out), (PASS, frame));
+}
+
+#[test]
+fn loopback_destination_from_outside_is_never_dnated() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(TCP, 8080, WEB, 80);
+    let key = MappingKey {
+        proto: TCP,
+        _pad: 0,
+        port: 8081u16.to_be(),
+        addr: to_be32(Ipv4Addr::LOCALHOST),
+    };
+    let target = MappingTarget {
+        addr: to_be32(WEB),
+        port: 80u16.to_be(),
+        _pad: 0,
+    };
+    h.dp.mappings.insert(key, target, 0).expect("mapping");
+    for port in [8080, 8081] {
+        let frame = Spec::tcp((LAN, 40000), (Ipv4Addr::LOCALHOST, port), SYN).build();
+        let (verdict, out) = h.run(UP_IN, &frame);
+        assert_eq!((verdict, out), (PASS, frame), "port {port}");
+    }
+    // A 127.0.0.1-only mapping does not answer on the uplink address either.
+    let frame = Spec::tcp((LAN, 40000), (HOST, 8081), SYN).build();
+    assert_eq!(h.run(UP_IN, &frame).1, frame);
     assert_eq!(h.entries(), 0);
 }

@@ -41,14 +41,21 @@ impl FlowKey {
 pub const DIR_ORIG: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// `CtEntry::nat`: which translation created the flow.
+/// `CtEntry::nat`: which translation created the flow. `NAT_NONE` flows are
+/// tracked untranslated: directly routed inbound connections (opt-in), whose
+/// replies must not be masqueraded.
+pub const NAT_NONE: u8 = 0;
 pub const NAT_DNAT: u8 = 1;
 pub const NAT_SNAT: u8 = 2;
+/// A container reaching a published port through a host address: DNAT to
+/// the target plus SNAT to the gateway, translated on the bridge device.
+pub const NAT_HAIRPIN: u8 = 3;
 
 pub const fn nat_name(nat: u8) -> &'static str {
     match nat {
         NAT_DNAT => "dnat",
         NAT_SNAT => "snat",
+        NAT_HAIRPIN => "hairpin",
         _ => "none",
     }
 }
@@ -111,6 +118,30 @@ impl CtState {
             10 => Self::Icmp,
             _ => Self::None,
         }
+    }
+
+    /// Name of this state's timeout for `attach --timeout NAME=SECONDS`.
+    pub const fn timeout_name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::SynSent => "tcp_syn_sent",
+            Self::SynRecv => "tcp_syn_recv",
+            Self::Established => "tcp_established",
+            Self::FinOrig => "tcp_fin_wait",
+            Self::FinReply => "tcp_close_wait",
+            Self::TimeWait => "tcp_time_wait",
+            Self::Close => "tcp_close",
+            Self::UdpUnreplied => "udp",
+            Self::UdpReplied => "udp_stream",
+            Self::Icmp => "icmp",
+        }
+    }
+
+    /// The state whose timeout is called `name`.
+    pub fn by_timeout_name(name: &str) -> Option<Self> {
+        (1..STATE_COUNT as u8)
+            .map(Self::from_u8)
+            .find(|s| s.timeout_name() == name)
     }
 
     pub const fn name(self) -> &'static str {
@@ -313,6 +344,15 @@ mod tests {
         assert_eq!(k.reversed().reversed(), k);
         assert_eq!(k.reversed().saddr, 2);
         assert_eq!(k.reversed().sport, 4);
+    }
+
+    #[test]
+    fn timeout_names_round_trip() {
+        for v in 1..STATE_COUNT as u8 {
+            let s = CtState::from_u8(v);
+            assert_eq!(CtState::by_timeout_name(s.timeout_name()), Some(s));
+        }
+        assert!(CtState::by_timeout_name("none").is_none());
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub enum Reason {
     PassNotConfigured,
     DnatNew,
     SnatNew,
+    /// A container reached a published port through a host address.
+    HairpinNew,
+    /// A directly routed inbound connection (allowed by
+    /// `--allow-direct-routing`) was tracked, untranslated.
+    DirectNew,
     /// A packet of a tracked flow was translated.
     Translated,
     /// A tracked entry had outlived its timeout when looked up.
@@ -30,9 +35,14 @@ pub enum Reason {
     DropCtInsert,
     /// A packet rewrite helper failed; the packet may be half-rewritten.
     DropRewrite,
+    /// From the uplink straight to a container address, without a published
+    /// port (Docker 28's direct-routing protection).
+    DropDirectRouting,
+    /// A hairpin target has no endpoint entry to redirect to.
+    DropNoEndpoint,
 }
 
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -43,6 +53,8 @@ impl Reason {
         Reason::PassNotConfigured,
         Reason::DnatNew,
         Reason::SnatNew,
+        Reason::HairpinNew,
+        Reason::DirectNew,
         Reason::Translated,
         Reason::CtExpired,
         Reason::DropTruncated,
@@ -50,6 +62,8 @@ impl Reason {
         Reason::DropSnatExhausted,
         Reason::DropCtInsert,
         Reason::DropRewrite,
+        Reason::DropDirectRouting,
+        Reason::DropNoEndpoint,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -62,6 +76,8 @@ impl Reason {
             Reason::PassNotConfigured => "pass_not_configured",
             Reason::DnatNew => "dnat_new",
             Reason::SnatNew => "snat_new",
+            Reason::HairpinNew => "hairpin_new",
+            Reason::DirectNew => "direct_new",
             Reason::Translated => "translated",
             Reason::CtExpired => "ct_expired",
             Reason::DropTruncated => "drop_truncated",
@@ -69,6 +85,8 @@ impl Reason {
             Reason::DropSnatExhausted => "drop_snat_exhausted",
             Reason::DropCtInsert => "drop_ct_insert",
             Reason::DropRewrite => "drop_rewrite",
+            Reason::DropDirectRouting => "drop_direct_routing",
+            Reason::DropNoEndpoint => "drop_no_endpoint",
         }
     }
 
@@ -80,6 +98,8 @@ impl Reason {
                 | Reason::DropSnatExhausted
                 | Reason::DropCtInsert
                 | Reason::DropRewrite
+                | Reason::DropDirectRouting
+                | Reason::DropNoEndpoint
         )
     }
 }

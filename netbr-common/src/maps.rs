@@ -30,7 +30,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/netbr";
 
 /// Bumped whenever a pinned map's key or value layout changes, so an `attach`
 /// of a newer binary can tell that pinned maps were written by an older one.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
@@ -104,10 +104,26 @@ pub struct Config {
     pub host_port_max: u16,
     /// Seconds, indexed by [`crate::conntrack::CtState`] value.
     pub timeouts: [u32; crate::conntrack::STATE_COUNT],
-    pub _pad: u32,
+    /// `CFG_*` bits.
+    pub flags: u32,
+    /// The bridge device's MAC: source address of frames the datapath
+    /// redirects to a container itself (hairpin).
+    pub bridge_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
+/// `Config::flags`: a packet from the uplink may address a container directly
+/// (opt-in, like Docker's `allow_direct_routing`).
+pub const CFG_ALLOW_DIRECT_ROUTING: u32 = 1;
+/// `Config::flags`: containers on the bridge may not talk to each other
+/// (Docker's `enable_icc=false`); enforced by isolating the bridge ports.
+pub const CFG_ICC_DISABLED: u32 = 2;
+
 impl Config {
+    pub const fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
     pub const fn in_subnet(&self, addr_be: u32) -> bool {
         addr_be & self.subnet_mask == self.subnet_addr
     }
@@ -137,7 +153,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 4 + 6 + 2 + 64 + 104);
         assert_eq!(
             size_of::<Config>(),
-            8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4
+            8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4 + 8
         );
     }
 
@@ -157,7 +173,9 @@ mod tests {
             host_port_min: 0,
             host_port_max: 0,
             timeouts: [0; crate::conntrack::STATE_COUNT],
-            _pad: 0,
+            flags: 0,
+            bridge_mac: [0; 6],
+            _pad: [0; 2],
         };
         assert!(cfg.in_subnet(u32::from_ne_bytes([172, 30, 9, 3])));
         assert!(!cfg.in_subnet(u32::from_ne_bytes([172, 31, 0, 3])));

@@ -62,7 +62,11 @@ impl FromStr for PortSpec {
         };
         let host_ports = parse_range(host)?;
         let container_ports = parse_range(container)?;
-        if host_ports.1 - host_ports.0 != container_ports.1 - container_ports.0 {
+        // As Docker: ranges pair up when equally long; a host range with a
+        // single container port means "any one free host port of the range".
+        let container_single = container_ports.0 == container_ports.1;
+        if host_ports.1 - host_ports.0 != container_ports.1 - container_ports.0 && !container_single
+        {
             return Err(SpecError::RangeMismatch);
         }
         Ok(PortSpec {
@@ -75,9 +79,19 @@ impl FromStr for PortSpec {
 }
 
 impl PortSpec {
-    /// Each (host port, container port) pair the spec publishes.
+    /// A host range for one container port: Docker publishes one free host
+    /// port chosen from the range.
+    pub const fn picks_host_port(&self) -> bool {
+        self.host_ports.0 != self.host_ports.1 && self.container_ports.0 == self.container_ports.1
+    }
+
+    /// Each (host port, container port) pair the spec publishes; for a spec
+    /// that [picks a host port](Self::picks_host_port), the candidates.
     pub fn pairs(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
-        (self.host_ports.0..=self.host_ports.1).zip(self.container_ports.0..=self.container_ports.1)
+        let (c0, c1) = self.container_ports;
+        (self.host_ports.0..=self.host_ports.1)
+            .enumerate()
+            .map(move |(i, h)| (h, if c0 == c1 { c0 } else { c0 + i as u16 }))
     }
 }
 
@@ -160,6 +174,16 @@ mod tests {
     }
 
     #[test]
+    fn host_range_to_one_port_offers_each_host_port_as_a_candidate() {
+        let s = p("9000-9002:80").unwrap();
+        assert!(s.picks_host_port());
+        let pairs: Vec<_> = s.pairs().collect();
+        assert_eq!(pairs, [(9000, 80), (9001, 80), (9002, 80)]);
+        assert!(!p("9000-9002:80-82").unwrap().picks_host_port());
+        assert!(!p("9000:80").unwrap().picks_host_port());
+    }
+
+    #[test]
     fn malformed_specs_are_rejected_with_a_reason() {
         assert_eq!(p("8080"), Err(SpecError::MissingContainerPort));
         assert_eq!(p("8080:80/sctp"), Err(SpecError::BadProtocol));
@@ -170,6 +194,7 @@ mod tests {
         assert_eq!(p("300.1.1.1:8080:80"), Err(SpecError::BadHostIp));
         assert_eq!(p("9000-8000:80"), Err(SpecError::ReversedRange));
         assert_eq!(p("8000-8001:80-82"), Err(SpecError::RangeMismatch));
+        assert_eq!(p("8000:80-81"), Err(SpecError::RangeMismatch));
         assert_eq!(p(":80"), Err(SpecError::BadPort));
     }
 }

@@ -13,6 +13,7 @@ mod hooks;
 mod maps;
 mod nat;
 mod parse;
+mod redirect;
 mod rewrite;
 
 use aya_ebpf::{
@@ -22,18 +23,24 @@ use aya_ebpf::{
 };
 use netbr_common::counters::Reason;
 
-/// Counts the outcome; drops become `TC_ACT_SHOT`, everything else
-/// `TC_ACT_UNSPEC` (TCX_NEXT), so programs attached after ours still run.
+/// Counts the outcome and returns its verdict. Errors that are drops become
+/// `TC_ACT_SHOT`; the rest pass with `TC_ACT_UNSPEC` (TCX_NEXT), so programs
+/// attached after ours still run.
 #[inline(always)]
-fn verdict(outcome: Result<Reason, Reason>) -> i32 {
-    let reason = match outcome {
-        Ok(r) | Err(r) => r,
-    };
-    counters::count(reason);
-    if reason.is_drop() {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_UNSPEC
+fn verdict(outcome: Result<hooks::Outcome, Reason>) -> i32 {
+    match outcome {
+        Ok(o) => {
+            counters::count(o.reason);
+            o.action
+        }
+        Err(r) => {
+            counters::count(r);
+            if r.is_drop() {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_UNSPEC
+            }
+        }
     }
 }
 

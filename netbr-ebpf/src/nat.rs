@@ -5,7 +5,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_loop};
 use netbr_common::{
-    conntrack::{initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_SNAT},
+    conntrack::{initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
     counters::Reason,
     maps::{Config, MappingKey},
     snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS},
@@ -44,7 +44,11 @@ fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
 /// when it is not.
 #[inline(always)]
 pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<FlowKey>, Reason> {
-    if pkt.key.proto == IPPROTO_ICMP {
+    // A loopback destination never arrives legitimately from outside, and
+    // ports published on 127.0.0.1 are for host-local clients only: Docker's
+    // moby#45610 / CVE-2025-54388 class. The kernel drops these as martians
+    // once netbr leaves them alone.
+    if pkt.key.proto == IPPROTO_ICMP || is_loopback(pkt.key.daddr) {
         return Ok(None);
     }
     let Some((addr, port)) = published_target(pkt.key.proto, pkt.key.daddr, pkt.key.dport) else {
@@ -64,6 +68,28 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
     }
     conntrack::insert_orig(&pkt.key, &xlat, reply, pkt.len)?;
     Ok(Some(xlat))
+}
+
+#[inline(always)]
+fn is_loopback(addr_be: u32) -> bool {
+    addr_be.to_ne_bytes()[0] == 127
+}
+
+/// Tracks a directly routed inbound connection without translating it, so
+/// its replies are recognised as such and not masqueraded. A tuple already
+/// taken by another flow is simply left untracked.
+#[inline(always)]
+pub fn track_direct(pkt: &Packet, cfg: &Config, now: u64) -> Result<(), Reason> {
+    let reply = conntrack::reply_entry(
+        &pkt.key,
+        NAT_NONE,
+        initial_state(pkt.key.proto, pkt.tcp_flags),
+        now,
+    )?;
+    if conntrack::claim_reply(&pkt.key.reversed(), reply, cfg, now) {
+        conntrack::insert_orig(&pkt.key, &pkt.key, reply, pkt.len)?;
+    }
+    Ok(())
 }
 
 /// Whether masquerade applies: from the bridge subnet to outside it. ICMP
@@ -116,19 +142,56 @@ extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Creates a masquerade flow: source becomes the uplink address; the source
-/// port is kept when free and outside the host's ephemeral range, otherwise
-/// drawn from the SNAT range, never a published host port.
+/// Creates a masquerade flow: source becomes the uplink address.
 #[inline(always)]
 pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Reason> {
+    let mut xlat = pkt.key;
+    xlat.saddr = cfg.uplink_addr;
+    new_source_flow(pkt, xlat, NAT_SNAT, cfg, now)
+}
+
+/// Creates a hairpin flow for a container packet addressed to a published
+/// port on a host address: destination becomes the target container, source
+/// the gateway, so the reply comes back through the bridge device. `Ok(None)`
+/// when the destination is not a published port of the host.
+#[inline(always)]
+pub fn hairpin_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<FlowKey>, Reason> {
+    if pkt.key.proto == IPPROTO_ICMP || !cfg.in_subnet(pkt.key.saddr) {
+        return Ok(None);
+    }
+    // SAFETY: read-only lookup.
+    if unsafe { LOCAL_ADDRS.get(&pkt.key.daddr) }.is_none() {
+        return Ok(None);
+    }
+    let Some((addr, port)) = published_target(pkt.key.proto, pkt.key.daddr, pkt.key.dport) else {
+        return Ok(None);
+    };
+    let mut xlat = pkt.key;
+    xlat.daddr = addr;
+    xlat.dport = port;
+    xlat.saddr = cfg.gateway_addr;
+    new_source_flow(pkt, xlat, NAT_HAIRPIN, cfg, now).map(Some)
+}
+
+/// Creates a flow translated to `xlat` whose source port is still to be
+/// chosen: kept when free and outside the host's ephemeral range, otherwise
+/// drawn from the SNAT range, never a published host port.
+#[inline(always)]
+fn new_source_flow(
+    pkt: &Packet,
+    xlat: FlowKey,
+    nat: u8,
+    cfg: &Config,
+    now: u64,
+) -> Result<FlowKey, Reason> {
     let reply = conntrack::reply_entry(
         &pkt.key,
-        NAT_SNAT,
+        nat,
         initial_state(pkt.key.proto, pkt.tcp_flags),
         now,
     )?;
     let mut search = PortSearch {
-        xlat: pkt.key,
+        xlat,
         reply,
         cfg,
         now,
@@ -136,7 +199,6 @@ pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Re
         seed: unsafe { bpf_get_prandom_u32() },
         found: 0,
     };
-    search.xlat.saddr = cfg.uplink_addr;
     let own = u16::from_be(pkt.key.sport);
     if may_keep_port(own, cfg.host_port_min, cfg.host_port_max)
         && claim_port(&search.xlat, reply, cfg, now)

@@ -11,7 +11,10 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        link::{
+            InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo,
+            LinkMessage,
+        },
     },
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -162,6 +165,24 @@ impl Netlink {
             "enslaving link to the bridge",
         )
         .await
+    }
+
+    /// Isolates a bridge port: isolated ports cannot talk to each other,
+    /// only to non-isolated ones (the bridge device itself). That is
+    /// inter-container isolation at L2, without netfilter.
+    pub async fn set_port_isolated(&self, index: u32, isolated: bool) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
+                isolated,
+            )]))
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .context("setting bridge port isolation")
     }
 
     pub async fn move_to_netns(&self, index: u32, netns: &std::fs::File) -> Result<()> {

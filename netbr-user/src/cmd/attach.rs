@@ -3,8 +3,10 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use netbr_common::{
-    conntrack::DEFAULT_TIMEOUTS,
-    maps::{Config, CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION},
+    conntrack::{CtState, DEFAULT_TIMEOUTS, STATE_COUNT},
+    maps::{
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_ICC_DISABLED, CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION,
+    },
 };
 
 use crate::{
@@ -35,6 +37,36 @@ pub struct Attach {
     /// be kept. Outside the host's ephemeral range by default.
     #[arg(long, default_value = "61000-65535")]
     pub snat_ports: PortRange,
+    /// Let hosts on the uplink side reach container addresses directly when
+    /// they route the subnet via this host (off by default, as in Docker 28).
+    #[arg(long)]
+    pub allow_direct_routing: bool,
+    /// Inter-container communication on the bridge (Docker's enable_icc).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub icc: bool,
+    /// Conntrack timeout in seconds, repeatable: NAME=SECONDS with NAME one
+    /// of tcp_syn_sent tcp_syn_recv tcp_established tcp_fin_wait
+    /// tcp_close_wait tcp_time_wait tcp_close udp udp_stream icmp.
+    #[arg(long = "timeout", value_name = "NAME=SECONDS", value_parser = parse_timeout)]
+    pub timeouts: Vec<(CtState, u32)>,
+}
+
+fn parse_timeout(s: &str) -> Result<(CtState, u32)> {
+    let (name, secs) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?} is not NAME=SECONDS"))?;
+    let state = CtState::by_timeout_name(name).with_context(|| {
+        let names: Vec<_> = (1..STATE_COUNT as u8)
+            .map(|v| CtState::from_u8(v).timeout_name())
+            .collect();
+        format!("unknown timeout {name:?}: use one of {}", names.join(" "))
+    })?;
+    let secs: u32 = secs
+        .parse()
+        .ok()
+        .filter(|v| *v > 0)
+        .with_context(|| format!("{secs:?} is not a positive number of seconds"))?;
+    Ok((state, secs))
 }
 
 impl Attach {
@@ -111,6 +143,20 @@ impl Attach {
             if reattach {
                 timeouts = dp.config()?.timeouts;
             }
+            for (state, secs) in &self.timeouts {
+                timeouts[*state as usize] = *secs;
+            }
+            let mut flags = 0;
+            if self.allow_direct_routing {
+                flags |= CFG_ALLOW_DIRECT_ROUTING;
+            }
+            if !self.icc {
+                flags |= CFG_ICC_DISABLED;
+            }
+            // Existing endpoints follow a changed --icc at once.
+            for (_, ep) in dp.endpoint_list()? {
+                nl.set_port_isolated(ep.host_ifindex, !self.icc).await?;
+            }
             dp.set_config(&Config {
                 configured: 1,
                 layout_version: LAYOUT_VERSION,
@@ -125,7 +171,9 @@ impl Attach {
                 host_port_min: host_min,
                 host_port_max: host_max,
                 timeouts,
-                _pad: 0,
+                flags,
+                bridge_mac: bridge.mac.unwrap_or_default(),
+                _pad: [0; 2],
             })?;
             sync_local_addrs(&nl, &mut dp).await?;
             attach::attach_all(&mut ebpf, &dir, &self.uplink, &self.bridge)

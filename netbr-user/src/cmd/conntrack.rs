@@ -15,7 +15,7 @@ use crate::{
 #[derive(Subcommand, Debug)]
 pub enum ConntrackCmd {
     /// List tracked flows with their original and translated tuples.
-    List(Target),
+    List(ListArgs),
     /// Forget every tracked flow.
     Flush(Target),
 }
@@ -24,6 +24,33 @@ pub enum ConntrackCmd {
 pub struct Target {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long, default_value = super::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// Only flows to or from this endpoint.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Only flows of this protocol (tcp, udp, icmp).
+    #[arg(long, value_parser = ["tcp", "udp", "icmp"])]
+    pub proto: Option<String>,
+    /// Only flows with this port in their original or translated tuple.
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+impl ListArgs {
+    fn matches(&self, k: &FlowKey, x: &FlowKey, endpoint: Option<u32>) -> bool {
+        let ports = [k.sport, k.dport, x.sport, x.dport].map(u16::from_be);
+        let addrs = [k.saddr, k.daddr, x.saddr, x.daddr];
+        self.proto
+            .as_deref()
+            .is_none_or(|p| p == proto_name(k.proto))
+            && self.port.is_none_or(|p| ports.contains(&p))
+            && endpoint.is_none_or(|ip| addrs.contains(&ip))
+    }
 }
 
 fn tuple(k: &FlowKey) -> serde_json::Value {
@@ -48,7 +75,7 @@ fn tuple_text(k: &FlowKey) -> String {
 impl ConntrackCmd {
     pub async fn exec(self, g: Global) -> Result<()> {
         match self {
-            ConntrackCmd::List(t) => list(&t.bridge, g),
+            ConntrackCmd::List(args) => list(&args, g),
             ConntrackCmd::Flush(t) => {
                 let (mut dp, _) = Datapath::open(&t.bridge)?;
                 let n = dp.remove_flows(|_, _| true)?;
@@ -59,12 +86,19 @@ impl ConntrackCmd {
     }
 }
 
-fn list(bridge: &str, g: Global) -> Result<()> {
-    let (dp, _) = Datapath::open(bridge)?;
+fn list(args: &ListArgs, g: Global) -> Result<()> {
+    let (dp, _) = Datapath::open(&args.bridge)?;
+    let endpoint = match &args.endpoint {
+        Some(name) => Some(super::find_endpoint(&dp, &args.bridge, name)?.0),
+        None => None,
+    };
     let cfg = dp.config()?;
     let now = monotonic_ns();
     let mut rows = Vec::new();
     for (k, e) in dp.flows()? {
+        if !args.matches(&k, &e.xlat, endpoint) {
+            continue;
+        }
         let timeout = cfg.timeouts.get(e.state as usize).copied().unwrap_or(0) as u64;
         let idle = now.saturating_sub(e.last_seen_ns) / 1_000_000_000;
         rows.push(json!({

@@ -2,7 +2,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use netbr_common::maps::{Endpoint, ENDPOINT_NAME_MAX, ENDPOINT_OWNS_NETNS};
+use netbr_common::maps::{Endpoint, CFG_ICC_DISABLED, ENDPOINT_NAME_MAX, ENDPOINT_OWNS_NETNS};
 
 use super::{find_endpoint, fixed, text};
 use crate::{
@@ -140,6 +140,9 @@ impl Add {
             nl.move_to_netns(peer.index, &netns::open(&ns_path)?)
                 .await?;
             nl.set_master(host.index, cfg.bridge_ifindex).await?;
+            if cfg.has(CFG_ICC_DISABLED) {
+                nl.set_port_isolated(host.index, true).await?;
+            }
             nl.set_up(host.index).await?;
             let eth0 = inner.require_link(&peer_if).await?;
             inner.rename(eth0.index, "eth0").await?;

@@ -1,6 +1,10 @@
 use anyhow::Result;
 use clap::Args;
-use netbr_common::{conntrack::CtState, proto_name};
+use netbr_common::{
+    conntrack::CtState,
+    maps::{CFG_ALLOW_DIRECT_ROUTING, CFG_ICC_DISABLED},
+    proto_name,
+};
 use serde_json::json;
 
 use super::text;
@@ -59,7 +63,12 @@ impl Ls {
             .iter()
             .enumerate()
             .skip(1)
-            .map(|(i, t)| (CtState::from_u8(i as u8).name().to_lowercase(), json!(t)))
+            .map(|(i, t)| {
+                (
+                    CtState::from_u8(i as u8).timeout_name().to_string(),
+                    json!(t),
+                )
+            })
             .collect();
         let mask_bits = u32::from(from_be32(cfg.subnet_mask)).count_ones();
         let doc = json!({
@@ -69,6 +78,8 @@ impl Ls {
             "uplink": uplink,
             "uplink_ip": from_be32(cfg.uplink_addr).to_string(),
             "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
+            "icc": !cfg.has(CFG_ICC_DISABLED),
+            "allow_direct_routing": cfg.has(CFG_ALLOW_DIRECT_ROUTING),
             "timeouts_s": timeouts,
             "pins": dir.display().to_string(),
             "endpoints": eps,

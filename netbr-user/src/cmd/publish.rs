@@ -42,28 +42,24 @@ pub struct Unpublish {
     pub all: bool,
 }
 
-/// The map entries a set of specs stands for.
-fn entries(specs: &[PortSpec], ip: u32) -> Vec<(MappingKey, MappingTarget)> {
-    specs
-        .iter()
-        .flat_map(|s| {
-            s.pairs().map(move |(h, c)| {
-                (
-                    MappingKey {
-                        proto: s.proto,
-                        _pad: 0,
-                        port: h.to_be(),
-                        addr: s.host_ip.map(to_be32).unwrap_or(0),
-                    },
-                    MappingTarget {
-                        addr: ip,
-                        port: c.to_be(),
-                        _pad: 0,
-                    },
-                )
-            })
-        })
-        .collect()
+/// The map entries one spec stands for (for a spec that picks a host port:
+/// every candidate).
+fn spec_entries(s: &PortSpec, ip: u32) -> impl Iterator<Item = (MappingKey, MappingTarget)> + '_ {
+    s.pairs().map(move |(h, c)| {
+        (
+            MappingKey {
+                proto: s.proto,
+                _pad: 0,
+                port: h.to_be(),
+                addr: s.host_ip.map(to_be32).unwrap_or(0),
+            },
+            MappingTarget {
+                addr: ip,
+                port: c.to_be(),
+                _pad: 0,
+            },
+        )
+    })
 }
 
 fn describe(k: &MappingKey) -> String {
@@ -101,7 +97,6 @@ impl Publish {
     pub async fn exec(self, _g: Global) -> Result<()> {
         let (mut dp, _) = Datapath::open(&self.bridge)?;
         let (ip, _) = find_endpoint(&dp, &self.bridge, &self.endpoint)?;
-        let wanted = entries(&self.specs, ip);
         let existing = dp.mapping_list()?;
         let endpoints = dp.endpoint_list()?;
         let owner = |addr: u32| {
@@ -112,36 +107,60 @@ impl Publish {
                 .unwrap_or_else(|| from_be32(addr).to_string())
         };
         // Validate every entry before writing any, so a bad request changes nothing.
-        for (i, (k, _)) in wanted.iter().enumerate() {
-            if k.addr != 0 && dp.local_addrs.get(&k.addr, 0).is_err() {
-                bail!(
-                    "{} is not an address of this host: publish on one of its addresses or omit the host IP",
-                    from_be32(k.addr)
-                );
+        let mut wanted: Vec<(MappingKey, MappingTarget)> = Vec::new();
+        for spec in &self.specs {
+            if let Some(ip) = spec.host_ip {
+                if dp.local_addrs.get(&to_be32(ip), 0).is_err() {
+                    bail!(
+                        "{ip} is not an address of this host: publish on one of its addresses or omit the host IP"
+                    );
+                }
             }
-            if let Some((ek, et)) = existing.iter().find(|(ek, _)| clash(ek, k)) {
-                bail!(
-                    "host port {} is already published by endpoint {} (as {}): choose another host port or unpublish it",
-                    describe(k),
-                    owner(et.addr),
-                    describe(ek)
-                );
-            }
-            if wanted[..i].iter().any(|(w, _)| clash(w, k)) {
-                bail!("host port {} is given twice", describe(k));
-            }
-            if !host_port_free(k) {
-                bail!(
-                    "host port {} is in use by a process on the host: choose another host port",
-                    describe(k)
-                );
+            let check = |k: &MappingKey, wanted: &[(MappingKey, MappingTarget)]| -> Result<()> {
+                if let Some((ek, et)) = existing.iter().find(|(ek, _)| clash(ek, k)) {
+                    bail!(
+                        "host port {} is already published by endpoint {} (as {}): choose another host port or unpublish it",
+                        describe(k),
+                        owner(et.addr),
+                        describe(ek)
+                    );
+                }
+                if wanted.iter().any(|(w, _)| clash(w, k)) {
+                    bail!("host port {} is given twice", describe(k));
+                }
+                if !host_port_free(k) {
+                    bail!(
+                        "host port {} is in use by a process on the host: choose another host port",
+                        describe(k)
+                    );
+                }
+                Ok(())
+            };
+            if spec.picks_host_port() {
+                let pick = spec_entries(spec, ip)
+                    .find(|(k, _)| check(k, &wanted).is_ok())
+                    .ok_or_else(|| {
+                        anyhow!("no free host port in {spec}: every port of the range is taken")
+                    })?;
+                wanted.push(pick);
+            } else {
+                for e in spec_entries(spec, ip) {
+                    check(&e.0, &wanted)?;
+                    wanted.push(e);
+                }
             }
         }
         for (k, t) in &wanted {
             dp.mappings.insert(k, t, 0)?;
         }
-        for s in &self.specs {
-            println!("published {s} -> {} ({})", self.endpoint, from_be32(ip));
+        for (k, t) in &wanted {
+            println!(
+                "published {} -> {} {}:{}",
+                describe(k),
+                self.endpoint,
+                from_be32(ip),
+                u16::from_be(t.port)
+            );
         }
         Ok(())
     }
@@ -155,7 +174,24 @@ impl Unpublish {
         let doomed: Vec<(MappingKey, MappingTarget)> = if self.all {
             existing.into_iter().filter(|(_, t)| t.addr == ip).collect()
         } else {
-            let wanted = entries(&self.specs, ip);
+            let mut wanted = Vec::new();
+            for spec in &self.specs {
+                if spec.picks_host_port() {
+                    wanted.extend(
+                        spec_entries(spec, ip)
+                            .filter(|e| existing.contains(e))
+                            .take(1),
+                    );
+                } else {
+                    wanted.extend(spec_entries(spec, ip));
+                }
+            }
+            if wanted.is_empty() {
+                bail!(
+                    "none of those ports is published to {}: see netbr ls",
+                    self.endpoint
+                );
+            }
             for (k, t) in &wanted {
                 if !existing.contains(&(*k, *t)) {
                     bail!(
