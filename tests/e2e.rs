@@ -753,3 +753,104 @@ fn timeouts_are_settable_and_shown_and_conntrack_filters() {
     assert_eq!((c2.len(), c2[0]["proto"].as_str()), (1, Some("tcp")));
     assert_eq!(list(&["--port", "9000"]).len(), 1);
 }
+
+#[test]
+fn host_local_clients_reach_published_ports_without_a_proxy() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&[
+        "publish",
+        &sb.container(1),
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1:8081:80",
+        "-p",
+        "5353:53/udp",
+    ])
+    .expect("publish");
+    let tcp = Server::tcp(&sb.container_path(1), 80, tagged("c1")).expect("tcp");
+    let _udp = Server::udp(&sb.container_path(1), 53, tagged("c1")).expect("udp");
+    let host = sb.host_path();
+    let lo = Ipv4Addr::LOCALHOST;
+    for to in [
+        SocketAddr::from((lo, 8080)),
+        SocketAddr::from((lo, 8081)),
+        published(8080),
+    ] {
+        let (data, peer) = probe::tcp_request_peer(&host, to, b"h").expect("host-local TCP");
+        assert_eq!(data, b"c1:h", "to {to}");
+        assert_eq!(peer, to, "getpeername must report the dialled address");
+    }
+    for connected in [false, true] {
+        let to = SocketAddr::from((lo, 5353));
+        let (data, from) =
+            probe::udp_exchange(&host, to, 0, b"u", connected).expect("host-local UDP");
+        assert_eq!(data, b"c1:u");
+        assert_eq!(
+            from, to,
+            "recvfrom/peer_addr must report the dialled address (connected: {connected})"
+        );
+    }
+    // No userland proxy: nothing listens on the host ports.
+    let listeners = in_netns(&host, "ss", &["-Hltn"]).expect("ss");
+    assert!(!String::from_utf8_lossy(&listeners.stdout).contains(":8080"));
+    assert!(
+        tcp.peers()
+            .iter()
+            .all(|p| p.ip() == Ipv4Addr::new(172, 30, 0, 1)),
+        "{:?}",
+        tcp.peers()
+    );
+
+    // Another namespace is untouched: lan's own 127.0.0.1:8080 stays its own.
+    let _lan_local = Server::tcp(&sb.lan_path(), 8080, tagged("lan")).expect("lan server");
+    let data =
+        probe::tcp_request(&sb.lan_path(), SocketAddr::from((lo, 8080)), b"l").expect("lan local");
+    assert_eq!(
+        data, b"lan:l",
+        "a socket of another namespace was rewritten"
+    );
+
+    // Detach removes the cgroup programs: the one behind our pinned link is
+    // attached before and gone after (other tests may attach their own).
+    let pins = ls_json(&sb)["pins"].as_str().expect("pins").to_string();
+    let link = std::process::Command::new("bpftool")
+        .args([
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            &format!("{pins}/link_connect4"),
+        ])
+        .output()
+        .expect("bpftool link");
+    let link: serde_json::Value = serde_json::from_slice(&link.stdout).expect("link json");
+    let prog_id = link["prog_id"].as_u64().expect("prog_id");
+    let attached_ids = || -> Vec<u64> {
+        let tree = std::process::Command::new("bpftool")
+            .args(["-j", "cgroup", "tree"])
+            .output()
+            .expect("bpftool");
+        let text = String::from_utf8_lossy(&tree.stdout);
+        text.match_indices("\"id\":")
+            .filter_map(|(i, m)| {
+                text[i + m.len()..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    assert!(
+        attached_ids().contains(&prog_id),
+        "nb_connect4 (id {prog_id}) is not attached"
+    );
+    sb.netbr_ok(&["detach"]).expect("detach");
+    assert!(
+        !attached_ids().contains(&prog_id),
+        "nb_connect4 (id {prog_id}) still attached after detach"
+    );
+    assert!(probe::tcp_request(&host, SocketAddr::from((lo, 8080)), b"x").is_err());
+}

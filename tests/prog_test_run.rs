@@ -68,6 +68,7 @@ impl Harness {
             flags: 0,
             bridge_mac: BRIDGE_MAC,
             _pad: [0; 2],
+            netns_cookie: 0,
         })
         .expect("config");
         for addr in [HOST, GATEWAY, Ipv4Addr::LOCALHOST] {

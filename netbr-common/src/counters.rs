@@ -23,6 +23,9 @@ pub enum Reason {
     /// A directly routed inbound connection (allowed by
     /// `--allow-direct-routing`) was tracked, untranslated.
     DirectNew,
+    /// A host socket's destination was rewritten to a published container
+    /// port (connect or unconnected sendmsg).
+    SockRewrite,
     /// A packet of a tracked flow was translated.
     Translated,
     /// A tracked entry had outlived its timeout when looked up.
@@ -42,7 +45,7 @@ pub enum Reason {
     DropNoEndpoint,
 }
 
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -55,6 +58,7 @@ impl Reason {
         Reason::SnatNew,
         Reason::HairpinNew,
         Reason::DirectNew,
+        Reason::SockRewrite,
         Reason::Translated,
         Reason::CtExpired,
         Reason::DropTruncated,
@@ -78,6 +82,7 @@ impl Reason {
             Reason::SnatNew => "snat_new",
             Reason::HairpinNew => "hairpin_new",
             Reason::DirectNew => "direct_new",
+            Reason::SockRewrite => "sock_rewrite",
             Reason::Translated => "translated",
             Reason::CtExpired => "ct_expired",
             Reason::DropTruncated => "drop_truncated",

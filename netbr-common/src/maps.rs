@@ -8,21 +8,28 @@ pub const MAP_CONNTRACK: &str = "NB_CT4";
 pub const MAP_LOCAL_ADDRS: &str = "NB_LOCAL";
 pub const MAP_ENDPOINTS: &str = "NB_EP";
 pub const MAP_COUNTERS: &str = "NB_CNT";
+pub const MAP_SOCKETS: &str = "NB_SOCK";
 
 /// Every map the loader pins, in one list so attach and detach agree.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 7] = [
     MAP_CONFIG,
     MAP_MAPPINGS,
     MAP_CONNTRACK,
     MAP_LOCAL_ADDRS,
     MAP_ENDPOINTS,
     MAP_COUNTERS,
+    MAP_SOCKETS,
 ];
 
 /// Program names (ELF symbol names) and the hook each one is attached to.
 pub const PROG_UPLINK_INGRESS: &str = "nb_up_in";
 pub const PROG_UPLINK_EGRESS: &str = "nb_up_out";
 pub const PROG_BRIDGE_INGRESS: &str = "nb_br_in";
+/// cgroup sock_addr programs: host-local access to published ports.
+pub const PROG_CONNECT4: &str = "nb_connect4";
+pub const PROG_SENDMSG4: &str = "nb_sendmsg4";
+pub const PROG_RECVMSG4: &str = "nb_recvmsg4";
+pub const PROG_GETPEER4: &str = "nb_getpeer4";
 
 /// Root of every netbr pin directory; each (network namespace, bridge) pair
 /// gets `<netns inode>-<bridge>` below it.
@@ -36,6 +43,20 @@ pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
 pub const LOCAL_ADDRS_MAX_ENTRIES: u32 = 256;
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4_096;
+pub const SOCKETS_MAX_ENTRIES: u32 = 65_536;
+
+/// Key of the socket map: a socket (by `bpf_get_socket_cookie`) and the
+/// container address a cgroup hook rewrote its destination to. The value (a
+/// [`MappingTarget`]) is the address the application asked for, so
+/// `getpeername` and `recvfrom` can report it. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
 
 /// Key of the published-port map: "traffic for `proto` to `addr:port` goes to
 /// a container". `addr` 0 means every local address of the host (Docker's
@@ -110,6 +131,9 @@ pub struct Config {
     /// redirects to a container itself (hairpin).
     pub bridge_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// `SO_NETNS_COOKIE` of the attached namespace: the cgroup hooks see
+    /// every process of the machine and act only for sockets of this one.
+    pub netns_cookie: u64,
 }
 
 /// `Config::flags`: a packet from the uplink may address a container directly
@@ -137,6 +161,7 @@ mod pod {
     unsafe impl aya::Pod for super::MappingTarget {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey {}
     unsafe impl aya::Pod for crate::conntrack::CtEntry {}
 }
@@ -153,8 +178,9 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 4 + 6 + 2 + 64 + 104);
         assert_eq!(
             size_of::<Config>(),
-            8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4 + 8
+            8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4 + 8 + 8
         );
+        assert_eq!(size_of::<SockKey>(), 16);
     }
 
     #[test]
@@ -176,6 +202,7 @@ mod tests {
             flags: 0,
             bridge_mac: [0; 6],
             _pad: [0; 2],
+            netns_cookie: 0,
         };
         assert!(cfg.in_subnet(u32::from_ne_bytes([172, 30, 9, 3])));
         assert!(!cfg.in_subnet(u32::from_ne_bytes([172, 31, 0, 3])));

@@ -15,11 +15,12 @@ mod nat;
 mod parse;
 mod redirect;
 mod rewrite;
+mod sockaddr;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::classifier,
-    programs::TcContext,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
 };
 use netbr_common::counters::Reason;
 
@@ -57,6 +58,33 @@ pub fn nb_up_out(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nb_br_in(ctx: TcContext) -> i32 {
     verdict(hooks::bridge_ingress(&ctx))
+}
+
+/// cgroup sock_addr verdict: 1 lets the syscall proceed (rewritten or not).
+const SOCK_ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn nb_connect4(ctx: SockAddrContext) -> i32 {
+    sockaddr::rewrite_destination(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn nb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sockaddr::rewrite_destination(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn nb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sockaddr::restore_peer(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn nb_getpeer4(ctx: SockAddrContext) -> i32 {
+    sockaddr::restore_peer(&ctx);
+    SOCK_ALLOW
 }
 
 #[cfg(not(test))]

@@ -9,8 +9,8 @@ use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::REASON_COUNT,
     maps::{
-        Config, Endpoint, MappingKey, MappingTarget, CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES,
-        LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES,
+        Config, Endpoint, MappingKey, MappingTarget, SockKey, CT_MAX_ENTRIES_DEFAULT,
+        ENDPOINTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
     },
 };
 
@@ -34,6 +34,12 @@ pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_ADDR
 
 #[map(name = "NB_EP")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(ENDPOINTS_MAX_ENTRIES, 0);
+
+/// Sockets whose destination a cgroup hook rewrote; LRU, so entries of
+/// closed sockets age out without bookkeeping.
+#[map(name = "NB_SOCK")]
+pub static SOCKETS: LruHashMap<SockKey, MappingTarget> =
+    LruHashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
 
 #[map(name = "NB_CNT")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

@@ -22,7 +22,7 @@ use crate::{
 /// `HOSTIP:PORT` mapping first, then a wildcard one when the destination is
 /// one of the host's addresses.
 #[inline(always)]
-fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
+pub fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
     let mut key = MappingKey {
         proto,
         _pad: 0,
@@ -33,8 +33,12 @@ fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
     if let Some(t) = unsafe { MAPPINGS.get(&key) } {
         return Some((t.addr, t.port));
     }
+    // Every 127.0.0.0/8 address is the host's, listed or not. (Uplink
+    // ingress never gets here with one: see `dnat_new_flow`.)
     // SAFETY: as above.
-    unsafe { LOCAL_ADDRS.get(&addr) }?;
+    if !is_loopback(addr) && unsafe { LOCAL_ADDRS.get(&addr) }.is_none() {
+        return None;
+    }
     key.addr = 0;
     // SAFETY: as above.
     unsafe { MAPPINGS.get(&key) }.map(|t| (t.addr, t.port))
@@ -71,7 +75,7 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
 }
 
 #[inline(always)]
-fn is_loopback(addr_be: u32) -> bool {
+pub fn is_loopback(addr_be: u32) -> bool {
     addr_be.to_ne_bytes()[0] == 127
 }
 

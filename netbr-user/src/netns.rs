@@ -180,3 +180,26 @@ pub fn spawn_in<T: Send + 'static>(
         Ok(f())
     }))
 }
+
+/// `SO_NETNS_COOKIE` of the calling thread's namespace: what
+/// `bpf_get_netns_cookie` returns for its sockets.
+pub fn current_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").context("opening a socket")?;
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading SO_NETNS_COOKIE");
+    }
+    Ok(cookie)
+}

@@ -138,34 +138,64 @@ impl Drop for Server {
 
 /// Connects from `ns` to `to`, sends `payload`, half-closes, returns the answer.
 pub fn tcp_request(ns: &Path, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    tcp_request_peer(ns, to, payload).map(|(data, _)| data)
+}
+
+/// Like [`tcp_request`], also returning what `getpeername` reported.
+pub fn tcp_request_peer(
+    ns: &Path,
+    to: SocketAddr,
+    payload: &[u8],
+) -> Result<(Vec<u8>, SocketAddr)> {
     let payload = payload.to_vec();
-    netns::run_in(ns, move || -> Result<Vec<u8>> {
+    netns::run_in(ns, move || -> Result<(Vec<u8>, SocketAddr)> {
         let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT)
             .with_context(|| format!("connecting to {to}"))?;
+        let peer = s.peer_addr()?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.write_all(&payload)?;
         s.shutdown(std::net::Shutdown::Write)?;
         let mut out = Vec::new();
         s.read_to_end(&mut out)
             .with_context(|| format!("reading from {to}"))?;
-        Ok(out)
+        Ok((out, peer))
     })?
 }
 
 /// Sends one datagram from `ns` (from `from_port`, 0 for any) and waits for
 /// the answer.
 pub fn udp_request(ns: &Path, to: SocketAddr, from_port: u16, payload: &[u8]) -> Result<Vec<u8>> {
+    udp_exchange(ns, to, from_port, payload, false).map(|(data, _)| data)
+}
+
+/// Sends one datagram, on a connected socket if `connected`, and returns the
+/// answer with the source address `recvfrom` (or `peer_addr`) reported.
+pub fn udp_exchange(
+    ns: &Path,
+    to: SocketAddr,
+    from_port: u16,
+    payload: &[u8],
+    connected: bool,
+) -> Result<(Vec<u8>, SocketAddr)> {
     let payload = payload.to_vec();
-    netns::run_in(ns, move || -> Result<Vec<u8>> {
+    netns::run_in(ns, move || -> Result<(Vec<u8>, SocketAddr)> {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from_port))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.send_to(&payload, to)?;
         let mut buf = vec![0; 65536];
-        let (n, _) = s
-            .recv_from(&mut buf)
-            .with_context(|| format!("no answer from {to}"))?;
+        let (n, from) = if connected {
+            s.connect(to)?;
+            s.send(&payload)?;
+            let n = s
+                .recv(&mut buf)
+                .with_context(|| format!("no answer from {to}"))?;
+            (n, s.peer_addr()?)
+        } else {
+            s.send_to(&payload, to)?;
+            s.recv_from(&mut buf)
+                .with_context(|| format!("no answer from {to}"))?
+        };
         buf.truncate(n);
-        Ok(buf)
+        Ok((buf, from))
     })?
 }
 

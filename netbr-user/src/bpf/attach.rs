@@ -6,17 +6,21 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{
-        links::{FdLink, PinnedLink},
+        links::{CgroupAttachMode, FdLink, PinnedLink},
         tc::TcAttachOptions,
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfLoader,
 };
 use netbr_common::maps::{
-    MAP_CONNTRACK, PINNED_MAPS, PROG_BRIDGE_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    MAP_CONNTRACK, PINNED_MAPS, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4,
+    PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
 };
 
-use super::pins::{LINKS, LINK_BRIDGE_INGRESS, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS};
+use super::pins::{
+    cgroup2_root, LINKS, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4, LINK_RECVMSG4,
+    LINK_SENDMSG4, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS,
+};
 
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps
 /// already pinned by an earlier attach are reused, so flows and mappings
@@ -63,6 +67,50 @@ pub fn attach_all(ebpf: &mut Ebpf, dir: &Path, uplink: &str, bridge: &str) -> Re
         attach_one(ebpf, prog, iface, hook, &dir.join(link))
             .with_context(|| format!("attaching {prog} to {iface}"))?;
     }
+    let root = cgroup2_root()?;
+    let cgroup =
+        std::fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
+    for (prog, link) in [
+        (PROG_CONNECT4, LINK_CONNECT4),
+        (PROG_SENDMSG4, LINK_SENDMSG4),
+        (PROG_RECVMSG4, LINK_RECVMSG4),
+        (PROG_GETPEER4, LINK_GETPEER4),
+    ] {
+        attach_cgroup_one(ebpf, prog, &cgroup, &dir.join(link))
+            .with_context(|| format!("attaching {prog} to cgroup {}", root.display()))?;
+    }
+    Ok(())
+}
+
+/// Attaches a sock_addr program to the cgroup. On a re-attach the new link
+/// goes in before the old one is released, so no connect() ever misses a
+/// rewrite; running both at once is harmless, since a rewritten destination
+/// is a container address, which no mapping matches.
+fn attach_cgroup_one(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    cgroup: &std::fs::File,
+    link_path: &Path,
+) -> Result<()> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("the BPF object has no program {prog}"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("verifying {prog}"))?;
+    let old = if link_path.exists() {
+        Some(PinnedLink::from_pin(link_path).context("opening the pinned link")?)
+    } else {
+        None
+    };
+    // BPF links on cgroups always allow several programs, whatever the mode.
+    let id = program.attach(cgroup, CgroupAttachMode::Single)?;
+    let link: FdLink = program.take_link(id)?.try_into()?;
+    if let Some(old) = old {
+        drop(old.unpin().context("unpinning the previous link")?);
+    }
+    link.pin(link_path).context("pinning the link")?;
     Ok(())
 }
 

@@ -12,7 +12,19 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub const LINK_UPLINK_INGRESS: &str = "link_up_in";
 pub const LINK_UPLINK_EGRESS: &str = "link_up_out";
 pub const LINK_BRIDGE_INGRESS: &str = "link_br_in";
-pub const LINKS: [&str; 3] = [LINK_UPLINK_INGRESS, LINK_UPLINK_EGRESS, LINK_BRIDGE_INGRESS];
+pub const LINK_CONNECT4: &str = "link_connect4";
+pub const LINK_SENDMSG4: &str = "link_sendmsg4";
+pub const LINK_RECVMSG4: &str = "link_recvmsg4";
+pub const LINK_GETPEER4: &str = "link_getpeer4";
+pub const LINKS: [&str; 7] = [
+    LINK_UPLINK_INGRESS,
+    LINK_UPLINK_EGRESS,
+    LINK_BRIDGE_INGRESS,
+    LINK_CONNECT4,
+    LINK_SENDMSG4,
+    LINK_RECVMSG4,
+    LINK_GETPEER4,
+];
 
 /// `/sys/fs/bpf/netbr/<netns inode>-<bridge>`: unique per (namespace,
 /// bridge), so two sandboxes with a bridge of the same name never meet.
@@ -52,4 +64,23 @@ fn is_bpffs(path: &str) -> bool {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
     }
+}
+
+/// Mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid systems). The sock_addr programs are
+/// attached to its root so they see every process; they act only for the
+/// attached namespace.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    info.lines()
+        .find_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) and attach again"
+            )
+        })
 }

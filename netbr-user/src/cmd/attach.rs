@@ -174,6 +174,7 @@ impl Attach {
                 flags,
                 bridge_mac: bridge.mac.unwrap_or_default(),
                 _pad: [0; 2],
+                netns_cookie: crate::netns::current_cookie()?,
             })?;
             sync_local_addrs(&nl, &mut dp).await?;
             attach::attach_all(&mut ebpf, &dir, &self.uplink, &self.bridge)
