@@ -854,3 +854,98 @@ fn host_local_clients_reach_published_ports_without_a_proxy() {
     );
     assert!(probe::tcp_request(&host, SocketAddr::from((lo, 8080)), b"x").is_err());
 }
+
+/// Sends a datagram on a connected UDP socket from `ns` to `to` and returns
+/// the error kind the next receive gets (ConnectionRefused when an ICMP port
+/// unreachable came back and was matched to the socket).
+fn udp_error_kind(ns: &std::path::Path, to: SocketAddr) -> std::io::ErrorKind {
+    netbr::netns::run_in(ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        s.connect(to).expect("connect");
+        s.send(b"anyone?").expect("send");
+        let mut buf = [0u8; 64];
+        match s.recv(&mut buf) {
+            Ok(_) => panic!("unexpected answer from {to}"),
+            Err(e) => e.kind(),
+        }
+    })
+    .expect("run in namespace")
+}
+
+#[test]
+fn icmp_port_unreachable_is_translated_both_ways() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
+        .expect("publish");
+    // Nothing listens in the container: its port unreachable must reach lan
+    // as if from 192.0.2.1:5353, or lan's socket would never hear of it.
+    assert_eq!(
+        udp_error_kind(&sb.lan_path(), published(5353)),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    // Nothing listens in lan: lan's port unreachable must reach the container
+    // translated back through the masquerade.
+    assert_eq!(
+        udp_error_kind(&sb.container_path(1), SocketAddr::from((LAN_IP, 9999))),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    assert_eq!(stats["icmp_error_translated"], 2, "{stats:#}");
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_published_port() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
+        .expect("publish");
+    let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
+    // The bridge side is narrower than the uplink: the host must answer a
+    // too-big DF datagram with "fragmentation needed", quoting the packet
+    // after DNAT. Only if netbr translates the quote does lan learn the MTU.
+    let o = in_netns(
+        &sb.host_path(),
+        "ip",
+        &["link", "set", "netbr0", "mtu", "1400"],
+    )
+    .expect("ip");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mtu = netbr::netns::run_in(&sb.lan_path(), || {
+        use std::os::fd::AsRawFd as _;
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(published(5353)).expect("connect");
+        let fd = s.as_raw_fd();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: setsockopt/getsockopt on a socket this closure owns.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        let _ = s.send(&[0u8; 1450]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut mtu: libc::c_int = 0;
+        let mut len: libc::socklen_t = 4;
+        // SAFETY: as above.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU,
+                (&mut mtu as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        mtu
+    })
+    .expect("lan");
+    assert_eq!(mtu, 1400, "lan did not learn the path MTU through the NAT");
+}

@@ -19,7 +19,7 @@ use netbr_common::{
         ENDPOINT_NETNS_MAX, LAYOUT_VERSION,
     },
 };
-use support::packet::{parse_checked, Seen, Spec, ACK, SYN, TCP, UDP};
+use support::packet::{parse_checked, parse_quoted, Seen, Spec, ACK, SYN, TCP, UDP};
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -436,5 +436,87 @@ fn loopback_destination_from_outside_is_never_dnated() {
     // A 127.0.0.1-only mapping does not answer on the uplink address either.
     let frame = Spec::tcp((LAN, 40000), (HOST, 8081), SYN).build();
     assert_eq!(h.run(UP_IN, &frame).1, frame);
+    assert_eq!(h.entries(), 0);
+}
+
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+#[test]
+fn icmp_error_for_a_masqueraded_flow_reaches_the_container_translated() {
+    let mut h = Harness::new((61000, 65535));
+    let (_, out) = h.run(UP_OUT, &Spec::tcp((WEB, 40000), (REMOTE, 443), SYN).build());
+    let sent = parse_checked(&out);
+    // A router on the path: fragmentation needed (PMTU), quoting what it got.
+    let err = Spec::icmp_error(ROUTER, HOST, 3, 4, &out).build();
+    let (verdict, back) = h.run(UP_IN, &err);
+    assert_eq!(verdict, PASS);
+    let outer = parse_checked(&back);
+    assert_eq!(
+        (outer.src, outer.dst),
+        (ROUTER, WEB),
+        "the router keeps its address"
+    );
+    assert_eq!(parse_quoted(&back), seen((WEB, 40000), (REMOTE, 443)));
+    assert_eq!(h.counter(Reason::IcmpErrorTranslated), 1);
+    // The error did not advance the flow.
+    assert_eq!(h.flows()[0].1.state, CtState::SynSent as u8);
+    let _ = sent;
+}
+
+#[test]
+fn port_unreachable_from_a_published_container_leaves_as_the_host() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(UDP, 5353, WEB, 53);
+    let (_, delivered) = h.run(UP_IN, &Spec::udp((LAN, 7000), (HOST, 5353)).build());
+    // The container has no listener: it answers port unreachable.
+    let err = Spec::icmp_error(WEB, LAN, 3, 3, &delivered).build();
+    let (verdict, out) = h.run(UP_OUT, &err);
+    assert_eq!(verdict, PASS);
+    let outer = parse_checked(&out);
+    assert_eq!((outer.src, outer.dst), (HOST, LAN));
+    assert_eq!(parse_quoted(&out), seen((LAN, 7000), (HOST, 5353)));
+}
+
+#[test]
+fn time_exceeded_for_a_masqueraded_ping_restores_the_echo_id() {
+    let mut h = Harness::new((61000, 65535));
+    let (_, out) = h.run(UP_OUT, &Spec::echo_request(WEB, REMOTE, 40001).build());
+    let sent = parse_checked(&out);
+    assert_ne!(
+        sent.sport, 40001,
+        "an id in the host's ephemeral range is remapped"
+    );
+    let err = Spec::icmp_error(ROUTER, HOST, 11, 0, &out).build();
+    let (_, back) = h.run(UP_IN, &err);
+    assert_eq!(parse_checked(&back).dst, WEB);
+    let q = parse_quoted(&back);
+    assert_eq!((q.src, q.dst, q.sport), (WEB, REMOTE, 40001));
+}
+
+#[test]
+fn icmp_error_matching_no_flow_is_dropped_when_it_names_netbr_traffic() {
+    let mut h = Harness::new((61000, 65535));
+    // Quotes a packet from the SNAT range that no flow sent: stale or spoofed.
+    let quoted = Spec::udp((HOST, 61234), (REMOTE, 53)).build();
+    let (verdict, _) = h.run(
+        UP_IN,
+        &Spec::icmp_error(REMOTE, HOST, 3, 3, &quoted).build(),
+    );
+    assert_eq!(verdict, SHOT);
+    assert_eq!(h.counter(Reason::DropIcmpNoFlow), 1);
+    // One about the host's own traffic is the host's business.
+    let quoted = Spec::udp((HOST, 40000), (REMOTE, 53)).build();
+    let err = Spec::icmp_error(REMOTE, HOST, 3, 3, &quoted).build();
+    let (verdict, out) = h.run(UP_IN, &err);
+    assert_eq!((verdict, out), (PASS, err));
+}
+
+#[test]
+fn untracked_icmp_error_from_a_container_never_opens_a_flow() {
+    let mut h = Harness::new((61000, 65535));
+    let quoted = Spec::udp((REMOTE, 53), (WEB, 5000)).build();
+    let err = Spec::icmp_error(WEB, REMOTE, 3, 3, &quoted).build();
+    let (verdict, out) = h.run(UP_OUT, &err);
+    assert_eq!((verdict, out), (PASS, err));
     assert_eq!(h.entries(), 0);
 }

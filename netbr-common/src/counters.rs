@@ -43,9 +43,14 @@ pub enum Reason {
     DropDirectRouting,
     /// A hairpin target has no endpoint entry to redirect to.
     DropNoEndpoint,
+    /// An ICMP error about a netbr-translated packet (by its inner header)
+    /// that matches no flow: stale or spoofed.
+    DropIcmpNoFlow,
+    /// An ICMP error of a tracked flow was translated, outer and inner.
+    IcmpErrorTranslated,
 }
 
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 21;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -68,6 +73,8 @@ impl Reason {
         Reason::DropRewrite,
         Reason::DropDirectRouting,
         Reason::DropNoEndpoint,
+        Reason::DropIcmpNoFlow,
+        Reason::IcmpErrorTranslated,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -92,6 +99,8 @@ impl Reason {
             Reason::DropRewrite => "drop_rewrite",
             Reason::DropDirectRouting => "drop_direct_routing",
             Reason::DropNoEndpoint => "drop_no_endpoint",
+            Reason::DropIcmpNoFlow => "drop_icmp_no_flow",
+            Reason::IcmpErrorTranslated => "icmp_error_translated",
         }
     }
 
@@ -105,6 +114,7 @@ impl Reason {
                 | Reason::DropRewrite
                 | Reason::DropDirectRouting
                 | Reason::DropNoEndpoint
+                | Reason::DropIcmpNoFlow
         )
     }
 }

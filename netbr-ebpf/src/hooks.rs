@@ -22,7 +22,7 @@ use crate::{
     nat,
     parse::{parse, Packet},
     redirect,
-    rewrite::rewrite,
+    rewrite::{icmp_error, rewrite},
 };
 
 pub struct Outcome {
@@ -77,9 +77,22 @@ fn translate_tracked(
     if (nat == NAT_HAIRPIN) != hairpin {
         return Ok(None);
     }
+    if pkt.is_icmp_error() {
+        // Errors translate but do not advance the flow's state.
+        icmp_error(ctx, pkt, &xlat)?;
+        return Ok(Some(xlat));
+    }
     rewrite(ctx, pkt, &xlat)?;
     conntrack::account(&flow, pkt.key.proto, pkt.tcp_flags, pkt.len, now);
     Ok(Some(xlat))
+}
+
+fn translated(pkt: &Packet) -> Reason {
+    if pkt.is_icmp_error() {
+        Reason::IcmpErrorTranslated
+    } else {
+        Reason::Translated
+    }
 }
 
 /// Uplink ingress: replies of masqueraded flows, and published ports.
@@ -88,7 +101,10 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Reason> {
     let cfg = config()?;
     let pkt = parse(ctx)?;
     if translate_tracked(ctx, &pkt, cfg, false)?.is_some() {
-        return Ok(Outcome::pass(Reason::Translated));
+        return Ok(Outcome::pass(translated(&pkt)));
+    }
+    if pkt.is_icmp_error() {
+        return Err(nat::unmatched_icmp_error(&pkt, cfg));
     }
     let now = now();
     if cfg.in_subnet(pkt.key.daddr) {
@@ -113,12 +129,14 @@ pub fn uplink_egress(ctx: &TcContext) -> Result<Outcome, Reason> {
     let cfg = config()?;
     let pkt = parse(ctx)?;
     if translate_tracked(ctx, &pkt, cfg, false)?.is_some() {
-        return Ok(Outcome::pass(Reason::Translated));
+        return Ok(Outcome::pass(translated(&pkt)));
     }
-    let now = now();
-    if !nat::wants_snat(&pkt, cfg) {
+    // The host's own errors (and those of untracked traffic) leave as they
+    // are; an error never opens a flow.
+    if pkt.is_icmp_error() || !nat::wants_snat(&pkt, cfg) {
         return Err(Reason::PassNoMatch);
     }
+    let now = now();
     let xlat = nat::snat_new_flow(&pkt, cfg, now)?;
     rewrite(ctx, &pkt, &xlat)?;
     Ok(Outcome::pass(Reason::SnatNew))
@@ -132,7 +150,8 @@ pub fn bridge_ingress(ctx: &TcContext) -> Result<Outcome, Reason> {
     let cfg = config()?;
     let pkt = parse(ctx)?;
     let (xlat, reason) = match translate_tracked(ctx, &pkt, cfg, true)? {
-        Some(xlat) => (xlat, Reason::Translated),
+        Some(xlat) => (xlat, translated(&pkt)),
+        None if pkt.is_icmp_error() => return Err(Reason::PassNoMatch),
         None => match nat::hairpin_new_flow(&pkt, cfg, now())? {
             Some(xlat) => {
                 rewrite(ctx, &pkt, &xlat)?;

@@ -96,6 +96,26 @@ pub fn track_direct(pkt: &Packet, cfg: &Config, now: u64) -> Result<(), Reason> 
     Ok(())
 }
 
+/// What to do with an ICMP error from the uplink that matches no flow. One
+/// about a packet netbr would have translated (from the SNAT port range, or
+/// to or from the bridge subnet) is stale or spoofed: drop it. Others concern
+/// the host's own traffic; the host stack judges those.
+#[inline(always)]
+pub fn unmatched_icmp_error(pkt: &Packet, cfg: &Config) -> Reason {
+    // The quoted packet is the key reversed: it was sent from key.daddr.
+    let (from, from_port) = (pkt.key.daddr, u16::from_be(pkt.key.dport));
+    let ours = (from == cfg.uplink_addr
+        && from_port >= cfg.snat_port_min
+        && from_port <= cfg.snat_port_max)
+        || cfg.in_subnet(pkt.key.saddr)
+        || cfg.in_subnet(pkt.key.daddr);
+    if ours {
+        Reason::DropIcmpNoFlow
+    } else {
+        Reason::PassNoMatch
+    }
+}
+
 /// Whether masquerade applies: from the bridge subnet to outside it. ICMP
 /// only for echo requests (an echo reply leaving a container answers a flow
 /// someone else started).

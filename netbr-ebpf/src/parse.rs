@@ -18,7 +18,13 @@ pub const IP_DADDR: usize = ETH_LEN + 16;
 const IP_MF_OFFSET: u16 = 0x3fff;
 
 const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+/// An ICMP error quotes the offending packet's IP header and at least the
+/// first 8 bytes of its L4 header (RFC 792): enough for ports or echo id.
+const ICMP_QUOTED_L4: usize = 8;
 
 /// What the translators need to know about one IPv4 packet.
 pub struct Packet {
@@ -36,6 +42,19 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// IP total length, for byte counters.
     pub len: u32,
+    /// For an ICMP error: offset of the quoted (inner) IP header, else 0. The
+    /// packet's `key` is then the inner tuple *reversed*, i.e. the tuple of a
+    /// packet travelling the same way as the error, which finds the flow; the
+    /// port offsets point into the inner header.
+    pub inner_ip: usize,
+    pub outer_saddr: u32,
+    pub outer_daddr: u32,
+}
+
+impl Packet {
+    pub fn is_icmp_error(&self) -> bool {
+        self.inner_ip != 0
+    }
 }
 
 #[inline(always)]
@@ -90,6 +109,9 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
         csum_flags: 0,
         tcp_flags: 0,
         len: tot_len as u32,
+        inner_ip: 0,
+        outer_saddr: saddr,
+        outer_daddr: daddr,
     };
     match proto {
         IPPROTO_TCP => {
@@ -115,6 +137,12 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
             match icmp_type {
                 ICMP_ECHO_REQUEST => pkt.key.sport = id,
                 ICMP_ECHO_REPLY => pkt.key.dport = id,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB => {
+                    pkt.csum_off = l4 + 2;
+                    pkt.csum_pseudo = false;
+                    parse_icmp_error(ctx, &mut pkt, l4 + 8, l4_len - 8)?;
+                    return Ok(pkt);
+                }
                 _ => return Err(Reason::PassUntrackedProto),
             }
             pkt.sport_off = l4 + 4;
@@ -128,4 +156,58 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
     pkt.key.sport = load(ctx, l4, Reason::DropTruncated)?;
     pkt.key.dport = load(ctx, l4 + 2, Reason::DropTruncated)?;
     Ok(pkt)
+}
+
+/// Reads the packet an ICMP error quotes, at `inner` with `len` bytes left.
+#[inline(always)]
+fn parse_icmp_error(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    inner: usize,
+    len: usize,
+) -> Result<(), Reason> {
+    let vihl: u8 = load(ctx, inner, Reason::DropTruncated)?;
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Reason::DropBadHeader);
+    }
+    if len < ihl + ICMP_QUOTED_L4 {
+        return Err(Reason::DropTruncated);
+    }
+    let proto: u8 = load(ctx, inner + 9, Reason::DropTruncated)?;
+    let saddr: u32 = load(ctx, inner + 12, Reason::DropTruncated)?;
+    let daddr: u32 = load(ctx, inner + 16, Reason::DropTruncated)?;
+    let l4 = inner + ihl;
+    let (sport, dport, sport_off, dport_off) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            load(ctx, l4, Reason::DropTruncated)?,
+            load(ctx, l4 + 2, Reason::DropTruncated)?,
+            l4,
+            l4 + 2,
+        ),
+        IPPROTO_ICMP => {
+            let t: u8 = load(ctx, l4, Reason::DropTruncated)?;
+            let id: u16 = load(ctx, l4 + 4, Reason::DropTruncated)?;
+            match t {
+                ICMP_ECHO_REQUEST => (id, 0, l4 + 4, l4 + 4),
+                ICMP_ECHO_REPLY => (0, id, l4 + 4, l4 + 4),
+                _ => return Err(Reason::PassUntrackedProto),
+            }
+        }
+        _ => return Err(Reason::PassUntrackedProto),
+    };
+    // The key is the quoted tuple reversed; the offsets stay the quoted
+    // packet's own, so a rewrite swaps them back (see `rewrite::icmp_error`).
+    pkt.key = FlowKey {
+        saddr: daddr,
+        daddr: saddr,
+        sport: dport,
+        dport: sport,
+        proto,
+        _pad: [0; 3],
+    };
+    pkt.sport_off = sport_off;
+    pkt.dport_off = dport_off;
+    pkt.inner_ip = inner;
+    Ok(())
 }

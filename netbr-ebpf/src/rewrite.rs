@@ -46,3 +46,59 @@ fn set_port(ctx: &TcContext, pkt: &Packet, off: usize, old: u16, new: u16) -> Re
         .map_err(|_| Reason::DropRewrite)?;
     ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
 }
+
+/// Translates an ICMP error of a tracked flow. `xlat` is what a packet
+/// travelling like the error is rewritten to; the quoted packet travelled
+/// the other way, so it becomes `xlat` reversed. The outer addresses follow
+/// where they are the flow's own (a router in between keeps its address).
+///
+/// Checksums: the outer IP one as usual; ICMP's has no pseudo-header. The
+/// quoted IP header's checksum is fixed with each address, which keeps that
+/// header's one's-complement sum, and so the ICMP checksum, unchanged. Quoted
+/// ports change the ICMP checksum. The quoted L4 checksum is left alone: it
+/// covers data the error does not carry, so no receiver can verify it.
+#[inline(always)]
+pub fn icmp_error(ctx: &TcContext, pkt: &Packet, xlat: &FlowKey) -> Result<(), Reason> {
+    let key = &pkt.key;
+    if pkt.outer_daddr == key.daddr && xlat.daddr != key.daddr {
+        set_outer(ctx, IP_DADDR, pkt.outer_daddr, xlat.daddr)?;
+    }
+    if pkt.outer_saddr == key.saddr && xlat.saddr != key.saddr {
+        set_outer(ctx, IP_SADDR, pkt.outer_saddr, xlat.saddr)?;
+    }
+    // Quoted packet: its source is the key's destination, and so on.
+    let inner_csum = pkt.inner_ip + 10;
+    if key.daddr != xlat.daddr {
+        set_inner_addr(ctx, inner_csum, pkt.inner_ip + 12, key.daddr, xlat.daddr)?;
+    }
+    if key.saddr != xlat.saddr {
+        set_inner_addr(ctx, inner_csum, pkt.inner_ip + 16, key.saddr, xlat.saddr)?;
+    }
+    if key.dport != xlat.dport {
+        set_port(ctx, pkt, pkt.sport_off, key.dport, xlat.dport)?;
+    }
+    if key.sport != xlat.sport {
+        set_port(ctx, pkt, pkt.dport_off, key.sport, xlat.sport)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn set_outer(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), Reason> {
+    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
+        .map_err(|_| Reason::DropRewrite)?;
+    ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
+}
+
+#[inline(always)]
+fn set_inner_addr(
+    ctx: &TcContext,
+    csum_off: usize,
+    off: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), Reason> {
+    ctx.l3_csum_replace(csum_off, old as u64, new as u64, 4)
+        .map_err(|_| Reason::DropRewrite)?;
+    ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
+}

@@ -20,8 +20,9 @@ pub struct Spec {
     pub dport: u16,
     pub proto: u8,
     pub tcp_flags: u8,
-    /// ICMP type (8 echo request, 0 echo reply).
+    /// ICMP type (8 echo request, 0 echo reply, 3 unreachable, 11 time exceeded).
     pub icmp_type: u8,
+    pub icmp_code: u8,
     /// Raw IP options, a multiple of 4 bytes.
     pub ip_options: Vec<u8>,
     pub payload: Vec<u8>,
@@ -36,6 +37,23 @@ impl Spec {
 
     pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
         Self::new(UDP, src, dst, 0)
+    }
+
+    /// An ICMP error from `src` to `dst` quoting `quoted` (a frame built by
+    /// [`Spec::build`]): its IP header and first 8 bytes of L4.
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+        quoted: &[u8],
+    ) -> Self {
+        let mut s = Self::new(ICMP, (src, 0), (dst, 0), 0);
+        s.icmp_type = icmp_type;
+        s.icmp_code = code;
+        let ihl = ((quoted[14] & 0x0f) as usize) * 4;
+        s.payload = quoted[14..14 + ihl + 8].to_vec();
+        s
     }
 
     pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Self {
@@ -53,6 +71,7 @@ impl Spec {
             proto,
             tcp_flags: flags,
             icmp_type: 0,
+            icmp_code: 0,
             ip_options: Vec::new(),
             payload: b"netbr".to_vec(),
             udp_no_csum: false,
@@ -84,7 +103,7 @@ impl Spec {
                 } else {
                     self.dport
                 };
-                let mut h = vec![self.icmp_type, 0, 0, 0, 0, 0, 0, 1];
+                let mut h = vec![self.icmp_type, self.icmp_code, 0, 0, 0, 0, 0, 1];
                 h[4..6].copy_from_slice(&id.to_be_bytes());
                 h
             }
@@ -189,5 +208,37 @@ pub fn parse_checked(frame: &[u8]) -> Seen {
                 dport: u16::from_be_bytes([l4[2], l4[3]]),
             }
         }
+    }
+}
+
+/// The packet an ICMP error frame quotes, with its IP header checksum verified.
+pub fn parse_quoted(frame: &[u8]) -> Seen {
+    let outer_ihl = ((frame[14] & 0x0f) as usize) * 4;
+    let inner = &frame[14 + outer_ihl + 8..];
+    let ihl = ((inner[0] & 0x0f) as usize) * 4;
+    assert_eq!(
+        inet_checksum(&inner[..ihl]),
+        0,
+        "quoted IP header checksum is wrong"
+    );
+    let l4 = &inner[ihl..];
+    let (sport, dport) = if inner[9] == ICMP {
+        let id = u16::from_be_bytes([l4[4], l4[5]]);
+        if l4[0] == 8 {
+            (id, 0)
+        } else {
+            (0, id)
+        }
+    } else {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    };
+    Seen {
+        src: Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
+        dst: Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+        sport,
+        dport,
     }
 }
