@@ -555,6 +555,11 @@ fn icc_false_isolates_containers_but_keeps_published_ports_and_masquerade() {
         probe::tcp_request(&sb.lan_path(), published(8080), b"pub").expect("published"),
         b"pub"
     );
+    // Hairpin is routed through the host, not switched: it still works.
+    assert_eq!(
+        probe::tcp_request(&sb.container_path(2), published(8080), b"hp").expect("hairpin"),
+        b"hp"
+    );
     let lan_srv = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
     assert_eq!(
         probe::tcp_request(
@@ -948,4 +953,43 @@ fn path_mtu_discovery_works_through_a_published_port() {
     })
     .expect("lan");
     assert_eq!(mtu, 1400, "lan did not learn the path MTU through the NAT");
+}
+
+#[test]
+fn ttl_exceeded_reaches_the_sender_through_a_published_port() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
+        .expect("publish");
+    let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
+    // traceroute's first hop: TTL 1 dies at the host, which quotes the packet
+    // after DNAT. lan hears of it only if the quote is translated back.
+    let kind = netbr::netns::run_in(&sb.lan_path(), || {
+        use std::os::fd::AsRawFd as _;
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(published(5353)).expect("connect");
+        s.set_ttl(1).expect("ttl");
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket this closure owns.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&on as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        s.send(b"hop").expect("send");
+        let mut buf = [0u8; 16];
+        s.recv(&mut buf).map(|_| ()).map_err(|e| e.raw_os_error())
+    })
+    .expect("lan");
+    assert_eq!(
+        kind,
+        Err(Some(libc::EHOSTUNREACH)),
+        "no time-exceeded reached lan's socket"
+    );
 }
