@@ -44,6 +44,17 @@ pub fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
     unsafe { MAPPINGS.get(&key) }.map(|t| (t.addr, t.port))
 }
 
+/// The packet's tuple with its destination replaced by the published
+/// target, if the packet is addressed to a published port.
+#[inline(always)]
+fn to_published_target(pkt: &Packet) -> Option<FlowKey> {
+    let (addr, port) = published_target(pkt.key.proto, pkt.key.daddr, pkt.key.dport)?;
+    let mut xlat = pkt.key;
+    xlat.daddr = addr;
+    xlat.dport = port;
+    Some(xlat)
+}
+
 /// Creates a DNAT flow if the packet is for a published port; `Ok(None)`
 /// when it is not.
 #[inline(always)]
@@ -55,12 +66,9 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
     if pkt.key.proto == IPPROTO_ICMP || is_loopback(pkt.key.daddr) {
         return Ok(None);
     }
-    let Some((addr, port)) = published_target(pkt.key.proto, pkt.key.daddr, pkt.key.dport) else {
+    let Some(mut xlat) = to_published_target(pkt) else {
         return Ok(None);
     };
-    let mut xlat = pkt.key;
-    xlat.daddr = addr;
-    xlat.dport = port;
     let reply = conntrack::reply_entry(
         &pkt.key,
         NAT_DNAT,
@@ -187,12 +195,9 @@ pub fn hairpin_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<F
     if unsafe { LOCAL_ADDRS.get(&pkt.key.daddr) }.is_none() {
         return Ok(None);
     }
-    let Some((addr, port)) = published_target(pkt.key.proto, pkt.key.daddr, pkt.key.dport) else {
+    let Some(mut xlat) = to_published_target(pkt) else {
         return Ok(None);
     };
-    let mut xlat = pkt.key;
-    xlat.daddr = addr;
-    xlat.dport = port;
     xlat.saddr = cfg.gateway_addr;
     new_source_flow(pkt, xlat, NAT_HAIRPIN, cfg, now).map(Some)
 }

@@ -92,10 +92,7 @@ fn attach_cgroup_one(
     cgroup: &std::fs::File,
     link_path: &Path,
 ) -> Result<()> {
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("the BPF object has no program {prog}"))?
-        .try_into()?;
+    let program: &mut CgroupSockAddr = program(ebpf, prog)?;
     program
         .load()
         .with_context(|| format!("verifying {prog}"))?;
@@ -114,6 +111,17 @@ fn attach_cgroup_one(
     Ok(())
 }
 
+/// The program `name` of the object, as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the BPF object has no program {name}"))?;
+    Ok(p.try_into()?)
+}
+
 fn attach_one(
     ebpf: &mut Ebpf,
     prog: &str,
@@ -121,10 +129,7 @@ fn attach_one(
     hook: TcAttachType,
     link_path: &Path,
 ) -> Result<()> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("the BPF object has no program {prog}"))?
-        .try_into()?;
+    let program: &mut SchedClassifier = program(ebpf, prog)?;
     program
         .load()
         .with_context(|| format!("verifying {prog}"))?;
