@@ -66,7 +66,7 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
     if pkt.key.proto == IPPROTO_ICMP || is_loopback(pkt.key.daddr) {
         return Ok(None);
     }
-    let Some(mut xlat) = to_published_target(pkt) else {
+    let Some(xlat) = to_published_target(pkt) else {
         return Ok(None);
     };
     let reply = conntrack::reply_entry(
