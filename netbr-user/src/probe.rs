@@ -67,6 +67,43 @@ impl Server {
         })
     }
 
+    /// A TCP echo server for long-lived connections: each connection gets a
+    /// thread that echoes until the peer closes.
+    pub fn tcp_stream(ns: &Path, port: u16) -> Result<Self> {
+        Self::start(ns, move |stop, peers, ready| {
+            let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Ok(());
+                }
+            };
+            l.set_nonblocking(true)?;
+            let _ = ready.send(Ok(()));
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        peers.lock().map_err(|_| anyhow!("poisoned"))?.push(peer);
+                        s.set_nonblocking(false)?;
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0; 65536];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })
+    }
+
     pub fn udp(ns: &Path, port: u16, respond: Responder) -> Result<Self> {
         Self::start(ns, move |stop, peers, ready| {
             let s = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)) {

@@ -26,6 +26,20 @@ pub struct Datapath {
     pub counters: PerCpuArray<MapData, u64>,
 }
 
+fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
+    let data = MapData::from_pin(dir.join(name))
+        .with_context(|| format!("opening pinned map {name} in {}", dir.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+/// Only the endpoint map: what teardown needs, readable even when other
+/// pins are of an incompatible layout.
+pub fn pinned_endpoints(dir: &Path) -> Result<Vec<(u32, Endpoint)>> {
+    let map: HashMap<MapData, u32, Endpoint> =
+        typed(open_pinned(dir, MAP_ENDPOINTS)?, MAP_ENDPOINTS)?;
+    map.iter().map(|r| r.context("reading endpoints")).collect()
+}
+
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
@@ -43,11 +57,7 @@ impl Datapath {
     }
 
     pub fn from_pins(dir: &Path) -> Result<Self> {
-        let open = |name: &str| -> Result<Map> {
-            let data = MapData::from_pin(dir.join(name))
-                .with_context(|| format!("opening pinned map {name} in {}", dir.display()))?;
-            Map::from_map_data(data).with_context(|| format!("map {name}"))
-        };
+        let open = |name: &str| open_pinned(dir, name);
         Ok(Self {
             config: typed(open(MAP_CONFIG)?, MAP_CONFIG)?,
             mappings: typed(open(MAP_MAPPINGS)?, MAP_MAPPINGS)?,

@@ -210,7 +210,15 @@ fn validate_ifname(name: &str) -> Result<()> {
 
 /// A re-attach may replace the programs but not change what the bridge is.
 fn check_compatible(dir: &std::path::Path, bridge: &str, subnet: Cidr, uplink: u32) -> Result<()> {
-    let cfg = Datapath::from_pins(dir)?.config()?;
+    // A layout change of any value size fails to open the typed maps; the
+    // version field catches changes that keep the sizes.
+    let cfg = Datapath::from_pins(dir)
+        .and_then(|dp| dp.config())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "bridge {bridge}'s pinned maps do not match this netbr's map layout ({e:#}): run netbr detach --bridge {bridge} first"
+            )
+        })?;
     if cfg.layout_version != LAYOUT_VERSION {
         bail!(
             "bridge {bridge} was attached by a netbr with map layout {} (this one uses {LAYOUT_VERSION}): run netbr detach first",

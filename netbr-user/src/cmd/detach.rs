@@ -2,7 +2,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::{
-    bpf::{attach, datapath::Datapath, pins},
+    bpf::{attach, datapath::pinned_endpoints, pins},
     cli::Global,
     netlink::Netlink,
 };
@@ -29,16 +29,14 @@ impl Detach {
         }
         // Teardown keeps going past failures and reports them all at the end.
         let mut errors = Vec::new();
-        if !self.keep_bridge {
-            if let Ok((dp, _)) = Datapath::open(&self.bridge) {
-                match dp.endpoint_list() {
-                    Ok(eps) => {
-                        for (_, ep) in eps {
-                            errors.extend(super::endpoint::remove_endpoint_objects(&nl, &ep).await);
-                        }
+        if !self.keep_bridge && dir.exists() {
+            match pinned_endpoints(&dir) {
+                Ok(eps) => {
+                    for (_, ep) in eps {
+                        errors.extend(super::endpoint::remove_endpoint_objects(&nl, &ep).await);
                     }
-                    Err(e) => errors.push(e),
                 }
+                Err(e) => errors.push(e.context("finding the endpoints to remove")),
             }
         }
         errors.extend(attach::remove_pins(&dir));

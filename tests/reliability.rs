@@ -1,0 +1,274 @@
+//! Reliability of the datapath across control-plane events: re-attaching
+//! (same or newer binary) swaps programs atomically and keeps the pinned
+//! tables, so established flows never notice.
+
+mod support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use netbr::{
+    netns,
+    probe::{self, Server},
+    sandbox::{Sandbox, LAN_IP, UPLINK_IP},
+};
+
+/// What a traffic loop saw: completed round trips, failures, and the longest
+/// wait between two successes.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    failures: Vec<String>,
+    max_gap: Duration,
+}
+
+/// Runs `round` repeatedly in `ns` until `stop`, timing the gaps.
+fn traffic(
+    ns: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    mut round: impl FnMut() -> anyhow::Result<()> + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<Tally>> {
+    netns::spawn_in(&ns, move || {
+        let mut t = Tally::default();
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            match round() {
+                Ok(()) => {
+                    t.ok += 1;
+                    t.max_gap = t.max_gap.max(last.elapsed());
+                    last = Instant::now();
+                }
+                Err(e) => t.failures.push(format!("{e:#}")),
+            }
+        }
+        t
+    })
+    .expect("spawn traffic")
+}
+
+/// A long-lived connection that echoes a numbered 1 KiB block per round.
+fn stream_rounds(to: SocketAddr) -> impl FnMut() -> anyhow::Result<()> + Send + 'static {
+    let mut conn: Option<TcpStream> = None;
+    let mut n: u32 = 0;
+    move || {
+        if conn.is_none() {
+            let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            conn = Some(s);
+        }
+        let s = conn
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+        n += 1;
+        let block: Vec<u8> = (0..1024u32)
+            .map(|i| (i.wrapping_mul(n) % 251) as u8)
+            .collect();
+        s.write_all(&block)?;
+        let mut back = vec![0; block.len()];
+        s.read_exact(&mut back)?;
+        anyhow::ensure!(back == block, "stream to {to} returned different bytes");
+        std::thread::sleep(Duration::from_millis(2));
+        Ok(())
+    }
+}
+
+#[test]
+fn ten_reattaches_under_load_lose_no_packet_of_established_flows() {
+    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    sb.attach().expect("attach");
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&[
+        "publish",
+        &sb.container(1),
+        "-p",
+        "8080:80",
+        "-p",
+        "8081:81",
+    ])
+    .expect("publish");
+    let _stream_srv =
+        Server::tcp_stream(&sb.container_path(1), 80).expect("container stream server");
+    let _rr_srv =
+        Server::tcp(&sb.container_path(1), 81, probe::echo()).expect("container rr server");
+    let _lan_srv = Server::tcp_stream(&sb.lan_path(), 9000).expect("lan stream server");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let dnat_stream = traffic(
+        sb.lan_path(),
+        stop.clone(),
+        stream_rounds(SocketAddr::from((UPLINK_IP, 8080))),
+    );
+    let snat_stream = traffic(
+        sb.container_path(1),
+        stop.clone(),
+        stream_rounds(SocketAddr::from((LAN_IP, 9000))),
+    );
+    let rr_to = SocketAddr::from((UPLINK_IP, 8081));
+    let requests = traffic(sb.lan_path(), stop.clone(), move || {
+        let mut s = TcpStream::connect_timeout(&rr_to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"ping")?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut back = Vec::new();
+        s.read_to_end(&mut back)?;
+        anyhow::ensure!(back == b"ping", "request answered {back:?}");
+        Ok(())
+    });
+
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..10 {
+        let out = sb
+            .attach()
+            .unwrap_or_else(|e| panic!("re-attach {i}: {e:#}"));
+        assert!(out.contains("re-attached"), "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+
+    for (name, handle) in [
+        ("DNAT stream", dnat_stream),
+        ("masquerade stream", snat_stream),
+        ("requests", requests),
+    ] {
+        let t = handle.join().expect("traffic thread").expect("traffic");
+        println!("{name}: {} rounds, longest gap {:?}", t.ok, t.max_gap);
+        assert!(
+            t.failures.is_empty(),
+            "{name} failed across re-attaches: {:?}",
+            t.failures
+        );
+        assert!(
+            t.ok > 50,
+            "{name} made too little progress to prove anything: {t:?}"
+        );
+        // Not a speed target (those live in benchmarks): a second-long gap
+        // would mean traffic stopped while programs were swapped.
+        assert!(
+            t.max_gap < Duration::from_secs(1),
+            "{name} stalled for {:?}",
+            t.max_gap
+        );
+    }
+}
+
+#[test]
+fn detach_then_attach_restores_service() {
+    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    sb.attach().expect("attach");
+    sb.netbr_ok(&["detach"]).expect("detach");
+    sb.attach().expect("attach again");
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
+        .expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    let back = probe::tcp_request(
+        &sb.lan_path(),
+        SocketAddr::from((UPLINK_IP, 8080)),
+        b"again",
+    )
+    .expect("request");
+    assert_eq!(back, b"again");
+}
+
+#[test]
+fn pins_of_another_layout_are_refused_and_left_intact() {
+    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    sb.attach().expect("attach");
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
+        .expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    // Pretend an older netbr wrote the pins: change the layout version.
+    let pins = {
+        let ls: serde_json::Value =
+            serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("json");
+        ls["pins"].as_str().expect("pins").to_string()
+    };
+    let mut dp =
+        netbr::bpf::datapath::Datapath::from_pins(std::path::Path::new(&pins)).expect("open pins");
+    let mut cfg = dp.config().expect("config");
+    cfg.layout_version = netbr_common::maps::LAYOUT_VERSION + 1;
+    dp.set_config(&cfg).expect("write config");
+    drop(dp);
+
+    let out = sb
+        .netbr(&["attach", "--subnet", "172.30.0.0/16", "--uplink", "up0"])
+        .expect("attach");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("map layout") && err.contains("netbr detach"),
+        "{err}"
+    );
+    // Nothing changed: the datapath still serves the mapping.
+    let back = probe::tcp_request(
+        &sb.lan_path(),
+        SocketAddr::from((UPLINK_IP, 8080)),
+        b"still",
+    )
+    .expect("request");
+    assert_eq!(back, b"still");
+    let leftovers: Vec<_> = std::fs::read_dir(&pins)
+        .expect("pins")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers
+            .iter()
+            .all(|n| !n.to_string_lossy().contains("tmp")),
+        "{leftovers:?}"
+    );
+}
+
+#[test]
+fn a_pinned_map_of_another_value_size_is_refused_with_a_clear_message() {
+    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    sb.attach().expect("attach");
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
+        .expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    let ls: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("json");
+    let cfg_pin = format!("{}/NB_CFG", ls["pins"].as_str().expect("pins"));
+    // An "older netbr" whose config value was 8 bytes. The running programs
+    // keep their own map; only the pin changes.
+    std::fs::remove_file(&cfg_pin).expect("unpin");
+    let made = std::process::Command::new("bpftool")
+        .args([
+            "map", "create", &cfg_pin, "type", "array", "key", "4", "value", "8", "entries", "1",
+            "name", "NB_CFG",
+        ])
+        .output()
+        .expect("bpftool");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = sb
+        .netbr(&["attach", "--subnet", "172.30.0.0/16", "--uplink", "up0"])
+        .expect("attach");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("map layout") && err.contains("netbr detach"),
+        "{err}"
+    );
+    let back = probe::tcp_request(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080)), b"ok")
+        .expect("request");
+    assert_eq!(back, b"ok", "a refused attach must change nothing");
+    // Teardown still works with the odd pin in place, and leaves nothing.
+    sb.netbr_ok(&["detach"]).expect("detach");
+    assert!(!netbr::netns::exists(&sb.container(1)), "endpoint namespace left behind");
+    assert!(!std::path::Path::new(&cfg_pin).exists(), "pin left behind");
+}
