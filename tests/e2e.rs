@@ -993,3 +993,28 @@ fn ttl_exceeded_reaches_the_sender_through_a_published_port() {
         "no time-exceeded reached lan's socket"
     );
 }
+
+#[test]
+fn fragmented_datagrams_cross_the_nat_both_ways() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
+        .expect("publish");
+    let _c = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("container udp");
+    let _l = Server::udp(&sb.lan_path(), 9001, probe::echo()).expect("lan udp");
+    // 4000 bytes: three fragments on a 1500-byte link, each way.
+    let big: Vec<u8> = (0..4000u32).map(|i| (i % 253) as u8).collect();
+    let back = probe::udp_request(&sb.lan_path(), published(5353), 0, &big).expect("through DNAT");
+    assert_eq!(back, big, "fragmented datagram through the published port");
+    let back = probe::udp_request(
+        &sb.container_path(1),
+        SocketAddr::from((LAN_IP, 9001)),
+        0,
+        &big,
+    )
+    .expect("through masquerade");
+    assert_eq!(back, big, "fragmented datagram through masquerade");
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    assert_eq!(stats["drop_frag_no_first"], 0, "{stats:#}");
+}

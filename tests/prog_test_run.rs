@@ -19,7 +19,9 @@ use netbr_common::{
         ENDPOINT_NETNS_MAX, LAYOUT_VERSION,
     },
 };
-use support::packet::{parse_checked, parse_quoted, Seen, Spec, ACK, SYN, TCP, UDP};
+use support::packet::{
+    fragment, parse_checked, parse_quoted, reassemble, Seen, Spec, ACK, SYN, TCP, UDP,
+};
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -519,4 +521,58 @@ fn untracked_icmp_error_from_a_container_never_opens_a_flow() {
     let (verdict, out) = h.run(UP_OUT, &err);
     assert_eq!((verdict, out), (PASS, err));
     assert_eq!(h.entries(), 0);
+}
+
+fn big_udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut spec = Spec::udp(src, dst);
+    spec.payload = (0..1200u32).map(|i| (i % 251) as u8).collect();
+    spec.build()
+}
+
+#[test]
+fn fragments_of_a_published_datagram_follow_the_first() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(UDP, 5353, WEB, 53);
+    let (first, later) = fragment(&big_udp((LAN, 7000), (HOST, 5353)), 800, 0x4242);
+    let (v1, out1) = h.run(UP_IN, &first);
+    let (v2, out2) = h.run(UP_IN, &later);
+    assert_eq!((v1, v2), (PASS, PASS));
+    // Reassembled, the datagram is the DNATed one with a valid UDP checksum.
+    assert_eq!(
+        parse_checked(&reassemble(&out1, &out2)),
+        seen((LAN, 7000), (WEB, 53))
+    );
+    assert_eq!(
+        &out2[34..],
+        &later[34..],
+        "a later fragment's payload is not touched"
+    );
+    // The reply, fragmented by the container, leaves as the host.
+    let (first, later) = fragment(&big_udp((WEB, 53), (LAN, 7000)), 800, 0x1111);
+    let (_, out1) = h.run(UP_OUT, &first);
+    let (_, out2) = h.run(UP_OUT, &later);
+    assert_eq!(
+        parse_checked(&reassemble(&out1, &out2)),
+        seen((HOST, 5353), (LAN, 7000))
+    );
+}
+
+#[test]
+fn later_fragment_without_its_first_is_dropped_and_counted() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(UDP, 5353, WEB, 53);
+    let (_, later) = fragment(&big_udp((LAN, 7000), (HOST, 5353)), 800, 0x4343);
+    let (verdict, _) = h.run(UP_IN, &later);
+    assert_eq!(verdict, SHOT);
+    assert_eq!(h.counter(Reason::DropFragNoFirst), 1);
+}
+
+#[test]
+fn fragments_of_the_hosts_own_traffic_pass_untouched() {
+    let mut h = Harness::new((61000, 65535));
+    let (first, later) = fragment(&big_udp((LAN, 7000), (HOST, 9999)), 800, 0x4444);
+    for f in [first, later] {
+        let (verdict, out) = h.run(UP_IN, &f);
+        assert_eq!((verdict, out), (PASS, f));
+    }
 }

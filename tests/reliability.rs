@@ -269,6 +269,9 @@ fn a_pinned_map_of_another_value_size_is_refused_with_a_clear_message() {
     assert_eq!(back, b"ok", "a refused attach must change nothing");
     // Teardown still works with the odd pin in place, and leaves nothing.
     sb.netbr_ok(&["detach"]).expect("detach");
-    assert!(!netbr::netns::exists(&sb.container(1)), "endpoint namespace left behind");
+    assert!(
+        !netbr::netns::exists(&sb.container(1)),
+        "endpoint namespace left behind"
+    );
     assert!(!std::path::Path::new(&cfg_pin).exists(), "pin left behind");
 }

@@ -10,7 +10,7 @@ pub enum Reason {
     PassNotIpv4 = 0,
     /// Protocol netbr does not translate (or an ICMP type it does not track).
     PassUntrackedProto,
-    /// IPv4 fragment: passed untouched.
+    /// A later fragment of a datagram this hook did not translate.
     PassFragment,
     /// Matched no flow and no mapping: passed untouched.
     PassNoMatch,
@@ -48,9 +48,12 @@ pub enum Reason {
     DropIcmpNoFlow,
     /// An ICMP error of a tracked flow was translated, outer and inner.
     IcmpErrorTranslated,
+    /// A later fragment whose first fragment this hook never saw (lost,
+    /// reordered, or forged): nothing says where it belongs.
+    DropFragNoFirst,
 }
 
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -75,6 +78,7 @@ impl Reason {
         Reason::DropNoEndpoint,
         Reason::DropIcmpNoFlow,
         Reason::IcmpErrorTranslated,
+        Reason::DropFragNoFirst,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -101,6 +105,7 @@ impl Reason {
             Reason::DropNoEndpoint => "drop_no_endpoint",
             Reason::DropIcmpNoFlow => "drop_icmp_no_flow",
             Reason::IcmpErrorTranslated => "icmp_error_translated",
+            Reason::DropFragNoFirst => "drop_frag_no_first",
         }
     }
 
@@ -115,6 +120,7 @@ impl Reason {
                 | Reason::DropDirectRouting
                 | Reason::DropNoEndpoint
                 | Reason::DropIcmpNoFlow
+                | Reason::DropFragNoFirst
         )
     }
 }

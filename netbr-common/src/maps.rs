@@ -9,9 +9,10 @@ pub const MAP_LOCAL_ADDRS: &str = "NB_LOCAL";
 pub const MAP_ENDPOINTS: &str = "NB_EP";
 pub const MAP_COUNTERS: &str = "NB_CNT";
 pub const MAP_SOCKETS: &str = "NB_SOCK";
+pub const MAP_FRAGMENTS: &str = "NB_FRAG";
 
 /// Every map the loader pins, in one list so attach and detach agree.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_MAPPINGS,
     MAP_CONNTRACK,
@@ -19,6 +20,7 @@ pub const PINNED_MAPS: [&str; 7] = [
     MAP_ENDPOINTS,
     MAP_COUNTERS,
     MAP_SOCKETS,
+    MAP_FRAGMENTS,
 ];
 
 /// Program names (ELF symbol names) and the hook each one is attached to.
@@ -44,6 +46,36 @@ pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
 pub const LOCAL_ADDRS_MAX_ENTRIES: u32 = 256;
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4_096;
 pub const SOCKETS_MAX_ENTRIES: u32 = 65_536;
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
+
+/// Key of the fragment map: one fragmented datagram as one hook saw it
+/// before translating it. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    /// Which program saw it (`HOOK_*`): each hook keeps its own record.
+    pub hook: u8,
+}
+
+/// What a datagram's first fragment told the hook: its ports, which later
+/// fragments do not carry, and whether the hook translated it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragVal {
+    pub sport: u16,
+    pub dport: u16,
+    /// u8 flag instead of bool, so the type has no invalid bit patterns.
+    pub translated: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const HOOK_UPLINK_INGRESS: u8 = 0;
+pub const HOOK_UPLINK_EGRESS: u8 = 1;
+pub const HOOK_BRIDGE_INGRESS: u8 = 2;
 
 /// Key of the socket map: a socket (by `bpf_get_socket_cookie`) and the
 /// container address a cgroup hook rewrote its destination to. The value (a
@@ -162,6 +194,8 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragVal {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey {}
     unsafe impl aya::Pod for crate::conntrack::CtEntry {}
 }
@@ -181,6 +215,8 @@ mod tests {
             8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4 + 8 + 8
         );
         assert_eq!(size_of::<SockKey>(), 16);
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(size_of::<FragVal>(), 8);
     }
 
     #[test]

@@ -13,14 +13,14 @@ use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcC
 use netbr_common::{
     conntrack::{FlowKey, NAT_HAIRPIN},
     counters::Reason,
-    maps::{Config, CFG_ALLOW_DIRECT_ROUTING},
+    maps::{Config, CFG_ALLOW_DIRECT_ROUTING, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
 };
 
 use crate::{
-    conntrack,
-    maps::CONFIG,
+    conntrack, frag,
+    maps::{CONFIG, PACKET},
     nat,
-    parse::{parse, Packet},
+    parse::{parse, Packet, FRAG_LATER},
     redirect,
     rewrite::{icmp_error, rewrite},
 };
@@ -95,28 +95,51 @@ fn translated(pkt: &Packet) -> Reason {
     }
 }
 
+/// Runs one hook on a packet: parse, follow fragments, translate, and
+/// remember first fragments for the ones that follow.
+#[inline(always)]
+pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
+    let cfg = config()?;
+    // Index 0 of a one-entry array always exists.
+    let pkt = PACKET.get_ptr_mut(0).ok_or(Reason::DropRewrite)?;
+    // SAFETY: per-CPU map value, used by this packet only.
+    let pkt = unsafe { &mut *pkt };
+    parse(ctx, pkt)?;
+    if pkt.frag == FRAG_LATER {
+        frag::recall(pkt, hook)?;
+    }
+    let outcome = match hook {
+        HOOK_UPLINK_INGRESS => uplink_ingress(ctx, cfg, pkt),
+        HOOK_UPLINK_EGRESS => uplink_egress(ctx, cfg, pkt),
+        _ => bridge_ingress(ctx, cfg, pkt),
+    };
+    frag::remember(pkt, hook, outcome.is_ok());
+    outcome
+}
+
 /// Uplink ingress: replies of masqueraded flows, and published ports.
 #[inline(always)]
-pub fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Reason> {
-    let cfg = config()?;
-    let pkt = parse(ctx)?;
-    if translate_tracked(ctx, &pkt, cfg, false)?.is_some() {
-        return Ok(Outcome::pass(translated(&pkt)));
+fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
+    if translate_tracked(ctx, pkt, cfg, false)?.is_some() {
+        return Ok(Outcome::pass(translated(pkt)));
     }
     if pkt.is_icmp_error() {
-        return Err(nat::unmatched_icmp_error(&pkt, cfg));
+        return Err(nat::unmatched_icmp_error(pkt, cfg));
+    }
+    if !pkt.may_open_flow() {
+        return Err(Reason::PassFragment);
     }
     let now = now();
     if cfg.in_subnet(pkt.key.daddr) {
         if !cfg.has(CFG_ALLOW_DIRECT_ROUTING) {
             return Err(Reason::DropDirectRouting);
         }
-        nat::track_direct(&pkt, cfg, now)?;
+        nat::track_direct(pkt, cfg, now)?;
         return Ok(Outcome::pass(Reason::DirectNew));
     }
-    match nat::dnat_new_flow(&pkt, cfg, now)? {
+    match nat::dnat_new_flow(pkt, cfg, now)? {
         Some(xlat) => {
-            rewrite(ctx, &pkt, &xlat)?;
+            rewrite(ctx, pkt, &xlat)?;
             Ok(Outcome::pass(Reason::DnatNew))
         }
         None => Err(Reason::PassNoMatch),
@@ -125,20 +148,17 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Reason> {
 
 /// Uplink egress: replies of published-port flows, and masquerade.
 #[inline(always)]
-pub fn uplink_egress(ctx: &TcContext) -> Result<Outcome, Reason> {
-    let cfg = config()?;
-    let pkt = parse(ctx)?;
-    if translate_tracked(ctx, &pkt, cfg, false)?.is_some() {
-        return Ok(Outcome::pass(translated(&pkt)));
+fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
+    if translate_tracked(ctx, pkt, cfg, false)?.is_some() {
+        return Ok(Outcome::pass(translated(pkt)));
     }
     // The host's own errors (and those of untracked traffic) leave as they
-    // are; an error never opens a flow.
-    if pkt.is_icmp_error() || !nat::wants_snat(&pkt, cfg) {
+    // are; neither an error nor a later fragment opens a flow.
+    if !pkt.may_open_flow() || !nat::wants_snat(pkt, cfg) {
         return Err(Reason::PassNoMatch);
     }
-    let now = now();
-    let xlat = nat::snat_new_flow(&pkt, cfg, now)?;
-    rewrite(ctx, &pkt, &xlat)?;
+    let xlat = nat::snat_new_flow(pkt, cfg, now())?;
+    rewrite(ctx, pkt, &xlat)?;
     Ok(Outcome::pass(Reason::SnatNew))
 }
 
@@ -146,15 +166,13 @@ pub fn uplink_egress(ctx: &TcContext) -> Result<Outcome, Reason> {
 /// Hairpin flows are translated here and redirected to the target's veth;
 /// everything else is left to routing and the uplink.
 #[inline(always)]
-pub fn bridge_ingress(ctx: &TcContext) -> Result<Outcome, Reason> {
-    let cfg = config()?;
-    let pkt = parse(ctx)?;
-    let (xlat, reason) = match translate_tracked(ctx, &pkt, cfg, true)? {
-        Some(xlat) => (xlat, translated(&pkt)),
-        None if pkt.is_icmp_error() => return Err(Reason::PassNoMatch),
-        None => match nat::hairpin_new_flow(&pkt, cfg, now())? {
+fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
+    let (xlat, reason) = match translate_tracked(ctx, pkt, cfg, true)? {
+        Some(xlat) => (xlat, translated(pkt)),
+        None if !pkt.may_open_flow() => return Err(Reason::PassNoMatch),
+        None => match nat::hairpin_new_flow(pkt, cfg, now())? {
             Some(xlat) => {
-                rewrite(ctx, &pkt, &xlat)?;
+                rewrite(ctx, pkt, &xlat)?;
                 (xlat, Reason::HairpinNew)
             }
             None => return Err(Reason::PassNoMatch),

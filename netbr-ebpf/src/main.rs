@@ -9,6 +9,7 @@
 
 mod conntrack;
 mod counters;
+mod frag;
 mod hooks;
 mod maps;
 mod nat;
@@ -22,7 +23,10 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
-use netbr_common::counters::Reason;
+use netbr_common::{
+    counters::Reason,
+    maps::{HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
+};
 
 /// Counts the outcome and returns its verdict. Errors that are drops become
 /// `TC_ACT_SHOT`; the rest pass with `TC_ACT_UNSPEC` (TCX_NEXT), so programs
@@ -47,17 +51,17 @@ fn verdict(outcome: Result<hooks::Outcome, Reason>) -> i32 {
 
 #[classifier]
 pub fn nb_up_in(ctx: TcContext) -> i32 {
-    verdict(hooks::uplink_ingress(&ctx))
+    verdict(hooks::run(&ctx, HOOK_UPLINK_INGRESS))
 }
 
 #[classifier]
 pub fn nb_up_out(ctx: TcContext) -> i32 {
-    verdict(hooks::uplink_egress(&ctx))
+    verdict(hooks::run(&ctx, HOOK_UPLINK_EGRESS))
 }
 
 #[classifier]
 pub fn nb_br_in(ctx: TcContext) -> i32 {
-    verdict(hooks::bridge_ingress(&ctx))
+    verdict(hooks::run(&ctx, HOOK_BRIDGE_INGRESS))
 }
 
 /// cgroup sock_addr verdict: 1 lets the syscall proceed (rewritten or not).

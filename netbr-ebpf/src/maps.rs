@@ -9,8 +9,9 @@ use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::REASON_COUNT,
     maps::{
-        Config, Endpoint, MappingKey, MappingTarget, SockKey, CT_MAX_ENTRIES_DEFAULT,
-        ENDPOINTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
+        Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, SockKey,
+        CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES,
+        LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
     },
 };
 
@@ -41,6 +42,12 @@ pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(ENDPOIN
 pub static SOCKETS: LruHashMap<SockKey, MappingTarget> =
     LruHashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
 
+/// First fragments seen, so later ones (which carry no ports) can follow
+/// them. LRU: a datagram's record is only needed while it is in flight.
+#[map(name = "NB_FRAG")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragVal> =
+    LruHashMap::with_max_entries(FRAGMENTS_MAX_ENTRIES, 0);
+
 #[map(name = "NB_CNT")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
@@ -50,3 +57,8 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COU
 /// it outlives one packet.
 #[map(name = "NB_SCRATCH")]
 pub static SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for the parsed packet, for the same reason as `SCRATCH`:
+/// on the stack it would not leave room for the port search beneath it.
+#[map(name = "NB_PKT")]
+pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);

@@ -57,7 +57,9 @@ fn to_published_target(pkt: &Packet) -> Option<FlowKey> {
 
 /// Creates a DNAT flow if the packet is for a published port; `Ok(None)`
 /// when it is not.
-#[inline(always)]
+// A BPF function of its own: its frame (and the port search's callback
+// under it) would not fit in 512 bytes on top of the hook's.
+#[inline(never)]
 pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<FlowKey>, Reason> {
     // A loopback destination never arrives legitimately from outside, and
     // ports published on 127.0.0.1 are for host-local clients only: Docker's
@@ -142,7 +144,9 @@ struct PortSearch {
     cfg: *const Config,
     now: u64,
     seed: u32,
-    found: u32,
+    /// The packet's own source port (host order), tried first when it may be kept.
+    own_port: u16,
+    found: u16,
 }
 
 /// Claims `xlat.sport` unless it is published or carries a live flow to the
@@ -157,15 +161,29 @@ fn claim_port(xlat: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
     conntrack::claim_reply(&xlat.reversed(), reply, cfg, now)
 }
 
-/// One probe of the port search. Run through `bpf_loop` so the verifier
-/// checks this body once instead of once per attempt: an unrolled search
-/// blew through the 1M-instruction verification budget.
+/// One probe of the port search. Attempt 0 tries the packet's own port when
+/// it may be kept; the rest walk the SNAT range. Run through `bpf_loop` so
+/// the verifier checks this body once instead of once per attempt (an
+/// unrolled search blew through the 1M-instruction budget), and so its stack
+/// is a frame of its own.
 extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the PortSearch on snat_new_flow's stack, and `cfg`
-    // points at the config map value, both alive for this bpf_loop call.
+    // SAFETY: `ctx` is the PortSearch on new_source_flow's stack, and `cfg`
+    // and `reply` point at map values, all alive for this bpf_loop call.
     let s = unsafe { &mut *(ctx as *mut PortSearch) };
     let (cfg, reply) = unsafe { (&*s.cfg, &*s.reply) };
-    let port = snat_candidate(s.seed, attempt as u32, cfg.snat_port_min, cfg.snat_port_max);
+    let port = if attempt == 0 {
+        if !may_keep_port(s.own_port, cfg.host_port_min, cfg.host_port_max) {
+            return 0;
+        }
+        s.own_port
+    } else {
+        snat_candidate(
+            s.seed,
+            attempt as u32 - 1,
+            cfg.snat_port_min,
+            cfg.snat_port_max,
+        )
+    };
     s.xlat.sport = port.to_be();
     if claim_port(&s.xlat, reply, cfg, s.now) {
         s.found = 1;
@@ -175,7 +193,9 @@ extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// Creates a masquerade flow: source becomes the uplink address.
-#[inline(always)]
+// A BPF function of its own: its frame (and the port search's callback
+// under it) would not fit in 512 bytes on top of the hook's.
+#[inline(never)]
 pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Reason> {
     let mut xlat = pkt.key;
     xlat.saddr = cfg.uplink_addr;
@@ -186,7 +206,9 @@ pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Re
 /// port on a host address: destination becomes the target container, source
 /// the gateway, so the reply comes back through the bridge device. `Ok(None)`
 /// when the destination is not a published port of the host.
-#[inline(always)]
+// A BPF function of its own: its frame (and the port search's callback
+// under it) would not fit in 512 bytes on top of the hook's.
+#[inline(never)]
 pub fn hairpin_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<FlowKey>, Reason> {
     if pkt.key.proto == IPPROTO_ICMP || !cfg.in_subnet(pkt.key.saddr) {
         return Ok(None);
@@ -226,24 +248,18 @@ fn new_source_flow(
         now,
         // SAFETY: the helper has no preconditions.
         seed: unsafe { bpf_get_prandom_u32() },
+        own_port: u16::from_be(pkt.key.sport),
         found: 0,
     };
-    let own = u16::from_be(pkt.key.sport);
-    if may_keep_port(own, cfg.host_port_min, cfg.host_port_max)
-        && claim_port(&search.xlat, reply, cfg, now)
-    {
-        search.found = 1;
-    } else {
-        // SAFETY: callback and context follow bpf_loop's contract.
-        unsafe {
-            bpf_loop(
-                SNAT_ATTEMPTS,
-                probe_port as *mut c_void,
-                &mut search as *mut PortSearch as *mut c_void,
-                0,
-            )
-        };
-    }
+    // SAFETY: callback and context follow bpf_loop's contract.
+    unsafe {
+        bpf_loop(
+            SNAT_ATTEMPTS + 1,
+            probe_port as *mut c_void,
+            &mut search as *mut PortSearch as *mut c_void,
+            0,
+        )
+    };
     if search.found == 0 {
         return Err(Reason::DropSnatExhausted);
     }

@@ -9,13 +9,21 @@ pub const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 /// IPv4 header field offsets from the start of the frame (RFC 791).
 pub const IP_TOT_LEN: usize = ETH_LEN + 2;
+const IP_ID: usize = ETH_LEN + 4;
 const IP_FRAG: usize = ETH_LEN + 6;
 const IP_PROTO: usize = ETH_LEN + 9;
 pub const IP_CSUM: usize = ETH_LEN + 10;
 pub const IP_SADDR: usize = ETH_LEN + 12;
 pub const IP_DADDR: usize = ETH_LEN + 16;
-/// More-fragments flag and fragment offset bits of the frag field.
-const IP_MF_OFFSET: u16 = 0x3fff;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// `Packet::frag`.
+pub const FRAG_NONE: u8 = 0;
+/// Offset 0 with more fragments: has the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// Offset above 0: no L4 header; its ports come from the first fragment.
+pub const FRAG_LATER: u8 = 2;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -49,11 +57,20 @@ pub struct Packet {
     pub inner_ip: usize,
     pub outer_saddr: u32,
     pub outer_daddr: u32,
+    /// `FRAG_*`, and the IP identification that ties fragments together.
+    pub frag: u8,
+    pub ip_id: u16,
 }
 
 impl Packet {
     pub fn is_icmp_error(&self) -> bool {
         self.inner_ip != 0
+    }
+
+    /// Only a whole packet or a first fragment may open a flow: a later
+    /// fragment has no ports, an ICMP error belongs to someone else's flow.
+    pub fn may_open_flow(&self) -> bool {
+        self.frag != FRAG_LATER && !self.is_icmp_error()
     }
 }
 
@@ -66,7 +83,7 @@ fn load<T>(ctx: &TcContext, off: usize, short: Reason) -> Result<T, Reason> {
 /// reason the packet is not translatable; [`Reason::is_drop`] says whether it
 /// is malformed (drop) or merely not ours (pass untouched).
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
+pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     let ethertype: u16 = load(ctx, 12, Reason::PassNotIpv4)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
@@ -83,17 +100,26 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
     if ETH_LEN + tot_len > ctx.len() as usize {
         return Err(Reason::DropTruncated);
     }
-    let frag = u16::from_be(load(ctx, IP_FRAG, Reason::DropTruncated)?);
-    if frag & IP_MF_OFFSET != 0 {
-        return Err(Reason::PassFragment);
-    }
+    let frag_field = u16::from_be(load(ctx, IP_FRAG, Reason::DropTruncated)?);
+    let frag = if frag_field & IP_OFFSET != 0 {
+        FRAG_LATER
+    } else if frag_field & IP_MF != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    let ip_id: u16 = if frag == FRAG_NONE {
+        0
+    } else {
+        load(ctx, IP_ID, Reason::DropTruncated)?
+    };
     let proto: u8 = load(ctx, IP_PROTO, Reason::DropTruncated)?;
     let saddr: u32 = load(ctx, IP_SADDR, Reason::DropTruncated)?;
     let daddr: u32 = load(ctx, IP_DADDR, Reason::DropTruncated)?;
     let l4 = ETH_LEN + ihl;
     let l4_len = tot_len - ihl;
 
-    let mut pkt = Packet {
+    *pkt = Packet {
         key: FlowKey {
             saddr,
             daddr,
@@ -112,7 +138,18 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
         inner_ip: 0,
         outer_saddr: saddr,
         outer_daddr: daddr,
+        frag,
+        ip_id,
     };
+    if frag == FRAG_LATER {
+        // Only TCP and UDP datagrams are followed; their ports are filled in
+        // from the first fragment (`frag::recall`).
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return Err(Reason::PassFragment);
+        }
+        pkt.csum_pseudo = false;
+        return Ok(());
+    }
     match proto {
         IPPROTO_TCP => {
             if l4_len < 20 {
@@ -128,6 +165,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
             pkt.csum_off = l4 + 6;
             pkt.csum_flags = aya_ebpf::bindings::BPF_F_MARK_MANGLED_0 as u64;
         }
+        IPPROTO_ICMP if frag != FRAG_NONE => return Err(Reason::PassFragment),
         IPPROTO_ICMP => {
             if l4_len < 8 {
                 return Err(Reason::DropTruncated);
@@ -140,8 +178,8 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB => {
                     pkt.csum_off = l4 + 2;
                     pkt.csum_pseudo = false;
-                    parse_icmp_error(ctx, &mut pkt, l4 + 8, l4_len - 8)?;
-                    return Ok(pkt);
+                    parse_icmp_error(ctx, pkt, l4 + 8, l4_len - 8)?;
+                    return Ok(());
                 }
                 _ => return Err(Reason::PassUntrackedProto),
             }
@@ -149,13 +187,13 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Reason> {
             pkt.dport_off = l4 + 4;
             pkt.csum_off = l4 + 2;
             pkt.csum_pseudo = false;
-            return Ok(pkt);
+            return Ok(());
         }
         _ => return Err(Reason::PassUntrackedProto),
     }
     pkt.key.sport = load(ctx, l4, Reason::DropTruncated)?;
     pkt.key.dport = load(ctx, l4 + 2, Reason::DropTruncated)?;
-    Ok(pkt)
+    Ok(())
 }
 
 /// Reads the packet an ICMP error quotes, at `inner` with `len` bytes left.

@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use netbr_common::{conntrack::FlowKey, counters::Reason};
 
-use crate::parse::{Packet, IP_CSUM, IP_DADDR, IP_SADDR};
+use crate::parse::{Packet, FRAG_LATER, IP_CSUM, IP_DADDR, IP_SADDR};
 
 /// Rewrites the packet's tuple into `to`, field by field where they differ.
 #[inline(always)]
@@ -18,6 +18,11 @@ pub fn rewrite(ctx: &TcContext, pkt: &Packet, to: &FlowKey) -> Result<(), Reason
     }
     if from.daddr != to.daddr {
         set_addr(ctx, pkt, IP_DADDR, from.daddr, to.daddr)?;
+    }
+    // A later fragment has no L4 header: its first fragment carried the
+    // port and checksum changes for the whole datagram.
+    if pkt.frag == FRAG_LATER {
+        return Ok(());
     }
     if from.sport != to.sport {
         set_port(ctx, pkt, pkt.sport_off, from.sport, to.sport)?;

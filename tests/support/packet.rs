@@ -242,3 +242,51 @@ pub fn parse_quoted(frame: &[u8]) -> Seen {
         dport,
     }
 }
+
+/// Splits a frame carrying one IPv4 datagram (no options) into two
+/// fragments, the first with `first_len` bytes of IP payload (a multiple of 8).
+pub fn fragment(frame: &[u8], first_len: usize, id: u16) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(first_len % 8, 0);
+    let (eth, ip) = frame.split_at(14);
+    let (hdr, payload) = ip.split_at(20);
+    let make = |part: &[u8], offset: usize, more: bool| {
+        let mut h = hdr.to_vec();
+        h[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+        let field = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&field.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let c = inet_checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        [eth, &h, part].concat()
+    };
+    (
+        make(&payload[..first_len], 0, true),
+        make(&payload[first_len..], first_len, false),
+    )
+}
+
+/// Reassembles two fragments made by [`fragment`] (after translation),
+/// checking that they agree on addresses and that each IP header verifies.
+pub fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
+    for f in [first, later] {
+        assert_eq!(
+            inet_checksum(&f[14..34]),
+            0,
+            "fragment IP header checksum is wrong"
+        );
+    }
+    assert_eq!(
+        first[26..34],
+        later[26..34],
+        "fragments disagree on addresses"
+    );
+    let mut hdr = first[14..34].to_vec();
+    let payload = [&first[34..], &later[34..]].concat();
+    hdr[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    hdr[6..8].copy_from_slice(&[0x40, 0]);
+    hdr[10..12].copy_from_slice(&[0, 0]);
+    let c = inet_checksum(&hdr);
+    hdr[10..12].copy_from_slice(&c.to_be_bytes());
+    [&first[..14], &hdr, &payload].concat()
+}

@@ -1,0 +1,57 @@
+//! Following fragmented datagrams: a first fragment is translated like any
+//! packet and its ports remembered; later fragments, which carry no L4
+//! header, recall them to find the flow and get their addresses rewritten.
+//! The L4 checksum covers the whole datagram but lives in the first fragment,
+//! so only that one's checksum changes.
+
+use aya_ebpf::bindings::BPF_ANY;
+use netbr_common::{
+    counters::Reason,
+    maps::{FragKey, FragVal},
+};
+
+use crate::{
+    maps::FRAGMENTS,
+    parse::{Packet, FRAG_FIRST},
+};
+
+#[inline(always)]
+fn key(pkt: &Packet, hook: u8) -> FragKey {
+    FragKey {
+        saddr: pkt.key.saddr,
+        daddr: pkt.key.daddr,
+        id: pkt.ip_id,
+        proto: pkt.key.proto,
+        hook,
+    }
+}
+
+/// Records a first fragment's ports and whether this hook translated it.
+#[inline(always)]
+pub fn remember(pkt: &Packet, hook: u8, translated: bool) {
+    if pkt.frag != FRAG_FIRST {
+        return;
+    }
+    let val = FragVal {
+        sport: pkt.key.sport,
+        dport: pkt.key.dport,
+        translated: translated as u8,
+        _pad: [0; 3],
+    };
+    let _ = FRAGMENTS.insert(&key(pkt, hook), &val, BPF_ANY as u64);
+}
+
+/// Fills a later fragment's ports in from its first fragment. A datagram
+/// this hook left alone passes; one whose first fragment it never saw is
+/// dropped, since nothing says where it belongs.
+#[inline(always)]
+pub fn recall(pkt: &mut Packet, hook: u8) -> Result<(), Reason> {
+    // SAFETY: read-only copy out of the map value.
+    let val = unsafe { FRAGMENTS.get(&key(pkt, hook)) }.ok_or(Reason::DropFragNoFirst)?;
+    if val.translated == 0 {
+        return Err(Reason::PassFragment);
+    }
+    pkt.key.sport = val.sport;
+    pkt.key.dport = val.dport;
+    Ok(())
+}
