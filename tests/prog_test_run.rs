@@ -576,3 +576,36 @@ fn fragments_of_the_hosts_own_traffic_pass_untouched() {
         assert_eq!((verdict, out), (PASS, f));
     }
 }
+
+#[test]
+fn a_new_flow_raced_by_another_cpu_is_adopted_not_dropped() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(UDP, 5353, WEB, 53);
+    let query = Spec::udp((LAN, 7000), (HOST, 5353)).build();
+    h.run(UP_IN, &query);
+    // What a racing CPU leaves mid-creation: the reply entry claimed, the
+    // original not yet inserted (kubernetes#56903's parallel DNS queries).
+    let (orig, _) = h.flows()[0];
+    h.dp.conntrack.remove(&orig).expect("remove original");
+    let (verdict, out) = h.run(UP_IN, &query);
+    assert_eq!(
+        verdict, PASS,
+        "the second packet of the flow must not be dropped"
+    );
+    assert_eq!(parse_checked(&out), seen((LAN, 7000), (WEB, 53)));
+    assert_eq!(h.entries(), 2);
+    assert_eq!(h.counter(Reason::DropCtInsert), 0);
+}
+
+#[test]
+fn a_fresh_reply_entry_without_its_original_is_not_reclaimed() {
+    let mut h = Harness::new((61000, 61000));
+    h.run(UP_OUT, &Spec::udp((WEB, 40000), (REMOTE, 53)).build());
+    let (orig, _) = h.flows()[0];
+    h.dp.conntrack.remove(&orig).expect("remove original");
+    // Another flow to the same peer wants the only SNAT port: it must not
+    // take the one a half-created flow has just claimed.
+    let (verdict, _) = h.run(UP_OUT, &Spec::udp((CLIENT, 40001), (REMOTE, 53)).build());
+    assert_eq!(verdict, SHOT);
+    assert_eq!(h.counter(Reason::DropSnatExhausted), 1);
+}

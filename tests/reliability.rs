@@ -275,3 +275,76 @@ fn a_pinned_map_of_another_value_size_is_refused_with_a_clear_message() {
     );
     assert!(!std::path::Path::new(&cfg_pin).exists(), "pin left behind");
 }
+
+/// Trials for the parallel-insert race; `NETBR_RACE_TRIALS` runs more.
+fn race_trials() -> u32 {
+    std::env::var("NETBR_RACE_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+#[test]
+fn parallel_first_datagrams_of_one_socket_all_get_replies() {
+    use std::sync::Barrier;
+    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    sb.attach().expect("attach");
+    sb.add_container(1).expect("c1");
+    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
+        .expect("publish");
+    let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
+    let to = SocketAddr::from((UPLINK_IP, 5353));
+    let trials = race_trials();
+    // kubernetes#56903: two datagrams of one new flow (a DNS client's A and
+    // AAAA queries from one socket) processed at once on two CPUs. Each
+    // trial uses a fresh socket, so each is a new flow.
+    let lost = netns::run_in(&sb.lan_path(), move || {
+        let barrier = Arc::new(Barrier::new(3));
+        let slot: Arc<std::sync::Mutex<Option<Arc<std::net::UdpSocket>>>> = Arc::default();
+        let senders: Vec<_> = (0..2u8)
+            .map(|i| {
+                let (barrier, slot) = (barrier.clone(), slot.clone());
+                std::thread::spawn(move || loop {
+                    barrier.wait();
+                    let sock = slot.lock().expect("slot").clone();
+                    let Some(sock) = sock else { return };
+                    let _ = sock.send_to(&[i], to);
+                    barrier.wait();
+                })
+            })
+            .collect();
+        let mut lost = 0u32;
+        for _ in 0..trials {
+            let sock = Arc::new(std::net::UdpSocket::bind("0.0.0.0:0").expect("bind"));
+            sock.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            *slot.lock().expect("slot") = Some(sock.clone());
+            barrier.wait(); // both send now
+            barrier.wait(); // both sent
+            let mut seen = [false; 2];
+            let mut buf = [0u8; 8];
+            for _ in 0..2 {
+                match sock.recv(&mut buf) {
+                    Ok(1) if buf[0] < 2 => seen[buf[0] as usize] = true,
+                    _ => break,
+                }
+            }
+            lost += seen.iter().filter(|s| !**s).count() as u32;
+        }
+        *slot.lock().expect("slot") = None;
+        barrier.wait();
+        for s in senders {
+            s.join().expect("sender");
+        }
+        lost
+    })
+    .expect("lan");
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    println!(
+        "{trials} trials, {lost} replies lost, dnat_new {}",
+        stats["dnat_new"]
+    );
+    assert_eq!(lost, 0, "replies lost in {trials} trials: {stats:#}");
+    assert_eq!(stats["drop_ct_insert"], 0);
+}

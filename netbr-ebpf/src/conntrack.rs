@@ -13,6 +13,11 @@ use crate::{
     maps::{CONNTRACK, SCRATCH},
 };
 
+/// How long a freshly claimed reply entry may wait for its original entry
+/// before `lookup` treats it as garbage. Far longer than the few instructions
+/// between the two inserts, far shorter than any timeout.
+const CLAIM_GRACE_NS: u64 = 1_000_000_000;
+
 /// A tracked flow as seen by one packet: the entry its tuple matched, and the
 /// original entry that holds the flow's state (the same one for DIR_ORIG).
 pub struct Flow {
@@ -35,7 +40,13 @@ pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
         match CONNTRACK.get_ptr_mut(&orig_key) {
             Some(orig) => orig,
             None => {
-                let _ = CONNTRACK.remove(key);
+                // A reply entry without its original: LRU evicted the
+                // original, or another CPU claimed this reply a moment ago
+                // and has not inserted the original yet. Only the first is
+                // garbage; taking the second would give its port to two flows.
+                if now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS {
+                    let _ = CONNTRACK.remove(key);
+                }
                 return None;
             }
         }
@@ -104,6 +115,13 @@ pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64)
         .insert(reply_key, reply, BPF_NOEXIST as u64)
         .is_ok()
     {
+        return true;
+    }
+    // Already this flow's: another CPU handling a packet of the same new flow
+    // won the race (kubernetes#56903 in netfilter drops the loser's packet),
+    // or LRU evicted the original and left the reply. Adopt it.
+    // SAFETY: read-only copy out of the map value.
+    if unsafe { CONNTRACK.get(reply_key) }.is_some_and(|e| e.xlat == reply.xlat) {
         return true;
     }
     lookup(reply_key, cfg, now).is_none()
