@@ -51,7 +51,11 @@ impl Harness {
     /// 192.0.2.1, subnet 172.30.0.0/16, SNAT ports `snat`, host ephemeral
     /// range 32768-60999.
     fn new(snat: (u16, u16)) -> Self {
-        let mut ebpf = netbr::bpf::attach::load(None, 1024).expect("load the BPF object");
+        Self::with_ct_max(snat, 1024)
+    }
+
+    fn with_ct_max(snat: (u16, u16), ct_max: u32) -> Self {
+        let mut ebpf = netbr::bpf::attach::load(None, ct_max).expect("load the BPF object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         dp.set_config(&Config {
             configured: 1,
@@ -150,8 +154,9 @@ impl Harness {
         self.dp.flows().expect("flows")
     }
 
+    /// Entries in both conntrack tables.
     fn entries(&self) -> usize {
-        self.dp.conntrack.keys().count()
+        self.dp.conntrack.keys().count() + self.dp.conntrack_new.keys().count()
     }
 }
 
@@ -586,7 +591,7 @@ fn a_new_flow_raced_by_another_cpu_is_adopted_not_dropped() {
     // What a racing CPU leaves mid-creation: the reply entry claimed, the
     // original not yet inserted (kubernetes#56903's parallel DNS queries).
     let (orig, _) = h.flows()[0];
-    h.dp.conntrack.remove(&orig).expect("remove original");
+    h.dp.conntrack_new.remove(&orig).expect("remove original");
     let (verdict, out) = h.run(UP_IN, &query);
     assert_eq!(
         verdict, PASS,
@@ -602,10 +607,60 @@ fn a_fresh_reply_entry_without_its_original_is_not_reclaimed() {
     let mut h = Harness::new((61000, 61000));
     h.run(UP_OUT, &Spec::udp((WEB, 40000), (REMOTE, 53)).build());
     let (orig, _) = h.flows()[0];
-    h.dp.conntrack.remove(&orig).expect("remove original");
+    h.dp.conntrack_new.remove(&orig).expect("remove original");
     // Another flow to the same peer wants the only SNAT port: it must not
     // take the one a half-created flow has just claimed.
     let (verdict, _) = h.run(UP_OUT, &Spec::udp((CLIENT, 40001), (REMOTE, 53)).build());
     assert_eq!(verdict, SHOT);
     assert_eq!(h.counter(Reason::DropSnatExhausted), 1);
+}
+
+#[test]
+fn a_flood_of_new_flows_never_evicts_established_ones() {
+    let mut h = Harness::with_ct_max((61000, 65535), 64);
+    h.publish(TCP, 8080, WEB, 80);
+    let clients: Vec<u16> = (41000..41010).collect();
+    for &port in &clients {
+        h.run(UP_IN, &Spec::tcp((LAN, port), (HOST, 8080), SYN).build());
+        h.run(
+            UP_OUT,
+            &Spec::tcp((WEB, 80), (LAN, port), SYN | ACK).build(),
+        );
+        h.run(UP_IN, &Spec::tcp((LAN, port), (HOST, 8080), ACK).build());
+    }
+    assert_eq!(
+        h.dp.conntrack.keys().count(),
+        20,
+        "established flows are in the assured table"
+    );
+    // A SYN flood far larger than the table.
+    for port in 1000..2000u16 {
+        h.run(UP_IN, &Spec::tcp((REMOTE, port), (HOST, 8080), SYN).build());
+    }
+    assert_eq!(
+        h.counter(Reason::DnatNew),
+        1010,
+        "new flows keep being accepted"
+    );
+    for &port in &clients {
+        // The container's side first: a flow lost to eviction would have its
+        // reply masqueraded as HOST:80 instead of un-DNATed to HOST:8080.
+        let (_, back) = h.run(UP_OUT, &Spec::tcp((WEB, 80), (LAN, port), ACK).build());
+        assert_eq!(
+            parse_checked(&back),
+            seen((HOST, 8080), (LAN, port)),
+            "flow from port {port}"
+        );
+        let (_, out) = h.run(UP_IN, &Spec::tcp((LAN, port), (HOST, 8080), ACK).build());
+        assert_eq!(parse_checked(&out), seen((LAN, port), (WEB, 80)));
+    }
+    // The same flows, not re-created ones: their counters carried on.
+    let flows = h.flows();
+    for &port in &clients {
+        let (_, e) = flows
+            .iter()
+            .find(|(k, _)| k.sport == port.to_be())
+            .unwrap_or_else(|| panic!("flow from port {port} is gone"));
+        assert_eq!(e.packets, [3, 2], "flow from port {port} was re-created");
+    }
 }

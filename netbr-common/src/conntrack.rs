@@ -251,6 +251,15 @@ pub const fn next_state(proto: u8, state: CtState, dir: u8, tcp_flags: u8) -> Ct
     }
 }
 
+/// Whether a flow in `state` is assured (netfilter's IPS_ASSURED): it has
+/// seen traffic both ways and is worth protecting from floods of new flows.
+pub const fn is_assured(state: CtState) -> bool {
+    matches!(
+        state,
+        CtState::Established | CtState::FinOrig | CtState::FinReply | CtState::UdpReplied
+    )
+}
+
 /// Whether an entry last seen at `last_seen_ns` has outlived its state's timeout.
 pub const fn expired(
     timeouts: &[u32; STATE_COUNT],
@@ -319,6 +328,13 @@ mod tests {
             next_state(crate::IPPROTO_UDP, UdpUnreplied, DIR_ORIG, 0),
             UdpUnreplied
         );
+    }
+
+    #[test]
+    fn only_two_way_flows_are_assured() {
+        assert!(is_assured(Established) && is_assured(UdpReplied) && is_assured(FinReply));
+        assert!(!is_assured(SynSent) && !is_assured(SynRecv) && !is_assured(UdpUnreplied));
+        assert!(!is_assured(Icmp) && !is_assured(Close) && !is_assured(TimeWait));
     }
 
     #[test]

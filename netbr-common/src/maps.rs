@@ -4,7 +4,12 @@
 /// Kernel object names are cut at 15 characters; these stay well below.
 pub const MAP_CONFIG: &str = "NB_CFG";
 pub const MAP_MAPPINGS: &str = "NB_MAPS";
+/// Assured flows (TCP established, UDP answered): only ever evicted by each
+/// other, never by a flood of new flows.
 pub const MAP_CONNTRACK: &str = "NB_CT4";
+/// Flows being set up: LRU, so a flood of new flows evicts only its own kind,
+/// as netfilter's early_drop evicts only entries that are not ASSURED.
+pub const MAP_CONNTRACK_NEW: &str = "NB_CT4N";
 pub const MAP_LOCAL_ADDRS: &str = "NB_LOCAL";
 pub const MAP_ENDPOINTS: &str = "NB_EP";
 pub const MAP_COUNTERS: &str = "NB_CNT";
@@ -12,10 +17,11 @@ pub const MAP_SOCKETS: &str = "NB_SOCK";
 pub const MAP_FRAGMENTS: &str = "NB_FRAG";
 
 /// Every map the loader pins, in one list so attach and detach agree.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     MAP_CONFIG,
     MAP_MAPPINGS,
     MAP_CONNTRACK,
+    MAP_CONNTRACK_NEW,
     MAP_LOCAL_ADDRS,
     MAP_ENDPOINTS,
     MAP_COUNTERS,

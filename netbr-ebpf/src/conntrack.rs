@@ -1,43 +1,63 @@
-//! The conntrack table: lookup with expiry, flow creation, accounting.
-//! Layout and invariants are described in `netbr_common::conntrack`.
+//! The conntrack tables: lookup with expiry, flow creation, accounting, and
+//! promotion of assured flows. Entry layout and invariants are described in
+//! `netbr_common::conntrack`.
+//!
+//! Two LRU tables, as netfilter's early_drop evicts only flows that are not
+//! ASSURED: flows start in `CT_NEW` and move to `CONNTRACK` once they have
+//! seen traffic both ways. A flood of new flows then evicts only other new
+//! flows; an established one can only be pushed out by established ones.
+//! Both entries of a flow always live in the same table.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    maps::LruHashMap,
+};
 use netbr_common::{
-    conntrack::{expired, next_state, CtEntry, CtState, FlowKey, DIR_ORIG, DIR_REPLY},
+    conntrack::{expired, is_assured, next_state, CtEntry, CtState, FlowKey, DIR_ORIG, DIR_REPLY},
     counters::Reason,
     maps::Config,
 };
 
 use crate::{
     counters::count,
-    maps::{CONNTRACK, SCRATCH},
+    maps::{CONNTRACK, CT_NEW, SCRATCH},
 };
+
+type Table = LruHashMap<FlowKey, CtEntry>;
 
 /// How long a freshly claimed reply entry may wait for its original entry
 /// before `lookup` treats it as garbage. Far longer than the few instructions
 /// between the two inserts, far shorter than any timeout.
 const CLAIM_GRACE_NS: u64 = 1_000_000_000;
 
-/// A tracked flow as seen by one packet: the entry its tuple matched, and the
-/// original entry that holds the flow's state (the same one for DIR_ORIG).
+/// A tracked flow as seen by one packet: the entry its tuple matched, the
+/// original entry that holds the flow's state (the same one for DIR_ORIG),
+/// and whether they sit in the assured table.
 pub struct Flow {
     pub entry: *mut CtEntry,
     pub orig: *mut CtEntry,
+    pub assured: bool,
 }
 
-/// Finds the live flow `key` belongs to. Entries whose partner is gone (LRU
-/// eviction takes one entry at a time) or whose state timed out are removed
-/// here, so expiry needs no garbage collector.
+/// Finds the live flow `key` belongs to, assured flows first.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+    lookup_in(&CONNTRACK, true, key, cfg, now).or_else(|| lookup_in(&CT_NEW, false, key, cfg, now))
+}
+
+/// Finds the live flow of `key` in one table. Entries whose partner is gone
+/// (LRU eviction takes one entry at a time) or whose state timed out are
+/// removed here, so expiry needs no garbage collector.
+#[inline(always)]
+fn lookup_in(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
+    let entry = table.get_ptr_mut(key)?;
     // SAFETY: a map value pointer stays valid for the program's run.
     let e = unsafe { &*entry };
     let orig_key = e.xlat.reversed();
     let orig = if e.dir == DIR_ORIG {
         entry
     } else {
-        match CONNTRACK.get_ptr_mut(&orig_key) {
+        match table.get_ptr_mut(&orig_key) {
             Some(orig) => orig,
             None => {
                 // A reply entry without its original: LRU evicted the
@@ -45,7 +65,7 @@ pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
                 // and has not inserted the original yet. Only the first is
                 // garbage; taking the second would give its port to two flows.
                 if now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS {
-                    let _ = CONNTRACK.remove(key);
+                    let _ = table.remove(key);
                 }
                 return None;
             }
@@ -60,24 +80,61 @@ pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
         } else {
             (orig_key, *key)
         };
-        let _ = CONNTRACK.remove(&orig_key);
-        let _ = CONNTRACK.remove(&reply_key);
+        let _ = table.remove(&orig_key);
+        let _ = table.remove(&reply_key);
         return None;
     }
-    Some(Flow { entry, orig })
+    Some(Flow {
+        entry,
+        orig,
+        assured,
+    })
 }
 
-/// Records a packet of a tracked flow: state transition, counters, last seen.
+/// Records a packet of a tracked flow whose tuple is `key`: state
+/// transition, counters, last seen; promotes the flow once it is assured.
 #[inline(always)]
-pub fn account(flow: &Flow, proto: u8, tcp_flags: u8, len: u32, now: u64) {
+pub fn account(flow: &Flow, key: &FlowKey, proto: u8, tcp_flags: u8, len: u32, now: u64) {
     // SAFETY: map value pointers from `lookup`, valid for this run. Two CPUs
     // may race on the counters; they are statistics, not accounting.
-    let (dir, o) = unsafe { ((*flow.entry).dir, &mut *flow.orig) };
-    o.state = next_state(proto, CtState::from_u8(o.state), dir, tcp_flags) as u8;
+    let (e, o) = unsafe { (&*flow.entry, &mut *flow.orig) };
+    let dir = e.dir;
+    let state = next_state(proto, CtState::from_u8(o.state), dir, tcp_flags);
+    o.state = state as u8;
     o.last_seen_ns = now;
     let d = (dir & 1) as usize;
     o.packets[d] += 1;
     o.bytes[d] += len as u64;
+    if !flow.assured && is_assured(state) {
+        let (orig_key, reply_key) = if dir == DIR_ORIG {
+            (*key, o.xlat.reversed())
+        } else {
+            (e.xlat.reversed(), *key)
+        };
+        promote(&orig_key, &reply_key, flow.orig);
+    }
+}
+
+/// Moves both entries of a flow into the assured table. The values are
+/// copied map to map, never onto the stack.
+#[inline(always)]
+fn promote(orig_key: &FlowKey, reply_key: &FlowKey, orig: *mut CtEntry) {
+    let Some(reply) = CT_NEW.get_ptr_mut(reply_key) else {
+        return;
+    };
+    // SAFETY: map value pointers, valid for this run.
+    let (orig, reply) = unsafe { (&*orig, &*reply) };
+    // The original first: from the moment it is in, a lookup of the flow's
+    // first tuple finds it, whichever table it tries first.
+    if CONNTRACK.insert(orig_key, orig, BPF_ANY as u64).is_err() {
+        return;
+    }
+    if CONNTRACK.insert(reply_key, reply, BPF_ANY as u64).is_err() {
+        let _ = CONNTRACK.remove(orig_key);
+        return;
+    }
+    let _ = CT_NEW.remove(orig_key);
+    let _ = CT_NEW.remove(reply_key);
 }
 
 /// Builds, in per-CPU scratch space, the reply entry of a new flow whose
@@ -111,23 +168,22 @@ pub fn reply_entry(
 /// `lookup` removes such entries.
 #[inline(always)]
 pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
-    if CONNTRACK
-        .insert(reply_key, reply, BPF_NOEXIST as u64)
-        .is_ok()
-    {
+    // An assured flow holds it.
+    if lookup_in(&CONNTRACK, true, reply_key, cfg, now).is_some() {
+        return false;
+    }
+    if CT_NEW.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
     // Already this flow's: another CPU handling a packet of the same new flow
     // won the race (kubernetes#56903 in netfilter drops the loser's packet),
     // or LRU evicted the original and left the reply. Adopt it.
     // SAFETY: read-only copy out of the map value.
-    if unsafe { CONNTRACK.get(reply_key) }.is_some_and(|e| e.xlat == reply.xlat) {
+    if unsafe { CT_NEW.get(reply_key) }.is_some_and(|e| e.xlat == reply.xlat) {
         return true;
     }
-    lookup(reply_key, cfg, now).is_none()
-        && CONNTRACK
-            .insert(reply_key, reply, BPF_NOEXIST as u64)
-            .is_ok()
+    lookup_in(&CT_NEW, false, reply_key, cfg, now).is_none()
+        && CT_NEW.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
 }
 
 /// Completes a flow whose reply entry is claimed: turns the scratch entry
@@ -144,8 +200,8 @@ pub fn insert_orig(
     entry.dir = DIR_ORIG;
     entry.packets = [1, 0];
     entry.bytes = [len as u64, 0];
-    if CONNTRACK.insert(orig, &*entry, BPF_ANY as u64).is_err() {
-        let _ = CONNTRACK.remove(&xlat.reversed());
+    if CT_NEW.insert(orig, &*entry, BPF_ANY as u64).is_err() {
+        let _ = CT_NEW.remove(&xlat.reversed());
         return Err(Reason::DropCtInsert);
     }
     Ok(())

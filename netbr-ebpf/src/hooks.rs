@@ -83,7 +83,7 @@ fn translate_tracked(
         return Ok(Some(xlat));
     }
     rewrite(ctx, pkt, &xlat)?;
-    conntrack::account(&flow, pkt.key.proto, pkt.tcp_flags, pkt.len, now);
+    conntrack::account(&flow, &pkt.key, pkt.key.proto, pkt.tcp_flags, pkt.len, now);
     Ok(Some(xlat))
 }
 

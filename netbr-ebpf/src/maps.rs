@@ -22,10 +22,15 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static MAPPINGS: HashMap<MappingKey, MappingTarget> =
     HashMap::with_max_entries(MAPPINGS_MAX_ENTRIES, 0);
 
-/// Sized by the loader (`map_max_entries`); LRU so a full table evicts the
-/// least recently used flow instead of refusing new ones.
+/// Assured flows. Sized by the loader (`--ct-max`), like `CT_NEW`; see
+/// `conntrack.rs` for why there are two tables.
 #[map(name = "NB_CT4")]
 pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
+
+/// Flows not yet assured.
+#[map(name = "NB_CT4N")]
+pub static CT_NEW: LruHashMap<FlowKey, CtEntry> =
     LruHashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
 
 /// IPv4 addresses of the host (network byte order), for Docker's

@@ -78,7 +78,11 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
         now,
     )?;
     if !conntrack::claim_reply(&xlat.reversed(), reply, cfg, now) {
-        return Err(Reason::DropCtInsert);
+        // Another CPU may have just created this very flow, or moved it to
+        // the assured table between our lookup and our claim: use it.
+        let flow = conntrack::lookup(&pkt.key, cfg, now).ok_or(Reason::DropCtInsert)?;
+        // SAFETY: map value pointer from `lookup`.
+        return Ok(Some(unsafe { (*flow.entry).xlat }));
     }
     conntrack::insert_orig(&pkt.key, &xlat, reply, pkt.len)?;
     Ok(Some(xlat))

@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netbr_common::maps::{
-    MAP_CONNTRACK, PINNED_MAPS, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4,
-    PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    MAP_CONNTRACK, MAP_CONNTRACK_NEW, PINNED_MAPS, PROG_BRIDGE_INGRESS, PROG_CONNECT4,
+    PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
 };
 
 use super::pins::{
@@ -28,6 +28,7 @@ use super::pins::{
 pub fn load(pin_dir: Option<&Path>, ct_max: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_CONNTRACK, ct_max);
+    loader.map_max_entries(MAP_CONNTRACK_NEW, ct_max);
     let paths: Vec<_> = match pin_dir {
         Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),

@@ -12,15 +12,17 @@ use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::Reason,
     maps::{
-        Config, Endpoint, MappingKey, MappingTarget, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS,
-        MAP_ENDPOINTS, MAP_LOCAL_ADDRS, MAP_MAPPINGS,
+        Config, Endpoint, MappingKey, MappingTarget, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW,
+        MAP_COUNTERS, MAP_ENDPOINTS, MAP_LOCAL_ADDRS, MAP_MAPPINGS,
     },
 };
 
 pub struct Datapath {
     pub config: Array<MapData, Config>,
     pub mappings: HashMap<MapData, MappingKey, MappingTarget>,
+    /// Assured flows; `conntrack_new` holds the ones being set up.
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    pub conntrack_new: HashMap<MapData, FlowKey, CtEntry>,
     pub local_addrs: HashMap<MapData, u32, u32>,
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -62,6 +64,7 @@ impl Datapath {
             config: typed(open(MAP_CONFIG)?, MAP_CONFIG)?,
             mappings: typed(open(MAP_MAPPINGS)?, MAP_MAPPINGS)?,
             conntrack: typed(open(MAP_CONNTRACK)?, MAP_CONNTRACK)?,
+            conntrack_new: typed(open(MAP_CONNTRACK_NEW)?, MAP_CONNTRACK_NEW)?,
             local_addrs: typed(open(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
             endpoints: typed(open(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
             counters: typed(open(MAP_COUNTERS)?, MAP_COUNTERS)?,
@@ -77,6 +80,7 @@ impl Datapath {
             config: typed(take(MAP_CONFIG)?, MAP_CONFIG)?,
             mappings: typed(take(MAP_MAPPINGS)?, MAP_MAPPINGS)?,
             conntrack: typed(take(MAP_CONNTRACK)?, MAP_CONNTRACK)?,
+            conntrack_new: typed(take(MAP_CONNTRACK_NEW)?, MAP_CONNTRACK_NEW)?,
             local_addrs: typed(take(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
             endpoints: typed(take(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
             counters: typed(take(MAP_COUNTERS)?, MAP_COUNTERS)?,
@@ -118,20 +122,22 @@ impl Datapath {
             .sum())
     }
 
-    /// Original-direction entries: one per flow.
+    /// Original-direction entries, one per flow, from both tables.
     pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
         let mut out = Vec::new();
-        for item in self.conntrack.iter() {
-            let (k, v) = item.context("reading conntrack")?;
-            if v.dir == netbr_common::conntrack::DIR_ORIG {
-                out.push((k, v));
+        for table in [&self.conntrack, &self.conntrack_new] {
+            for item in table.iter() {
+                let (k, v) = item.context("reading conntrack")?;
+                if v.dir == netbr_common::conntrack::DIR_ORIG {
+                    out.push((k, v));
+                }
             }
         }
         Ok(out)
     }
 
     /// Removes every flow for which `pred(orig key, orig entry)` holds, both
-    /// entries. Returns how many flows went.
+    /// entries, from whichever table holds it. Returns how many flows went.
     pub fn remove_flows(&mut self, pred: impl Fn(&FlowKey, &CtEntry) -> bool) -> Result<usize> {
         let doomed: Vec<_> = self
             .flows()?
@@ -139,8 +145,10 @@ impl Datapath {
             .filter(|(k, v)| pred(k, v))
             .collect();
         for (k, v) in &doomed {
-            let _ = self.conntrack.remove(k);
-            let _ = self.conntrack.remove(&v.xlat.reversed());
+            for table in [&mut self.conntrack, &mut self.conntrack_new] {
+                let _ = table.remove(k);
+                let _ = table.remove(&v.xlat.reversed());
+            }
         }
         Ok(doomed.len())
     }
