@@ -32,6 +32,15 @@ enum Task {
     },
     /// rustfmt check and clippy (-D warnings) for the host crates and the BPF crate.
     Lint,
+    /// Fuzz the uplink programs against the reference model for longer than the test run does.
+    Fuzz {
+        /// How many packets.
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
+        /// Seed for the packet generator (the test run's own seed by default).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,6 +55,26 @@ fn main() -> Result<()> {
             setup::all()?;
             require_root("the demo creates network namespaces and loads BPF programs")?;
             cargo(&["run", "--release", "--bin", "netbr", "--", "demo"], &args)
+        }
+        Task::Fuzz { packets, seed } => {
+            setup::all()?;
+            require_root("fuzzing runs the BPF programs with BPF_PROG_TEST_RUN")?;
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args([
+                "test",
+                "--release",
+                "-p",
+                "netbr-user",
+                "--test",
+                "fuzz",
+                "--",
+                "--nocapture",
+            ])
+            .env("NETBR_FUZZ_PACKETS", packets.to_string());
+            if let Some(seed) = seed {
+                cmd.env("NETBR_FUZZ_SEED", seed.to_string());
+            }
+            run(&mut cmd)
         }
         Task::Lint => {
             setup::all()?;

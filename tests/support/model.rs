@@ -1,0 +1,387 @@
+//! A reference model of the uplink programs, in plain Rust: what `nb_up_in`
+//! and `nb_up_out` must do to a packet, given the tables as they are. It
+//! mirrors the datapath's decisions (parse order, lookups, NAT rules) and
+//! leaves out what it cannot predict, such as which free SNAT port is drawn.
+
+use std::net::Ipv4Addr;
+
+use netbr_common::{
+    conntrack::{CtEntry, FlowKey, DIR_ORIG, NAT_HAIRPIN},
+    counters::Reason,
+    maps::{Config, FragKey, FragVal, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING},
+    snat::may_keep_port,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+/// Read-only access to the live tables.
+pub trait Tables {
+    fn config(&self) -> Config;
+    fn mapping(&self, key: &MappingKey) -> Option<MappingTarget>;
+    fn is_local(&self, addr: u32) -> bool;
+    /// An entry of the assured table, then of the new-flow table, and which.
+    fn ct(&self, key: &FlowKey) -> Option<(CtEntry, bool)>;
+    /// An entry of one table.
+    fn ct_in(&self, key: &FlowKey, assured: bool) -> Option<CtEntry>;
+    fn frag(&self, key: &FragKey) -> Option<FragVal>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    UplinkIngress = 0,
+    UplinkEgress = 1,
+}
+
+/// What the program must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Leave every byte as it is.
+    Untouched(Reason),
+    Drop(Reason),
+    /// Rewrite the tuple to `to`; with `any_sport` the source port may be any
+    /// the SNAT rules allow.
+    Translate {
+        reason: Reason,
+        to: FlowKey,
+        any_sport: bool,
+    },
+    /// Translate an ICMP error: outer addresses and the quoted tuple.
+    IcmpError {
+        outer_src: u32,
+        outer_dst: u32,
+        quoted: FlowKey,
+    },
+}
+
+/// The fields the datapath reads, as the model parsed them.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub key: FlowKey,
+    pub ihl: usize,
+    pub tcp_flags: u8,
+    pub frag: u8,
+    pub ip_id: u16,
+    /// Offset of the quoted IP header of an ICMP error.
+    pub inner: Option<usize>,
+    pub outer_saddr: u32,
+    pub outer_daddr: u32,
+}
+
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
+
+fn u16_at(b: &[u8], off: usize, short: Reason) -> Result<u16, Reason> {
+    b.get(off..off + 2)
+        .map(|s| u16::from_be_bytes([s[0], s[1]]))
+        .ok_or(short)
+}
+
+/// A field loaded raw (as the datapath loads it: network order in memory).
+fn raw16(b: &[u8], off: usize, short: Reason) -> Result<u16, Reason> {
+    b.get(off..off + 2)
+        .map(|s| u16::from_ne_bytes([s[0], s[1]]))
+        .ok_or(short)
+}
+
+fn raw32(b: &[u8], off: usize) -> Result<u32, Reason> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(Reason::DropTruncated)
+}
+
+fn byte(b: &[u8], off: usize, short: Reason) -> Result<u8, Reason> {
+    b.get(off).copied().ok_or(short)
+}
+
+/// Mirrors `parse.rs`, check for check and in the same order.
+pub fn parse(b: &[u8]) -> Result<Parsed, Reason> {
+    const E: usize = 14;
+    if u16_at(b, 12, Reason::PassNotIpv4)? != 0x0800 {
+        return Err(Reason::PassNotIpv4);
+    }
+    let vihl = byte(b, E, Reason::DropTruncated)?;
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Reason::DropBadHeader);
+    }
+    let tot_len = u16_at(b, E + 2, Reason::DropTruncated)? as usize;
+    if tot_len < ihl {
+        return Err(Reason::DropBadHeader);
+    }
+    if E + tot_len > b.len() {
+        return Err(Reason::DropTruncated);
+    }
+    let frag_field = u16_at(b, E + 6, Reason::DropTruncated)?;
+    let frag = if frag_field & 0x1fff != 0 {
+        FRAG_LATER
+    } else if frag_field & 0x2000 != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    let ip_id = if frag == FRAG_NONE {
+        0
+    } else {
+        raw16(b, E + 4, Reason::DropTruncated)?
+    };
+    let proto = byte(b, E + 9, Reason::DropTruncated)?;
+    let saddr = raw32(b, E + 12)?;
+    let daddr = raw32(b, E + 16)?;
+    let l4 = E + ihl;
+    let l4_len = tot_len - ihl;
+    let mut p = Parsed {
+        key: FlowKey {
+            saddr,
+            daddr,
+            sport: 0,
+            dport: 0,
+            proto,
+            _pad: [0; 3],
+        },
+        ihl,
+        tcp_flags: 0,
+        frag,
+        ip_id,
+        inner: None,
+        outer_saddr: saddr,
+        outer_daddr: daddr,
+    };
+    if frag == FRAG_LATER {
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return Err(Reason::PassFragment);
+        }
+        return Ok(p);
+    }
+    match proto {
+        IPPROTO_TCP => {
+            if l4_len < 20 {
+                return Err(Reason::DropTruncated);
+            }
+            p.tcp_flags = byte(b, l4 + 13, Reason::DropTruncated)?;
+        }
+        IPPROTO_UDP => {
+            if l4_len < 8 {
+                return Err(Reason::DropTruncated);
+            }
+        }
+        IPPROTO_ICMP if frag != FRAG_NONE => return Err(Reason::PassFragment),
+        IPPROTO_ICMP => {
+            if l4_len < 8 {
+                return Err(Reason::DropTruncated);
+            }
+            let t = byte(b, l4, Reason::DropTruncated)?;
+            let id = raw16(b, l4 + 4, Reason::DropTruncated)?;
+            match t {
+                8 => p.key.sport = id,
+                0 => p.key.dport = id,
+                3 | 11 | 12 => {
+                    parse_icmp_error(b, &mut p, l4 + 8, l4_len - 8)?;
+                    return Ok(p);
+                }
+                _ => return Err(Reason::PassUntrackedProto),
+            }
+            return Ok(p);
+        }
+        _ => return Err(Reason::PassUntrackedProto),
+    }
+    p.key.sport = raw16(b, l4, Reason::DropTruncated)?;
+    p.key.dport = raw16(b, l4 + 2, Reason::DropTruncated)?;
+    Ok(p)
+}
+
+fn parse_icmp_error(b: &[u8], p: &mut Parsed, inner: usize, len: usize) -> Result<(), Reason> {
+    let vihl = byte(b, inner, Reason::DropTruncated)?;
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Reason::DropBadHeader);
+    }
+    if len < ihl + 8 {
+        return Err(Reason::DropTruncated);
+    }
+    let proto = byte(b, inner + 9, Reason::DropTruncated)?;
+    let saddr = raw32(b, inner + 12)?;
+    let daddr = raw32(b, inner + 16)?;
+    let l4 = inner + ihl;
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            raw16(b, l4, Reason::DropTruncated)?,
+            raw16(b, l4 + 2, Reason::DropTruncated)?,
+        ),
+        IPPROTO_ICMP => {
+            let t = byte(b, l4, Reason::DropTruncated)?;
+            let id = raw16(b, l4 + 4, Reason::DropTruncated)?;
+            match t {
+                8 => (id, 0),
+                0 => (0, id),
+                _ => return Err(Reason::PassUntrackedProto),
+            }
+        }
+        _ => return Err(Reason::PassUntrackedProto),
+    };
+    p.key = FlowKey {
+        saddr: daddr,
+        daddr: saddr,
+        sport: dport,
+        dport: sport,
+        proto,
+        _pad: [0; 3],
+    };
+    p.inner = Some(inner);
+    Ok(())
+}
+
+fn in_subnet(cfg: &Config, a: u32) -> bool {
+    a & cfg.subnet_mask == cfg.subnet_addr
+}
+
+fn is_loopback(a: u32) -> bool {
+    a.to_ne_bytes()[0] == 127
+}
+
+/// Mirrors `conntrack::lookup` (with nothing expired: the fuzzer's timeouts
+/// are long): the live flow of `key`, if its partner is there.
+fn flow(t: &dyn Tables, key: &FlowKey) -> Option<CtEntry> {
+    let (e, assured) = t.ct(key)?;
+    if e.dir == DIR_ORIG {
+        return Some(e);
+    }
+    t.ct_in(&e.xlat.reversed(), assured).map(|_| e)
+}
+
+fn published(t: &dyn Tables, proto: u8, addr: u32, port: u16) -> Option<MappingTarget> {
+    let mut k = MappingKey {
+        proto,
+        _pad: 0,
+        port,
+        addr,
+    };
+    if let Some(m) = t.mapping(&k) {
+        return Some(m);
+    }
+    if !is_loopback(addr) && !t.is_local(addr) {
+        return None;
+    }
+    k.addr = 0;
+    t.mapping(&k)
+}
+
+/// What the hook must do with `b`.
+pub fn expect(b: &[u8], hook: Hook, t: &dyn Tables) -> Expect {
+    match decide(b, hook, t) {
+        Ok(e) => e,
+        Err(r) if r.is_drop() => Expect::Drop(r),
+        Err(r) => Expect::Untouched(r),
+    }
+}
+
+fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
+    let cfg = t.config();
+    let mut p = parse(b)?;
+    if p.frag == FRAG_LATER {
+        let fk = FragKey {
+            saddr: p.key.saddr,
+            daddr: p.key.daddr,
+            id: p.ip_id,
+            proto: p.key.proto,
+            hook: hook as u8,
+        };
+        let v = t.frag(&fk).ok_or(Reason::DropFragNoFirst)?;
+        if v.translated == 0 {
+            return Err(Reason::PassFragment);
+        }
+        p.key.sport = v.sport;
+        p.key.dport = v.dport;
+    }
+    if let Some(e) = flow(t, &p.key).filter(|e| e.nat != NAT_HAIRPIN) {
+        let x = e.xlat;
+        if p.inner.is_some() {
+            let k = &p.key;
+            let outer_dst = if p.outer_daddr == k.daddr {
+                x.daddr
+            } else {
+                p.outer_daddr
+            };
+            let outer_src = if p.outer_saddr == k.saddr {
+                x.saddr
+            } else {
+                p.outer_saddr
+            };
+            return Ok(Expect::IcmpError {
+                outer_src,
+                outer_dst,
+                quoted: x.reversed(),
+            });
+        }
+        return Ok(Expect::Translate {
+            reason: Reason::Translated,
+            to: x,
+            any_sport: false,
+        });
+    }
+    let may_open = p.frag != FRAG_LATER && p.inner.is_none();
+    match hook {
+        Hook::UplinkIngress => {
+            if p.inner.is_some() {
+                let (from, port) = (p.key.daddr, u16::from_be(p.key.dport));
+                let ours = (from == cfg.uplink_addr
+                    && port >= cfg.snat_port_min
+                    && port <= cfg.snat_port_max)
+                    || in_subnet(&cfg, p.key.saddr)
+                    || in_subnet(&cfg, p.key.daddr);
+                return Err(if ours {
+                    Reason::DropIcmpNoFlow
+                } else {
+                    Reason::PassNoMatch
+                });
+            }
+            if !may_open {
+                return Err(Reason::PassFragment);
+            }
+            if in_subnet(&cfg, p.key.daddr) {
+                if cfg.flags & CFG_ALLOW_DIRECT_ROUTING == 0 {
+                    return Err(Reason::DropDirectRouting);
+                }
+                return Ok(Expect::Untouched(Reason::DirectNew));
+            }
+            if p.key.proto == IPPROTO_ICMP || is_loopback(p.key.daddr) {
+                return Err(Reason::PassNoMatch);
+            }
+            let m =
+                published(t, p.key.proto, p.key.daddr, p.key.dport).ok_or(Reason::PassNoMatch)?;
+            let mut to = p.key;
+            to.daddr = m.addr;
+            to.dport = m.port;
+            Ok(Expect::Translate {
+                reason: Reason::DnatNew,
+                to,
+                any_sport: false,
+            })
+        }
+        Hook::UplinkEgress => {
+            let wants = in_subnet(&cfg, p.key.saddr)
+                && !in_subnet(&cfg, p.key.daddr)
+                && (p.key.proto != IPPROTO_ICMP || p.key.sport != 0);
+            if !may_open || !wants {
+                return Err(Reason::PassNoMatch);
+            }
+            let mut to = p.key;
+            to.saddr = cfg.uplink_addr;
+            Ok(Expect::Translate {
+                reason: Reason::SnatNew,
+                to,
+                any_sport: true,
+            })
+        }
+    }
+}
+
+/// Whether `port` is a source port masquerade may give a flow whose own
+/// source port was `own`.
+pub fn snat_port_allowed(cfg: &Config, own: u16, port: u16) -> bool {
+    (port == own && may_keep_port(own, cfg.host_port_min, cfg.host_port_max))
+        || (port >= cfg.snat_port_min && port <= cfg.snat_port_max)
+}
+
+pub fn ip(a: u32) -> Ipv4Addr {
+    Ipv4Addr::from(a.to_ne_bytes())
+}
