@@ -664,3 +664,62 @@ fn a_flood_of_new_flows_never_evicts_established_ones() {
         assert_eq!(e.packets, [3, 2], "flow from port {port} was re-created");
     }
 }
+
+#[test]
+fn snat_attempts_at_10_50_90_and_100_percent_fill() {
+    // A 100-port range towards one peer; container ports inside the host's
+    // ephemeral range, so every flow draws from the range.
+    let mut h = Harness::new((62000, 62099));
+    let mut next_port = 33000u16;
+    let open_flow = |h: &mut Harness, port: u16| -> u32 {
+        h.run(UP_OUT, &Spec::udp((WEB, port), (REMOTE, 53)).build())
+            .0
+    };
+    let mut report = Vec::new();
+    for fill in [10usize, 50, 90, 99, 100] {
+        // Near full, 32 probes from a random start may miss the last free
+        // ports; filling simply tries again.
+        let mut tries = 0;
+        while h.flows().len() < fill {
+            next_port += 1;
+            open_flow(&mut h, next_port);
+            tries += 1;
+            assert!(tries < 100_000, "cannot fill to {fill}%");
+        }
+        // Sample new flows at this fill, removing each so the fill holds.
+        let before = h.dp.snat_attempts().expect("histogram");
+        let samples = 200;
+        for _ in 0..samples {
+            let len_before = h.flows().len();
+            next_port += 1;
+            open_flow(&mut h, next_port);
+            if h.flows().len() > len_before {
+                let newest = next_port.to_be();
+                h.dp.remove_flows(|k, _| k.sport == newest).expect("remove");
+            }
+        }
+        let after = h.dp.snat_attempts().expect("histogram");
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let exhausted = *delta.last().expect("buckets");
+        let found: u64 = delta[..delta.len() - 1].iter().sum();
+        let tries: u64 = delta[..delta.len() - 1]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| i as u64 * n)
+            .sum();
+        let mean = if found > 0 {
+            tries as f64 / found as f64
+        } else {
+            0.0
+        };
+        report.push((fill, mean, exhausted));
+        println!("fill {fill:>3}%: {found} found, mean {mean:.2} candidates, {exhausted} of {samples} exhausted");
+    }
+    let at = |f| report.iter().find(|r| r.0 == f).copied().expect("level");
+    assert!(at(10).1 < 1.5 && at(10).2 == 0, "{report:?}");
+    assert!(
+        at(50).1 < at(90).1,
+        "more fill must need more attempts: {report:?}"
+    );
+    assert_eq!(at(100).2, 200, "a full range finds nothing: {report:?}");
+}

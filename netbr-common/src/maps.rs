@@ -15,9 +15,11 @@ pub const MAP_ENDPOINTS: &str = "NB_EP";
 pub const MAP_COUNTERS: &str = "NB_CNT";
 pub const MAP_SOCKETS: &str = "NB_SOCK";
 pub const MAP_FRAGMENTS: &str = "NB_FRAG";
+/// Per-CPU histogram of SNAT port-search attempts (`snat::SNAT_HISTOGRAM_LEN`).
+pub const MAP_SNAT_HISTOGRAM: &str = "NB_SNATH";
 
 /// Every map the loader pins, in one list so attach and detach agree.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     MAP_CONFIG,
     MAP_MAPPINGS,
     MAP_CONNTRACK,
@@ -27,6 +29,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     MAP_COUNTERS,
     MAP_SOCKETS,
     MAP_FRAGMENTS,
+    MAP_SNAT_HISTOGRAM,
 ];
 
 /// Program names (ELF symbol names) and the hook each one is attached to.

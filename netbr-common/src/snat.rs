@@ -5,6 +5,12 @@
 /// because a nearly full range should fail fast rather than spin per packet.
 pub const SNAT_ATTEMPTS: u32 = 32;
 
+/// Buckets of the SNAT attempt histogram: bucket 0 counts flows that kept
+/// their own port, bucket k (1..=SNAT_ATTEMPTS) flows that got the k-th
+/// candidate from the range, and the last bucket flows that found none.
+pub const SNAT_HISTOGRAM_LEN: u32 = SNAT_ATTEMPTS + 2;
+pub const SNAT_HISTOGRAM_EXHAUSTED: u32 = SNAT_ATTEMPTS + 1;
+
 /// The `attempt`-th candidate in `[min, max]` for a flow whose random seed is
 /// `seed`: a linear probe from a random start, so concurrent flows spread out
 /// and successive attempts never repeat a port within one pass.

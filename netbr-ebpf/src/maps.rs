@@ -13,6 +13,7 @@ use netbr_common::{
         CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES,
         LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
     },
+    snat::SNAT_HISTOGRAM_LEN,
 };
 
 #[map(name = "NB_CFG")]
@@ -52,6 +53,11 @@ pub static SOCKETS: LruHashMap<SockKey, MappingTarget> =
 #[map(name = "NB_FRAG")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragVal> =
     LruHashMap::with_max_entries(FRAGMENTS_MAX_ENTRIES, 0);
+
+/// How many candidates new masquerade flows needed (see
+/// `netbr_common::snat::SNAT_HISTOGRAM_LEN`).
+#[map(name = "NB_SNATH")]
+pub static SNAT_HISTOGRAM: PerCpuArray<u64> = PerCpuArray::with_max_entries(SNAT_HISTOGRAM_LEN, 0);
 
 #[map(name = "NB_CNT")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

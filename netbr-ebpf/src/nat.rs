@@ -8,13 +8,13 @@ use netbr_common::{
     conntrack::{initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
     counters::Reason,
     maps::{Config, MappingKey},
-    snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS},
+    snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS, SNAT_HISTOGRAM_EXHAUSTED},
     IPPROTO_ICMP,
 };
 
 use crate::{
     conntrack,
-    maps::{LOCAL_ADDRS, MAPPINGS},
+    maps::{LOCAL_ADDRS, MAPPINGS, SNAT_HISTOGRAM},
     parse::Packet,
 };
 
@@ -151,6 +151,8 @@ struct PortSearch {
     /// The packet's own source port (host order), tried first when it may be kept.
     own_port: u16,
     found: u16,
+    /// The bpf_loop index that found the port: 0 for the own port.
+    attempt: u32,
 }
 
 /// Claims `xlat.sport` unless it is published or carries a live flow to the
@@ -191,6 +193,7 @@ extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
     s.xlat.sport = port.to_be();
     if claim_port(&s.xlat, reply, cfg, s.now) {
         s.found = 1;
+        s.attempt = attempt as u32;
         return 1;
     }
     0
@@ -254,6 +257,7 @@ fn new_source_flow(
         seed: unsafe { bpf_get_prandom_u32() },
         own_port: u16::from_be(pkt.key.sport),
         found: 0,
+        attempt: 0,
     };
     // SAFETY: callback and context follow bpf_loop's contract.
     unsafe {
@@ -264,6 +268,15 @@ fn new_source_flow(
             0,
         )
     };
+    let bucket = if search.found == 0 {
+        SNAT_HISTOGRAM_EXHAUSTED
+    } else {
+        search.attempt
+    };
+    if let Some(slot) = SNAT_HISTOGRAM.get_ptr_mut(bucket) {
+        // SAFETY: per-CPU slot.
+        unsafe { *slot += 1 };
+    }
     if search.found == 0 {
         return Err(Reason::DropSnatExhausted);
     }

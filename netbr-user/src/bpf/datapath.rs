@@ -13,7 +13,7 @@ use netbr_common::{
     counters::Reason,
     maps::{
         Config, Endpoint, MappingKey, MappingTarget, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW,
-        MAP_COUNTERS, MAP_ENDPOINTS, MAP_LOCAL_ADDRS, MAP_MAPPINGS,
+        MAP_COUNTERS, MAP_ENDPOINTS, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
     },
 };
 
@@ -26,6 +26,7 @@ pub struct Datapath {
     pub local_addrs: HashMap<MapData, u32, u32>,
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub snat_histogram: PerCpuArray<MapData, u64>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -68,6 +69,7 @@ impl Datapath {
             local_addrs: typed(open(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
             endpoints: typed(open(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
             counters: typed(open(MAP_COUNTERS)?, MAP_COUNTERS)?,
+            snat_histogram: typed(open(MAP_SNAT_HISTOGRAM)?, MAP_SNAT_HISTOGRAM)?,
         })
     }
 
@@ -84,6 +86,7 @@ impl Datapath {
             local_addrs: typed(take(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
             endpoints: typed(take(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
             counters: typed(take(MAP_COUNTERS)?, MAP_COUNTERS)?,
+            snat_histogram: typed(take(MAP_SNAT_HISTOGRAM)?, MAP_SNAT_HISTOGRAM)?,
         })
     }
 
@@ -110,6 +113,15 @@ impl Datapath {
                     .context("reading counters")?;
                 Ok((*r, per_cpu.iter().sum()))
             })
+            .collect()
+    }
+
+    /// SNAT attempt histogram over all CPUs: index 0 kept the own port, k the
+    /// k-th candidate, the last found none (`netbr_common::snat`).
+    pub fn snat_attempts(&self) -> Result<Vec<u64>> {
+        self.snat_histogram
+            .iter()
+            .map(|v| Ok(v.context("reading the SNAT histogram")?.iter().sum()))
             .collect()
     }
 

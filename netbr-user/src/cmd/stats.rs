@@ -13,16 +13,43 @@ impl Stats {
     pub async fn exec(self, g: Global) -> Result<()> {
         let (dp, _) = Datapath::open(&self.bridge)?;
         let totals = dp.counter_totals()?;
+        let attempts = dp.snat_attempts()?;
+        let bucket = |i: usize| match i {
+            0 => "own_port".to_string(),
+            i if i == attempts.len() - 1 => "exhausted".to_string(),
+            i => i.to_string(),
+        };
         if g.json {
-            let map: serde_json::Map<_, _> = totals
+            let mut map: serde_json::Map<_, _> = totals
                 .iter()
                 .map(|(r, v)| (r.name().to_string(), serde_json::json!(v)))
                 .collect();
+            let hist: serde_json::Map<_, _> = attempts
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (bucket(i), serde_json::json!(v)))
+                .collect();
+            map.insert("snat_attempts".into(), serde_json::Value::Object(hist));
             super::print_json(&serde_json::Value::Object(map));
         } else {
             for (r, v) in totals {
                 println!("{:<24} {v}", r.name());
             }
+            let used: Vec<String> = attempts
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0)
+                .map(|(i, v)| format!("{}:{v}", bucket(i)))
+                .collect();
+            println!(
+                "{:<24} {}",
+                "snat_attempts",
+                if used.is_empty() {
+                    "-".into()
+                } else {
+                    used.join(" ")
+                }
+            );
         }
         Ok(())
     }
