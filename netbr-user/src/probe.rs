@@ -78,6 +78,11 @@ impl Server {
                     return Ok(());
                 }
             };
+            // std listens with a backlog of 128; thousands of clients
+            // connecting at once would overflow it and wait out SYN
+            // retransmits. listen() again raises it.
+            // SAFETY: listen on a socket this closure owns.
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) };
             l.set_nonblocking(true)?;
             let _ = ready.send(Ok(()));
             while !stop.load(Ordering::Relaxed) {

@@ -30,6 +30,13 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// The soak test, longer and larger than in `test`.
+    Soak {
+        #[arg(long, default_value_t = 300)]
+        secs: u64,
+        #[arg(long, default_value_t = 8000)]
+        flows: u64,
+    },
     /// rustfmt check and clippy (-D warnings) for the host crates and the BPF crate.
     Lint,
     /// Fuzz the uplink programs against the reference model for longer than the test run does.
@@ -75,6 +82,27 @@ fn main() -> Result<()> {
                 cmd.env("NETBR_FUZZ_SEED", seed.to_string());
             }
             run(&mut cmd)
+        }
+        Task::Soak { secs, flows } => {
+            setup::all()?;
+            require_root("the soak test creates network namespaces and loads BPF programs")?;
+            run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .args([
+                        "test",
+                        "--release",
+                        "-p",
+                        "netbr-user",
+                        "--test",
+                        "soak",
+                        "--",
+                        "--nocapture",
+                        "--test-threads",
+                        "1",
+                    ])
+                    .env("NETBR_SOAK_SECS", secs.to_string())
+                    .env("NETBR_SOAK_FLOWS", flows.to_string()),
+            )
         }
         Task::Lint => {
             setup::all()?;

@@ -20,6 +20,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("bpftool", "bpftool"),
     ("conntrack", "conntrack"),
+    ("ethtool", "ethtool"),
 ];
 
 pub fn all() -> Result<()> {
