@@ -1,4 +1,4 @@
-//! Fuzzing the real uplink programs against the reference model
+//! Fuzzing the real TC programs (uplink and bridge) against the reference model
 //! (`support/model.rs`) through BPF_PROG_TEST_RUN. Packets are
 //! structure-aware mutations of realistic traffic (truncation at any byte,
 //! any IHL, wrong total lengths, fragment bits, zero and bad checksums, VLAN
@@ -25,7 +25,10 @@ use netbr::{
 use netbr_common::{
     conntrack::{CtEntry, FlowKey, DIR_ORIG, STATE_COUNT},
     counters::Reason,
-    maps::{Config, FragKey, FragVal, MappingKey, MappingTarget, LAYOUT_VERSION, MAP_FRAGMENTS},
+    maps::{
+        Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, LAYOUT_VERSION,
+        MAP_FRAGMENTS,
+    },
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use support::{
@@ -40,6 +43,10 @@ const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const PASS: u32 = -1i32 as u32;
+const REDIRECT: u32 = 7;
+const BRIDGE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const WEB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const C2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
 const SHOT: u32 = 2;
 const PORTS: [u16; 16] = [
     8080, 8081, 8082, 5353, 22, 53, 80, 443, 40000, 40001, 50000, 61000, 61001, 5000, 123, 65535,
@@ -97,6 +104,9 @@ impl Tables for Fixture {
     fn frag(&self, key: &FragKey) -> Option<FragVal> {
         self.frags.get(key, 0).ok()
     }
+    fn endpoint_mac(&self, addr: u32) -> Option<[u8; 6]> {
+        self.dp.endpoints.get(&addr, 0).ok().map(|e| e.mac)
+    }
 }
 
 impl Fixture {
@@ -119,11 +129,21 @@ impl Fixture {
             // Nothing expires during a run.
             timeouts: [86_400; STATE_COUNT],
             flags: 0,
-            bridge_mac: [2, 0, 0, 0, 0, 1],
+            bridge_mac: BRIDGE_MAC,
             _pad: [0; 2],
             netns_cookie: 0,
         })
         .expect("config");
+        for (ip, mac) in [(WEB, WEB_MAC), (C2, C2_MAC)] {
+            let ep = Endpoint {
+                host_ifindex: 100,
+                mac,
+                flags: 0,
+                name: [0; 64],
+                netns: [0; 104],
+            };
+            dp.endpoints.insert(to_be32(ip), ep, 0).expect("endpoint");
+        }
         for a in [HOST, Ipv4Addr::new(172, 30, 0, 1), Ipv4Addr::LOCALHOST] {
             dp.local_addrs.insert(to_be32(a), 1, 0).expect("local");
         }
@@ -151,7 +171,7 @@ impl Fixture {
             .expect("frag map")
             .try_into()
             .expect("frag map type");
-        for name in ["nb_up_in", "nb_up_out"] {
+        for name in ["nb_up_in", "nb_up_out", "nb_br_in"] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program")
@@ -163,12 +183,12 @@ impl Fixture {
     }
 
     /// Runs one frame; `None` when BPF_PROG_TEST_RUN refuses it (it wants a
-    /// whole IP header behind an IPv4 ethertype), which only short frames may.
+    /// whole IP header behind an IP ethertype), which only short frames may.
     fn run(&mut self, hook: Hook, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
-        let name = if hook == Hook::UplinkIngress {
-            "nb_up_in"
-        } else {
-            "nb_up_out"
+        let name = match hook {
+            Hook::UplinkIngress => "nb_up_in",
+            Hook::UplinkEgress => "nb_up_out",
+            Hook::BridgeIngress => "nb_br_in",
         };
         let p: &mut SchedClassifier = self
             .ebpf
@@ -186,7 +206,8 @@ impl Fixture {
                 out.truncate(r.data_size_out as usize);
                 Some((r.return_value, out))
             }
-            Err(_) if frame.len() < 14 + 20 => None,
+            // It wants a whole IPv4 (20) or IPv6 (40) header behind those ethertypes.
+            Err(_) if frame.len() < 14 + 40 => None,
             Err(e) => panic!(
                 "BPF_PROG_TEST_RUN refused {} bytes {}: {e:?}",
                 frame.len(),
@@ -247,6 +268,26 @@ fn base(rng: &mut Rng, recent: &[(Hook, Vec<u8>)]) -> (Hook, Vec<u8>) {
             },
             b,
         );
+    }
+    if rng.chance(25) {
+        // Containers' traffic entering the host: hairpin to a published port
+        // on a host address, or anything else, which must pass untouched.
+        let src = rng.pick(&[WEB, C2, C2, REMOTE]);
+        let dst = rng.pick(&[
+            HOST,
+            HOST,
+            Ipv4Addr::new(172, 30, 0, 1),
+            REMOTE,
+            WEB,
+            Ipv4Addr::LOCALHOST,
+        ]);
+        let (sp, dp) = (rng.pick(&PORTS), rng.pick(&PORTS));
+        let spec = match rng.below(3) {
+            0 => Spec::tcp((src, sp), (dst, dp), rng.pick(&[0x02, 0x10, 0x12])),
+            1 => Spec::udp((src, sp), (dst, dp)),
+            _ => Spec::echo_request(src, dst, sp),
+        };
+        return (Hook::BridgeIngress, spec.build());
     }
     let ingress = rng.chance(50);
     let (src, dst) = if ingress {
@@ -407,6 +448,18 @@ fn check(
     out: &[u8],
     f: &Fixture,
 ) -> Result<(), String> {
+    if let Expect::Redirect { inner, to_mac } = expect {
+        if verdict != REDIRECT || out.len() != b.len() {
+            return Err(format!("expected a redirect, got verdict {verdict:#x}"));
+        }
+        if out[0..6] != *to_mac || out[6..12] != BRIDGE_MAC {
+            return Err("redirected frame not addressed from the bridge to the endpoint".into());
+        }
+        // The rest is checked as the translation it carries.
+        let mut addressed = b.to_vec();
+        addressed[..12].copy_from_slice(&out[..12]);
+        return check(&addressed, hook, inner, PASS, out, f);
+    }
     match expect {
         Expect::Untouched(_) => {
             if verdict != PASS || out != b {
@@ -513,6 +566,7 @@ fn check(
                 return Err("quoted IP checksum broken".into());
             }
         }
+        Expect::Redirect { .. } => unreachable!("handled above"),
     }
     let _ = hook;
     Ok(())
@@ -536,6 +590,7 @@ fn reason_of(e: &Expect) -> Reason {
         Expect::Untouched(r) | Expect::Drop(r) => *r,
         Expect::Translate { reason, .. } => *reason,
         Expect::IcmpError { .. } => Reason::IcmpErrorTranslated,
+        Expect::Redirect { inner, .. } => reason_of(inner),
     }
 }
 
@@ -563,7 +618,7 @@ fn claimable(f: &Fixture, reply_key: &FlowKey, reply_xlat: &FlowKey) -> bool {
 }
 
 #[test]
-fn the_uplink_programs_agree_with_the_reference_model() {
+fn the_tc_programs_agree_with_the_reference_model() {
     let packets: u64 = std::env::var("NETBR_FUZZ_PACKETS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -613,6 +668,11 @@ fn the_uplink_programs_agree_with_the_reference_model() {
         }
         *seen.entry(reason.name()).or_default() += 1;
         if let Err(e) = result {
+            if std::env::var_os("NETBR_FUZZ_DEBUG").is_some() && mismatches.is_empty() {
+                if let Ok(p) = model::parse(&b) {
+                    eprintln!("entry for {:?}: {:?}", p.key, f.ct(&p.key));
+                }
+            }
             if mismatches.len() < 10 {
                 mismatches.push(format!(
                     "#{n} {hook:?} expected {expect:?}: {e}\n  in  {}\n  out {}",
@@ -645,6 +705,7 @@ fn the_uplink_programs_agree_with_the_reference_model() {
     );
     // The run exercised every kind of outcome the model distinguishes.
     for r in [
+        "hairpin_new",
         "translated",
         "dnat_new",
         "snat_new",

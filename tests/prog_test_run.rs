@@ -723,3 +723,17 @@ fn snat_attempts_at_10_50_90_and_100_percent_fill() {
     );
     assert_eq!(at(100).2, 200, "a full range finds nothing: {report:?}");
 }
+
+#[test]
+fn bridge_ingress_never_masquerades_a_container_packet_to_a_host_address() {
+    let mut h = Harness::new((61000, 65535));
+    // Uplink egress once saw this tuple and made a masquerade flow of it.
+    for frame in [
+        Spec::udp((WEB, 61000), (HOST, 9999)).build(),
+        Spec::echo_request(WEB, HOST, 22).build(),
+    ] {
+        h.run(UP_OUT, &frame);
+        let (verdict, out) = h.run(BR_IN, &frame);
+        assert_eq!((verdict, out), (PASS, frame.clone()));
+    }
+}

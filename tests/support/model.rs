@@ -1,5 +1,5 @@
-//! A reference model of the uplink programs, in plain Rust: what `nb_up_in`
-//! and `nb_up_out` must do to a packet, given the tables as they are. It
+//! A reference model of the TC programs, in plain Rust: what `nb_up_in`,
+//! `nb_up_out` and `nb_br_in` must do to a packet, given the tables as they are. It
 //! mirrors the datapath's decisions (parse order, lookups, NAT rules) and
 //! leaves out what it cannot predict, such as which free SNAT port is drawn.
 
@@ -23,12 +23,15 @@ pub trait Tables {
     /// An entry of one table.
     fn ct_in(&self, key: &FlowKey, assured: bool) -> Option<CtEntry>;
     fn frag(&self, key: &FragKey) -> Option<FragVal>;
+    /// MAC of the endpoint that owns `addr`, if one does.
+    fn endpoint_mac(&self, addr: u32) -> Option<[u8; 6]>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     UplinkIngress = 0,
     UplinkEgress = 1,
+    BridgeIngress = 2,
 }
 
 /// What the program must do.
@@ -49,6 +52,12 @@ pub enum Expect {
         outer_src: u32,
         outer_dst: u32,
         quoted: FlowKey,
+    },
+    /// Translate (as `Translate` or `IcmpError`) and redirect to the
+    /// endpoint with MAC `to_mac`, from the bridge's MAC.
+    Redirect {
+        inner: Box<Expect>,
+        to_mac: [u8; 6],
     },
 }
 
@@ -292,9 +301,10 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
         p.key.sport = v.sport;
         p.key.dport = v.dport;
     }
-    if let Some(e) = flow(t, &p.key).filter(|e| e.nat != NAT_HAIRPIN) {
+    let hairpin = hook == Hook::BridgeIngress;
+    if let Some(e) = flow(t, &p.key).filter(|e| (e.nat == NAT_HAIRPIN) == hairpin) {
         let x = e.xlat;
-        if p.inner.is_some() {
+        let translated = if p.inner.is_some() {
             let k = &p.key;
             let outer_dst = if p.outer_daddr == k.daddr {
                 x.daddr
@@ -306,16 +316,49 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             } else {
                 p.outer_saddr
             };
-            return Ok(Expect::IcmpError {
+            Expect::IcmpError {
                 outer_src,
                 outer_dst,
                 quoted: x.reversed(),
-            });
+            }
+        } else {
+            Expect::Translate {
+                reason: Reason::Translated,
+                to: x,
+                any_sport: false,
+            }
+        };
+        if !hairpin {
+            return Ok(translated);
         }
-        return Ok(Expect::Translate {
-            reason: Reason::Translated,
-            to: x,
-            any_sport: false,
+        let to_mac = t.endpoint_mac(x.daddr).ok_or(Reason::DropNoEndpoint)?;
+        return Ok(Expect::Redirect {
+            inner: Box::new(translated),
+            to_mac,
+        });
+    }
+    if hairpin {
+        // Mirrors `nat::hairpin_new_flow`.
+        if p.frag == FRAG_LATER || p.inner.is_some() {
+            return Err(Reason::PassNoMatch);
+        }
+        if p.key.proto == IPPROTO_ICMP || !in_subnet(&cfg, p.key.saddr) || !t.is_local(p.key.daddr)
+        {
+            return Err(Reason::PassNoMatch);
+        }
+        let m = published(t, p.key.proto, p.key.daddr, p.key.dport).ok_or(Reason::PassNoMatch)?;
+        let mut to = p.key;
+        to.daddr = m.addr;
+        to.dport = m.port;
+        to.saddr = cfg.gateway_addr;
+        let to_mac = t.endpoint_mac(m.addr).ok_or(Reason::DropNoEndpoint)?;
+        return Ok(Expect::Redirect {
+            inner: Box::new(Expect::Translate {
+                reason: Reason::HairpinNew,
+                to,
+                any_sport: true,
+            }),
+            to_mac,
         });
     }
     let may_open = p.frag != FRAG_LATER && p.inner.is_none();
@@ -357,7 +400,7 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
                 any_sport: false,
             })
         }
-        Hook::UplinkEgress => {
+        Hook::UplinkEgress | Hook::BridgeIngress => {
             let wants = in_subnet(&cfg, p.key.saddr)
                 && !in_subnet(&cfg, p.key.daddr)
                 && (p.key.proto != IPPROTO_ICMP || p.key.sport != 0);
