@@ -737,3 +737,21 @@ fn bridge_ingress_never_masquerades_a_container_packet_to_a_host_address() {
         assert_eq!((verdict, out), (PASS, frame.clone()));
     }
 }
+
+#[test]
+fn a_snat_port_is_free_again_once_its_flow_has_timed_out() {
+    // One port in the range, held by a flow towards REMOTE:53.
+    let mut h = Harness::new((61000, 61000));
+    let (verdict, out) = h.run(UP_OUT, &Spec::udp((WEB, 40000), (REMOTE, 53)).build());
+    assert_eq!((verdict, parse_checked(&out).sport), (PASS, 61000));
+    let (verdict, _) = h.run(UP_OUT, &Spec::udp((CLIENT, 40001), (REMOTE, 53)).build());
+    assert_eq!(verdict, SHOT, "the only port is in use");
+    // The first flow times out (timeouts of 0 s, then a moment).
+    let mut cfg = h.dp.config().expect("config");
+    cfg.timeouts = [0; STATE_COUNT];
+    h.dp.set_config(&cfg).expect("config");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let (verdict, out) = h.run(UP_OUT, &Spec::udp((CLIENT, 40001), (REMOTE, 53)).build());
+    assert_eq!(verdict, PASS, "the timed-out flow's port must be reusable");
+    assert_eq!(parse_checked(&out), seen((HOST, 61000), (REMOTE, 53)));
+}
