@@ -69,15 +69,7 @@ fn published_tcp_and_udp_reach_the_container_and_echo_back() {
     let sb = attached();
     assert_no_netfilter_rules(&sb);
     let c1 = sb.add_container(1).expect("endpoint");
-    sb.netbr_ok(&[
-        "publish",
-        &sb.container(1),
-        "-p",
-        "8080:80",
-        "-p",
-        "5353:53/udp",
-    ])
-    .expect("publish");
+    sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
     let tcp = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("tcp server");
     let udp = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("udp server");
 
@@ -149,8 +141,7 @@ fn container_traffic_leaves_with_the_uplink_address() {
         probe::ping(&sb.container_path(1), LAN_IP).expect("ping"),
         "no echo reply through masquerade"
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["snat_new"], 3, "{stats:#}");
     assert_no_netfilter_rules(&sb);
 }
@@ -169,10 +160,8 @@ fn two_containers_publish_different_ports() {
     let sb = attached();
     sb.add_container(1).expect("c1");
     sb.add_container(2).expect("c2");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8081:80"])
-        .expect("publish c1");
-    sb.netbr_ok(&["publish", &sb.container(2), "-p", "8082:80"])
-        .expect("publish c2");
+    sb.publish(1, &["8081:80"]).expect("publish c1");
+    sb.publish(2, &["8082:80"]).expect("publish c2");
     let name = |n: u32| -> probe::Responder {
         let tag = format!("c{n}");
         std::sync::Arc::new(move |_: &[u8], _| tag.clone().into_bytes())
@@ -199,15 +188,7 @@ fn two_containers_publish_different_ports() {
 fn unpublish_stops_new_connections_and_ends_its_flows() {
     let sb = attached();
     sb.add_container(1).expect("endpoint");
-    sb.netbr_ok(&[
-        "publish",
-        &sb.container(1),
-        "-p",
-        "8080:80",
-        "-p",
-        "5353:53/udp",
-    ])
-    .expect("publish");
+    sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     let _udp = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("udp server");
     assert_eq!(
@@ -241,8 +222,7 @@ fn unpublish_stops_new_connections_and_ends_its_flows() {
 fn reattach_is_idempotent_and_keeps_flows_and_mappings() {
     let sb = attached();
     sb.add_container(1).expect("endpoint");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
-        .expect("publish");
+    sb.publish(1, &["8080:80"]).expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     probe::tcp_request(&sb.lan_path(), published(8080), b"1").expect("before");
     let flows_before = sb.netbr_ok(&["conntrack", "list", "--json"]).expect("ct");
@@ -405,15 +385,7 @@ fn hairpin_reaches_another_container_and_itself_through_the_host_address() {
     let sb = attached();
     sb.add_container(1).expect("c1");
     sb.add_container(2).expect("c2");
-    sb.netbr_ok(&[
-        "publish",
-        &sb.container(2),
-        "-p",
-        "8080:80",
-        "-p",
-        "5353:53/udp",
-    ])
-    .expect("publish");
+    sb.publish(2, &["8080:80", "5353:53/udp"]).expect("publish");
     let tcp = Server::tcp(&sb.container_path(2), 80, tagged("c2")).expect("tcp");
     let udp = Server::udp(&sb.container_path(2), 53, tagged("c2")).expect("udp");
     for n in [1, 2] {
@@ -434,8 +406,7 @@ fn hairpin_reaches_another_container_and_itself_through_the_host_address() {
         "{:?}",
         tcp.peers()
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["hairpin_new"], 4, "{stats:#}");
     assert_no_netfilter_rules(&sb);
 }
@@ -507,8 +478,7 @@ fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
         probe::tcp_request(&sb.container_path(2), direct, b"peer").expect("c2 -> c1"),
         b"peer"
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     assert!(
         stats["drop_direct_routing"].as_u64().unwrap_or(0) >= 1,
         "{stats:#}"
@@ -544,8 +514,7 @@ fn icc_false_isolates_containers_but_keeps_published_ports_and_masquerade() {
     .expect("attach");
     let c1 = sb.add_container(1).expect("c1");
     sb.add_container(2).expect("c2");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
-        .expect("publish");
+    sb.publish(1, &["8080:80"]).expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     assert!(
         probe::tcp_request(&sb.container_path(2), SocketAddr::from((c1, 80)), b"x").is_err(),
@@ -594,7 +563,7 @@ fn port_ranges_publish_as_docker_does() {
     let sb = attached();
     sb.add_container(1).expect("c1");
     sb.add_container(2).expect("c2");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8000-8002:7000-7002/udp"])
+    sb.publish(1, &["8000-8002:7000-7002/udp"])
         .expect("udp range");
     let servers: Vec<_> = (0..3)
         .map(|i| {
@@ -647,15 +616,8 @@ fn port_ranges_publish_as_docker_does() {
 fn unpublish_leaves_other_mappings_flows_alone() {
     let sb = attached();
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&[
-        "publish",
-        &sb.container(1),
-        "-p",
-        "5353:53/udp",
-        "-p",
-        "5454:54/udp",
-    ])
-    .expect("publish");
+    sb.publish(1, &["5353:53/udp", "5454:54/udp"])
+        .expect("publish");
     let _a = Server::udp(&sb.container_path(1), 53, tagged("a")).expect("a");
     let _b = Server::udp(&sb.container_path(1), 54, tagged("b")).expect("b");
     assert_eq!(
@@ -763,17 +725,8 @@ fn timeouts_are_settable_and_shown_and_conntrack_filters() {
 fn host_local_clients_reach_published_ports_without_a_proxy() {
     let sb = attached();
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&[
-        "publish",
-        &sb.container(1),
-        "-p",
-        "8080:80",
-        "-p",
-        "127.0.0.1:8081:80",
-        "-p",
-        "5353:53/udp",
-    ])
-    .expect("publish");
+    sb.publish(1, &["8080:80", "127.0.0.1:8081:80", "5353:53/udp"])
+        .expect("publish");
     let tcp = Server::tcp(&sb.container_path(1), 80, tagged("c1")).expect("tcp");
     let _udp = Server::udp(&sb.container_path(1), 53, tagged("c1")).expect("udp");
     let host = sb.host_path();
@@ -883,8 +836,7 @@ fn udp_error_kind(ns: &std::path::Path, to: SocketAddr) -> std::io::ErrorKind {
 fn icmp_port_unreachable_is_translated_both_ways() {
     let sb = attached();
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
-        .expect("publish");
+    sb.publish(1, &["5353:53/udp"]).expect("publish");
     // Nothing listens in the container: its port unreachable must reach lan
     // as if from 192.0.2.1:5353, or lan's socket would never hear of it.
     assert_eq!(
@@ -897,8 +849,7 @@ fn icmp_port_unreachable_is_translated_both_ways() {
         udp_error_kind(&sb.container_path(1), SocketAddr::from((LAN_IP, 9999))),
         std::io::ErrorKind::ConnectionRefused
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["icmp_error_translated"], 2, "{stats:#}");
 }
 
@@ -906,8 +857,7 @@ fn icmp_port_unreachable_is_translated_both_ways() {
 fn path_mtu_discovery_works_through_a_published_port() {
     let sb = attached();
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
-        .expect("publish");
+    sb.publish(1, &["5353:53/udp"]).expect("publish");
     let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
     // The bridge side is narrower than the uplink: the host must answer a
     // too-big DF datagram with "fragmentation needed", quoting the packet
@@ -959,8 +909,7 @@ fn path_mtu_discovery_works_through_a_published_port() {
 fn ttl_exceeded_reaches_the_sender_through_a_published_port() {
     let sb = attached();
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
-        .expect("publish");
+    sb.publish(1, &["5353:53/udp"]).expect("publish");
     let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
     // traceroute's first hop: TTL 1 dies at the host, which quotes the packet
     // after DNAT. lan hears of it only if the quote is translated back.
@@ -998,8 +947,7 @@ fn ttl_exceeded_reaches_the_sender_through_a_published_port() {
 fn fragmented_datagrams_cross_the_nat_both_ways() {
     let sb = attached();
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
-        .expect("publish");
+    sb.publish(1, &["5353:53/udp"]).expect("publish");
     let _c = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("container udp");
     let _l = Server::udp(&sb.lan_path(), 9001, probe::echo()).expect("lan udp");
     // 4000 bytes: three fragments on a 1500-byte link, each way.
@@ -1014,7 +962,6 @@ fn fragmented_datagrams_cross_the_nat_both_ways() {
     )
     .expect("through masquerade");
     assert_eq!(back, big, "fragmented datagram through masquerade");
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["drop_frag_no_first"], 0, "{stats:#}");
 }

@@ -25,18 +25,15 @@ use netbr::{
 use netbr_common::{
     conntrack::{CtEntry, FlowKey, DIR_ORIG, STATE_COUNT},
     counters::Reason,
-    maps::{
-        Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, LAYOUT_VERSION,
-        MAP_FRAGMENTS,
-    },
+    maps::{Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, MAP_FRAGMENTS},
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use support::{
+    config::{test_config, BRIDGE_MAC, HOST},
     model::{self, Expect, Hook, Tables},
     packet::{fragment, Spec},
 };
 
-const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
@@ -44,7 +41,6 @@ const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const PASS: u32 = -1i32 as u32;
 const REDIRECT: u32 = 7;
-const BRIDGE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const WEB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const C2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
 const SHOT: u32 = 2;
@@ -113,27 +109,9 @@ impl Fixture {
     fn new() -> Self {
         let mut ebpf = netbr::bpf::attach::load(None, 65_536).expect("load");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
-        dp.set_config(&Config {
-            configured: 1,
-            layout_version: LAYOUT_VERSION,
-            uplink_ifindex: 1,
-            bridge_ifindex: 2,
-            uplink_addr: to_be32(HOST),
-            gateway_addr: to_be32(Ipv4Addr::new(172, 30, 0, 1)),
-            subnet_addr: to_be32(Ipv4Addr::new(172, 30, 0, 0)),
-            subnet_mask: to_be32(Ipv4Addr::new(255, 255, 0, 0)),
-            snat_port_min: 61000,
-            snat_port_max: 65535,
-            host_port_min: 32768,
-            host_port_max: 60999,
-            // Nothing expires during a run.
-            timeouts: [86_400; STATE_COUNT],
-            flags: 0,
-            bridge_mac: BRIDGE_MAC,
-            _pad: [0; 2],
-            netns_cookie: 0,
-        })
-        .expect("config");
+        // Nothing expires during a run.
+        dp.set_config(&test_config((61000, 65535), [86_400; STATE_COUNT]))
+            .expect("config");
         for (ip, mac) in [(WEB, WEB_MAC), (C2, C2_MAC)] {
             let ep = Endpoint {
                 host_ifindex: 100,

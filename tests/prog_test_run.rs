@@ -15,24 +15,22 @@ use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT, STATE_COUNT},
     counters::Reason,
     maps::{
-        Config, Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, ENDPOINT_NAME_MAX,
-        ENDPOINT_NETNS_MAX, LAYOUT_VERSION,
+        Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, ENDPOINT_NAME_MAX,
+        ENDPOINT_NETNS_MAX,
     },
 };
+use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
     fragment, parse_checked, parse_quoted, reassemble, Seen, Spec, ACK, SYN, TCP, UDP,
 };
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const UP_IN: &str = "nb_up_in";
 const UP_OUT: &str = "nb_up_out";
 const BR_IN: &str = "nb_br_in";
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
-const BRIDGE_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 1];
 const WEB_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 2];
 const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 3];
 const WEB_IFINDEX: u32 = 1002;
@@ -57,26 +55,8 @@ impl Harness {
     fn with_ct_max(snat: (u16, u16), ct_max: u32) -> Self {
         let mut ebpf = netbr::bpf::attach::load(None, ct_max).expect("load the BPF object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
-        dp.set_config(&Config {
-            configured: 1,
-            layout_version: LAYOUT_VERSION,
-            uplink_ifindex: 1,
-            bridge_ifindex: 2,
-            uplink_addr: to_be32(HOST),
-            gateway_addr: to_be32(Ipv4Addr::new(172, 30, 0, 1)),
-            subnet_addr: to_be32(Ipv4Addr::new(172, 30, 0, 0)),
-            subnet_mask: to_be32(Ipv4Addr::new(255, 255, 0, 0)),
-            snat_port_min: snat.0,
-            snat_port_max: snat.1,
-            host_port_min: 32768,
-            host_port_max: 60999,
-            timeouts: DEFAULT_TIMEOUTS,
-            flags: 0,
-            bridge_mac: BRIDGE_MAC,
-            _pad: [0; 2],
-            netns_cookie: 0,
-        })
-        .expect("config");
+        dp.set_config(&test_config(snat, DEFAULT_TIMEOUTS))
+            .expect("config");
         for addr in [HOST, GATEWAY, Ipv4Addr::LOCALHOST] {
             dp.local_addrs
                 .insert(to_be32(addr), 1, 0)

@@ -84,15 +84,7 @@ fn ten_reattaches_under_load_lose_no_packet_of_established_flows() {
     let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&[
-        "publish",
-        &sb.container(1),
-        "-p",
-        "8080:80",
-        "-p",
-        "8081:81",
-    ])
-    .expect("publish");
+    sb.publish(1, &["8080:80", "8081:81"]).expect("publish");
     let _stream_srv =
         Server::tcp_stream(&sb.container_path(1), 80).expect("container stream server");
     let _rr_srv =
@@ -166,8 +158,7 @@ fn detach_then_attach_restores_service() {
     sb.netbr_ok(&["detach"]).expect("detach");
     sb.attach().expect("attach again");
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
-        .expect("publish");
+    sb.publish(1, &["8080:80"]).expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     let back = probe::tcp_request(
         &sb.lan_path(),
@@ -183,8 +174,7 @@ fn pins_of_another_layout_are_refused_and_left_intact() {
     let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
-        .expect("publish");
+    sb.publish(1, &["8080:80"]).expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     // Pretend an older netbr wrote the pins: change the layout version.
     let pins = {
@@ -234,8 +224,7 @@ fn a_pinned_map_of_another_value_size_is_refused_with_a_clear_message() {
     let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
-        .expect("publish");
+    sb.publish(1, &["8080:80"]).expect("publish");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     let ls: serde_json::Value =
         serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("json");
@@ -290,8 +279,7 @@ fn parallel_first_datagrams_of_one_socket_all_get_replies() {
     let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "5353:53/udp"])
-        .expect("publish");
+    sb.publish(1, &["5353:53/udp"]).expect("publish");
     let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
     let to = SocketAddr::from((UPLINK_IP, 5353));
     let trials = race_trials();
@@ -339,8 +327,7 @@ fn parallel_first_datagrams_of_one_socket_all_get_replies() {
         lost
     })
     .expect("lan");
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     println!(
         "{trials} trials, {lost} replies lost, dnat_new {}",
         stats["dnat_new"]
@@ -356,8 +343,7 @@ fn cgroup_hooks_never_rewrite_a_socket_of_another_namespace_with_the_same_addres
     for (sb, tag) in [(&a, "A"), (&b, "B")] {
         sb.attach().expect("attach");
         sb.add_container(1).expect("c1");
-        sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
-            .expect("publish");
+        sb.publish(1, &["8080:80"]).expect("publish");
         let _ = tag;
     }
     let tag = |t: &'static str| -> probe::Responder {
@@ -385,30 +371,17 @@ fn cgroup_hooks_never_rewrite_a_socket_of_another_namespace_with_the_same_addres
 /// in error), ICMP messages and fragments to reassemble. Not all of `Ip:
 /// InReceives`: the host's IGMP reports to all-hosts arrive at random times.
 fn unsolicited_kinds_received(ns: &std::path::Path) -> u64 {
-    netns::run_in(ns, || {
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
-        let field = |proto: &str, name: &str| -> u64 {
-            let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
-            let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
-            let i = names
-                .split_whitespace()
-                .position(|n| n == name)
-                .expect(name);
-            values
-                .split_whitespace()
-                .nth(i)
-                .expect("value")
-                .parse()
-                .expect("number")
-        };
-        field("Tcp:", "InSegs")
-            + field("Udp:", "InDatagrams")
-            + field("Udp:", "NoPorts")
-            + field("Udp:", "InErrors")
-            + field("Icmp:", "InMsgs")
-            + field("Ip:", "ReasmReqds")
-    })
-    .expect("read snmp")
+    support::snmp(
+        ns,
+        &[
+            ("Tcp:", "InSegs"),
+            ("Udp:", "InDatagrams"),
+            ("Udp:", "NoPorts"),
+            ("Udp:", "InErrors"),
+            ("Icmp:", "InMsgs"),
+            ("Ip:", "ReasmReqds"),
+        ],
+    )
 }
 
 /// Sends raw IPv4 packets (built by the test packet builder) from `ns`.
@@ -452,8 +425,7 @@ fn unsolicited_traffic_from_lan_never_reaches_a_container() {
     let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
     sb.attach().expect("attach");
     let c1 = sb.add_container(1).expect("c1");
-    sb.netbr_ok(&["publish", &sb.container(1), "-p", "8080:80"])
-        .expect("publish");
+    sb.publish(1, &["8080:80"]).expect("publish");
     let lan = std::net::Ipv4Addr::new(192, 0, 2, 2);
     let host = UPLINK_IP;
     let mut frames = Vec::new();
@@ -495,8 +467,7 @@ fn unsolicited_traffic_from_lan_never_reaches_a_container() {
         unsolicited_kinds_received(&sb.container_path(1)) > after,
         "a SYN to the published port did not arrive"
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["drop_frag_no_first"], 20, "{stats:#}");
     assert_eq!(stats["drop_icmp_no_flow"], 2, "{stats:#}");
     assert_eq!(

@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::snmp;
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -36,27 +38,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// `InCsumErrors` of TCP and UDP in the namespace at `ns`.
 fn csum_errors(ns: &Path) -> u64 {
-    netns::run_in(ns, || {
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
-        ["Tcp:", "Udp:"]
-            .iter()
-            .map(|proto| {
-                let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
-                let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
-                let i = names
-                    .split_whitespace()
-                    .position(|n| n == "InCsumErrors")
-                    .expect("InCsumErrors");
-                values
-                    .split_whitespace()
-                    .nth(i)
-                    .expect("value")
-                    .parse::<u64>()
-                    .expect("number")
-            })
-            .sum()
-    })
-    .expect("snmp")
+    snmp(ns, &[("Tcp:", "InCsumErrors"), ("Udp:", "InCsumErrors")])
 }
 
 fn set_tx_offload(ns: &Path, dev: &str, on: bool) {
@@ -178,15 +160,8 @@ fn soak(tx_offload: bool) {
     for n in 1..=CONTAINERS {
         sb.add_container(n).expect("container");
         let (stream_port, rr_port) = (8000 + n as u16, 8100 + n as u16);
-        sb.netbr_ok(&[
-            "publish",
-            &sb.container(n),
-            "-p",
-            &format!("{stream_port}:80"),
-            "-p",
-            &format!("{rr_port}:81"),
-        ])
-        .expect("publish");
+        sb.publish(n, &[&format!("{stream_port}:80"), &format!("{rr_port}:81")])
+            .expect("publish");
         servers.push(Server::tcp_stream(&sb.container_path(n), 80).expect("stream server"));
         servers.push(Server::tcp(&sb.container_path(n), 81, probe::echo()).expect("rr server"));
         published.push((
@@ -267,8 +242,7 @@ fn soak(tx_offload: bool) {
         rounds += t.rounds;
     }
     let csum_after: u64 = receivers.iter().map(|p| csum_errors(p)).sum();
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.netbr_ok(&["stats", "--json"]).expect("stats")).expect("json");
+    let stats: serde_json::Value = sb.stats().expect("stats");
     println!(
         "tx offload {}: {flows} long-lived flows + new connections for {:?}: {rounds} verified round trips; dnat_new {} snat_new {} translated {}",
         if tx_offload { "on" } else { "off" },

@@ -35,34 +35,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// A TCP server that reads one request per connection and answers it.
     pub fn tcp(ns: &Path, port: u16, respond: Responder) -> Result<Self> {
-        Self::start(ns, move |stop, peers, ready| {
-            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port));
-            let l = match l {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                    return Ok(());
-                }
-            };
-            l.set_nonblocking(true)?;
-            let _ = ready.send(Ok(()));
-            while !stop.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, peer)) => {
-                        peers.lock().map_err(|_| anyhow!("poisoned"))?.push(peer);
-                        s.set_nonblocking(false)?;
-                        s.set_read_timeout(Some(IO_TIMEOUT))?;
-                        let mut buf = vec![0; 65536];
-                        let n = s.read(&mut buf).unwrap_or(0);
-                        let _ = s.write_all(&respond(&buf[..n], peer));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        Self::tcp_with(ns, port, move |mut s, peer| {
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            let mut buf = vec![0; 65536];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ = s.write_all(&respond(&buf[..n], peer));
             Ok(())
         })
     }
@@ -70,6 +49,26 @@ impl Server {
     /// A TCP echo server for long-lived connections: each connection gets a
     /// thread that echoes until the peer closes.
     pub fn tcp_stream(ns: &Path, port: u16) -> Result<Self> {
+        Self::tcp_with(ns, port, |mut s, _| {
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 65536];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(())
+        })
+    }
+
+    /// Accepts connections on `port` in `ns`, recording each peer and
+    /// handing the connection (blocking) to `handle`.
+    fn tcp_with(
+        ns: &Path,
+        port: u16,
+        handle: impl Fn(TcpStream, SocketAddr) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<Self> {
         Self::start(ns, move |stop, peers, ready| {
             let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
                 Ok(l) => l,
@@ -87,17 +86,10 @@ impl Server {
             let _ = ready.send(Ok(()));
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
-                    Ok((mut s, peer)) => {
+                    Ok((s, peer)) => {
                         peers.lock().map_err(|_| anyhow!("poisoned"))?.push(peer);
                         s.set_nonblocking(false)?;
-                        std::thread::spawn(move || {
-                            let mut buf = vec![0; 65536];
-                            while let Ok(n) = s.read(&mut buf) {
-                                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
+                        handle(s, peer)?;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5))

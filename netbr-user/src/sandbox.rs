@@ -143,6 +143,21 @@ impl Sandbox {
         Ok(ip)
     }
 
+    /// Publishes ports of container `n`: `specs` as given to `-p`.
+    pub fn publish(&self, n: u32, specs: &[&str]) -> Result<String> {
+        let name = self.container(n);
+        let mut args = vec!["publish", name.as_str()];
+        for spec in specs {
+            args.extend(["-p", spec]);
+        }
+        self.netbr_ok(&args)
+    }
+
+    /// `netbr stats --json`.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.netbr_ok(&["stats", "--json"])?)?)
+    }
+
     /// Runs a command in the host namespace through setns (nsenter keeps the
     /// mount namespace; `ip netns exec` would not).
     pub fn in_host(&self, cmd: &str, args: &[&str]) -> Result<Output> {
