@@ -169,6 +169,19 @@ fn detach_then_attach_restores_service() {
     assert_eq!(back, b"again");
 }
 
+/// A re-attach over pins of another layout fails and names the fix.
+fn assert_attach_refused_for_layout(sb: &Sandbox) {
+    let out = sb
+        .netbr(&["attach", "--subnet", "172.30.0.0/16", "--uplink", "up0"])
+        .expect("attach");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("map layout") && err.contains("netbr detach"),
+        "{err}"
+    );
+}
+
 #[test]
 fn pins_of_another_layout_are_refused_and_left_intact() {
     let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
@@ -189,15 +202,7 @@ fn pins_of_another_layout_are_refused_and_left_intact() {
     dp.set_config(&cfg).expect("write config");
     drop(dp);
 
-    let out = sb
-        .netbr(&["attach", "--subnet", "172.30.0.0/16", "--uplink", "up0"])
-        .expect("attach");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("map layout") && err.contains("netbr detach"),
-        "{err}"
-    );
+    assert_attach_refused_for_layout(&sb);
     // Nothing changed: the datapath still serves the mapping.
     let back = probe::tcp_request(
         &sb.lan_path(),
@@ -244,15 +249,7 @@ fn a_pinned_map_of_another_value_size_is_refused_with_a_clear_message() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let out = sb
-        .netbr(&["attach", "--subnet", "172.30.0.0/16", "--uplink", "up0"])
-        .expect("attach");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("map layout") && err.contains("netbr detach"),
-        "{err}"
-    );
+    assert_attach_refused_for_layout(&sb);
     let back = probe::tcp_request(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080)), b"ok")
         .expect("request");
     assert_eq!(back, b"ok", "a refused attach must change nothing");
