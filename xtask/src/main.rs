@@ -22,12 +22,12 @@ enum Task {
     /// Set up, then run every test (unit, BPF_PROG_TEST_RUN, end-to-end). Needs root.
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, build, and run `netbr demo`. Needs root.
     Demo {
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// The soak test, longer and larger than in `test`.
