@@ -484,15 +484,8 @@ fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
         "{stats:#}"
     );
 
-    sb.netbr_ok(&[
-        "attach",
-        "--subnet",
-        "172.30.0.0/16",
-        "--uplink",
-        "up0",
-        "--allow-direct-routing",
-    ])
-    .expect("re-attach");
+    sb.attach_with(&["--allow-direct-routing"])
+        .expect("re-attach");
     assert_eq!(
         probe::tcp_request(&sb.lan_path(), direct, b"ok").expect("opted in"),
         b"ok"
@@ -503,15 +496,7 @@ fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
 #[test]
 fn icc_false_isolates_containers_but_keeps_published_ports_and_masquerade() {
     let sb = sandbox();
-    sb.netbr_ok(&[
-        "attach",
-        "--subnet",
-        "172.30.0.0/16",
-        "--uplink",
-        "up0",
-        "--icc=false",
-    ])
-    .expect("attach");
+    sb.attach_with(&["--icc=false"]).expect("attach");
     let c1 = sb.add_container(1).expect("c1");
     sb.add_container(2).expect("c2");
     sb.publish(1, &["8080:80"]).expect("publish");
@@ -542,15 +527,7 @@ fn icc_false_isolates_containers_but_keeps_published_ports_and_masquerade() {
     assert_eq!(lan_srv.peers()[0].ip(), UPLINK_IP);
     assert_eq!(ls_json(&sb)["icc"], false);
     // Turning it back on reaches existing endpoints too.
-    sb.netbr_ok(&[
-        "attach",
-        "--subnet",
-        "172.30.0.0/16",
-        "--uplink",
-        "up0",
-        "--icc=true",
-    ])
-    .expect("re-attach");
+    sb.attach_with(&["--icc=true"]).expect("re-attach");
     assert_eq!(
         probe::tcp_request(&sb.container_path(2), SocketAddr::from((c1, 80)), b"y")
             .expect("icc on"),
@@ -663,12 +640,7 @@ fn timeouts_are_settable_and_shown_and_conntrack_filters() {
         ],
         "unknown timeout",
     );
-    sb.netbr_ok(&[
-        "attach",
-        "--subnet",
-        "172.30.0.0/16",
-        "--uplink",
-        "up0",
+    sb.attach_with(&[
         "--timeout",
         "udp_stream=7",
         "--timeout",
@@ -859,16 +831,20 @@ fn path_mtu_discovery_works_through_a_published_port() {
     sb.add_container(1).expect("c1");
     sb.publish(1, &["5353:53/udp"]).expect("publish");
     let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
-    // The bridge side is narrower than the uplink: the host must answer a
-    // too-big DF datagram with "fragmentation needed", quoting the packet
+    // The container side is narrower than the uplink: the host must answer
+    // a too-big DF datagram with "fragmentation needed", quoting the packet
     // after DNAT. Only if netbr translates the quote does lan learn the MTU.
-    let o = in_netns(
-        &sb.host_path(),
-        "ip",
-        &["link", "set", "netbr0", "mtu", "1400"],
-    )
-    .expect("ip");
-    assert!(o.status.success(), "{}", stderr(&o));
+    // The container's link is the narrow one: its veth pair at 1400 (the
+    // bridge follows its ports). The stack and the fast path's MTU check
+    // must both answer frag-needed.
+    let (host_veth, _) = netbr::cmd::endpoint::veth_names("netbr0", &sb.container(1));
+    for (ns, dev) in [
+        (sb.host_path(), host_veth.as_str()),
+        (sb.container_path(1), "eth0"),
+    ] {
+        let o = in_netns(&ns, "ip", &["link", "set", dev, "mtu", "1400"]).expect("ip");
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
     let mtu = netbr::netns::run_in(&sb.lan_path(), || {
         use std::os::fd::AsRawFd as _;
         let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -964,4 +940,40 @@ fn fragmented_datagrams_cross_the_nat_both_ways() {
     assert_eq!(back, big, "fragmented datagram through masquerade");
     let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["drop_frag_no_first"], 0, "{stats:#}");
+}
+
+#[test]
+fn the_fast_path_carries_traffic_exactly_when_asked() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.publish(1, &["8080:80"]).expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    let _lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    for _ in 0..3 {
+        assert_eq!(
+            probe::tcp_request(&sb.lan_path(), published(8080), b"in").expect("in"),
+            b"in"
+        );
+        let out = probe::tcp_request(
+            &sb.container_path(1),
+            SocketAddr::from((LAN_IP, 9000)),
+            b"out",
+        );
+        assert_eq!(out.expect("out"), b"out");
+    }
+    let stats = sb.stats().expect("stats");
+    let (fast_in, fast_out) = (
+        stats["fast_path_in"].as_u64().unwrap_or(0),
+        stats["fast_path_out"].as_u64().unwrap_or(0),
+    );
+    if netbr::sandbox::fast_path_requested() {
+        assert!(fast_in > 0 && fast_out > 0, "fast path unused: {stats:#}");
+        assert_eq!(ls_json(&sb)["fast_path"], true);
+    } else {
+        assert_eq!(
+            (fast_in, fast_out),
+            (0, 0),
+            "fast path used while off: {stats:#}"
+        );
+    }
 }

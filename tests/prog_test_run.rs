@@ -735,3 +735,102 @@ fn a_snat_port_is_free_again_once_its_flow_has_timed_out() {
     assert_eq!(verdict, PASS, "the timed-out flow's port must be reusable");
     assert_eq!(parse_checked(&out), seen((HOST, 61000), (REMOTE, 53)));
 }
+
+#[test]
+fn fast_path_delivers_a_published_packet_into_the_container_as_a_router_would() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(TCP, 8080, WEB, 80);
+    let mut cfg = h.dp.config().expect("config");
+    cfg.flags |= netbr_common::maps::CFG_FAST_PATH;
+    h.dp.set_config(&cfg).expect("config");
+    // The endpoint's veth: loopback, a device that exists here.
+    let mut ep = h.dp.endpoints.get(&to_be32(WEB), 0).expect("endpoint");
+    ep.host_ifindex = 1;
+    h.dp.endpoints
+        .insert(to_be32(WEB), ep, 0)
+        .expect("endpoint");
+    let frame = Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build();
+    let (verdict, out) = h.run(UP_IN, &frame);
+    assert_eq!(
+        verdict, REDIRECT,
+        "redirected into the container's namespace"
+    );
+    assert_eq!(parse_checked(&out), seen((LAN, 40000), (WEB, 80)));
+    assert_eq!(&out[0..6], &WEB_MAC);
+    assert_eq!(&out[6..12], &BRIDGE_MAC);
+    assert_eq!(out[22], frame[22] - 1, "TTL decremented");
+    assert_eq!(h.dp.fast_path_counts().expect("fast").0, 1);
+
+    // A TTL that would expire here goes to the stack (translated), which
+    // answers with time-exceeded.
+    let mut frame = Spec::tcp((LAN, 40001), (HOST, 8080), SYN).build();
+    frame[22] = 1;
+    let c = netbr::probe::inet_checksum(&{
+        let mut h = frame[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    let (verdict, out) = h.run(UP_IN, &frame);
+    assert_eq!(verdict, PASS);
+    assert_eq!(parse_checked(&out), seen((LAN, 40001), (WEB, 80)));
+}
+
+#[test]
+fn fast_path_leaves_too_big_packets_to_the_stack() {
+    // bpf_check_mtu looks the endpoint's veth up in the namespace of the
+    // thread running the test: give it a private one with a narrow veth.
+    let ns = format!("nbt-mtu-{}", netbr::sandbox::unique_suffix());
+    let path = netbr::netns::create_named(&ns).expect("namespace");
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = netbr::netns::delete_named(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(ns);
+    for args in [
+        &[
+            "link", "add", "nbt0", "mtu", "1280", "type", "veth", "peer", "name", "nbt1",
+        ][..],
+        &["link", "set", "nbt0", "up"],
+    ] {
+        let o = netbr::sandbox::in_netns(&path, "ip", args).expect("ip");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let verdicts = netbr::netns::run_in(&path, || {
+        let mut h = Harness::new((61000, 65535));
+        h.publish(UDP, 5353, WEB, 53);
+        let mut cfg = h.dp.config().expect("config");
+        cfg.flags |= netbr_common::maps::CFG_FAST_PATH;
+        h.dp.set_config(&cfg).expect("config");
+        let index = netbr::netlink::block_on(async {
+            let nl = netbr::netlink::Netlink::connect()?;
+            Ok(nl.require_link("nbt0").await?.index)
+        })
+        .expect("ifindex");
+        let mut ep = h.dp.endpoints.get(&to_be32(WEB), 0).expect("endpoint");
+        ep.host_ifindex = index;
+        h.dp.endpoints
+            .insert(to_be32(WEB), ep, 0)
+            .expect("endpoint");
+        let mut big = Spec::udp((LAN, 7000), (HOST, 5353));
+        big.payload = vec![1; 1400];
+        let (too_big, out) = h.run(UP_IN, &big.build());
+        let small = h
+            .run(UP_IN, &Spec::udp((LAN, 7001), (HOST, 5353)).build())
+            .0;
+        (too_big, parse_checked(&out), small)
+    })
+    .expect("run in namespace");
+    assert_eq!(
+        verdicts.0, PASS,
+        "a packet over the veth's MTU goes to the stack"
+    );
+    assert_eq!(verdicts.1, seen((LAN, 7000), (WEB, 53)), "still translated");
+    assert_eq!(
+        verdicts.2, REDIRECT,
+        "a packet that fits takes the fast path"
+    );
+}

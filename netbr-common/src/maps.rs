@@ -15,11 +15,17 @@ pub const MAP_ENDPOINTS: &str = "NB_EP";
 pub const MAP_COUNTERS: &str = "NB_CNT";
 pub const MAP_SOCKETS: &str = "NB_SOCK";
 pub const MAP_FRAGMENTS: &str = "NB_FRAG";
+/// Per-CPU counts of packets the fast path delivered, indexed by `FAST_*`.
+/// Counted besides each packet's reason in `NB_CNT`.
+pub const MAP_FAST_PATH: &str = "NB_FAST";
+pub const FAST_INTO_CONTAINER: u32 = 0;
+pub const FAST_OUT_UPLINK: u32 = 1;
+pub const FAST_COUNT: u32 = 2;
 /// Per-CPU histogram of SNAT port-search attempts (`snat::SNAT_HISTOGRAM_LEN`).
 pub const MAP_SNAT_HISTOGRAM: &str = "NB_SNATH";
 
 /// Every map the loader pins, in one list so attach and detach agree.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_MAPPINGS,
     MAP_CONNTRACK,
@@ -30,6 +36,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     MAP_SOCKETS,
     MAP_FRAGMENTS,
     MAP_SNAT_HISTOGRAM,
+    MAP_FAST_PATH,
 ];
 
 /// Program names (ELF symbol names) and the hook each one is attached to.
@@ -183,6 +190,9 @@ pub const CFG_ALLOW_DIRECT_ROUTING: u32 = 1;
 /// `Config::flags`: containers on the bridge may not talk to each other
 /// (Docker's `enable_icc=false`); enforced by isolating the bridge ports.
 pub const CFG_ICC_DISABLED: u32 = 2;
+/// `Config::flags`: deliver translated packets by redirect instead of
+/// through the host stack (`attach --fast-path`).
+pub const CFG_FAST_PATH: u32 = 4;
 
 impl Config {
     pub const fn has(&self, flag: u32) -> bool {

@@ -13,7 +13,9 @@ use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcC
 use netbr_common::{
     conntrack::{FlowKey, NAT_HAIRPIN},
     counters::Reason,
-    maps::{Config, CFG_ALLOW_DIRECT_ROUTING, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
+    maps::{
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
+    },
 };
 
 use crate::{
@@ -120,8 +122,8 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
 /// Uplink ingress: replies of masqueraded flows, and published ports.
 #[inline(always)]
 fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
-    if translate_tracked(ctx, pkt, cfg, false)?.is_some() {
-        return Ok(Outcome::pass(translated(pkt)));
+    if let Some(xlat) = translate_tracked(ctx, pkt, cfg, false)? {
+        return Ok(deliver_in(ctx, cfg, pkt, &xlat, translated(pkt)));
     }
     if pkt.is_icmp_error() {
         return Err(nat::unmatched_icmp_error(pkt, cfg));
@@ -140,7 +142,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     match nat::dnat_new_flow(pkt, cfg, now)? {
         Some(xlat) => {
             rewrite(ctx, pkt, &xlat)?;
-            Ok(Outcome::pass(Reason::DnatNew))
+            Ok(deliver_in(ctx, cfg, pkt, &xlat, Reason::DnatNew))
         }
         None => Err(Reason::PassNoMatch),
     }
@@ -162,22 +164,81 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     Ok(Outcome::pass(Reason::SnatNew))
 }
 
+/// Hands a packet translated on uplink ingress to the fast path when it is
+/// on and the packet is bound for a container; otherwise to the host stack.
+#[inline(always)]
+fn deliver_in(
+    ctx: &TcContext,
+    cfg: &Config,
+    pkt: &Packet,
+    xlat: &FlowKey,
+    reason: Reason,
+) -> Outcome {
+    if cfg.has(CFG_FAST_PATH) && !pkt.is_icmp_error() {
+        if let Some(action) = redirect::into_container(ctx, xlat.daddr, cfg) {
+            return Outcome { reason, action };
+        }
+    }
+    Outcome::pass(reason)
+}
+
 /// Bridge-device ingress: traffic from containers entering the host stack.
-/// Hairpin flows are translated here and redirected to the target's veth;
-/// everything else is left to routing and the uplink.
+/// Hairpin flows are translated here and redirected to the target's veth.
+/// With the fast path, packets of tracked flows leaving through the uplink
+/// are translated here and sent out directly; everything else is left to
+/// routing and the uplink.
 #[inline(always)]
 fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
     let (xlat, reason) = match translate_tracked(ctx, pkt, cfg, true)? {
         Some(xlat) => (xlat, translated(pkt)),
-        None if !pkt.may_open_flow() => return Err(Reason::PassNoMatch),
-        None => match nat::hairpin_new_flow(pkt, cfg, now())? {
-            Some(xlat) => {
-                rewrite(ctx, pkt, &xlat)?;
-                (xlat, Reason::HairpinNew)
+        None if pkt.is_icmp_error() => return Err(Reason::PassNoMatch),
+        None => {
+            let hairpin = if pkt.may_open_flow() {
+                nat::hairpin_new_flow(pkt, cfg, now())?
+            } else {
+                None
+            };
+            match hairpin {
+                Some(xlat) => {
+                    rewrite(ctx, pkt, &xlat)?;
+                    (xlat, Reason::HairpinNew)
+                }
+                None if cfg.has(CFG_FAST_PATH) => {
+                    return fast_out(ctx, cfg, pkt)?.ok_or(Reason::PassNoMatch);
+                }
+                None => return Err(Reason::PassNoMatch),
             }
-            None => return Err(Reason::PassNoMatch),
-        },
+        }
     };
     let action = redirect::to_endpoint(ctx, xlat.daddr, cfg)?;
     Ok(Outcome { reason, action })
+}
+
+/// The fast path out: a packet of a tracked masquerade or published-port
+/// flow, translated here and sent out of the uplink when the routing table
+/// says so and the next hop is known. New flows are not opened here: their
+/// first packet takes the host stack and the uplink creates them. A BPF
+/// function of its own, to keep its frame off the others' stack.
+#[inline(never)]
+fn fast_out(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Option<Outcome>, Reason> {
+    let now = now();
+    let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
+        return Ok(None);
+    };
+    // SAFETY: map value pointer from `lookup`.
+    let xlat = unsafe { (*flow.entry).xlat };
+    let Some(macs) = redirect::uplink_next_hop(ctx, &xlat, pkt.len, cfg) else {
+        return Ok(None);
+    };
+    // A TTL about to expire is left, untouched, to the stack's ICMP.
+    if redirect::decrement_ttl(ctx).is_none() {
+        return Ok(None);
+    }
+    rewrite(ctx, pkt, &xlat)?;
+    conntrack::account(&flow, &pkt.key, pkt.key.proto, pkt.tcp_flags, pkt.len, now);
+    let action = redirect::out_uplink(ctx, macs, cfg)?;
+    Ok(Some(Outcome {
+        reason: Reason::Translated,
+        action,
+    }))
 }

@@ -10,7 +10,7 @@ use netbr_common::{
     counters::REASON_COUNT,
     maps::{
         Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, SockKey,
-        CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES,
+        CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, FAST_COUNT, FRAGMENTS_MAX_ENTRIES,
         LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
     },
     snat::SNAT_HISTOGRAM_LEN,
@@ -58,6 +58,15 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragVal> =
 /// `netbr_common::snat::SNAT_HISTOGRAM_LEN`).
 #[map(name = "NB_SNATH")]
 pub static SNAT_HISTOGRAM: PerCpuArray<u64> = PerCpuArray::with_max_entries(SNAT_HISTOGRAM_LEN, 0);
+
+/// Packets the fast path delivered (`netbr_common::maps::FAST_*`).
+#[map(name = "NB_FAST")]
+pub static FAST_PATH: PerCpuArray<u64> = PerCpuArray::with_max_entries(FAST_COUNT, 0);
+
+/// Per-CPU room for `bpf_fib_lookup`'s 64-byte parameters, off the stack.
+#[map(name = "NB_FIB")]
+pub static FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NB_CNT")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

@@ -11,6 +11,8 @@ const ETH_P_IP: u16 = 0x0800;
 pub const IP_TOT_LEN: usize = ETH_LEN + 2;
 const IP_ID: usize = ETH_LEN + 4;
 const IP_FRAG: usize = ETH_LEN + 6;
+/// TTL, with the protocol after it: one 16-bit word of the checksum.
+pub const IP_TTL: usize = ETH_LEN + 8;
 const IP_PROTO: usize = ETH_LEN + 9;
 pub const IP_CSUM: usize = ETH_LEN + 10;
 pub const IP_SADDR: usize = ETH_LEN + 12;

@@ -33,6 +33,11 @@ pub struct Sandbox {
     netbr: PathBuf,
 }
 
+/// Whether the tests run with the fast path (`NETBR_E2E_FAST_PATH=1`).
+pub fn fast_path_requested() -> bool {
+    std::env::var("NETBR_E2E_FAST_PATH").is_ok_and(|v| v == "1")
+}
+
 /// A short suffix unique on this machine for this process's lifetime.
 pub fn unique_suffix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -126,8 +131,21 @@ impl Sandbox {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `netbr attach` for the sandbox, plus `--fast-path` when the
+    /// environment asks for it (`NETBR_E2E_FAST_PATH=1`), so one test suite
+    /// covers both datapaths.
     pub fn attach(&self) -> Result<String> {
-        self.netbr_ok(&["attach", "--subnet", SUBNET, "--uplink", UPLINK])
+        self.attach_with(&[])
+    }
+
+    /// Like [`Self::attach`], with extra flags.
+    pub fn attach_with(&self, extra: &[&str]) -> Result<String> {
+        let mut args = vec!["attach", "--subnet", SUBNET, "--uplink", UPLINK];
+        if fast_path_requested() {
+            args.push("--fast-path");
+        }
+        args.extend_from_slice(extra);
+        self.netbr_ok(&args)
     }
 
     /// Adds endpoint `n` (named namespace `cN-SUFFIX`) at 172.30.0.(n+1).

@@ -56,7 +56,27 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::all()?;
             require_root("the tests create network namespaces and load BPF programs")?;
-            cargo(&["test"], &args)
+            cargo(&["test"], &args)?;
+            if args.is_empty() {
+                // The same end-to-end suites again, with the fast path on.
+                eprintln!("xtask: end-to-end, reliability and soak tests again with --fast-path");
+                run(
+                    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                        .args([
+                            "test",
+                            "-p",
+                            "netbr-user",
+                            "--test",
+                            "e2e",
+                            "--test",
+                            "reliability",
+                            "--test",
+                            "soak",
+                        ])
+                        .env("NETBR_E2E_FAST_PATH", "1"),
+                )?;
+            }
+            Ok(())
         }
         Task::Demo { args } => {
             setup::all()?;

@@ -12,8 +12,9 @@ use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::Reason,
     maps::{
-        Config, Endpoint, MappingKey, MappingTarget, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW,
-        MAP_COUNTERS, MAP_ENDPOINTS, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
+        Config, Endpoint, MappingKey, MappingTarget, FAST_INTO_CONTAINER, FAST_OUT_UPLINK,
+        MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS, MAP_FAST_PATH,
+        MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
     },
 };
 
@@ -27,6 +28,7 @@ pub struct Datapath {
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub counters: PerCpuArray<MapData, u64>,
     pub snat_histogram: PerCpuArray<MapData, u64>,
+    pub fast_path: PerCpuArray<MapData, u64>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -70,6 +72,7 @@ impl Datapath {
             endpoints: typed(open(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
             counters: typed(open(MAP_COUNTERS)?, MAP_COUNTERS)?,
             snat_histogram: typed(open(MAP_SNAT_HISTOGRAM)?, MAP_SNAT_HISTOGRAM)?,
+            fast_path: typed(open(MAP_FAST_PATH)?, MAP_FAST_PATH)?,
         })
     }
 
@@ -87,6 +90,7 @@ impl Datapath {
             endpoints: typed(take(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
             counters: typed(take(MAP_COUNTERS)?, MAP_COUNTERS)?,
             snat_histogram: typed(take(MAP_SNAT_HISTOGRAM)?, MAP_SNAT_HISTOGRAM)?,
+            fast_path: typed(take(MAP_FAST_PATH)?, MAP_FAST_PATH)?,
         })
     }
 
@@ -123,6 +127,19 @@ impl Datapath {
             .iter()
             .map(|v| Ok(v.context("reading the SNAT histogram")?.iter().sum()))
             .collect()
+    }
+
+    /// Packets the fast path delivered: (into containers, out of the uplink).
+    pub fn fast_path_counts(&self) -> Result<(u64, u64)> {
+        let get = |i: u32| -> Result<u64> {
+            Ok(self
+                .fast_path
+                .get(&i, 0)
+                .context("reading fast-path counters")?
+                .iter()
+                .sum())
+        };
+        Ok((get(FAST_INTO_CONTAINER)?, get(FAST_OUT_UPLINK)?))
     }
 
     pub fn counter(&self, reason: Reason) -> Result<u64> {

@@ -5,7 +5,8 @@ use clap::Args;
 use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, STATE_COUNT},
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_ICC_DISABLED, CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CT_MAX_ENTRIES_DEFAULT,
+        LAYOUT_VERSION,
     },
 };
 
@@ -41,6 +42,11 @@ pub struct Attach {
     /// they route the subnet via this host (off by default, as in Docker 28).
     #[arg(long)]
     pub allow_direct_routing: bool,
+    /// Deliver translated packets by redirect, skipping the host stack:
+    /// straight into the container's namespace inbound, straight out of
+    /// the uplink for tracked flows outbound.
+    #[arg(long)]
+    pub fast_path: bool,
     /// Inter-container communication on the bridge (Docker's enable_icc).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub icc: bool,
@@ -152,6 +158,9 @@ impl Attach {
             }
             if !self.icc {
                 flags |= CFG_ICC_DISABLED;
+            }
+            if self.fast_path {
+                flags |= CFG_FAST_PATH;
             }
             // Existing endpoints follow a changed --icc at once.
             for (_, ep) in dp.endpoint_list()? {

@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::Args;
 use netbr_common::{
     conntrack::CtState,
-    maps::{CFG_ALLOW_DIRECT_ROUTING, CFG_ICC_DISABLED},
+    maps::{CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED},
     proto_name,
 };
 use serde_json::json;
@@ -80,6 +80,7 @@ impl Ls {
             "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
             "icc": !cfg.has(CFG_ICC_DISABLED),
             "allow_direct_routing": cfg.has(CFG_ALLOW_DIRECT_ROUTING),
+            "fast_path": cfg.has(CFG_FAST_PATH),
             "timeouts_s": timeouts,
             "pins": dir.display().to_string(),
             "endpoints": eps,

@@ -14,6 +14,7 @@ impl Stats {
         let (dp, _) = Datapath::open(&self.bridge)?;
         let totals = dp.counter_totals()?;
         let attempts = dp.snat_attempts()?;
+        let (fast_in, fast_out) = dp.fast_path_counts()?;
         let bucket = |i: usize| match i {
             0 => "own_port".to_string(),
             i if i == attempts.len() - 1 => "exhausted".to_string(),
@@ -30,6 +31,8 @@ impl Stats {
                 .map(|(i, v)| (bucket(i), serde_json::json!(v)))
                 .collect();
             map.insert("snat_attempts".into(), serde_json::Value::Object(hist));
+            map.insert("fast_path_in".into(), serde_json::json!(fast_in));
+            map.insert("fast_path_out".into(), serde_json::json!(fast_out));
             super::print_json(&serde_json::Value::Object(map));
         } else {
             for (r, v) in totals {
