@@ -654,6 +654,24 @@ fn timeouts_are_settable_and_shown_and_conntrack_filters() {
         ls["timeouts_s"]["icmp"], 30,
         "untouched timeouts keep netfilter's defaults"
     );
+    // The conntrack size is fixed while attached: a different one is refused
+    // and changes nothing; the same one, or none, is fine.
+    assert_eq!(ls["ct_max"], 131_072);
+    fails_with(
+        &sb,
+        &[
+            "attach",
+            "--subnet",
+            "172.30.0.0/16",
+            "--uplink",
+            "up0",
+            "--ct-max",
+            "1024",
+        ],
+        "run netbr detach",
+    );
+    sb.attach_with(&["--ct-max", "131072"]).expect("same size");
+    assert_eq!(ls_json(&sb)["ct_max"], 131_072);
     sb.add_container(1).expect("c1");
     sb.add_container(2).expect("c2");
     let _u = Server::udp(&sb.lan_path(), 9001, probe::echo()).expect("udp");

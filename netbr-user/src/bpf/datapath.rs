@@ -37,6 +37,16 @@ fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
+/// Size of the pinned conntrack tables (entries per table).
+pub fn pinned_ct_max(dir: &Path) -> Result<u32> {
+    let data = MapData::from_pin(dir.join(MAP_CONNTRACK))
+        .with_context(|| format!("opening pinned map {MAP_CONNTRACK} in {}", dir.display()))?;
+    Ok(data
+        .info()
+        .context("reading the conntrack map's size")?
+        .max_entries())
+}
+
 /// Only the endpoint map: what teardown needs, readable even when other
 /// pins are of an incompatible layout.
 pub fn pinned_endpoints(dir: &Path) -> Result<Vec<(u32, Endpoint)>> {

@@ -12,7 +12,11 @@ use netbr_common::{
 
 use crate::{
     addr::{to_be32, Cidr, PortRange},
-    bpf::{attach, datapath::Datapath, pins},
+    bpf::{
+        attach,
+        datapath::{self, Datapath},
+        pins,
+    },
     cli::Global,
     netlink::Netlink,
     sysctl,
@@ -31,9 +35,10 @@ pub struct Attach {
     /// Bridge address; the first host address of the subnet by default.
     #[arg(long)]
     pub gateway: Option<Ipv4Addr>,
-    /// Conntrack table size (entries; each flow takes two).
-    #[arg(long, default_value_t = CT_MAX_ENTRIES_DEFAULT)]
-    pub ct_max: u32,
+    /// Entries per conntrack table (each flow takes two; assured and new
+    /// flows have a table each). Fixed while attached; 131072 by default.
+    #[arg(long)]
+    pub ct_max: Option<u32>,
     /// Source ports masquerade picks from when a container's own port cannot
     /// be kept. Outside the host's ephemeral range by default.
     #[arg(long, default_value = "61000-65535")]
@@ -123,9 +128,24 @@ impl Attach {
         }
         let dir = pins::pin_dir(&self.bridge)?;
         let reattach = dir.join(netbr_common::maps::MAP_CONFIG).exists();
-        if reattach {
+        let ct_max = if reattach {
             check_compatible(&dir, &self.bridge, subnet, uplink.index)?;
-        }
+            let pinned = datapath::pinned_ct_max(&dir)?;
+            if self.ct_max.is_some_and(|n| n != pinned) {
+                bail!(
+                    "bridge {} keeps {pinned} conntrack entries per table while attached: run netbr detach --bridge {} first to change --ct-max",
+                    self.bridge,
+                    self.bridge
+                );
+            }
+            pinned
+        } else {
+            let n = self.ct_max.unwrap_or(CT_MAX_ENTRIES_DEFAULT);
+            if n < 64 {
+                bail!("--ct-max {n} is too small: use at least 64");
+            }
+            n
+        };
         let (host_min, host_max) = sysctl::local_port_range()?;
 
         // Everything is validated; from here on netbr changes the system.
@@ -143,7 +163,7 @@ impl Attach {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
         let result = async {
-            let mut ebpf = attach::load(Some(&dir), self.ct_max)?;
+            let mut ebpf = attach::load(Some(&dir), ct_max)?;
             let mut dp = Datapath::from_ebpf(&mut ebpf)?;
             let mut timeouts = DEFAULT_TIMEOUTS;
             if reattach {

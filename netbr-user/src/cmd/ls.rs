@@ -78,6 +78,7 @@ impl Ls {
             "uplink": uplink,
             "uplink_ip": from_be32(cfg.uplink_addr).to_string(),
             "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
+            "ct_max": crate::bpf::datapath::pinned_ct_max(&dir)?,
             "icc": !cfg.has(CFG_ICC_DISABLED),
             "allow_direct_routing": cfg.has(CFG_ALLOW_DIRECT_ROUTING),
             "fast_path": cfg.has(CFG_FAST_PATH),
