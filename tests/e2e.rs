@@ -995,3 +995,42 @@ fn the_fast_path_carries_traffic_exactly_when_asked() {
         );
     }
 }
+
+#[test]
+fn detach_keep_bridge_then_attach_serves_the_same_endpoints_again() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.publish(1, &["8080:80"]).expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"1").expect("before"),
+        b"1"
+    );
+    sb.netbr_ok(&["detach", "--keep-bridge"]).expect("detach");
+    // The datapath is gone: nothing translates, nothing is listed...
+    assert!(probe::tcp_request(&sb.lan_path(), published(8080), b"2").is_err());
+    fails_with(&sb, &["ls"], "is not attached");
+    // ...but the bridge and the container are still there.
+    assert!(netbr::netns::exists(&sb.container(1)));
+    fails_with(
+        &sb,
+        &["attach", "--subnet", "172.31.0.0/16", "--uplink", "up0"],
+        "outside 172.31.0.0/16",
+    );
+    sb.attach().expect("attach again");
+    let ls = ls_json(&sb);
+    assert_eq!(
+        ls["endpoints"][0]["name"],
+        sb.container(1).as_str(),
+        "{ls:#}"
+    );
+    assert_eq!(
+        ls["mappings"].as_array().expect("mappings").len(),
+        1,
+        "{ls:#}"
+    );
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"3").expect("after"),
+        b"3"
+    );
+}

@@ -151,12 +151,17 @@ fn attach_one(
     Ok(())
 }
 
-/// Removes links (which detaches the programs), map pins and the directory.
-/// Keeps going past failures and reports all of them, so a half-attached
-/// bridge never blocks its own cleanup.
-pub fn remove_pins(dir: &Path) -> Vec<anyhow::Error> {
+/// Removes links (which detaches the programs), map pins but those in
+/// `keep`, and the directory once empty. Keeps going past failures and
+/// reports all of them, so a half-attached bridge never blocks its own
+/// cleanup.
+pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
-    for name in LINKS.iter().chain(PINNED_MAPS.iter()) {
+    for name in LINKS
+        .iter()
+        .chain(PINNED_MAPS.iter())
+        .filter(|n| !keep.contains(n))
+    {
         let path = dir.join(name);
         if path.exists() {
             if let Err(e) = std::fs::remove_file(&path) {
@@ -164,10 +169,17 @@ pub fn remove_pins(dir: &Path) -> Vec<anyhow::Error> {
             }
         }
     }
-    if dir.exists() {
+    if keep.is_empty() && dir.exists() {
         if let Err(e) = std::fs::remove_dir(dir) {
             errors.push(anyhow::Error::from(e).context(format!("removing {}", dir.display())));
         }
     }
     errors
 }
+
+/// What `detach --keep-bridge` keeps: the configuration of the bridge's
+/// endpoints and published ports, which the next `attach` picks up again.
+pub const KEPT_WITH_BRIDGE: [&str; 2] = [
+    netbr_common::maps::MAP_ENDPOINTS,
+    netbr_common::maps::MAP_MAPPINGS,
+];

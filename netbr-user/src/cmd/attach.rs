@@ -128,6 +128,24 @@ impl Attach {
         }
         let dir = pins::pin_dir(&self.bridge)?;
         let reattach = dir.join(netbr_common::maps::MAP_CONFIG).exists();
+        let kept: Vec<&str> = attach::KEPT_WITH_BRIDGE
+            .iter()
+            .copied()
+            .filter(|m| dir.join(m).exists())
+            .collect();
+        if !reattach && kept.contains(&netbr_common::maps::MAP_ENDPOINTS) {
+            // Endpoints kept by `detach --keep-bridge` must fit the subnet.
+            for (ip, _) in datapath::pinned_endpoints(&dir)? {
+                let ip = crate::addr::from_be32(ip);
+                if !subnet.is_host(ip) {
+                    bail!(
+                        "bridge {} kept an endpoint at {ip}, outside {subnet}: attach with its old subnet, or run netbr detach --bridge {} without --keep-bridge",
+                        self.bridge,
+                        self.bridge
+                    );
+                }
+            }
+        }
         let ct_max = if reattach {
             check_compatible(&dir, &self.bridge, subnet, uplink.index)?;
             let pinned = datapath::pinned_ct_max(&dir)?;
@@ -211,7 +229,8 @@ impl Attach {
         .await;
         if let Err(e) = result {
             if !reattach {
-                for err in attach::remove_pins(&dir) {
+                // Pins a `detach --keep-bridge` left are the user's; keep them.
+                for err in attach::remove_pins(&dir, &kept) {
                     log::warn!("{err:#}");
                 }
             }

@@ -11,7 +11,8 @@ use crate::{
 pub struct Detach {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
-    /// Keep the bridge and its endpoints; remove only the datapath.
+    /// Keep the bridge, its endpoints and their published ports; remove only
+    /// the datapath. The next `attach` serves them again.
     #[arg(long)]
     pub keep_bridge: bool,
 }
@@ -39,7 +40,12 @@ impl Detach {
                 Err(e) => errors.push(e.context("finding the endpoints to remove")),
             }
         }
-        errors.extend(attach::remove_pins(&dir));
+        let keep: &[&str] = if self.keep_bridge {
+            &attach::KEPT_WITH_BRIDGE
+        } else {
+            &[]
+        };
+        errors.extend(attach::remove_pins(&dir, keep));
         if !self.keep_bridge {
             if let Some(b) = bridge {
                 if let Err(e) = nl.del_link(b.index).await {
