@@ -453,6 +453,20 @@ fn host_ip_binding_answers_only_on_that_address() {
         "a 127.0.0.1-bound port answered from lan"
     );
     assert!(at(other, 8082).is_err());
+    // An address added after attach can be published on at once.
+    let late = in_netns(
+        &sb.host_path(),
+        "ip",
+        &["addr", "add", "192.0.2.4/24", "dev", "up0"],
+    )
+    .expect("ip");
+    assert!(late.status.success(), "{}", stderr(&late));
+    sb.publish(1, &["192.0.2.4:8084:80"])
+        .expect("publish on a new address");
+    assert_eq!(
+        at(Ipv4Addr::new(192, 0, 2, 4), 8084).expect("new address"),
+        b"x"
+    );
 }
 
 #[test]

@@ -137,6 +137,24 @@ fn narrate(sb: &Sandbox) -> Result<()> {
         bail!("ping from the container got no reply");
     }
 
+    step("hairpin: the web container reaches its own published port through the host's address");
+    let hairpin = probe::tcp_request(&sb.container_path(1), to, b"GET / HTTP/1.0\r\n\r\n")?;
+    println!(
+        "{web}$ GET http://{to}/\n{}",
+        String::from_utf8_lossy(&hairpin)
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
+
+    step("host-local: a process on the host reaches 127.0.0.1:8080, with no proxy process");
+    let local = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let (resp, peer) = probe::tcp_request_peer(&sb.host_path(), local, b"GET / HTTP/1.0\r\n\r\n")?;
+    println!(
+        "host$ GET http://{local}/ (getpeername says {peer})\n{}",
+        String::from_utf8_lossy(&resp).lines().last().unwrap_or("")
+    );
+
     step("connection tracking and counters");
     run(sb, &["conntrack", "list"])?;
     run(sb, &["stats"])?;

@@ -97,6 +97,8 @@ impl Publish {
     pub async fn exec(self, _g: Global) -> Result<()> {
         let (mut dp, _) = Datapath::open(&self.bridge)?;
         let (ip, _) = find_endpoint(&dp, &self.bridge, &self.endpoint)?;
+        // Addresses added since attach count too.
+        super::attach::sync_local_addrs(&crate::netlink::Netlink::connect()?, &mut dp).await?;
         let existing = dp.mapping_list()?;
         let endpoints = dp.endpoint_list()?;
         let owner = |addr: u32| {
