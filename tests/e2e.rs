@@ -1048,3 +1048,41 @@ fn detach_keep_bridge_then_attach_serves_the_same_endpoints_again() {
         b"3"
     );
 }
+
+#[test]
+fn bench_measures_every_metric_for_every_arm() {
+    // Not a speed check (those are the bench's job): a short run must
+    // produce each figure for each arm, each above zero.
+    let out_file = std::env::temp_dir().join(format!(
+        "netbr-bench-{}.json",
+        netbr::sandbox::unique_suffix()
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netbr"))
+        .args([
+            "bench",
+            "--arms",
+            "routed,nftables,netbr",
+            "--rounds",
+            "1",
+            "--secs",
+            "0.2",
+            "--json",
+        ])
+        .arg(&out_file)
+        .output()
+        .expect("run bench");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("connect_close_per_s") && table.contains("udp64_pps"),
+        "{table}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_file).expect("json")).expect("parse");
+    let _ = std::fs::remove_file(&out_file);
+    let rows = doc["results"].as_array().expect("results");
+    assert_eq!(rows.len(), 3 * 5, "{doc:#}");
+    for r in rows {
+        assert!(r["median"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+}

@@ -15,9 +15,6 @@ pub struct Cli {
     /// Run inside this network namespace (a name under /run/netns or a path).
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
-    /// Print listings as JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,12 +41,8 @@ pub enum Command {
     Stats(cmd::stats::Stats),
     /// Build a sandbox, show netbr at work, and clean up.
     Demo(cmd::demo::Demo),
-}
-
-/// Options every command sees.
-#[derive(Clone, Copy, Debug)]
-pub struct Global {
-    pub json: bool,
+    /// Measure netbr against the routed path and netfilter, side by side.
+    Bench(crate::bench::Bench),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -58,22 +51,22 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
         crate::netns::enter(&crate::netns::resolve(ns))?;
     }
-    let global = Global { json: cli.json };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Attach(c) => c.exec(global).await,
-            Command::Detach(c) => c.exec(global).await,
-            Command::Endpoint(c) => c.exec(global).await,
-            Command::Publish(c) => c.exec(global).await,
-            Command::Unpublish(c) => c.exec(global).await,
-            Command::Ls(c) => c.exec(global).await,
-            Command::Conntrack(c) => c.exec(global).await,
-            Command::Stats(c) => c.exec(global).await,
-            Command::Demo(c) => c.exec(global).await,
+            Command::Attach(c) => c.exec().await,
+            Command::Detach(c) => c.exec().await,
+            Command::Endpoint(c) => c.exec().await,
+            Command::Publish(c) => c.exec().await,
+            Command::Unpublish(c) => c.exec().await,
+            Command::Ls(c) => c.exec().await,
+            Command::Conntrack(c) => c.exec().await,
+            Command::Stats(c) => c.exec().await,
+            Command::Demo(c) => c.exec().await,
+            Command::Bench(c) => c.exec().await,
         }
     })
 }

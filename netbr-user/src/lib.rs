@@ -3,6 +3,7 @@
 //! the same modules.
 
 pub mod addr;
+pub mod bench;
 pub mod bpf;
 pub mod cli;
 pub mod cmd;

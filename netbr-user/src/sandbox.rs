@@ -141,7 +141,7 @@ impl Sandbox {
     /// Like [`Self::attach`], with extra flags.
     pub fn attach_with(&self, extra: &[&str]) -> Result<String> {
         let mut args = vec!["attach", "--subnet", SUBNET, "--uplink", UPLINK];
-        if fast_path_requested() {
+        if fast_path_requested() && !extra.contains(&"--fast-path") {
             args.push("--fast-path");
         }
         args.extend_from_slice(extra);

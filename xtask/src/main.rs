@@ -25,6 +25,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build in release mode, and run `netbr bench` (e.g. `--quick`). Needs root.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, and run `netbr demo`. Needs root.
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -77,6 +82,14 @@ fn main() -> Result<()> {
                 )?;
             }
             Ok(())
+        }
+        Task::Bench { args } => {
+            setup::all()?;
+            require_root("the bench creates network namespaces and loads BPF programs")?;
+            cargo(
+                &["run", "--release", "--bin", "netbr", "--", "bench"],
+                &args,
+            )
         }
         Task::Demo { args } => {
             setup::all()?;

@@ -17,7 +17,6 @@ use crate::{
         datapath::{self, Datapath},
         pins,
     },
-    cli::Global,
     netlink::Netlink,
     sysctl,
 };
@@ -81,7 +80,7 @@ fn parse_timeout(s: &str) -> Result<(CtState, u32)> {
 }
 
 impl Attach {
-    pub async fn exec(self, _g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         validate_ifname(&self.bridge)?;
         let nl = Netlink::connect()?;
         let uplink = nl.link(&self.uplink).await?.with_context(|| {

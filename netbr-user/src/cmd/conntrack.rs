@@ -9,7 +9,6 @@ use serde_json::json;
 use crate::{
     addr::{from_be32, monotonic_ns},
     bpf::datapath::Datapath,
-    cli::Global,
 };
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +38,9 @@ pub struct ListArgs {
     /// Only flows with this port in their original or translated tuple.
     #[arg(long)]
     pub port: Option<u16>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl ListArgs {
@@ -73,9 +75,9 @@ fn tuple_text(k: &FlowKey) -> String {
 }
 
 impl ConntrackCmd {
-    pub async fn exec(self, g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         match self {
-            ConntrackCmd::List(args) => list(&args, g),
+            ConntrackCmd::List(args) => list(&args),
             ConntrackCmd::Flush(t) => {
                 let (mut dp, _) = Datapath::open(&t.bridge)?;
                 let n = dp.remove_flows(|_, _| true)?;
@@ -86,7 +88,7 @@ impl ConntrackCmd {
     }
 }
 
-fn list(args: &ListArgs, g: Global) -> Result<()> {
+fn list(args: &ListArgs) -> Result<()> {
     let (dp, _) = Datapath::open(&args.bridge)?;
     let endpoint = match &args.endpoint {
         Some(name) => Some(super::find_endpoint(&dp, &args.bridge, name)?.0),
@@ -112,7 +114,7 @@ fn list(args: &ListArgs, g: Global) -> Result<()> {
             "packets": { "original": e.packets[DIR_ORIG as usize], "reply": e.packets[DIR_REPLY as usize] },
             "bytes": { "original": e.bytes[DIR_ORIG as usize], "reply": e.bytes[DIR_REPLY as usize] },
         }));
-        if !g.json {
+        if !args.json {
             println!(
                 "{:<4} {:<11} {} -> {} {} age={}s expires={}s packets={}/{} bytes={}/{}",
                 proto_name(k.proto),
@@ -129,7 +131,7 @@ fn list(args: &ListArgs, g: Global) -> Result<()> {
             );
         }
     }
-    if g.json {
+    if args.json {
         super::print_json(&serde_json::Value::Array(rows));
     } else {
         println!("{} flow(s)", rows.len());

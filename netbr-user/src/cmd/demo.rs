@@ -7,7 +7,6 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use crate::{
-    cli::Global,
     probe::{self, Responder, Server},
     sandbox::{Sandbox, LAN_IP, UPLINK_IP},
 };
@@ -45,7 +44,7 @@ fn http_responder(name: String) -> Responder {
 }
 
 impl Demo {
-    pub async fn exec(self, _g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         let exe = std::env::current_exe().context("finding the netbr binary")?;
         let sb = Sandbox::create(exe)?;
         let result = narrate(&sb);

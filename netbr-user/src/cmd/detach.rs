@@ -3,7 +3,6 @@ use clap::Args;
 
 use crate::{
     bpf::{attach, datapath::pinned_endpoints, pins},
-    cli::Global,
     netlink::Netlink,
 };
 
@@ -18,7 +17,7 @@ pub struct Detach {
 }
 
 impl Detach {
-    pub async fn exec(self, _g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         let nl = Netlink::connect()?;
         let dir = pins::pin_dir(&self.bridge)?;
         let bridge = nl.link(&self.bridge).await?;

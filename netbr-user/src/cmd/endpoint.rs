@@ -8,7 +8,6 @@ use super::{find_endpoint, fixed, text};
 use crate::{
     addr::{from_be32, to_be32, Cidr},
     bpf::datapath::Datapath,
-    cli::Global,
     netlink::Netlink,
     netns::{self, NetnsGuard},
 };
@@ -22,10 +21,10 @@ pub enum EndpointCmd {
 }
 
 impl EndpointCmd {
-    pub async fn exec(self, g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         match self {
-            EndpointCmd::Add(c) => c.exec(g).await,
-            EndpointCmd::Rm(c) => c.exec(g).await,
+            EndpointCmd::Add(c) => c.exec().await,
+            EndpointCmd::Rm(c) => c.exec().await,
         }
     }
 }
@@ -80,7 +79,7 @@ fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Add {
-    pub async fn exec(self, _g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         validate_name(&self.name)?;
         let (mut dp, _) = Datapath::open(&self.bridge)?;
         let cfg = dp.config()?;
@@ -184,7 +183,7 @@ impl Add {
 }
 
 impl Rm {
-    pub async fn exec(self, _g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         let (mut dp, _) = Datapath::open(&self.bridge)?;
         let (ip, ep) = find_endpoint(&dp, &self.bridge, &self.name)?;
         let nl = Netlink::connect()?;

@@ -8,16 +8,19 @@ use netbr_common::{
 use serde_json::json;
 
 use super::text;
-use crate::{addr::from_be32, bpf::datapath::Datapath, cli::Global, netlink::Netlink};
+use crate::{addr::from_be32, bpf::datapath::Datapath, netlink::Netlink};
 
 #[derive(Args, Debug)]
 pub struct Ls {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Ls {
-    pub async fn exec(self, g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         let (dp, dir) = Datapath::open(&self.bridge)?;
         let cfg = dp.config()?;
         let nl = Netlink::connect()?;
@@ -87,7 +90,7 @@ impl Ls {
             "endpoints": eps,
             "mappings": mappings,
         });
-        if g.json {
+        if self.json {
             super::print_json(&doc);
             return Ok(());
         }

@@ -12,7 +12,6 @@ use super::{find_endpoint, text};
 use crate::{
     addr::{from_be32, to_be32},
     bpf::datapath::Datapath,
-    cli::Global,
 };
 
 fn parse_spec(s: &str) -> Result<PortSpec> {
@@ -94,7 +93,7 @@ fn host_port_free(k: &MappingKey) -> bool {
 }
 
 impl Publish {
-    pub async fn exec(self, _g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         let (mut dp, _) = Datapath::open(&self.bridge)?;
         let (ip, _) = find_endpoint(&dp, &self.bridge, &self.endpoint)?;
         // Addresses added since attach count too.
@@ -169,7 +168,7 @@ impl Publish {
 }
 
 impl Unpublish {
-    pub async fn exec(self, _g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         let (mut dp, _) = Datapath::open(&self.bridge)?;
         let (ip, _) = find_endpoint(&dp, &self.bridge, &self.endpoint)?;
         let existing = dp.mapping_list()?;

@@ -1,16 +1,19 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::{bpf::datapath::Datapath, cli::Global};
+use crate::bpf::datapath::Datapath;
 
 #[derive(Args, Debug)]
 pub struct Stats {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Stats {
-    pub async fn exec(self, g: Global) -> Result<()> {
+    pub async fn exec(self) -> Result<()> {
         let (dp, _) = Datapath::open(&self.bridge)?;
         let totals = dp.counter_totals()?;
         let attempts = dp.snat_attempts()?;
@@ -20,7 +23,7 @@ impl Stats {
             i if i == attempts.len() - 1 => "exhausted".to_string(),
             i => i.to_string(),
         };
-        if g.json {
+        if self.json {
             let mut map: serde_json::Map<_, _> = totals
                 .iter()
                 .map(|(r, v)| (r.name().to_string(), serde_json::json!(v)))
