@@ -24,6 +24,14 @@ fn attached() -> Sandbox {
     sb
 }
 
+/// An attached sandbox whose container 1 publishes `specs`.
+fn with_published(specs: &[&str]) -> Sandbox {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.publish(1, specs).expect("publish");
+    sb
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -838,9 +846,7 @@ fn udp_error_kind(ns: &std::path::Path, to: SocketAddr) -> std::io::ErrorKind {
 
 #[test]
 fn icmp_port_unreachable_is_translated_both_ways() {
-    let sb = attached();
-    sb.add_container(1).expect("c1");
-    sb.publish(1, &["5353:53/udp"]).expect("publish");
+    let sb = with_published(&["5353:53/udp"]);
     // Nothing listens in the container: its port unreachable must reach lan
     // as if from 192.0.2.1:5353, or lan's socket would never hear of it.
     assert_eq!(
@@ -859,9 +865,7 @@ fn icmp_port_unreachable_is_translated_both_ways() {
 
 #[test]
 fn path_mtu_discovery_works_through_a_published_port() {
-    let sb = attached();
-    sb.add_container(1).expect("c1");
-    sb.publish(1, &["5353:53/udp"]).expect("publish");
+    let sb = with_published(&["5353:53/udp"]);
     let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
     // The container side is narrower than the uplink: the host must answer
     // a too-big DF datagram with "fragmentation needed", quoting the packet
@@ -915,9 +919,7 @@ fn path_mtu_discovery_works_through_a_published_port() {
 
 #[test]
 fn ttl_exceeded_reaches_the_sender_through_a_published_port() {
-    let sb = attached();
-    sb.add_container(1).expect("c1");
-    sb.publish(1, &["5353:53/udp"]).expect("publish");
+    let sb = with_published(&["5353:53/udp"]);
     let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
     // traceroute's first hop: TTL 1 dies at the host, which quotes the packet
     // after DNAT. lan hears of it only if the quote is translated back.
@@ -953,9 +955,7 @@ fn ttl_exceeded_reaches_the_sender_through_a_published_port() {
 
 #[test]
 fn fragmented_datagrams_cross_the_nat_both_ways() {
-    let sb = attached();
-    sb.add_container(1).expect("c1");
-    sb.publish(1, &["5353:53/udp"]).expect("publish");
+    let sb = with_published(&["5353:53/udp"]);
     let _c = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("container udp");
     let _l = Server::udp(&sb.lan_path(), 9001, probe::echo()).expect("lan udp");
     // 4000 bytes: three fragments on a 1500-byte link, each way.
@@ -976,9 +976,7 @@ fn fragmented_datagrams_cross_the_nat_both_ways() {
 
 #[test]
 fn the_fast_path_carries_traffic_exactly_when_asked() {
-    let sb = attached();
-    sb.add_container(1).expect("c1");
-    sb.publish(1, &["8080:80"]).expect("publish");
+    let sb = with_published(&["8080:80"]);
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     let _lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
     for _ in 0..3 {
@@ -1012,9 +1010,7 @@ fn the_fast_path_carries_traffic_exactly_when_asked() {
 
 #[test]
 fn detach_keep_bridge_then_attach_serves_the_same_endpoints_again() {
-    let sb = attached();
-    sb.add_container(1).expect("c1");
-    sb.publish(1, &["8080:80"]).expect("publish");
+    let sb = with_published(&["8080:80"]);
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     assert_eq!(
         probe::tcp_request(&sb.lan_path(), published(8080), b"1").expect("before"),
