@@ -1077,7 +1077,7 @@ fn bench_measures_every_metric_for_every_arm() {
         serde_json::from_slice(&std::fs::read(&out_file).expect("json")).expect("parse");
     let _ = std::fs::remove_file(&out_file);
     let rows = doc["results"].as_array().expect("results");
-    assert_eq!(rows.len(), 3 * 5, "{doc:#}");
+    assert_eq!(rows.len(), 3 * 7, "{doc:#}");
     for r in rows {
         assert!(r["median"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     }

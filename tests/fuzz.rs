@@ -23,7 +23,7 @@ use netbr::{
     probe::inet_checksum,
 };
 use netbr_common::{
-    conntrack::{CtEntry, FlowKey, DIR_ORIG, STATE_COUNT},
+    conntrack::{CtEntry, CtState, FlowKey, DIR_ORIG, STATE_COUNT},
     counters::Reason,
     maps::{Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, MAP_FRAGMENTS},
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -579,14 +579,25 @@ fn hex(b: &[u8]) -> String {
 /// Mirrors `conntrack::claim_reply`: whether a new flow whose reply tuple is
 /// `reply_key` can be created, so the model knows a DnatNew from a drop.
 fn claimable(f: &Fixture, reply_key: &FlowKey, reply_xlat: &FlowKey) -> bool {
+    // A finished TCP flow gives its tuple up (conntrack::held).
+    let finished = |e: &CtEntry, assured: bool| {
+        let state = if e.dir == DIR_ORIG {
+            Some(e.state)
+        } else {
+            f.ct_in(&e.xlat.reversed(), assured).map(|o| o.state)
+        };
+        matches!(state, Some(s) if s == CtState::TimeWait as u8 || s == CtState::Close as u8)
+    };
     if let Some(e) = f.ct_in(reply_key, true) {
-        if e.dir == DIR_ORIG || f.ct_in(&e.xlat.reversed(), true).is_some() {
+        let live = e.dir == DIR_ORIG || f.ct_in(&e.xlat.reversed(), true).is_some();
+        if live && !finished(&e, true) {
             return false;
         }
     }
     match f.ct_in(reply_key, false) {
         None => true,
         Some(e) if e.xlat == *reply_xlat => true,
+        Some(e) if finished(&e, false) => true,
         Some(e) if e.dir == DIR_ORIG => false,
         Some(e) => {
             f.ct_in(&e.xlat.reversed(), false).is_none()

@@ -834,3 +834,34 @@ fn fast_path_leaves_too_big_packets_to_the_stack() {
         "a packet that fits takes the fast path"
     );
 }
+
+#[test]
+fn a_finished_tcp_flow_gives_its_snat_port_to_a_new_connection() {
+    // One SNAT port, held by a connection that has closed (TIME_WAIT).
+    let mut h = Harness::new((61000, 61000));
+    h.run(UP_OUT, &Spec::tcp((WEB, 40000), (REMOTE, 443), SYN).build());
+    h.run(
+        UP_IN,
+        &Spec::tcp((REMOTE, 443), (HOST, 61000), SYN | ACK).build(),
+    );
+    h.run(UP_OUT, &Spec::tcp((WEB, 40000), (REMOTE, 443), ACK).build());
+    h.run(
+        UP_OUT,
+        &Spec::tcp((WEB, 40000), (REMOTE, 443), 0x11).build(),
+    );
+    h.run(
+        UP_IN,
+        &Spec::tcp((REMOTE, 443), (HOST, 61000), 0x11).build(),
+    );
+    assert_eq!(h.flows()[0].1.state, CtState::TimeWait as u8);
+    // A new connection to the same peer takes the port over...
+    let (verdict, out) = h.run(
+        UP_OUT,
+        &Spec::tcp((CLIENT, 40001), (REMOTE, 443), SYN).build(),
+    );
+    assert_eq!(verdict, PASS);
+    assert_eq!(parse_checked(&out), seen((HOST, 61000), (REMOTE, 443)));
+    // ...while a live one keeps it.
+    let (verdict, _) = h.run(UP_OUT, &Spec::tcp((WEB, 40002), (REMOTE, 443), SYN).build());
+    assert_eq!(verdict, SHOT);
+}

@@ -164,12 +164,11 @@ pub fn reply_entry(
 
 /// Claims `reply_key` for a new flow. Inserting with `BPF_NOEXIST` makes the
 /// claim atomic, so two CPUs racing for one SNAT port cannot both win it. A
-/// key held by a dead flow (expired, or its partner evicted) is reclaimed:
-/// `lookup` removes such entries.
+/// key held by a dead flow (expired, or its partner evicted) or a finished
+/// one (see `held`) is reclaimed.
 #[inline(always)]
 pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
-    // An assured flow holds it.
-    if lookup_in(&CONNTRACK, true, reply_key, cfg, now).is_some() {
+    if held(&CONNTRACK, true, reply_key, cfg, now) {
         return false;
     }
     if CT_NEW.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
@@ -182,8 +181,33 @@ pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64)
     if unsafe { CT_NEW.get(reply_key) }.is_some_and(|e| e.xlat == reply.xlat) {
         return true;
     }
-    lookup_in(&CT_NEW, false, reply_key, cfg, now).is_none()
+    !held(&CT_NEW, false, reply_key, cfg, now)
         && CT_NEW.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Whether a flow that still needs it holds tuple `key` in `table`. A
+/// finished TCP flow (TIME_WAIT or CLOSE) gives its tuple up to a new one,
+/// as the kernel's tcp_tw_reuse does; otherwise every short connection would
+/// pin its SNAT port for the whole TIME_WAIT timeout, and a busy container
+/// would run the range dry.
+#[inline(always)]
+fn held(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> bool {
+    let Some(flow) = lookup_in(table, assured, key, cfg, now) else {
+        return false;
+    };
+    // SAFETY: map value pointers from `lookup_in`.
+    let (e, state) = unsafe { (&*flow.entry, (*flow.orig).state) };
+    if !matches!(CtState::from_u8(state), CtState::TimeWait | CtState::Close) {
+        return true;
+    }
+    let (orig_key, reply_key) = if e.dir == DIR_ORIG {
+        (*key, e.xlat.reversed())
+    } else {
+        (e.xlat.reversed(), *key)
+    };
+    let _ = table.remove(&orig_key);
+    let _ = table.remove(&reply_key);
+    false
 }
 
 /// Completes a flow whose reply entry is claimed: turns the scratch entry

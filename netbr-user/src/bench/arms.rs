@@ -107,16 +107,18 @@ fn run(sb: &Sandbox, cmd: &str, args: &[&str], input: Option<&str>) -> Result<()
     Ok(())
 }
 
+/// The connect/close clients open thousands of connections a second: let
+/// their namespace reuse TIME_WAIT ports and use the whole ephemeral range.
+fn tune_client() -> Result<()> {
+    crate::sysctl::write("net.ipv4.tcp_tw_reuse", "1")?;
+    crate::sysctl::write("net.ipv4.ip_local_port_range", "1024 65000")
+}
+
 /// Builds the arm's sandbox with `ports` published ports (the measured one
 /// last, where iptables evaluates it last).
 pub fn setup(arm: Arm, netbr: &std::path::Path, ports: u16) -> Result<Setup> {
     let sb = Sandbox::create(netbr)?;
-    // The connect/close client opens thousands of connections a second:
-    // let lan reuse TIME_WAIT ports and give it the whole ephemeral range.
-    crate::netns::run_in(&sb.lan_path(), || -> Result<()> {
-        crate::sysctl::write("net.ipv4.tcp_tw_reuse", "1")?;
-        crate::sysctl::write("net.ipv4.ip_local_port_range", "1024 65000")
-    })??;
+    crate::netns::run_in(&sb.lan_path(), tune_client)??;
     match arm {
         Arm::Netbr | Arm::NetbrFast => {
             let extra: &[&str] = if arm == Arm::NetbrFast {
@@ -168,6 +170,8 @@ pub fn setup(arm: Arm, netbr: &std::path::Path, ports: u16) -> Result<Setup> {
             }
         }
     }
+    // The container is a client too, through masquerade.
+    crate::netns::run_in(&sb.container_path(1), tune_client)??;
     let (tcp, udp) = if arm == Arm::Routed {
         (
             SocketAddr::from((CONTAINER, TCP_PORT)),

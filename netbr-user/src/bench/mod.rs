@@ -38,14 +38,21 @@ pub struct Bench {
     pub json: Option<std::path::PathBuf>,
 }
 
-/// Metric name, and whether higher is better.
-const METRICS: [(&str, bool); 5] = [
+/// Metric name, and whether higher is better. `masq_*` run from the
+/// container to lan through masquerade; the rest from lan through DNAT.
+const METRICS: [(&str, bool); 7] = [
     ("connect_close_per_s", true),
     ("rr_per_s", true),
     ("rr_p50_us", false),
     ("rr_p99_us", false),
     ("udp64_pps", true),
+    ("masq_connect_close_per_s", true),
+    ("masq_udp64_pps", true),
 ];
+
+/// lan's servers for the masquerade direction.
+const LAN_TCP: u16 = 9000;
+const LAN_UDP: u16 = 9001;
 
 struct Stat {
     median: f64,
@@ -90,11 +97,16 @@ impl Bench {
                 .collect::<Result<_>>()?;
             let mut servers = Vec::new();
             let mut sinks = Vec::new();
+            let mut lan_sinks = Vec::new();
             for s in &setups {
                 let c = s.sb.container_path(1);
                 servers.push(load::EchoServer::start(&c, arms::TCP_PORT)?);
                 sinks.push(load::UdpSink::start(&c, arms::UDP_PORT)?);
+                servers.push(load::EchoServer::start(&s.sb.lan_path(), LAN_TCP)?);
+                lan_sinks.push(load::UdpSink::start(&s.sb.lan_path(), LAN_UDP)?);
             }
+            let lan_tcp = std::net::SocketAddr::from((crate::sandbox::LAN_IP, LAN_TCP));
+            let lan_udp = std::net::SocketAddr::from((crate::sandbox::LAN_IP, LAN_UDP));
             for round in 0..rounds {
                 // Rotate the order each round so no arm always goes first.
                 for k in 0..setups.len() {
@@ -107,7 +119,13 @@ impl Bench {
                         .with_context(|| format!("{} request/response", s.arm.name()))?;
                     let udp = load::udp_rate(&lan, s.udp, &sinks[i], dur)
                         .with_context(|| format!("{} UDP", s.arm.name()))?;
-                    for (m, v) in METRICS.iter().map(|m| m.0).zip([cc, rr, p50, p99, udp]) {
+                    let c = s.sb.container_path(1);
+                    let mcc = load::connect_close(&c, lan_tcp, dur)
+                        .with_context(|| format!("{} masquerade connect/close", s.arm.name()))?;
+                    let mudp = load::udp_rate(&c, lan_udp, &lan_sinks[i], dur)
+                        .with_context(|| format!("{} masquerade UDP", s.arm.name()))?;
+                    let values = [cc, rr, p50, p99, udp, mcc, mudp];
+                    for (m, v) in METRICS.iter().map(|m| m.0).zip(values) {
                         samples.entry((n, s.arm, m)).or_default().push(v);
                     }
                 }
@@ -115,6 +133,7 @@ impl Bench {
             }
             drop(servers);
             drop(sinks);
+            drop(lan_sinks);
             drop(setups);
         }
         let table = report(&samples, &arms, &ports, rounds, secs);
