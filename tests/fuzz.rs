@@ -7,7 +7,8 @@
 //! fields the model allows to change, the translated tuple, and checksum
 //! validity must agree with the model. `NETBR_FUZZ_PACKETS` sets the count
 //! (default one million; `cargo xtask fuzz --packets N`), `NETBR_FUZZ_SEED`
-//! the seed.
+//! the seed; `NETBR_FUZZ_DEBUG=1` prints the conntrack entry the first
+//! mismatching packet's tuple hit.
 
 mod support;
 

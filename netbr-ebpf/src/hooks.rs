@@ -219,6 +219,11 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
 /// says so and the next hop is known. New flows are not opened here: their
 /// first packet takes the host stack and the uplink creates them. A BPF
 /// function of its own, to keep its frame off the others' stack.
+///
+/// It looks the flow up again although `translate_tracked` just did: handing
+/// the flow's map-value pointers back through that function's return slot
+/// fails verification ("invalid size of register fill"), and pointers cannot
+/// be parked in a map either.
 #[inline(never)]
 fn fast_out(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Option<Outcome>, Reason> {
     let now = now();

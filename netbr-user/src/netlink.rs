@@ -219,20 +219,6 @@ impl Netlink {
             .with_context(|| format!("adding default route via {gateway}"))
     }
 
-    pub async fn add_route(&self, dest: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
-        self.handle
-            .route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dest, prefix)
-                    .gateway(gateway)
-                    .build(),
-            )
-            .execute()
-            .await
-            .with_context(|| format!("adding route {dest}/{prefix} via {gateway}"))
-    }
-
     pub async fn del_link(&self, index: u32) -> Result<()> {
         let mut links = self.handle.link();
         links.del(index).execute().await.context("deleting link")

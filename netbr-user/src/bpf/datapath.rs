@@ -51,12 +51,16 @@ pub fn pinned_ct_max(dir: &Path) -> Result<u32> {
 /// pins are of an incompatible layout.
 pub fn pinned_endpoints(dir: &Path) -> Result<Vec<(u32, Endpoint)>> {
     let map: HashMap<MapData, u32, Endpoint> =
-        typed(open_pinned(dir, MAP_ENDPOINTS)?, MAP_ENDPOINTS)?;
+        typed(&mut |name| open_pinned(dir, name), MAP_ENDPOINTS)?;
     map.iter().map(|r| r.context("reading endpoints")).collect()
 }
 
-fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+/// Map `name` from `get`, as its typed handle.
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    get: &mut impl FnMut(&str) -> Result<Map>,
+    name: &str,
+) -> Result<T> {
+    T::try_from(get(name)?).with_context(|| format!("map {name} has an unexpected type"))
 }
 
 impl Datapath {
@@ -72,35 +76,28 @@ impl Datapath {
     }
 
     pub fn from_pins(dir: &Path) -> Result<Self> {
-        let open = |name: &str| open_pinned(dir, name);
-        Ok(Self {
-            config: typed(open(MAP_CONFIG)?, MAP_CONFIG)?,
-            mappings: typed(open(MAP_MAPPINGS)?, MAP_MAPPINGS)?,
-            conntrack: typed(open(MAP_CONNTRACK)?, MAP_CONNTRACK)?,
-            conntrack_new: typed(open(MAP_CONNTRACK_NEW)?, MAP_CONNTRACK_NEW)?,
-            local_addrs: typed(open(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
-            endpoints: typed(open(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
-            counters: typed(open(MAP_COUNTERS)?, MAP_COUNTERS)?,
-            snat_histogram: typed(open(MAP_SNAT_HISTOGRAM)?, MAP_SNAT_HISTOGRAM)?,
-            fast_path: typed(open(MAP_FAST_PATH)?, MAP_FAST_PATH)?,
-        })
+        Self::from_source(|name| open_pinned(dir, name))
     }
 
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name: &str| {
+        Self::from_source(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
-        };
+        })
+    }
+
+    /// Every map, by name, from `get`: the pins or a freshly loaded object.
+    fn from_source(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            config: typed(take(MAP_CONFIG)?, MAP_CONFIG)?,
-            mappings: typed(take(MAP_MAPPINGS)?, MAP_MAPPINGS)?,
-            conntrack: typed(take(MAP_CONNTRACK)?, MAP_CONNTRACK)?,
-            conntrack_new: typed(take(MAP_CONNTRACK_NEW)?, MAP_CONNTRACK_NEW)?,
-            local_addrs: typed(take(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
-            endpoints: typed(take(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?,
-            counters: typed(take(MAP_COUNTERS)?, MAP_COUNTERS)?,
-            snat_histogram: typed(take(MAP_SNAT_HISTOGRAM)?, MAP_SNAT_HISTOGRAM)?,
-            fast_path: typed(take(MAP_FAST_PATH)?, MAP_FAST_PATH)?,
+            config: typed(&mut get, MAP_CONFIG)?,
+            mappings: typed(&mut get, MAP_MAPPINGS)?,
+            conntrack: typed(&mut get, MAP_CONNTRACK)?,
+            conntrack_new: typed(&mut get, MAP_CONNTRACK_NEW)?,
+            local_addrs: typed(&mut get, MAP_LOCAL_ADDRS)?,
+            endpoints: typed(&mut get, MAP_ENDPOINTS)?,
+            counters: typed(&mut get, MAP_COUNTERS)?,
+            snat_histogram: typed(&mut get, MAP_SNAT_HISTOGRAM)?,
+            fast_path: typed(&mut get, MAP_FAST_PATH)?,
         })
     }
 
