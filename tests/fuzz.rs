@@ -30,7 +30,7 @@ use netbr_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use support::{
-    config::{test_config, BRIDGE_MAC, HOST},
+    config::{test_config, BRIDGE_MAC, CT_MAX, HOST},
     model::{self, Expect, Hook, Tables},
     packet::{fragment, Spec},
 };
@@ -108,7 +108,7 @@ impl Tables for Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let mut ebpf = netbr::bpf::attach::load(None, 65_536).expect("load");
+        let mut ebpf = netbr::bpf::attach::load(None, CT_MAX).expect("load");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         // Nothing expires during a run.
         dp.set_config(&test_config((61000, 65535), [86_400; STATE_COUNT]))

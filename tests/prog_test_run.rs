@@ -55,8 +55,9 @@ impl Harness {
     fn with_ct_max(snat: (u16, u16), ct_max: u32) -> Self {
         let mut ebpf = netbr::bpf::attach::load(None, ct_max).expect("load the BPF object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
-        dp.set_config(&test_config(snat, DEFAULT_TIMEOUTS))
-            .expect("config");
+        let mut cfg = test_config(snat, DEFAULT_TIMEOUTS);
+        cfg.ct_max = ct_max;
+        dp.set_config(&cfg).expect("config");
         for addr in [HOST, GATEWAY, Ipv4Addr::LOCALHOST] {
             dp.local_addrs
                 .insert(to_be32(addr), 1, 0)
@@ -642,6 +643,80 @@ fn a_flood_of_new_flows_never_evicts_established_ones() {
             .find(|(k, _)| k.sport == port.to_be())
             .unwrap_or_else(|| panic!("flow from port {port} is gone"));
         assert_eq!(e.packets, [3, 2], "flow from port {port} was re-created");
+    }
+}
+
+#[test]
+fn a_full_assured_table_refuses_new_flows_logs_once_and_recovers_as_flows_expire() {
+    // 64 entries per table: 32 established flows fill the assured one.
+    let mut h = Harness::with_ct_max((61000, 65535), 64);
+    h.publish(TCP, 8080, WEB, 80);
+    let handshake = |h: &mut Harness, port: u16| -> u32 {
+        h.run(UP_IN, &Spec::tcp((LAN, port), (HOST, 8080), SYN).build());
+        h.run(
+            UP_OUT,
+            &Spec::tcp((WEB, 80), (LAN, port), SYN | ACK).build(),
+        );
+        h.run(UP_IN, &Spec::tcp((LAN, port), (HOST, 8080), ACK).build())
+            .0
+    };
+    let established: Vec<u16> = (41000..41032).collect();
+    for &port in &established {
+        assert_eq!(handshake(&mut h, port), PASS, "flow from port {port}");
+    }
+    assert_eq!(
+        h.dp.conntrack.keys().count(),
+        64,
+        "the assured table is full"
+    );
+    assert!(h.dp.drain_events().is_empty());
+
+    // The next flow completes its handshake in the new-flow table, then
+    // cannot be promoted: refused, counted, logged.
+    assert_eq!(handshake(&mut h, 42000), SHOT);
+    assert_eq!(h.counter(Reason::DropCtFull), 1);
+    // From then on new flows are refused at their first packet, as
+    // netfilter refuses them when its table is full; logged once a second.
+    let (verdict, _) = h.run(UP_IN, &Spec::tcp((LAN, 42001), (HOST, 8080), SYN).build());
+    assert_eq!(verdict, SHOT);
+    let (verdict, _) = h.run(UP_OUT, &Spec::udp((WEB, 5353), (REMOTE, 53)).build());
+    assert_eq!(verdict, SHOT);
+    assert_eq!(h.counter(Reason::DropCtFull), 3);
+    let events = h.dp.drain_events();
+    assert_eq!(events.len(), 1, "rate-limited: {events:?}");
+    assert_eq!(events[0].reason, Reason::DropCtFull as u32);
+    assert_eq!(events[0].detail, 32, "established flows");
+    assert!(
+        h.flows().iter().all(|(k, _)| u16::from_be(k.sport) < 42000),
+        "a refused flow leaves nothing behind"
+    );
+
+    // Established flows never noticed.
+    let ack = |port: u16| Spec::tcp((LAN, port), (HOST, 8080), ACK).build();
+    for &port in &established {
+        let (verdict, out) = h.run(UP_IN, &ack(port));
+        assert_eq!(verdict, PASS);
+        assert_eq!(parse_checked(&out), seen((LAN, port), (WEB, 80)));
+    }
+
+    // Half of them end (RST) and time out at once (a CLOSE timeout of 0).
+    for &port in &established[..16] {
+        h.run(
+            UP_IN,
+            &Spec::tcp((LAN, port), (HOST, 8080), netbr_common::conntrack::TCP_RST).build(),
+        );
+    }
+    let mut cfg = h.dp.config().expect("config");
+    cfg.timeouts[CtState::Close as usize] = 0;
+    h.dp.set_config(&cfg).expect("config");
+    // The next collection is due one interval after the last.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(handshake(&mut h, 42002), PASS, "service returns");
+    assert_eq!(h.counter(Reason::DropCtFull), 3);
+    assert_eq!(h.counter(Reason::CtExpired), 16);
+    for &port in &established[16..] {
+        let (_, out) = h.run(UP_IN, &ack(port));
+        assert_eq!(parse_checked(&out), seen((LAN, port), (WEB, 80)));
     }
 }
 

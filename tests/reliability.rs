@@ -169,6 +169,44 @@ fn detach_then_attach_restores_service() {
     assert_eq!(back, b"again");
 }
 
+#[test]
+fn a_full_conntrack_table_refuses_new_flows_logs_it_and_serves_again_once_flows_expire() {
+    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    // 64 entries per table: 32 answered UDP flows fill the assured one.
+    sb.attach_with(&["--ct-max", "64", "--timeout", "udp_stream=5"])
+        .expect("attach");
+    sb.add_container(1).expect("c1");
+    sb.publish(1, &["5353:53/udp"]).expect("publish");
+    let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
+    let to = SocketAddr::from((UPLINK_IP, 5353));
+    let ask = |port: u16| probe::udp_request(&sb.lan_path(), to, port, b"q");
+    for port in 40000..40032 {
+        assert_eq!(ask(port).expect("a flow while there is room"), b"q");
+    }
+    // The 33rd flow's answer cannot be admitted; the 34th is refused at
+    // its first packet.
+    assert!(ask(40032).is_err(), "no room for a 33rd flow");
+    assert!(ask(40033).is_err(), "no room for a 34th flow");
+    let stats = sb.stats().expect("stats");
+    assert!(stats["drop_ct_full"].as_u64() >= Some(2), "{stats}");
+    let events = sb.netbr_ok(&["events", "--json"]).expect("events");
+    let lines: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert!(
+        lines.iter().any(|e| e["reason"] == "drop_ct_full"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--ct-max"))),
+        "events: {events}"
+    );
+    // Every flow stays idle past its 5 s timeout; the next packet's
+    // collection finds room and service returns without anyone acting.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(ask(40034).expect("service returns"), b"q");
+}
+
 /// A re-attach over pins of another layout fails and names the fix.
 fn assert_attach_refused_for_layout(sb: &Sandbox) {
     let out = sb

@@ -51,9 +51,13 @@ pub enum Reason {
     /// A later fragment whose first fragment this hook never saw (lost,
     /// reordered, or forged): nothing says where it belongs.
     DropFragNoFirst,
+    /// The assured table is full of live flows: a flow that just became
+    /// established could not be admitted and its packet was dropped
+    /// (netfilter's "table full, dropping packet"). Raise `--ct-max`.
+    DropCtFull,
 }
 
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 23;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -79,6 +83,7 @@ impl Reason {
         Reason::DropIcmpNoFlow,
         Reason::IcmpErrorTranslated,
         Reason::DropFragNoFirst,
+        Reason::DropCtFull,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -106,6 +111,7 @@ impl Reason {
             Reason::DropIcmpNoFlow => "drop_icmp_no_flow",
             Reason::IcmpErrorTranslated => "icmp_error_translated",
             Reason::DropFragNoFirst => "drop_frag_no_first",
+            Reason::DropCtFull => "drop_ct_full",
         }
     }
 
@@ -121,6 +127,7 @@ impl Reason {
                 | Reason::DropNoEndpoint
                 | Reason::DropIcmpNoFlow
                 | Reason::DropFragNoFirst
+                | Reason::DropCtFull
         )
     }
 }

@@ -4,8 +4,9 @@
 /// Kernel object names are cut at 15 characters; these stay well below.
 pub const MAP_CONFIG: &str = "NB_CFG";
 pub const MAP_MAPPINGS: &str = "NB_MAPS";
-/// Assured flows (TCP established, UDP answered): only ever evicted by each
-/// other, never by a flood of new flows.
+/// Assured flows (TCP established, UDP answered): a plain hash, never
+/// evicted. When it is full, flows about to become assured are refused
+/// (`DropCtFull`) until expired entries are collected.
 pub const MAP_CONNTRACK: &str = "NB_CT4";
 /// Flows being set up: LRU, so a flood of new flows evicts only its own kind,
 /// as netfilter's early_drop evicts only entries that are not ASSURED.
@@ -23,9 +24,37 @@ pub const FAST_OUT_UPLINK: u32 = 1;
 pub const FAST_COUNT: u32 = 2;
 /// Per-CPU histogram of SNAT port-search attempts (`snat::SNAT_HISTOGRAM_LEN`).
 pub const MAP_SNAT_HISTOGRAM: &str = "NB_SNATH";
+/// Ring buffer of `Event`s, the datapath's rate-limited log; `netbr events`
+/// drains it.
+pub const MAP_EVENTS: &str = "NB_EVENTS";
+pub const EVENTS_BYTES: u32 = 64 * 1024;
+/// Per-reason time (monotonic ns) of the last event; then the time of the
+/// last collection of the assured table (`EVENT_SLOT_GC`) and the entries
+/// it held when last found full, 0 once a collection found room
+/// (`EVENT_SLOT_FULL`).
+pub const MAP_EVENT_LAST: &str = "NB_EVLAST";
+pub const EVENT_SLOT_GC: u32 = crate::counters::REASON_COUNT;
+pub const EVENT_SLOT_FULL: u32 = crate::counters::REASON_COUNT + 1;
+pub const EVENT_SLOTS: u32 = crate::counters::REASON_COUNT + 2;
+/// At most one event per reason, and one collection, per this interval.
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// One line of the datapath's log: something an operator must act on
+/// happened (`reason` is a `counters::Reason`; its counter says how often,
+/// the log only that it did).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// Monotonic clock (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    pub reason: u32,
+    /// Entries the assured table held after collection, for `DropCtFull`;
+    /// 0 otherwise.
+    pub detail: u32,
+}
 
 /// Every map the loader pins, in one list so attach and detach agree.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_MAPPINGS,
     MAP_CONNTRACK,
@@ -37,6 +66,8 @@ pub const PINNED_MAPS: [&str; 11] = [
     MAP_FRAGMENTS,
     MAP_SNAT_HISTOGRAM,
     MAP_FAST_PATH,
+    MAP_EVENTS,
+    MAP_EVENT_LAST,
 ];
 
 /// Program names (ELF symbol names) and the hook each one is attached to.
@@ -55,7 +86,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/netbr";
 
 /// Bumped whenever a pinned map's key or value layout changes, so an `attach`
 /// of a newer binary can tell that pinned maps were written by an older one.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
@@ -179,6 +210,10 @@ pub struct Config {
     /// redirects to a container itself (hairpin).
     pub bridge_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Entries per conntrack table (`--ct-max`): the datapath tells a full
+    /// assured table from one with room by it.
+    pub ct_max: u32,
+    pub _pad2: u32,
     /// `SO_NETNS_COOKIE` of the attached namespace: the cgroup hooks see
     /// every process of the machine and act only for sockets of this one.
     pub netns_cookie: u64,
@@ -231,7 +266,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 4 + 6 + 2 + 64 + 104);
         assert_eq!(
             size_of::<Config>(),
-            8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4 + 8 + 8
+            8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4 + 8 + 8 + 8
         );
         assert_eq!(size_of::<SockKey>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);
@@ -257,6 +292,8 @@ mod tests {
             flags: 0,
             bridge_mac: [0; 6],
             _pad: [0; 2],
+            ct_max: 0,
+            _pad2: 0,
             netns_cookie: 0,
         };
         assert!(cfg.in_subnet(u32::from_ne_bytes([172, 30, 9, 3])));

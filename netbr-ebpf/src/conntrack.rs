@@ -1,29 +1,62 @@
-//! The conntrack tables: lookup with expiry, flow creation, accounting, and
-//! promotion of assured flows. Entry layout and invariants are described in
-//! `netbr_common::conntrack`.
+//! The conntrack tables: lookup with expiry, flow creation, accounting,
+//! promotion of assured flows, and collection of expired ones when full.
+//! Entry layout and invariants are described in `netbr_common::conntrack`.
 //!
-//! Two LRU tables, as netfilter's early_drop evicts only flows that are not
-//! ASSURED: flows start in `CT_NEW` and move to `CONNTRACK` once they have
-//! seen traffic both ways. A flood of new flows then evicts only other new
-//! flows; an established one can only be pushed out by established ones.
-//! Both entries of a flow always live in the same table.
+//! Two tables, because netfilter's early_drop evicts only flows that are
+//! not ASSURED: flows start in `CT_NEW` (LRU) and move to `CONNTRACK` once
+//! they have seen traffic both ways. A flood of new flows then evicts only
+//! other new flows. `CONNTRACK` is a plain hash, so nothing evicts an
+//! established flow: when it is full, a flow about to become assured is
+//! refused (`DropCtFull`, logged) after one collection of expired entries,
+//! and service returns as flows end and time out. Both entries of a flow
+//! always live in the same table.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    maps::LruHashMap,
+    helpers::bpf_for_each_map_elem,
+    maps::{HashMap, LruHashMap},
 };
 use netbr_common::{
     conntrack::{expired, is_assured, next_state, CtEntry, CtState, FlowKey, DIR_ORIG, DIR_REPLY},
     counters::Reason,
-    maps::Config,
+    maps::{Config, EVENT_SLOT_FULL, EVENT_SLOT_GC},
 };
 
 use crate::{
     counters::count,
-    maps::{CONNTRACK, CT_NEW, SCRATCH},
+    events,
+    maps::{CONNTRACK, CT_NEW, EVENT_LAST, SCRATCH},
 };
 
-type Table = LruHashMap<FlowKey, CtEntry>;
+/// What the flow logic needs of either table.
+trait Table {
+    fn entry(&self, key: &FlowKey) -> Option<*mut CtEntry>;
+    fn put(&self, key: &FlowKey, value: &CtEntry, flags: u32) -> Result<(), i32>;
+    fn erase(&self, key: &FlowKey);
+}
+
+macro_rules! impl_table {
+    ($map:ident) => {
+        impl Table for $map<FlowKey, CtEntry> {
+            #[inline(always)]
+            fn entry(&self, key: &FlowKey) -> Option<*mut CtEntry> {
+                self.get_ptr_mut(key)
+            }
+            #[inline(always)]
+            fn put(&self, key: &FlowKey, value: &CtEntry, flags: u32) -> Result<(), i32> {
+                self.insert(key, value, flags as u64)
+            }
+            #[inline(always)]
+            fn erase(&self, key: &FlowKey) {
+                let _ = self.remove(key);
+            }
+        }
+    };
+}
+impl_table!(HashMap);
+impl_table!(LruHashMap);
 
 /// How long a freshly claimed reply entry may wait for its original entry
 /// before `lookup` treats it as garbage. Far longer than the few instructions
@@ -49,15 +82,21 @@ pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
 /// (LRU eviction takes one entry at a time) or whose state timed out are
 /// removed here, so expiry needs no garbage collector.
 #[inline(always)]
-fn lookup_in(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
-    let entry = table.get_ptr_mut(key)?;
+fn lookup_in(
+    table: &impl Table,
+    assured: bool,
+    key: &FlowKey,
+    cfg: &Config,
+    now: u64,
+) -> Option<Flow> {
+    let entry = table.entry(key)?;
     // SAFETY: a map value pointer stays valid for the program's run.
     let e = unsafe { &*entry };
     let orig_key = e.xlat.reversed();
     let orig = if e.dir == DIR_ORIG {
         entry
     } else {
-        match table.get_ptr_mut(&orig_key) {
+        match table.entry(&orig_key) {
             Some(orig) => orig,
             None => {
                 // A reply entry without its original: LRU evicted the
@@ -65,7 +104,7 @@ fn lookup_in(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64
                 // and has not inserted the original yet. Only the first is
                 // garbage; taking the second would give its port to two flows.
                 if now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS {
-                    let _ = table.remove(key);
+                    table.erase(key);
                 }
                 return None;
             }
@@ -80,8 +119,8 @@ fn lookup_in(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64
         } else {
             (orig_key, *key)
         };
-        let _ = table.remove(&orig_key);
-        let _ = table.remove(&reply_key);
+        table.erase(&orig_key);
+        table.erase(&reply_key);
         return None;
     }
     Some(Flow {
@@ -93,48 +132,185 @@ fn lookup_in(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64
 
 /// Records a packet of a tracked flow whose tuple is `key`: state
 /// transition, counters, last seen; promotes the flow once it is assured.
+/// Fails only when the flow cannot be promoted because the assured table is
+/// full: the flow is then gone and its packet must be dropped.
 #[inline(always)]
-pub fn account(flow: &Flow, key: &FlowKey, proto: u8, tcp_flags: u8, len: u32, now: u64) {
+pub fn account(
+    flow: &Flow,
+    key: &FlowKey,
+    tcp_flags: u8,
+    len: u32,
+    cfg: &Config,
+    now: u64,
+) -> Result<(), Reason> {
     // SAFETY: map value pointers from `lookup`, valid for this run. Two CPUs
     // may race on the counters; they are statistics, not accounting.
     let (e, o) = unsafe { (&*flow.entry, &mut *flow.orig) };
     let dir = e.dir;
-    let state = next_state(proto, CtState::from_u8(o.state), dir, tcp_flags);
+    let state = next_state(key.proto, CtState::from_u8(o.state), dir, tcp_flags);
     o.state = state as u8;
     o.last_seen_ns = now;
     let d = (dir & 1) as usize;
     o.packets[d] += 1;
     o.bytes[d] += len as u64;
-    if !flow.assured && is_assured(state) {
-        let (orig_key, reply_key) = if dir == DIR_ORIG {
-            (*key, o.xlat.reversed())
-        } else {
-            (e.xlat.reversed(), *key)
-        };
-        promote(&orig_key, &reply_key, flow.orig);
+    if flow.assured || !is_assured(state) {
+        return Ok(());
+    }
+    let (orig_key, reply_key) = if dir == DIR_ORIG {
+        (*key, o.xlat.reversed())
+    } else {
+        (e.xlat.reversed(), *key)
+    };
+    if promote(&orig_key, &reply_key, flow.orig) {
+        return Ok(());
+    }
+    // Full: mark it so, and new flows are refused until a collection
+    // (`collect_if_full`) finds room.
+    CT_NEW.erase(&orig_key);
+    CT_NEW.erase(&reply_key);
+    if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe { *full = (*full).max(cfg.ct_max as u64) };
+    }
+    refuse(now)
+}
+
+/// Whether a new flow may be created: not while the assured table was last
+/// found full. Refusing at the first packet, as netfilter does when its
+/// table is full, fails a connection attempt cleanly instead of mid-handshake.
+#[inline(always)]
+pub fn admit(now: u64) -> Result<(), Reason> {
+    if full_entries() == 0 {
+        return Ok(());
+    }
+    refuse(now)
+}
+
+/// While the assured table is marked full, collects its expired flows (at
+/// most once per interval), which clears the mark once there is room. The
+/// hooks call this before deciding anything: from deeper in a call chain the
+/// walk's frames would overflow the 512-byte stack.
+#[inline(always)]
+pub fn collect_if_full(cfg: &Config, now: u64) {
+    if full_entries() != 0 {
+        collect(cfg, now);
     }
 }
 
-/// Moves both entries of a flow into the assured table. The values are
-/// copied map to map, never onto the stack.
+/// Entries the assured table held when last found full; 0 if it has room.
 #[inline(always)]
-fn promote(orig_key: &FlowKey, reply_key: &FlowKey, orig: *mut CtEntry) {
-    let Some(reply) = CT_NEW.get_ptr_mut(reply_key) else {
-        return;
+fn full_entries() -> u64 {
+    EVENT_LAST.get(EVENT_SLOT_FULL).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn refuse(now: u64) -> Result<(), Reason> {
+    events::log(Reason::DropCtFull, (full_entries() / 2) as u32, now);
+    Err(Reason::DropCtFull)
+}
+
+/// Moves both entries of a flow into the assured table; false if it is
+/// full. The values are copied map to map, never onto the stack.
+#[inline(always)]
+fn promote(orig_key: &FlowKey, reply_key: &FlowKey, orig: *mut CtEntry) -> bool {
+    let Some(reply) = CT_NEW.entry(reply_key) else {
+        // Another CPU promoted it a moment ago.
+        return true;
     };
     // SAFETY: map value pointers, valid for this run.
     let (orig, reply) = unsafe { (&*orig, &*reply) };
     // The original first: from the moment it is in, a lookup of the flow's
     // first tuple finds it, whichever table it tries first.
-    if CONNTRACK.insert(orig_key, orig, BPF_ANY as u64).is_err() {
+    if CONNTRACK.put(orig_key, orig, BPF_ANY).is_err() {
+        return false;
+    }
+    if CONNTRACK.put(reply_key, reply, BPF_ANY).is_err() {
+        CONNTRACK.erase(orig_key);
+        return false;
+    }
+    CT_NEW.erase(orig_key);
+    CT_NEW.erase(reply_key);
+    true
+}
+
+/// State of one walk of the assured table.
+struct Collection {
+    cfg: *const Config,
+    now: u64,
+    /// Entries of the flows found alive.
+    live: u32,
+}
+
+/// Removes the assured table's expired flows (and replies orphaned past the
+/// claim grace), unless a collection ran within the last interval, and
+/// records whether the table has room for another flow. Only a full table
+/// needs this: otherwise `lookup_in` drops dead entries as it meets them.
+/// A BPF function of its own, so its walk's frames stack only on this
+/// rare branch, not on the port search's.
+#[inline(never)]
+fn collect(cfg: &Config, now: u64) {
+    if !events::due(EVENT_SLOT_GC, now) {
         return;
     }
-    if CONNTRACK.insert(reply_key, reply, BPF_ANY as u64).is_err() {
-        let _ = CONNTRACK.remove(orig_key);
-        return;
+    let mut walk = Collection { cfg, now, live: 0 };
+    // SAFETY: `CONNTRACK` is a map definition (the helper's first argument)
+    // and the callback and its context follow the helper's contract.
+    // Deleting the visited element is allowed for hash maps (the kernel's
+    // for_each_hash_map_elem selftest does it).
+    unsafe {
+        bpf_for_each_map_elem(
+            &CONNTRACK as *const _ as *mut c_void,
+            collect_one as *mut c_void,
+            &mut walk as *mut Collection as *mut c_void,
+            0,
+        )
+    };
+    let left = walk.live as u64;
+    if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe {
+            *full = if left + 2 > cfg.ct_max as u64 {
+                left
+            } else {
+                0
+            }
+        };
     }
-    let _ = CT_NEW.remove(orig_key);
-    let _ = CT_NEW.remove(reply_key);
+}
+
+extern "C" fn collect_one(
+    _map: *mut c_void,
+    key: *mut c_void,
+    value: *mut c_void,
+    ctx: *mut c_void,
+) -> i64 {
+    // SAFETY: the helper passes the visited element and our context; `cfg`
+    // points at the config map's value, alive for the whole walk.
+    let (key, e, walk) = unsafe {
+        (
+            &*(key as *const FlowKey),
+            &*(value as *const CtEntry),
+            &mut *(ctx as *mut Collection),
+        )
+    };
+    let cfg = unsafe { &*walk.cfg };
+    if e.dir != DIR_ORIG {
+        // A reply goes with its original, unless it has none.
+        if CONNTRACK.entry(&e.xlat.reversed()).is_none()
+            && walk.now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS
+        {
+            CONNTRACK.erase(key);
+        }
+        return 0;
+    }
+    if expired(&cfg.timeouts, e.state, e.last_seen_ns, walk.now) {
+        count(Reason::CtExpired);
+        CONNTRACK.erase(&e.xlat.reversed());
+        CONNTRACK.erase(key);
+    } else {
+        walk.live += 2;
+    }
+    0
 }
 
 /// Builds, in per-CPU scratch space, the reply entry of a new flow whose
@@ -171,7 +347,7 @@ pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64)
     if held(&CONNTRACK, true, reply_key, cfg, now) {
         return false;
     }
-    if CT_NEW.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+    if CT_NEW.put(reply_key, reply, BPF_NOEXIST).is_ok() {
         return true;
     }
     // Already this flow's: another CPU handling a packet of the same new flow
@@ -181,8 +357,7 @@ pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64)
     if unsafe { CT_NEW.get(reply_key) }.is_some_and(|e| e.xlat == reply.xlat) {
         return true;
     }
-    !held(&CT_NEW, false, reply_key, cfg, now)
-        && CT_NEW.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
+    !held(&CT_NEW, false, reply_key, cfg, now) && CT_NEW.put(reply_key, reply, BPF_NOEXIST).is_ok()
 }
 
 /// Whether a flow that still needs it holds tuple `key` in `table`. A
@@ -191,7 +366,7 @@ pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64)
 /// pin its SNAT port for the whole TIME_WAIT timeout, and a busy container
 /// would run the range dry.
 #[inline(always)]
-fn held(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> bool {
+fn held(table: &impl Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> bool {
     let Some(flow) = lookup_in(table, assured, key, cfg, now) else {
         return false;
     };
@@ -205,8 +380,8 @@ fn held(table: &Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> 
     } else {
         (e.xlat.reversed(), *key)
     };
-    let _ = table.remove(&orig_key);
-    let _ = table.remove(&reply_key);
+    table.erase(&orig_key);
+    table.erase(&reply_key);
     false
 }
 
@@ -224,8 +399,8 @@ pub fn insert_orig(
     entry.dir = DIR_ORIG;
     entry.packets = [1, 0];
     entry.bytes = [len as u64, 0];
-    if CT_NEW.insert(orig, &*entry, BPF_ANY as u64).is_err() {
-        let _ = CT_NEW.remove(&xlat.reversed());
+    if CT_NEW.put(orig, entry, BPF_ANY).is_err() {
+        CT_NEW.erase(&xlat.reversed());
         return Err(Reason::DropCtInsert);
     }
     Ok(())

@@ -85,7 +85,7 @@ fn translate_tracked(
         return Ok(Some(xlat));
     }
     rewrite(ctx, pkt, &xlat)?;
-    conntrack::account(&flow, &pkt.key, pkt.key.proto, pkt.tcp_flags, pkt.len, now);
+    conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
     Ok(Some(xlat))
 }
 
@@ -107,6 +107,7 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
     parse(ctx, pkt)?;
+    conntrack::collect_if_full(cfg, now());
     if pkt.frag == FRAG_LATER {
         frag::recall(pkt, hook)?;
     }
@@ -240,7 +241,7 @@ fn fast_out(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Option<Outcom
         return Ok(None);
     }
     rewrite(ctx, pkt, &xlat)?;
-    conntrack::account(&flow, &pkt.key, pkt.key.proto, pkt.tcp_flags, pkt.len, now);
+    conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
     let action = redirect::out_uplink(ctx, macs, cfg)?;
     Ok(Some(Outcome {
         reason: Reason::Translated,

@@ -9,6 +9,7 @@
 
 mod conntrack;
 mod counters;
+mod events;
 mod frag;
 mod hooks;
 mod maps;

@@ -3,15 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::REASON_COUNT,
     maps::{
         Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, SockKey,
-        CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, FAST_COUNT, FRAGMENTS_MAX_ENTRIES,
-        LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
+        CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, EVENT_SLOTS, FAST_COUNT,
+        FRAGMENTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
     },
     snat::SNAT_HISTOGRAM_LEN,
 };
@@ -24,10 +24,10 @@ pub static MAPPINGS: HashMap<MappingKey, MappingTarget> =
     HashMap::with_max_entries(MAPPINGS_MAX_ENTRIES, 0);
 
 /// Assured flows. Sized by the loader (`--ct-max`), like `CT_NEW`; see
-/// `conntrack.rs` for why there are two tables.
+/// `conntrack.rs` for why there are two tables and why this one is not LRU.
 #[map(name = "NB_CT4")]
-pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
-    LruHashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
+pub static CONNTRACK: HashMap<FlowKey, CtEntry> =
+    HashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
 
 /// Flows not yet assured.
 #[map(name = "NB_CT4N")]
@@ -67,6 +67,14 @@ pub static FAST_PATH: PerCpuArray<u64> = PerCpuArray::with_max_entries(FAST_COUN
 #[map(name = "NB_FIB")]
 pub static FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// The datapath's log (`netbr_common::maps::Event`), rate-limited through
+/// `EVENT_LAST`; read by `netbr events`.
+#[map(name = "NB_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "NB_EVLAST")]
+pub static EVENT_LAST: Array<u64> = Array::with_max_entries(EVENT_SLOTS, 0);
 
 #[map(name = "NB_CNT")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

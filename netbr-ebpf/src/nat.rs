@@ -71,6 +71,7 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
     let Some(xlat) = to_published_target(pkt) else {
         return Ok(None);
     };
+    conntrack::admit(now)?;
     let reply = conntrack::reply_entry(
         &pkt.key,
         NAT_DNAT,
@@ -98,6 +99,7 @@ pub fn is_loopback(addr_be: u32) -> bool {
 /// taken by another flow is simply left untracked.
 #[inline(always)]
 pub fn track_direct(pkt: &Packet, cfg: &Config, now: u64) -> Result<(), Reason> {
+    conntrack::admit(now)?;
     let reply = conntrack::reply_entry(
         &pkt.key,
         NAT_NONE,
@@ -206,6 +208,7 @@ extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
 pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Reason> {
     let mut xlat = pkt.key;
     xlat.saddr = cfg.uplink_addr;
+    conntrack::admit(now)?;
     new_source_flow(pkt, xlat, NAT_SNAT, cfg, now)
 }
 
@@ -228,6 +231,7 @@ pub fn hairpin_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<F
         return Ok(None);
     };
     xlat.saddr = cfg.gateway_addr;
+    conntrack::admit(now)?;
     new_source_flow(pkt, xlat, NAT_HAIRPIN, cfg, now).map(Some)
 }
 
@@ -278,6 +282,7 @@ fn new_source_flow(
         unsafe { *slot += 1 };
     }
     if search.found == 0 {
+        crate::events::log(Reason::DropSnatExhausted, 0, now);
         return Err(Reason::DropSnatExhausted);
     }
     // SAFETY: the scratch entry, not aliased while the search is over.

@@ -39,6 +39,8 @@ pub enum Command {
     Conntrack(cmd::conntrack::ConntrackCmd),
     /// Show the datapath's counters.
     Stats(cmd::stats::Stats),
+    /// Show the datapath's log (full conntrack table, exhausted SNAT ports).
+    Events(cmd::events::Events),
     /// Build a sandbox, show netbr at work, and clean up.
     Demo(cmd::demo::Demo),
     /// Measure netbr against the routed path and netfilter, side by side.
@@ -65,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Ls(c) => c.exec().await,
             Command::Conntrack(c) => c.exec().await,
             Command::Stats(c) => c.exec().await,
+            Command::Events(c) => c.exec().await,
             Command::Demo(c) => c.exec().await,
             Command::Bench(c) => c.exec().await,
         }

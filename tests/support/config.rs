@@ -12,6 +12,8 @@ use netbr_common::{
 pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 pub const BRIDGE_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 1];
+/// Entries per conntrack table the test programs are loaded with.
+pub const CT_MAX: u32 = 65_536;
 
 /// Uplink 192.0.2.1, subnet 172.30.0.0/16, host ephemeral range
 /// 32768-60999, the given SNAT range and timeouts.
@@ -33,6 +35,8 @@ pub fn test_config(snat: (u16, u16), timeouts: [u32; STATE_COUNT]) -> Config {
         flags: 0,
         bridge_mac: BRIDGE_MAC,
         _pad: [0; 2],
+        ct_max: CT_MAX,
+        _pad2: 0,
         netns_cookie: 0,
     }
 }

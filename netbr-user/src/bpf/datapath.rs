@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
 use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::Reason,
     maps::{
-        Config, Endpoint, MappingKey, MappingTarget, FAST_INTO_CONTAINER, FAST_OUT_UPLINK,
-        MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS, MAP_FAST_PATH,
-        MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
+        Config, Endpoint, Event, MappingKey, MappingTarget, FAST_INTO_CONTAINER, FAST_OUT_UPLINK,
+        MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
+        MAP_FAST_PATH, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
     },
 };
 
@@ -29,6 +29,8 @@ pub struct Datapath {
     pub counters: PerCpuArray<MapData, u64>,
     pub snat_histogram: PerCpuArray<MapData, u64>,
     pub fast_path: PerCpuArray<MapData, u64>,
+    /// The datapath's rate-limited log (see `drain_events`).
+    pub events: RingBuf<MapData>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -98,6 +100,7 @@ impl Datapath {
             counters: typed(&mut get, MAP_COUNTERS)?,
             snat_histogram: typed(&mut get, MAP_SNAT_HISTOGRAM)?,
             fast_path: typed(&mut get, MAP_FAST_PATH)?,
+            events: typed(&mut get, MAP_EVENTS)?,
         })
     }
 
@@ -187,6 +190,20 @@ impl Datapath {
             }
         }
         Ok(doomed.len())
+    }
+
+    /// Takes every event the datapath has logged since the last reader took
+    /// them: reading consumes, like a socket.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<Event>() {
+                // SAFETY: the datapath writes whole `Event`s; the read copes
+                // with the ring's 8-byte alignment.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+            }
+        }
+        out
     }
 
     pub fn endpoint_list(&self) -> Result<Vec<(u32, Endpoint)>> {

@@ -220,6 +220,8 @@ impl Attach {
                 flags,
                 bridge_mac: bridge.mac.unwrap_or_default(),
                 _pad: [0; 2],
+                ct_max,
+                _pad2: 0,
                 netns_cookie: crate::netns::current_cookie()?,
             })?;
             sync_local_addrs(&nl, &mut dp).await?;

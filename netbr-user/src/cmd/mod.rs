@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod demo;
 pub mod detach;
 pub mod endpoint;
+pub mod events;
 pub mod ls;
 pub mod publish;
 pub mod stats;
