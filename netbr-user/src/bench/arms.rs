@@ -12,6 +12,8 @@ pub const TCP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 53;
 pub const TCP_PUBLISHED: u16 = 8080;
 pub const UDP_PUBLISHED: u16 = 5353;
+/// iperf3's port, published as itself.
+pub const STREAM_PORT: u16 = 5201;
 /// Extra mappings (for `--ports`) start here, ahead of the measured one.
 const FILLER_BASE: u16 = 20000;
 const CONTAINER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(172, 30, 0, 2);
@@ -73,6 +75,8 @@ pub struct Setup {
     pub sb: Sandbox,
     pub tcp: SocketAddr,
     pub udp: SocketAddr,
+    /// Where iperf3 connects.
+    pub stream: SocketAddr,
 }
 
 fn run(sb: &Sandbox, cmd: &str, args: &[&str], input: Option<&str>) -> Result<()> {
@@ -135,6 +139,7 @@ pub fn setup(arm: Arm, netbr: &std::path::Path, ports: u16) -> Result<Setup> {
             sb.publish(
                 1,
                 &[
+                    &format!("{STREAM_PORT}:{STREAM_PORT}"),
                     &format!("{TCP_PUBLISHED}:{TCP_PORT}"),
                     &format!("{UDP_PUBLISHED}:{UDP_PORT}/udp"),
                 ],
@@ -172,18 +177,26 @@ pub fn setup(arm: Arm, netbr: &std::path::Path, ports: u16) -> Result<Setup> {
     }
     // The container is a client too, through masquerade.
     crate::netns::run_in(&sb.container_path(1), tune_client)??;
-    let (tcp, udp) = if arm == Arm::Routed {
+    let (tcp, udp, stream) = if arm == Arm::Routed {
         (
             SocketAddr::from((CONTAINER, TCP_PORT)),
             SocketAddr::from((CONTAINER, UDP_PORT)),
+            SocketAddr::from((CONTAINER, STREAM_PORT)),
         )
     } else {
         (
             SocketAddr::from((UPLINK_IP, TCP_PUBLISHED)),
             SocketAddr::from((UPLINK_IP, UDP_PUBLISHED)),
+            SocketAddr::from((UPLINK_IP, STREAM_PORT)),
         )
     };
-    Ok(Setup { arm, sb, tcp, udp })
+    Ok(Setup {
+        arm,
+        sb,
+        tcp,
+        udp,
+        stream,
+    })
 }
 
 /// The nat and filter rules Docker 28 installs for a bridge `netbr0` with
@@ -213,6 +226,7 @@ fn docker_rules(ports: u16) -> String {
             "-A DOCKER -d {CONTAINER}/32 ! -i netbr0 -o netbr0 -p {proto} -m {proto} --dport {port} -j ACCEPT"
         );
     };
+    publish("tcp", STREAM_PORT, STREAM_PORT);
     for i in 0..ports.saturating_sub(1) {
         publish("tcp", FILLER_BASE + i, FILLER_BASE + i);
     }
@@ -224,8 +238,9 @@ fn docker_rules(ports: u16) -> String {
 /// DNAT through one map lookup per protocol, as netavark and kube-proxy's
 /// nftables mode do, plus masquerade.
 fn nft_rules(ports: u16) -> String {
-    let mut tcp: Vec<String> = (0..ports.saturating_sub(1))
-        .map(|i| format!("{} : {CONTAINER} . {}", FILLER_BASE + i, FILLER_BASE + i))
+    let mut tcp: Vec<String> = std::iter::once(STREAM_PORT)
+        .chain((0..ports.saturating_sub(1)).map(|i| FILLER_BASE + i))
+        .map(|p| format!("{p} : {CONTAINER} . {p}"))
         .collect();
     tcp.push(format!("{TCP_PUBLISHED} : {CONTAINER} . {TCP_PORT}"));
     format!(

@@ -4,6 +4,7 @@
 //! figure is the median of the rounds, with the range beside it.
 
 pub mod arms;
+pub mod chart;
 pub mod load;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -30,22 +31,35 @@ pub struct Bench {
     /// Seconds per metric per round.
     #[arg(long, default_value_t = 2.0)]
     pub secs: f64,
-    /// A reduced run: 3 rounds of 0.5 s, 1 published port.
+    /// A reduced run: 3 rounds of 0.3 s (1 s for iperf3), 1 published port.
     #[arg(long)]
     pub quick: bool,
     /// Also write every sample and the summary as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Also write a chart as SVG here: bars per metric and arm, and
+    /// connect/close rate against published ports as lines.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// Metric name, and whether higher is better. `masq_*` run from the
 /// container to lan through masquerade; the rest from lan through DNAT.
-const METRICS: [(&str, bool); 7] = [
+/// `*_cpu_*` is the machine's kernel CPU time (system + softirq) per
+/// operation while the metric before it ran.
+pub const METRICS: [(&str, bool); 14] = [
+    ("tcp_stream_gbps", true),
     ("connect_close_per_s", true),
+    ("connect_close_cpu_us", false),
     ("rr_per_s", true),
     ("rr_p50_us", false),
     ("rr_p99_us", false),
+    ("rr16_per_s", true),
+    ("rr16_p50_us", false),
+    ("rr16_p99_us", false),
     ("udp64_pps", true),
+    ("udp64_cpu_ns", false),
+    ("masq_tcp_stream_gbps", true),
     ("masq_connect_close_per_s", true),
     ("masq_udp64_pps", true),
 ];
@@ -53,6 +67,16 @@ const METRICS: [(&str, bool); 7] = [
 /// lan's servers for the masquerade direction.
 const LAN_TCP: u16 = 9000;
 const LAN_UDP: u16 = 9001;
+
+/// Runs `measure` (which returns a rate per second over `dur`) and also
+/// returns the kernel CPU time per operation, in `unit` nanoseconds.
+fn with_cpu(dur: Duration, unit: f64, measure: impl FnOnce() -> Result<f64>) -> Result<(f64, f64)> {
+    let before = load::kernel_cpu_ns()?;
+    let rate = measure()?;
+    let spent = load::kernel_cpu_ns()?.saturating_sub(before) as f64;
+    let ops = rate * dur.as_secs_f64();
+    Ok((rate, if ops > 0.0 { spent / ops / unit } else { 0.0 }))
+}
 
 struct Stat {
     median: f64,
@@ -81,7 +105,7 @@ impl Bench {
                 .collect::<Result<_>>()?
         };
         let (rounds, secs, ports) = if self.quick {
-            (3, 0.5, vec![1])
+            (3, 0.3, vec![1])
         } else {
             (self.rounds, self.secs, self.ports.clone())
         };
@@ -96,35 +120,50 @@ impl Bench {
                 .map(|&a| arms::setup(a, &exe, n))
                 .collect::<Result<_>>()?;
             let mut servers = Vec::new();
+            let mut iperfs = Vec::new();
             let mut sinks = Vec::new();
             let mut lan_sinks = Vec::new();
             for s in &setups {
-                let c = s.sb.container_path(1);
+                let (c, lan) = (s.sb.container_path(1), s.sb.lan_path());
                 servers.push(load::EchoServer::start(&c, arms::TCP_PORT)?);
+                servers.push(load::EchoServer::start(&lan, LAN_TCP)?);
+                iperfs.push(load::Iperf3Server::start(&c, arms::STREAM_PORT)?);
+                iperfs.push(load::Iperf3Server::start(&lan, arms::STREAM_PORT)?);
                 sinks.push(load::UdpSink::start(&c, arms::UDP_PORT)?);
-                servers.push(load::EchoServer::start(&s.sb.lan_path(), LAN_TCP)?);
-                lan_sinks.push(load::UdpSink::start(&s.sb.lan_path(), LAN_UDP)?);
+                lan_sinks.push(load::UdpSink::start(&lan, LAN_UDP)?);
             }
-            let lan_tcp = std::net::SocketAddr::from((crate::sandbox::LAN_IP, LAN_TCP));
-            let lan_udp = std::net::SocketAddr::from((crate::sandbox::LAN_IP, LAN_UDP));
+            let lan_ip = crate::sandbox::LAN_IP;
+            let lan_tcp = std::net::SocketAddr::from((lan_ip, LAN_TCP));
+            let lan_udp = std::net::SocketAddr::from((lan_ip, LAN_UDP));
+            let lan_stream = std::net::SocketAddr::from((lan_ip, arms::STREAM_PORT));
             for round in 0..rounds {
                 // Rotate the order each round so no arm always goes first.
                 for k in 0..setups.len() {
                     let i = (k + round) % setups.len();
                     let s = &setups[i];
-                    let lan = s.sb.lan_path();
-                    let cc = load::connect_close(&lan, s.tcp, dur)
-                        .with_context(|| format!("{} connect/close", s.arm.name()))?;
-                    let (rr, p50, p99) = load::request_response(&lan, s.tcp, dur)
-                        .with_context(|| format!("{} request/response", s.arm.name()))?;
-                    let udp = load::udp_rate(&lan, s.udp, &sinks[i], dur)
-                        .with_context(|| format!("{} UDP", s.arm.name()))?;
-                    let c = s.sb.container_path(1);
+                    let (lan, c) = (s.sb.lan_path(), s.sb.container_path(1));
+                    let arm = s.arm.name();
+                    let stream = load::tcp_stream(&lan, s.stream, secs)
+                        .with_context(|| format!("{arm} TCP stream"))?;
+                    let (cc, cc_cpu) = with_cpu(dur, 1e3, || load::connect_close(&lan, s.tcp, dur))
+                        .with_context(|| format!("{arm} connect/close"))?;
+                    let (rr, p50, p99) = load::request_response(&lan, s.tcp, dur, 1)
+                        .with_context(|| format!("{arm} request/response"))?;
+                    let (rr16, p50_16, p99_16) = load::request_response(&lan, s.tcp, dur, 16)
+                        .with_context(|| format!("{arm} request/response x16"))?;
+                    let (udp, udp_cpu) =
+                        with_cpu(dur, 1.0, || load::udp_rate(&lan, s.udp, &sinks[i], dur))
+                            .with_context(|| format!("{arm} UDP"))?;
+                    let mstream = load::tcp_stream(&c, lan_stream, secs)
+                        .with_context(|| format!("{arm} masquerade TCP stream"))?;
                     let mcc = load::connect_close(&c, lan_tcp, dur)
-                        .with_context(|| format!("{} masquerade connect/close", s.arm.name()))?;
+                        .with_context(|| format!("{arm} masquerade connect/close"))?;
                     let mudp = load::udp_rate(&c, lan_udp, &lan_sinks[i], dur)
-                        .with_context(|| format!("{} masquerade UDP", s.arm.name()))?;
-                    let values = [cc, rr, p50, p99, udp, mcc, mudp];
+                        .with_context(|| format!("{arm} masquerade UDP"))?;
+                    let values = [
+                        stream, cc, cc_cpu, rr, p50, p99, rr16, p50_16, p99_16, udp, udp_cpu,
+                        mstream, mcc, mudp,
+                    ];
                     for (m, v) in METRICS.iter().map(|m| m.0).zip(values) {
                         samples.entry((n, s.arm, m)).or_default().push(v);
                     }
@@ -132,6 +171,7 @@ impl Bench {
                 eprintln!("round {}/{rounds} done", round + 1);
             }
             drop(servers);
+            drop(iperfs);
             drop(sinks);
             drop(lan_sinks);
             drop(setups);
@@ -148,6 +188,11 @@ impl Bench {
                 .collect();
             let doc = json!({ "rounds": rounds, "secs_per_metric": secs, "results": rows });
             std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = &self.svg {
+            let medians = |n: u16, a: Arm, m: &str| samples.get(&(n, a, m)).map(|v| stat(v).median);
+            std::fs::write(path, chart::svg(&medians, &arms, &ports))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
