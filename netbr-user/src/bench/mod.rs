@@ -4,6 +4,7 @@
 //! figure is the median of the rounds, with the range beside it.
 
 pub mod arms;
+pub mod bpf_cost;
 pub mod chart;
 pub mod load;
 
@@ -46,8 +47,9 @@ pub struct Bench {
 /// Metric name, and whether higher is better. `masq_*` run from the
 /// container to lan through masquerade; the rest from lan through DNAT.
 /// `*_cpu_*` is the machine's kernel CPU time (system + softirq) per
-/// operation while the metric before it ran.
-pub const METRICS: [(&str, bool); 14] = [
+/// operation while the metric before it ran. The last two, netbr's arms
+/// only, are its programs' own run time per program run (`bpf_cost`).
+pub const METRICS: [(&str, bool); 16] = [
     ("tcp_stream_gbps", true),
     ("connect_close_per_s", true),
     ("connect_close_cpu_us", false),
@@ -62,6 +64,8 @@ pub const METRICS: [(&str, bool); 14] = [
     ("masq_tcp_stream_gbps", true),
     ("masq_connect_close_per_s", true),
     ("masq_udp64_pps", true),
+    ("connect_close_bpf_ns", false),
+    ("udp64_bpf_ns", false),
 ];
 
 /// lan's servers for the masquerade direction.
@@ -169,6 +173,29 @@ impl Bench {
                     }
                 }
                 eprintln!("round {}/{rounds} done", round + 1);
+            }
+            let netbr_arms: Vec<_> = setups
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches!(s.arm, Arm::Netbr | Arm::NetbrFast))
+                .collect();
+            if !netbr_arms.is_empty() {
+                let _stats = bpf_cost::StatsOn::enable()?;
+                for (i, s) in netbr_arms {
+                    let links = bpf_cost::tc_links(&s.sb)?;
+                    let lan = s.sb.lan_path();
+                    let per_run = |measure: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
+                        let (t0, n0) = bpf_cost::totals(&links)?;
+                        measure()?;
+                        let (t1, n1) = bpf_cost::totals(&links)?;
+                        Ok((t1 - t0) as f64 / (n1 - n0).max(1) as f64)
+                    };
+                    let cc = per_run(&mut || load::connect_close(&lan, s.tcp, dur))?;
+                    let udp = per_run(&mut || load::udp_rate(&lan, s.udp, &sinks[i], dur))?;
+                    for (m, v) in [("connect_close_bpf_ns", cc), ("udp64_bpf_ns", udp)] {
+                        samples.entry((n, s.arm, m)).or_default().push(v);
+                    }
+                }
             }
             drop(servers);
             drop(iperfs);
