@@ -79,7 +79,8 @@ pub struct Setup {
     pub stream: SocketAddr,
 }
 
-fn run(sb: &Sandbox, cmd: &str, args: &[&str], input: Option<&str>) -> Result<()> {
+/// Runs `cmd` in the sandbox's host namespace, `input` on its stdin.
+pub fn run(sb: &Sandbox, cmd: &str, args: &[&str], input: Option<&str>) -> Result<()> {
     let out = match input {
         None => in_netns(&sb.host_path(), cmd, args)?,
         Some(text) => {
@@ -120,17 +121,18 @@ fn tune_client() -> Result<()> {
 
 /// Builds the arm's sandbox with `ports` published ports (the measured one
 /// last, where iptables evaluates it last).
-pub fn setup(arm: Arm, netbr: &std::path::Path, ports: u16) -> Result<Setup> {
+/// netbr's arms get `ct_max` conntrack entries per table.
+pub fn setup(arm: Arm, netbr: &std::path::Path, ports: u16, ct_max: u32) -> Result<Setup> {
     let sb = Sandbox::create(netbr)?;
     crate::netns::run_in(&sb.lan_path(), tune_client)??;
     match arm {
         Arm::Netbr | Arm::NetbrFast => {
-            let extra: &[&str] = if arm == Arm::NetbrFast {
-                &["--fast-path"]
-            } else {
-                &[]
-            };
-            sb.attach_with(extra)?;
+            let ct_max = ct_max.to_string();
+            let mut extra = vec!["--ct-max", &ct_max];
+            if arm == Arm::NetbrFast {
+                extra.push("--fast-path");
+            }
+            sb.attach_with(&extra)?;
             sb.add_container(1)?;
             if ports > 1 {
                 let end = FILLER_BASE + ports - 2;

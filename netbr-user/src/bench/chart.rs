@@ -1,11 +1,11 @@
 //! `netbr bench --svg`: the medians as a chart a person can read. One panel
 //! of horizontal bars per metric (arms side by side, the value printed on
-//! each bar), then connect/close rate against published ports as one line
-//! per arm. Plain SVG, no dependencies.
+//! each bar), then connect/close rate against published ports, and against
+//! conntrack prefill, as one line per arm. Plain SVG, no dependencies.
 
 use std::fmt::Write as _;
 
-use super::{arms::Arm, METRICS};
+use super::{arms::Arm, Scenario, METRICS};
 
 const PANEL_W: f64 = 460.0;
 const PANEL_H: f64 = 170.0;
@@ -20,13 +20,16 @@ fn color(arm: Arm) -> &'static str {
     PALETTE[i % PALETTE.len()]
 }
 
-/// `median(ports, arm, metric)` gives the figure to draw.
-pub fn svg(median: &dyn Fn(u16, Arm, &str) -> Option<f64>, arms: &[Arm], ports: &[u16]) -> String {
+type Median<'a> = &'a dyn Fn(Scenario, Arm, &str) -> Option<f64>;
+
+/// `median(scenario, arm, metric)` gives the figure to draw.
+pub fn svg(median: Median, arms: &[Arm], ports: &[u16], prefills: &[u32]) -> String {
     let bar_ports = ports.first().copied().unwrap_or(1);
     let rows = METRICS.len().div_ceil(COLUMNS);
     let lines_top = 40.0 + rows as f64 * PANEL_H;
+    let charts = if prefills.is_empty() { 1.0 } else { 2.0 };
     let width = PANEL_W * COLUMNS as f64 + 20.0;
-    let height = lines_top + PANEL_H * 1.6 + 20.0;
+    let height = lines_top + PANEL_H * 1.6 * charts + 20.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -41,10 +44,24 @@ pub fn svg(median: &dyn Fn(u16, Arm, &str) -> Option<f64>, arms: &[Arm], ports: 
         let x0 = 10.0 + (k % COLUMNS) as f64 * PANEL_W;
         let y0 = 40.0 + (k / COLUMNS) as f64 * PANEL_H;
         bars(&mut out, (x0, y0), metric, *higher_better, arms, &|a| {
-            median(bar_ports, a, metric)
+            median(Scenario::Ports(bar_ports), a, metric)
         });
     }
-    lines(&mut out, (10.0, lines_top), median, arms, ports);
+    let by_ports: Vec<_> = ports
+        .iter()
+        .map(|&n| (n.to_string(), Scenario::Ports(n)))
+        .collect();
+    let title = "connect_close_per_s against published ports";
+    lines(&mut out, (10.0, lines_top), title, &by_ports, median, arms);
+    if !prefills.is_empty() {
+        let by_fill: Vec<_> = prefills
+            .iter()
+            .map(|&n| (n.to_string(), Scenario::Prefill(n)))
+            .collect();
+        let title = "connect_close_per_s against flows already tracked";
+        let top = lines_top + PANEL_H * 1.6;
+        lines(&mut out, (10.0, top), title, &by_fill, median, arms);
+    }
     out.push_str("</svg>\n");
     out
 }
@@ -102,26 +119,27 @@ fn bars(
     }
 }
 
-/// Connect/close rate (through DNAT) against published ports, one line per
-/// arm; ports are spaced evenly, whatever their values.
+/// Connect/close rate (through DNAT) against `xs` (label, scenario), one
+/// line per arm; the x values are spaced evenly, whatever they are.
 fn lines(
     out: &mut String,
     (x0, y0): (f64, f64),
-    median: &dyn Fn(u16, Arm, &str) -> Option<f64>,
+    title: &str,
+    xs: &[(String, Scenario)],
+    median: Median,
     arms: &[Arm],
-    ports: &[u16],
 ) {
     let metric = "connect_close_per_s";
     let (w, h) = (PANEL_W * COLUMNS as f64 - 200.0, PANEL_H * 1.6 - 60.0);
     let (px, py) = (x0 + 60.0, y0 + 30.0);
     let _ = writeln!(
         out,
-        r#"<text x="{x0}" y="{}" font-size="13">{metric} against published ports</text>"#,
+        r#"<text x="{x0}" y="{}" font-size="13">{title}</text>"#,
         y0 + 14.0
     );
     let max = arms
         .iter()
-        .flat_map(|a| ports.iter().filter_map(|n| median(*n, *a, metric)))
+        .flat_map(|a| xs.iter().filter_map(|(_, sc)| median(*sc, *a, metric)))
         .fold(0.0f64, f64::max)
         .max(f64::MIN_POSITIVE);
     let _ = writeln!(
@@ -139,22 +157,22 @@ fn lines(
         px - 4.0,
         py + h
     );
-    let step = w / ports.len().max(1) as f64;
+    let step = w / xs.len().max(1) as f64;
     let x_of = |i: usize| px + step * (i as f64 + 0.5);
-    for (i, n) in ports.iter().enumerate() {
+    for (i, (label, _)) in xs.iter().enumerate() {
         let _ = writeln!(
             out,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{n}</text>"#,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#,
             x_of(i),
             py + h + 14.0
         );
     }
     for (k, &arm) in arms.iter().enumerate() {
-        let points: Vec<String> = ports
+        let points: Vec<String> = xs
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| {
-                median(*n, arm, metric)
+            .filter_map(|(i, (_, sc))| {
+                median(*sc, arm, metric)
                     .map(|v| format!("{:.1},{:.1}", x_of(i), py + h - v / max * h))
             })
             .collect();
@@ -192,14 +210,21 @@ mod tests {
     fn the_chart_draws_every_metric_and_arm() {
         let arms = [Arm::Routed, Arm::Netbr];
         let svg = svg(
-            &|n, a, _| Some(f64::from(n) + if a == Arm::Netbr { 10.0 } else { 5.0 }),
+            &|sc, a, _| {
+                let x = match sc {
+                    Scenario::Ports(n) => f64::from(n),
+                    Scenario::Prefill(n) => f64::from(n),
+                };
+                Some(x + if a == Arm::Netbr { 10.0 } else { 5.0 })
+            },
             &arms,
             &[1, 1000],
+            &[0, 100_000],
         );
         for (m, _) in METRICS {
             assert!(svg.contains(m), "{m}");
         }
-        assert_eq!(svg.matches("<polyline").count(), arms.len());
+        assert_eq!(svg.matches("<polyline").count(), 2 * arms.len());
         assert_eq!(svg.matches("<rect").count(), 1 + METRICS.len() * arms.len());
         assert!(svg.trim_end().ends_with("</svg>"));
     }

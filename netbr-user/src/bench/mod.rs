@@ -7,14 +7,20 @@ pub mod arms;
 pub mod bpf_cost;
 pub mod chart;
 pub mod load;
+pub mod prefill;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
-use arms::Arm;
+use arms::{Arm, Setup};
 
 #[derive(Args, Debug)]
 pub struct Bench {
@@ -26,20 +32,25 @@ pub struct Bench {
     /// as a list, e.g. 1,1000,10000.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub ports: Vec<u16>,
+    /// Conntrack prefills to measure connect/close under (flows already
+    /// tracked), e.g. 0,100000,1000000; at the first --ports count.
+    #[arg(long, value_delimiter = ',')]
+    pub prefill: Vec<u32>,
     /// Rounds of every arm and metric.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Seconds per metric per round.
     #[arg(long, default_value_t = 2.0)]
     pub secs: f64,
-    /// A reduced run: 3 rounds of 0.3 s (1 s for iperf3), 1 published port.
+    /// A reduced run: 3 rounds of 0.3 s (1 s for iperf3), 1 published port,
+    /// no prefill.
     #[arg(long)]
     pub quick: bool,
     /// Also write every sample and the summary as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
     /// Also write a chart as SVG here: bars per metric and arm, and
-    /// connect/close rate against published ports as lines.
+    /// connect/close rate against published ports and prefill as lines.
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
 }
@@ -68,9 +79,53 @@ pub const METRICS: [(&str, bool); 16] = [
     ("udp64_bpf_ns", false),
 ];
 
+/// What a set of samples was measured under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    /// This many published ports.
+    Ports(u16),
+    /// This many flows already in the conntrack table (at the first port count).
+    Prefill(u32),
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scenario::Ports(n) => write!(f, "{n} published port(s)"),
+            Scenario::Prefill(n) => write!(f, "{n} flows already tracked"),
+        }
+    }
+}
+
+/// samples[(scenario, arm, metric)] = one value per round.
+pub type Samples = BTreeMap<(Scenario, Arm, &'static str), Vec<f64>>;
+
 /// lan's servers for the masquerade direction.
 const LAN_TCP: u16 = 9000;
 const LAN_UDP: u16 = 9001;
+
+/// Set by SIGINT/SIGTERM: the bench stops between measurements and its
+/// sandboxes are removed on the way out instead of left behind.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted: the bench's sandboxes are being removed");
+    }
+    Ok(())
+}
 
 /// Runs `measure` (which returns a rate per second over `dur`) and also
 /// returns the kernel CPU time per operation, in `unit` nanoseconds.
@@ -82,13 +137,13 @@ fn with_cpu(dur: Duration, unit: f64, measure: impl FnOnce() -> Result<f64>) -> 
     Ok((rate, if ops > 0.0 { spent / ops / unit } else { 0.0 }))
 }
 
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
-fn stat(samples: &[f64]) -> Stat {
+pub fn stat(samples: &[f64]) -> Stat {
     let mut v = samples.to_vec();
     v.sort_by(f64::total_cmp);
     Stat {
@@ -98,8 +153,138 @@ fn stat(samples: &[f64]) -> Stat {
     }
 }
 
+/// The servers every arm's sandbox runs while it is measured.
+struct Servers {
+    _echo: Vec<load::EchoServer>,
+    _iperf: Vec<load::Iperf3Server>,
+    sink: load::UdpSink,
+    lan_sink: load::UdpSink,
+}
+
+impl Servers {
+    fn start(s: &Setup) -> Result<Self> {
+        let (c, lan) = (s.sb.container_path(1), s.sb.lan_path());
+        Ok(Self {
+            _echo: vec![
+                load::EchoServer::start(&c, arms::TCP_PORT)?,
+                load::EchoServer::start(&lan, LAN_TCP)?,
+            ],
+            _iperf: vec![
+                load::Iperf3Server::start(&c, arms::STREAM_PORT)?,
+                load::Iperf3Server::start(&lan, arms::STREAM_PORT)?,
+            ],
+            sink: load::UdpSink::start(&c, arms::UDP_PORT)?,
+            lan_sink: load::UdpSink::start(&lan, LAN_UDP)?,
+        })
+    }
+}
+
+fn lan_addr(port: u16) -> SocketAddr {
+    SocketAddr::from((crate::sandbox::LAN_IP, port))
+}
+
+/// One round of every metric on one arm, in `METRICS` order (the BPF ones
+/// excepted).
+fn measure_round(s: &Setup, srv: &Servers, secs: f64) -> Result<Vec<f64>> {
+    let dur = Duration::from_secs_f64(secs);
+    let (lan, c) = (s.sb.lan_path(), s.sb.container_path(1));
+    let arm = s.arm.name();
+    let stream =
+        load::tcp_stream(&lan, s.stream, secs).with_context(|| format!("{arm} TCP stream"))?;
+    check_interrupt()?;
+    let (cc, cc_cpu) = with_cpu(dur, 1e3, || load::connect_close(&lan, s.tcp, dur))
+        .with_context(|| format!("{arm} connect/close"))?;
+    let (rr, p50, p99) = load::request_response(&lan, s.tcp, dur, 1)
+        .with_context(|| format!("{arm} request/response"))?;
+    let (rr16, p50_16, p99_16) = load::request_response(&lan, s.tcp, dur, 16)
+        .with_context(|| format!("{arm} request/response x16"))?;
+    check_interrupt()?;
+    let (udp, udp_cpu) = with_cpu(dur, 1.0, || load::udp_rate(&lan, s.udp, &srv.sink, dur))
+        .with_context(|| format!("{arm} UDP"))?;
+    let mstream = load::tcp_stream(&c, lan_addr(arms::STREAM_PORT), secs)
+        .with_context(|| format!("{arm} masquerade TCP stream"))?;
+    check_interrupt()?;
+    let mcc = load::connect_close(&c, lan_addr(LAN_TCP), dur)
+        .with_context(|| format!("{arm} masquerade connect/close"))?;
+    let mudp = load::udp_rate(&c, lan_addr(LAN_UDP), &srv.lan_sink, dur)
+        .with_context(|| format!("{arm} masquerade UDP"))?;
+    Ok(vec![
+        stream, cc, cc_cpu, rr, p50, p99, rr16, p50_16, p99_16, udp, udp_cpu, mstream, mcc, mudp,
+    ])
+}
+
+/// netbr's programs' own run time per program run, with bpf_stats on for
+/// this pass only.
+fn measure_bpf_cost(
+    scenario: Scenario,
+    setups: &[Setup],
+    servers: &[Servers],
+    dur: Duration,
+    samples: &mut Samples,
+) -> Result<()> {
+    let netbr: Vec<_> = setups
+        .iter()
+        .zip(servers)
+        .filter(|(s, _)| matches!(s.arm, Arm::Netbr | Arm::NetbrFast))
+        .collect();
+    if netbr.is_empty() {
+        return Ok(());
+    }
+    let _stats = bpf_cost::StatsOn::enable()?;
+    for (s, srv) in netbr {
+        let links = bpf_cost::tc_links(&s.sb)?;
+        let lan = s.sb.lan_path();
+        let per_run = |measure: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
+            let (t0, n0) = bpf_cost::totals(&links)?;
+            measure()?;
+            let (t1, n1) = bpf_cost::totals(&links)?;
+            Ok((t1 - t0) as f64 / (n1 - n0).max(1) as f64)
+        };
+        let cc = per_run(&mut || load::connect_close(&lan, s.tcp, dur))?;
+        let udp = per_run(&mut || load::udp_rate(&lan, s.udp, &srv.sink, dur))?;
+        for (m, v) in [("connect_close_bpf_ns", cc), ("udp64_bpf_ns", udp)] {
+            samples.entry((scenario, s.arm, m)).or_default().push(v);
+        }
+    }
+    Ok(())
+}
+
+/// Connect/close rate of every arm at each prefill, rounds interleaved.
+fn measure_prefill(
+    levels: &[u32],
+    setups: &[Setup],
+    rounds: usize,
+    dur: Duration,
+    samples: &mut Samples,
+) -> Result<()> {
+    let _limit = prefill::NfLimit::at_least(levels.iter().copied().max().unwrap_or(0))?;
+    for &flows in levels {
+        eprintln!("prefill: {flows} flows in every arm's table");
+        for s in setups {
+            prefill::fill(s, flows).with_context(|| format!("{} prefill", s.arm.name()))?;
+        }
+        for round in 0..rounds {
+            for k in 0..setups.len() {
+                check_interrupt()?;
+                let s = &setups[(k + round) % setups.len()];
+                let cc = load::connect_close(&s.sb.lan_path(), s.tcp, dur)
+                    .with_context(|| format!("{} connect/close", s.arm.name()))?;
+                samples
+                    .entry((Scenario::Prefill(flows), s.arm, "connect_close_per_s"))
+                    .or_default()
+                    .push(cc);
+            }
+        }
+        for s in setups {
+            prefill::clear(s)?;
+        }
+    }
+    Ok(())
+}
+
 impl Bench {
     pub async fn exec(self) -> Result<()> {
+        catch_interrupts();
         let arms: Vec<Arm> = if self.arms.is_empty() {
             Arm::ALL.to_vec()
         } else {
@@ -108,109 +293,68 @@ impl Bench {
                 .map(|a| Arm::parse(a))
                 .collect::<Result<_>>()?
         };
-        let (rounds, secs, ports) = if self.quick {
-            (3, 0.3, vec![1])
+        let (rounds, secs, ports, prefills) = if self.quick {
+            (3, 0.3, vec![1], vec![])
         } else {
-            (self.rounds, self.secs, self.ports.clone())
+            (
+                self.rounds,
+                self.secs,
+                self.ports.clone(),
+                self.prefill.clone(),
+            )
         };
+        let most = prefills.iter().copied().max().unwrap_or(0);
+        if most > prefill::MAX_FLOWS {
+            bail!(
+                "--prefill {most} is too large: at most {}",
+                prefill::MAX_FLOWS
+            );
+        }
+        // Room for the prefill's two entries per flow beside the bench's own.
+        let ct_max = netbr_common::maps::CT_MAX_ENTRIES_DEFAULT.max(2 * most + 131_072);
         let dur = Duration::from_secs_f64(secs);
         let exe = std::env::current_exe().context("finding the netbr binary")?;
-        // samples[(ports, arm, metric)] = values per round
-        let mut samples: BTreeMap<(u16, Arm, &str), Vec<f64>> = BTreeMap::new();
-        for &n in &ports {
+        let mut samples = Samples::new();
+        for (p, &n) in ports.iter().enumerate() {
             eprintln!("setting up {} arms with {n} published port(s)", arms.len());
             let setups: Vec<_> = arms
                 .iter()
-                .map(|&a| arms::setup(a, &exe, n))
+                .map(|&a| arms::setup(a, &exe, n, ct_max))
                 .collect::<Result<_>>()?;
-            let mut servers = Vec::new();
-            let mut iperfs = Vec::new();
-            let mut sinks = Vec::new();
-            let mut lan_sinks = Vec::new();
-            for s in &setups {
-                let (c, lan) = (s.sb.container_path(1), s.sb.lan_path());
-                servers.push(load::EchoServer::start(&c, arms::TCP_PORT)?);
-                servers.push(load::EchoServer::start(&lan, LAN_TCP)?);
-                iperfs.push(load::Iperf3Server::start(&c, arms::STREAM_PORT)?);
-                iperfs.push(load::Iperf3Server::start(&lan, arms::STREAM_PORT)?);
-                sinks.push(load::UdpSink::start(&c, arms::UDP_PORT)?);
-                lan_sinks.push(load::UdpSink::start(&lan, LAN_UDP)?);
-            }
-            let lan_ip = crate::sandbox::LAN_IP;
-            let lan_tcp = std::net::SocketAddr::from((lan_ip, LAN_TCP));
-            let lan_udp = std::net::SocketAddr::from((lan_ip, LAN_UDP));
-            let lan_stream = std::net::SocketAddr::from((lan_ip, arms::STREAM_PORT));
+            let servers: Vec<_> = setups.iter().map(Servers::start).collect::<Result<_>>()?;
+            let scenario = Scenario::Ports(n);
             for round in 0..rounds {
                 // Rotate the order each round so no arm always goes first.
                 for k in 0..setups.len() {
                     let i = (k + round) % setups.len();
-                    let s = &setups[i];
-                    let (lan, c) = (s.sb.lan_path(), s.sb.container_path(1));
-                    let arm = s.arm.name();
-                    let stream = load::tcp_stream(&lan, s.stream, secs)
-                        .with_context(|| format!("{arm} TCP stream"))?;
-                    let (cc, cc_cpu) = with_cpu(dur, 1e3, || load::connect_close(&lan, s.tcp, dur))
-                        .with_context(|| format!("{arm} connect/close"))?;
-                    let (rr, p50, p99) = load::request_response(&lan, s.tcp, dur, 1)
-                        .with_context(|| format!("{arm} request/response"))?;
-                    let (rr16, p50_16, p99_16) = load::request_response(&lan, s.tcp, dur, 16)
-                        .with_context(|| format!("{arm} request/response x16"))?;
-                    let (udp, udp_cpu) =
-                        with_cpu(dur, 1.0, || load::udp_rate(&lan, s.udp, &sinks[i], dur))
-                            .with_context(|| format!("{arm} UDP"))?;
-                    let mstream = load::tcp_stream(&c, lan_stream, secs)
-                        .with_context(|| format!("{arm} masquerade TCP stream"))?;
-                    let mcc = load::connect_close(&c, lan_tcp, dur)
-                        .with_context(|| format!("{arm} masquerade connect/close"))?;
-                    let mudp = load::udp_rate(&c, lan_udp, &lan_sinks[i], dur)
-                        .with_context(|| format!("{arm} masquerade UDP"))?;
-                    let values = [
-                        stream, cc, cc_cpu, rr, p50, p99, rr16, p50_16, p99_16, udp, udp_cpu,
-                        mstream, mcc, mudp,
-                    ];
+                    let values = measure_round(&setups[i], &servers[i], secs)?;
                     for (m, v) in METRICS.iter().map(|m| m.0).zip(values) {
-                        samples.entry((n, s.arm, m)).or_default().push(v);
+                        samples
+                            .entry((scenario, setups[i].arm, m))
+                            .or_default()
+                            .push(v);
                     }
                 }
                 eprintln!("round {}/{rounds} done", round + 1);
             }
-            let netbr_arms: Vec<_> = setups
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| matches!(s.arm, Arm::Netbr | Arm::NetbrFast))
-                .collect();
-            if !netbr_arms.is_empty() {
-                let _stats = bpf_cost::StatsOn::enable()?;
-                for (i, s) in netbr_arms {
-                    let links = bpf_cost::tc_links(&s.sb)?;
-                    let lan = s.sb.lan_path();
-                    let per_run = |measure: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
-                        let (t0, n0) = bpf_cost::totals(&links)?;
-                        measure()?;
-                        let (t1, n1) = bpf_cost::totals(&links)?;
-                        Ok((t1 - t0) as f64 / (n1 - n0).max(1) as f64)
-                    };
-                    let cc = per_run(&mut || load::connect_close(&lan, s.tcp, dur))?;
-                    let udp = per_run(&mut || load::udp_rate(&lan, s.udp, &sinks[i], dur))?;
-                    for (m, v) in [("connect_close_bpf_ns", cc), ("udp64_bpf_ns", udp)] {
-                        samples.entry((n, s.arm, m)).or_default().push(v);
-                    }
-                }
+            measure_bpf_cost(scenario, &setups, &servers, dur, &mut samples)?;
+            if p == 0 && !prefills.is_empty() {
+                measure_prefill(&prefills, &setups, rounds, dur, &mut samples)?;
             }
-            drop(servers);
-            drop(iperfs);
-            drop(sinks);
-            drop(lan_sinks);
-            drop(setups);
         }
-        let table = report(&samples, &arms, &ports, rounds, secs);
-        print!("{table}");
+        let mut scenarios: Vec<Scenario> = ports.iter().map(|&n| Scenario::Ports(n)).collect();
+        scenarios.extend(prefills.iter().map(|&n| Scenario::Prefill(n)));
+        print!("{}", report(&samples, &arms, &scenarios, rounds, secs));
         if let Some(path) = &self.json {
             let rows: Vec<_> = samples
                 .iter()
-                .map(|((n, arm, m), v)| {
+                .map(|((sc, arm, m), v)| {
                     let st = stat(v);
-                    json!({ "ports": n, "arm": arm.name(), "metric": m, "median": st.median, "min": st.min, "max": st.max, "samples": v })
+                    let (ports, prefill) = match sc {
+                        Scenario::Ports(n) => (*n, 0),
+                        Scenario::Prefill(f) => (ports[0], *f),
+                    };
+                    json!({ "ports": ports, "prefill_flows": prefill, "arm": arm.name(), "metric": m, "median": st.median, "min": st.min, "max": st.max, "samples": v })
                 })
                 .collect();
             let doc = json!({ "rounds": rounds, "secs_per_metric": secs, "results": rows });
@@ -218,30 +362,34 @@ impl Bench {
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         if let Some(path) = &self.svg {
-            let medians = |n: u16, a: Arm, m: &str| samples.get(&(n, a, m)).map(|v| stat(v).median);
-            std::fs::write(path, chart::svg(&medians, &arms, &ports))
+            let median =
+                |sc: Scenario, a: Arm, m: &str| samples.get(&(sc, a, m)).map(|v| stat(v).median);
+            std::fs::write(path, chart::svg(&median, &arms, &ports, &prefills))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
 }
 
-/// The table: per port count and metric, each arm's median (min-max) and its
+/// The table: per scenario and metric, each arm's median (min-max) and its
 /// ratio to `routed` and to the best netfilter arm.
 fn report(
-    samples: &BTreeMap<(u16, Arm, &str), Vec<f64>>,
+    samples: &Samples,
     arms: &[Arm],
-    ports: &[u16],
+    scenarios: &[Scenario],
     rounds: usize,
     secs: f64,
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "netbr bench: {rounds} rounds x {secs} s per metric; medians (min-max); ratios to routed and to the best netfilter arm");
-    for &n in ports {
+    for &sc in scenarios {
         for (metric, higher_better) in METRICS {
-            let _ = writeln!(out, "\n{metric} with {n} published port(s)");
-            let median = |a: Arm| samples.get(&(n, a, metric)).map(|v| stat(v).median);
+            let median = |a: Arm| samples.get(&(sc, a, metric)).map(|v| stat(v).median);
+            if arms.iter().all(|a| median(*a).is_none()) {
+                continue;
+            }
+            let _ = writeln!(out, "\n{metric} with {sc}");
             let routed = median(Arm::Routed);
             let best_nf = arms
                 .iter()
@@ -249,7 +397,7 @@ fn report(
                 .filter_map(|a| median(*a))
                 .reduce(|x, y| if higher_better == (x > y) { x } else { y });
             for &a in arms {
-                let Some(v) = samples.get(&(n, a, metric)) else {
+                let Some(v) = samples.get(&(sc, a, metric)) else {
                     continue;
                 };
                 let st = stat(v);
