@@ -7,7 +7,7 @@ mod support;
 use std::net::Ipv4Addr;
 
 use aya::{
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use netbr::{addr::to_be32, bpf::datapath::Datapath};
@@ -120,6 +120,41 @@ impl Harness {
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
+    }
+
+    /// Runs the XDP program on `frame` (loading it first); returns the
+    /// action and the output frame.
+    fn run_xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut("nb_xdp")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        if p.fd().is_err() {
+            p.load().expect("verifier accepts the XDP program");
+        }
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Points the endpoint at `ip` to an interface that exists here
+    /// (loopback), so redirects and MTU checks can resolve it.
+    fn endpoint_on_loopback(&mut self, ip: Ipv4Addr) {
+        let mut ep = self.dp.endpoints.get(&to_be32(ip), 0).expect("endpoint");
+        ep.host_ifindex = 1;
+        self.dp
+            .endpoints
+            .insert(to_be32(ip), ep, 0)
+            .expect("endpoint");
     }
 
     fn counter(&self, r: Reason) -> u64 {
@@ -939,4 +974,75 @@ fn a_finished_tcp_flow_gives_its_snat_port_to_a_new_connection() {
     // ...while a live one keeps it.
     let (verdict, _) = h.run(UP_OUT, &Spec::tcp((WEB, 40002), (REMOTE, 443), SYN).build());
     assert_eq!(verdict, SHOT);
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+#[test]
+fn xdp_carries_established_flows_into_containers_and_leaves_the_rest_to_tc() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(TCP, 8080, WEB, 80);
+    h.publish(UDP, 5353, WEB, 53);
+    h.endpoint_on_loopback(WEB);
+    let data = |flags| {
+        let mut s = Spec::tcp((LAN, 40000), (HOST, 8080), flags);
+        s.payload = (0..200u8).collect();
+        s.build()
+    };
+    // Not yet established: TC's.
+    let syn = Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build();
+    assert_eq!(h.run_xdp(&syn), (XDP_PASS, syn.clone()));
+    h.run(UP_IN, &syn);
+    h.run(
+        UP_OUT,
+        &Spec::tcp((WEB, 80), (LAN, 40000), SYN | ACK).build(),
+    );
+    let frame = data(ACK);
+    assert_eq!(h.run_xdp(&frame), (XDP_PASS, frame.clone()), "half-open");
+    h.run(UP_IN, &frame);
+
+    // Established: translated in the driver, addressed to the container's
+    // MAC from the bridge, TTL down by one, checksums right.
+    let frame = data(ACK | 0x08);
+    let (action, out) = h.run_xdp(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(parse_checked(&out), seen((LAN, 40000), (WEB, 80)));
+    assert_eq!(&out[0..6], &WEB_MAC);
+    assert_eq!(&out[6..12], &BRIDGE_MAC);
+    assert_eq!(out[22], frame[22] - 1, "TTL decremented");
+    assert_eq!(&out[54..], &frame[54..], "payload untouched");
+    assert_eq!(h.dp.fast_path_counts().expect("fast").2, 1);
+    let flow = h
+        .flows()
+        .into_iter()
+        .find(|(k, _)| k.sport == 40000u16.to_be())
+        .expect("flow");
+    assert_eq!(flow.1.packets[0], 3, "XDP accounts the packet to its flow");
+
+    // State changes, fragments, options and ICMP stay with TC.
+    let fin = data(ACK | 0x01);
+    assert_eq!(h.run_xdp(&fin), (XDP_PASS, fin.clone()), "FIN");
+    let (first, _) = fragment(&frame, 48, 7);
+    assert_eq!(h.run_xdp(&first), (XDP_PASS, first.clone()), "fragment");
+    let mut opts = Spec::tcp((LAN, 40000), (HOST, 8080), ACK);
+    opts.ip_options = vec![1, 1, 1, 0];
+    let opts = opts.build();
+    assert_eq!(h.run_xdp(&opts), (XDP_PASS, opts.clone()), "IP options");
+    let ping = Spec::echo_request(LAN, HOST, 7).build();
+    assert_eq!(h.run_xdp(&ping), (XDP_PASS, ping.clone()), "ICMP");
+    // A packet matching nothing is not XDP's to judge either.
+    let stray = Spec::tcp((LAN, 40001), (HOST, 9999), ACK).build();
+    assert_eq!(h.run_xdp(&stray), (XDP_PASS, stray.clone()), "no flow");
+
+    // UDP without a checksum keeps none.
+    let mut q = Spec::udp((LAN, 40002), (HOST, 5353));
+    q.udp_no_csum = true;
+    let q = q.build();
+    h.run(UP_IN, &q);
+    h.run(UP_OUT, &Spec::udp((WEB, 53), (LAN, 40002)).build());
+    let (action, out) = h.run_xdp(&q);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(parse_checked(&out), seen((LAN, 40002), (WEB, 53)));
+    assert_eq!(&out[40..42], &[0, 0], "no checksum stays none");
 }

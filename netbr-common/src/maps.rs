@@ -21,7 +21,9 @@ pub const MAP_FRAGMENTS: &str = "NB_FRAG";
 pub const MAP_FAST_PATH: &str = "NB_FAST";
 pub const FAST_INTO_CONTAINER: u32 = 0;
 pub const FAST_OUT_UPLINK: u32 = 1;
-pub const FAST_COUNT: u32 = 2;
+/// Delivered by the uplink's XDP program (`attach --xdp`).
+pub const FAST_XDP: u32 = 2;
+pub const FAST_COUNT: u32 = 3;
 /// Per-CPU histogram of SNAT port-search attempts (`snat::SNAT_HISTOGRAM_LEN`).
 pub const MAP_SNAT_HISTOGRAM: &str = "NB_SNATH";
 /// Ring buffer of `Event`s, the datapath's rate-limited log; `netbr events`
@@ -74,6 +76,8 @@ pub const PINNED_MAPS: [&str; 13] = [
 pub const PROG_UPLINK_INGRESS: &str = "nb_up_in";
 pub const PROG_UPLINK_EGRESS: &str = "nb_up_out";
 pub const PROG_BRIDGE_INGRESS: &str = "nb_br_in";
+/// XDP on the uplink (`attach --xdp`).
+pub const PROG_XDP: &str = "nb_xdp";
 /// cgroup sock_addr programs: host-local access to published ports.
 pub const PROG_CONNECT4: &str = "nb_connect4";
 pub const PROG_SENDMSG4: &str = "nb_sendmsg4";
@@ -228,6 +232,8 @@ pub const CFG_ICC_DISABLED: u32 = 2;
 /// `Config::flags`: deliver translated packets by redirect instead of
 /// through the host stack (`attach --fast-path`).
 pub const CFG_FAST_PATH: u32 = 4;
+/// `Config::flags`: the uplink runs the XDP fast path (`attach --xdp`).
+pub const CFG_XDP: u32 = 8;
 
 impl Config {
     pub const fn has(&self, flag: u32) -> bool {

@@ -78,6 +78,13 @@ pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
     lookup_in(&CONNTRACK, true, key, cfg, now).or_else(|| lookup_in(&CT_NEW, false, key, cfg, now))
 }
 
+/// Finds the live flow `key` belongs to among assured flows only: the XDP
+/// fast path leaves flows still being set up to TC.
+#[inline(always)]
+pub fn lookup_assured(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
+    lookup_in(&CONNTRACK, true, key, cfg, now)
+}
+
 /// Finds the live flow of `key` in one table. Entries whose partner is gone
 /// (LRU eviction takes one entry at a time) or whose state timed out are
 /// removed here, so expiry needs no garbage collector.

@@ -18,11 +18,12 @@ mod parse;
 mod redirect;
 mod rewrite;
 mod sockaddr;
+mod xdp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use netbr_common::{
     counters::Reason,
@@ -63,6 +64,12 @@ pub fn nb_up_out(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nb_br_in(ctx: TcContext) -> i32 {
     verdict(hooks::run(&ctx, HOOK_BRIDGE_INGRESS))
+}
+
+/// `attach --xdp`: established flows bound for containers, on the uplink.
+#[xdp]
+pub fn nb_xdp(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx)
 }
 
 /// cgroup sock_addr verdict: 1 lets the syscall proceed (rewritten or not).

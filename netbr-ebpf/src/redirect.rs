@@ -122,7 +122,7 @@ pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {
 }
 
 #[inline(always)]
-fn count_fast(index: u32) {
+pub fn count_fast(index: u32) {
     if let Some(slot) = FAST_PATH.get_ptr_mut(index) {
         // SAFETY: per-CPU slot.
         unsafe { *slot += 1 };

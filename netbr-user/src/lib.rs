@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bpf;
 pub mod cli;
 pub mod cmd;
+pub mod ethtool;
 pub mod netlink;
 pub mod netns;
 pub mod probe;

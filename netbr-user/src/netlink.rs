@@ -27,6 +27,7 @@ pub struct Link {
     pub master: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub is_bridge: bool,
+    pub is_veth: bool,
 }
 
 /// An IPv4 address with its prefix, on an interface.
@@ -232,6 +233,7 @@ fn link_from(msg: &LinkMessage) -> Link {
         master: None,
         mac: None,
         is_bridge: false,
+        is_veth: false,
     };
     for attr in &msg.attributes {
         match attr {
@@ -243,9 +245,9 @@ fn link_from(msg: &LinkMessage) -> Link {
                 link.mac = Some(mac);
             }
             LinkAttribute::LinkInfo(infos) => {
-                link.is_bridge = infos
-                    .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                let kind = |k: InfoKind| infos.iter().any(|i| *i == LinkInfo::Kind(k.clone()));
+                link.is_bridge = kind(InfoKind::Bridge);
+                link.is_veth = kind(InfoKind::Veth);
             }
             _ => {}
         }

@@ -35,13 +35,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// A TCP server that reads one request per connection and answers it.
+    /// A TCP server that reads one request per connection, up to the
+    /// client's half-close, and answers it. Reading to the end matters: a
+    /// request split over several segments would otherwise be answered in
+    /// part, and closing with unread data makes the kernel reset.
     pub fn tcp(ns: &Path, port: u16, respond: Responder) -> Result<Self> {
         Self::tcp_with(ns, port, move |mut s, peer| {
             s.set_read_timeout(Some(IO_TIMEOUT))?;
-            let mut buf = vec![0; 65536];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let _ = s.write_all(&respond(&buf[..n], peer));
+            let mut request = Vec::new();
+            let _ = s.read_to_end(&mut request);
+            let _ = s.write_all(&respond(&request, peer));
             Ok(())
         })
     }

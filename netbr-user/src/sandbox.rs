@@ -38,6 +38,13 @@ pub fn fast_path_requested() -> bool {
     std::env::var("NETBR_E2E_FAST_PATH").is_ok_and(|v| v == "1")
 }
 
+/// Whether the tests run with the XDP fast path (`NETBR_E2E_XDP=1`). Such a
+/// sandbox's lan sends complete checksums, as a physical wire delivers
+/// them: XDP cannot fix up the partial ones a veth peer would offload.
+pub fn xdp_requested() -> bool {
+    std::env::var("NETBR_E2E_XDP").is_ok_and(|v| v == "1")
+}
+
 /// A short suffix unique on this machine for this process's lifetime.
 pub fn unique_suffix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -85,6 +92,9 @@ impl Sandbox {
                 let eth = nl.require_link("nblan0").await?;
                 nl.rename(eth.index, "eth0").await?;
                 nl.add_addr(eth.index, LAN_IP, 24).await?;
+                if xdp_requested() {
+                    crate::ethtool::set_tx_checksum("eth0", false)?;
+                }
                 nl.set_up(eth.index).await
             })
         })??;
@@ -143,6 +153,9 @@ impl Sandbox {
         let mut args = vec!["attach", "--subnet", SUBNET, "--uplink", UPLINK];
         if fast_path_requested() && !extra.contains(&"--fast-path") {
             args.push("--fast-path");
+        }
+        if xdp_requested() && !extra.contains(&"--xdp") {
+            args.push("--xdp");
         }
         args.extend_from_slice(extra);
         self.netbr_ok(&args)

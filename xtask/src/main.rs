@@ -63,23 +63,32 @@ fn main() -> Result<()> {
             require_root("the tests create network namespaces and load BPF programs")?;
             cargo(&["test"], &args)?;
             if args.is_empty() {
-                // The same end-to-end suites again, with the fast path on.
-                eprintln!("xtask: end-to-end, reliability and soak tests again with --fast-path");
-                run(
-                    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                        .args([
-                            "test",
-                            "-p",
-                            "netbr-user",
-                            "--test",
-                            "e2e",
-                            "--test",
-                            "reliability",
-                            "--test",
-                            "soak",
-                        ])
-                        .env("NETBR_E2E_FAST_PATH", "1"),
-                )?;
+                // The same end-to-end suites again, with the TC fast path on,
+                // then with XDP as well.
+                for (what, env) in [
+                    ("--fast-path", &[("NETBR_E2E_FAST_PATH", "1")][..]),
+                    (
+                        "--fast-path --xdp",
+                        &[("NETBR_E2E_FAST_PATH", "1"), ("NETBR_E2E_XDP", "1")][..],
+                    ),
+                ] {
+                    eprintln!("xtask: end-to-end, reliability and soak tests again with {what}");
+                    run(
+                        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                            .args([
+                                "test",
+                                "-p",
+                                "netbr-user",
+                                "--test",
+                                "e2e",
+                                "--test",
+                                "reliability",
+                                "--test",
+                                "soak",
+                            ])
+                            .envs(env.iter().copied()),
+                    )?;
+                }
             }
             Ok(())
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    bpf::pins::{self, LINK_BRIDGE_INGRESS, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS},
+    bpf::pins::{self, LINK_BRIDGE_INGRESS, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP},
     sandbox::{Sandbox, BRIDGE},
 };
 
@@ -31,15 +31,21 @@ impl Drop for StatsOn {
     }
 }
 
-/// The TC links of a sandbox's datapath.
-pub fn tc_links(sb: &Sandbox) -> Result<Vec<PathBuf>> {
+/// The packet programs' links of a sandbox's datapath: TC, and XDP when
+/// attached.
+pub fn packet_links(sb: &Sandbox) -> Result<Vec<PathBuf>> {
     let dir = crate::netns::run_in(&sb.host_path(), || pins::pin_dir(BRIDGE))??;
-    Ok(
-        [LINK_UPLINK_INGRESS, LINK_UPLINK_EGRESS, LINK_BRIDGE_INGRESS]
-            .iter()
-            .map(|l| dir.join(l))
-            .collect(),
-    )
+    let names = [
+        LINK_UPLINK_INGRESS,
+        LINK_UPLINK_EGRESS,
+        LINK_BRIDGE_INGRESS,
+        LINK_XDP,
+    ];
+    Ok(names
+        .iter()
+        .map(|l| dir.join(l))
+        .filter(|p| p.exists())
+        .collect())
 }
 
 /// Total (run time ns, runs) of the programs behind `links`.

@@ -11,8 +11,8 @@ const PANEL_W: f64 = 460.0;
 const PANEL_H: f64 = 170.0;
 const COLUMNS: usize = 2;
 const LABEL_W: f64 = 120.0;
-const PALETTE: [&str; 6] = [
-    "#7f7f7f", "#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c",
+const PALETTE: [&str; 7] = [
+    "#7f7f7f", "#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c", "#17becf",
 ];
 
 fn color(arm: Arm) -> &'static str {

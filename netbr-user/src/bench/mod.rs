@@ -25,7 +25,7 @@ use arms::{Arm, Setup};
 #[derive(Args, Debug)]
 pub struct Bench {
     /// Arms to run, comma-separated (routed, iptables-nft, iptables-legacy,
-    /// nftables, netbr, netbr-fast); all by default.
+    /// nftables, netbr, netbr-fast, netbr-xdp); all by default.
     #[arg(long, value_delimiter = ',')]
     pub arms: Vec<String>,
     /// Published ports per sandbox; the measured one comes last. Repeatable
@@ -225,14 +225,14 @@ fn measure_bpf_cost(
     let netbr: Vec<_> = setups
         .iter()
         .zip(servers)
-        .filter(|(s, _)| matches!(s.arm, Arm::Netbr | Arm::NetbrFast))
+        .filter(|(s, _)| s.arm.is_netbr())
         .collect();
     if netbr.is_empty() {
         return Ok(());
     }
     let _stats = bpf_cost::StatsOn::enable()?;
     for (s, srv) in netbr {
-        let links = bpf_cost::tc_links(&s.sb)?;
+        let links = bpf_cost::packet_links(&s.sb)?;
         let lan = s.sb.lan_path();
         let per_run = |measure: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
             let (t0, n0) = bpf_cost::totals(&links)?;

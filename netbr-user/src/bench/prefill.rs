@@ -63,7 +63,7 @@ impl Drop for NfLimit {
 pub fn fill(s: &Setup, flows: u32) -> Result<()> {
     match s.arm {
         Arm::Routed => Ok(()),
-        Arm::Netbr | Arm::NetbrFast => fill_netbr(s, flows),
+        a if a.is_netbr() => fill_netbr(s, flows),
         _ => {
             let mut lines = String::new();
             for i in 0..flows {
@@ -120,7 +120,7 @@ fn fill_netbr(s: &Setup, flows: u32) -> Result<()> {
 pub fn clear(s: &Setup) -> Result<()> {
     match s.arm {
         Arm::Routed => Ok(()),
-        Arm::Netbr | Arm::NetbrFast => s.sb.netbr_ok(&["conntrack", "flush"]).map(drop),
+        a if a.is_netbr() => s.sb.netbr_ok(&["conntrack", "flush"]).map(drop),
         _ => arms::run(&s.sb, "conntrack", &["-F"], None),
     }
 }

@@ -8,18 +8,19 @@ use aya::{
     programs::{
         links::{CgroupAttachMode, FdLink, PinnedLink},
         tc::TcAttachOptions,
-        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
 use netbr_common::maps::{
     MAP_CONNTRACK, MAP_CONNTRACK_NEW, PINNED_MAPS, PROG_BRIDGE_INGRESS, PROG_CONNECT4,
-    PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
 };
 
 use super::pins::{
     cgroup2_root, LINKS, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4, LINK_RECVMSG4,
-    LINK_SENDMSG4, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS,
+    LINK_SENDMSG4, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
 };
 
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps
@@ -147,6 +148,39 @@ fn attach_one(
         )?;
         let link: FdLink = program.take_link(id)?.try_into()?;
         link.pin(link_path).context("pinning the link")?;
+    }
+    Ok(())
+}
+
+/// Attaches the XDP fast path to the uplink in native (driver) mode, or
+/// swaps the program behind an existing link, as for TC.
+pub fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink_index: u32) -> Result<()> {
+    let program: &mut Xdp = program(ebpf, PROG_XDP)?;
+    program
+        .load()
+        .with_context(|| format!("verifying {PROG_XDP}"))?;
+    let link_path = dir.join(LINK_XDP);
+    if link_path.exists() {
+        let old = PinnedLink::from_pin(&link_path).context("opening the pinned XDP link")?;
+        let link = XdpLink::try_from(FdLink::from(old))?;
+        let id = program.attach_to_link(link)?;
+        drop(program.take_link(id)?);
+    } else {
+        let id = program
+            .attach_to_if_index(uplink_index, XdpMode::Driver)
+            .context("attaching XDP to the uplink in driver mode (does its driver support XDP?)")?;
+        let link: FdLink = program.take_link(id)?.try_into()?;
+        link.pin(&link_path).context("pinning the XDP link")?;
+    }
+    Ok(())
+}
+
+/// Removes the uplink's XDP program, if attached.
+pub fn detach_xdp(dir: &Path) -> Result<()> {
+    let link_path = dir.join(LINK_XDP);
+    if link_path.exists() {
+        std::fs::remove_file(&link_path)
+            .with_context(|| format!("removing {}", link_path.display()))?;
     }
     Ok(())
 }

@@ -13,8 +13,8 @@ use netbr_common::{
     counters::Reason,
     maps::{
         Config, Endpoint, Event, MappingKey, MappingTarget, FAST_INTO_CONTAINER, FAST_OUT_UPLINK,
-        MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
-        MAP_FAST_PATH, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
+        FAST_XDP, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS,
+        MAP_EVENTS, MAP_FAST_PATH, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
     },
 };
 
@@ -140,7 +140,9 @@ impl Datapath {
     }
 
     /// Packets the fast path delivered: (into containers, out of the uplink).
-    pub fn fast_path_counts(&self) -> Result<(u64, u64)> {
+    /// Packets the fast path carried: (TC into containers, TC out of the
+    /// uplink, XDP into containers).
+    pub fn fast_path_counts(&self) -> Result<(u64, u64, u64)> {
         let get = |i: u32| -> Result<u64> {
             Ok(self
                 .fast_path
@@ -149,7 +151,11 @@ impl Datapath {
                 .iter()
                 .sum())
         };
-        Ok((get(FAST_INTO_CONTAINER)?, get(FAST_OUT_UPLINK)?))
+        Ok((
+            get(FAST_INTO_CONTAINER)?,
+            get(FAST_OUT_UPLINK)?,
+            get(FAST_XDP)?,
+        ))
     }
 
     pub fn counter(&self, reason: Reason) -> Result<u64> {

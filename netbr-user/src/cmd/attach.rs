@@ -5,8 +5,8 @@ use clap::Args;
 use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, STATE_COUNT},
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CT_MAX_ENTRIES_DEFAULT,
-        LAYOUT_VERSION,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_XDP,
+        CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION,
     },
 };
 
@@ -51,6 +51,12 @@ pub struct Attach {
     /// the uplink for tracked flows outbound.
     #[arg(long)]
     pub fast_path: bool,
+    /// Also translate packets of established flows bound for containers in
+    /// an XDP program on the uplink, redirecting them to the container's
+    /// veth (turns GRO on there, which veth needs to take XDP frames).
+    /// Needs an uplink that delivers complete checksums, as physical NICs do.
+    #[arg(long)]
+    pub xdp: bool,
     /// Inter-container communication on the bridge (Docker's enable_icc).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub icc: bool,
@@ -124,6 +130,12 @@ impl Attach {
                     self.bridge
                 );
             }
+        }
+        if self.xdp && uplink.is_veth {
+            eprintln!(
+                "warning: uplink {} is a veth: XDP sees only a partial checksum in frames whose sender offloads it, and cannot fix it up; turn transmit checksumming off on its peer (ethtool -K PEER tx off), as a physical NIC's frames are always complete",
+                self.uplink
+            );
         }
         let dir = pins::pin_dir(&self.bridge)?;
         let reattach = dir.join(netbr_common::maps::MAP_CONFIG).exists();
@@ -199,6 +211,9 @@ impl Attach {
             if self.fast_path {
                 flags |= CFG_FAST_PATH;
             }
+            if self.xdp {
+                flags |= CFG_XDP;
+            }
             // Existing endpoints follow a changed --icc at once.
             for (_, ep) in dp.endpoint_list()? {
                 nl.set_port_isolated(ep.host_ifindex, !self.icc).await?;
@@ -225,7 +240,15 @@ impl Attach {
                 netns_cookie: crate::netns::current_cookie()?,
             })?;
             sync_local_addrs(&nl, &mut dp).await?;
-            attach::attach_all(&mut ebpf, &dir, &self.uplink, &self.bridge)
+            attach::attach_all(&mut ebpf, &dir, &self.uplink, &self.bridge)?;
+            if self.xdp {
+                for (_, ep) in dp.endpoint_list()? {
+                    super::endpoint::accept_xdp_frames(&ep)?;
+                }
+                attach::attach_xdp(&mut ebpf, &dir, uplink.index)
+            } else {
+                attach::detach_xdp(&dir)
+            }
         }
         .await;
         if let Err(e) = result {

@@ -2,7 +2,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use netbr_common::maps::{Endpoint, CFG_ICC_DISABLED, ENDPOINT_NAME_MAX, ENDPOINT_OWNS_NETNS};
+use netbr_common::maps::{
+    Endpoint, CFG_ICC_DISABLED, CFG_XDP, ENDPOINT_NAME_MAX, ENDPOINT_OWNS_NETNS,
+};
 
 use super::{find_endpoint, fixed, text};
 use crate::{
@@ -150,6 +152,10 @@ impl Add {
             let lo = inner.require_link("lo").await?;
             inner.set_up(lo.index).await?;
             inner.add_default_route(gateway).await?;
+            if cfg.has(CFG_XDP) {
+                let _in = NetnsGuard::enter(&ns_path)?;
+                crate::ethtool::set_gro("eth0", true)?;
+            }
             let ep = Endpoint {
                 host_ifindex: host.index,
                 mac: inner.require_link("eth0").await?.mac.unwrap_or_default(),
@@ -229,4 +235,14 @@ pub async fn remove_endpoint_objects(nl: &Netlink, ep: &Endpoint) -> Vec<anyhow:
         }
     }
     errors
+}
+
+/// Readies an endpoint's veth for frames the uplink's XDP program
+/// redirects to it: a veth drops them unless its NAPI instance runs, which
+/// GRO turns on.
+pub fn accept_xdp_frames(ep: &Endpoint) -> Result<()> {
+    let ns = std::path::PathBuf::from(text(&ep.netns));
+    let _in = NetnsGuard::enter(&ns)?;
+    crate::ethtool::set_gro("eth0", true)
+        .with_context(|| format!("endpoint {} in {}", text(&ep.name), ns.display()))
 }

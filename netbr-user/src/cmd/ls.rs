@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::Args;
 use netbr_common::{
     conntrack::CtState,
-    maps::{CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED},
+    maps::{CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_XDP},
     proto_name,
 };
 use serde_json::json;
@@ -85,6 +85,7 @@ impl Ls {
             "icc": !cfg.has(CFG_ICC_DISABLED),
             "allow_direct_routing": cfg.has(CFG_ALLOW_DIRECT_ROUTING),
             "fast_path": cfg.has(CFG_FAST_PATH),
+            "xdp": cfg.has(CFG_XDP),
             "timeouts_s": timeouts,
             "pins": dir.display().to_string(),
             "endpoints": eps,
@@ -103,8 +104,10 @@ impl Ls {
             doc["uplink_ip"].as_str().unwrap_or("")
         );
         println!(
-            "snat ports {}  pins {}",
+            "snat ports {}  fast path {}  xdp {}  pins {}",
             doc["snat_ports"].as_str().unwrap_or(""),
+            cfg.has(CFG_FAST_PATH),
+            cfg.has(CFG_XDP),
             dir.display()
         );
         println!(

@@ -17,7 +17,7 @@ impl Stats {
         let (dp, _) = Datapath::open(&self.bridge)?;
         let totals = dp.counter_totals()?;
         let attempts = dp.snat_attempts()?;
-        let (fast_in, fast_out) = dp.fast_path_counts()?;
+        let (fast_in, fast_out, fast_xdp) = dp.fast_path_counts()?;
         let bucket = |i: usize| match i {
             0 => "own_port".to_string(),
             i if i == attempts.len() - 1 => "exhausted".to_string(),
@@ -36,10 +36,18 @@ impl Stats {
             map.insert("snat_attempts".into(), serde_json::Value::Object(hist));
             map.insert("fast_path_in".into(), serde_json::json!(fast_in));
             map.insert("fast_path_out".into(), serde_json::json!(fast_out));
+            map.insert("fast_path_xdp".into(), serde_json::json!(fast_xdp));
             super::print_json(&serde_json::Value::Object(map));
         } else {
             for (r, v) in totals {
                 println!("{:<24} {v}", r.name());
+            }
+            for (name, v) in [
+                ("fast_path_in", fast_in),
+                ("fast_path_out", fast_out),
+                ("fast_path_xdp", fast_xdp),
+            ] {
+                println!("{name:<24} {v}");
             }
             let used: Vec<String> = attempts
                 .iter()

@@ -1,0 +1,207 @@
+//! The XDP fast path on the uplink (`attach --xdp`): packets of assured
+//! flows bound for a container are translated in the driver and redirected
+//! to the container's veth, before an skb exists. Everything else passes to
+//! the TC programs unchanged: first packets, TCP SYN/FIN/RST (state
+//! transitions stay with TC), fragments, IP options, ICMP, expiring TTLs,
+//! packets too big for the container's link.
+//!
+//! Checksums are updated incrementally as full checksums, which is what
+//! every frame from a physical NIC carries. A frame from a veth whose peer
+//! offloads transmit checksums holds only a partial one, and XDP cannot
+//! tell; `attach --xdp` on a veth uplink warns about it.
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    helpers::{bpf_check_mtu, bpf_ktime_get_ns, bpf_redirect},
+    programs::XdpContext,
+    EbpfContext as _,
+};
+use netbr_common::{
+    conntrack::FlowKey,
+    counters::Reason,
+    maps::{Config, FAST_XDP},
+    IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    conntrack,
+    counters::count,
+    maps::{CONFIG, ENDPOINTS},
+    redirect::count_fast,
+};
+
+const ETH_LEN: usize = 14;
+const IP_LEN: usize = 20;
+const ETH_P_IP: u16 = 0x0800;
+const TCP_SYN_FIN_RST: u8 = 0x07;
+
+/// The IPv4 header without options, as on the wire.
+#[repr(C)]
+struct Ipv4 {
+    vihl: u8,
+    _tos: u8,
+    tot_len: u16,
+    _id: u16,
+    frag: u16,
+    ttl: u8,
+    proto: u8,
+    csum: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// Where TCP and UDP keep their flags and checksums, and the bytes needed
+/// to reach them.
+const TCP_FLAGS: usize = 13;
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
+const TCP_MIN: usize = 20;
+const UDP_MIN: usize = 8;
+
+pub fn run(ctx: &XdpContext) -> u32 {
+    try_run(ctx).unwrap_or(XDP_PASS)
+}
+
+/// A pointer to `len` bytes at `off` of the frame, if the frame has them.
+#[inline(always)]
+fn at(ctx: &XdpContext, off: usize, len: usize) -> Option<*mut u8> {
+    let start = ctx.data();
+    if start + off + len > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut u8)
+}
+
+#[inline(always)]
+fn try_run(ctx: &XdpContext) -> Option<u32> {
+    let cfg: &Config = CONFIG.get(0).filter(|c| c.configured != 0)?;
+    let eth = at(ctx, 0, ETH_LEN)?;
+    // SAFETY: `at` checked the bounds; packet bytes may be unaligned.
+    let ethertype = unsafe { (eth.add(12) as *const u16).read_unaligned() };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let ip = at(ctx, ETH_LEN, IP_LEN)? as *mut Ipv4;
+    // SAFETY: as above.
+    let ipv = unsafe { ip.read_unaligned() };
+    // No options, no fragment of any kind, a TTL that survives this hop.
+    if ipv.vihl != 0x45 || u16::from_be(ipv.frag) & 0x3fff != 0 || ipv.ttl <= 1 {
+        return None;
+    }
+    let l4_off = ETH_LEN + IP_LEN;
+    let (csum_off, min) = match ipv.proto {
+        IPPROTO_TCP => (TCP_CSUM, TCP_MIN),
+        IPPROTO_UDP => (UDP_CSUM, UDP_MIN),
+        _ => return None,
+    };
+    let l4 = at(ctx, l4_off, min)?;
+    if (u16::from_be(ipv.tot_len) as usize) < IP_LEN + min {
+        return None;
+    }
+    // SAFETY: `at` checked `min` bytes, which cover ports, flags, checksum.
+    let (sport, dport, flags) = unsafe {
+        (
+            (l4 as *const u16).read_unaligned(),
+            (l4.add(2) as *const u16).read_unaligned(),
+            if ipv.proto == IPPROTO_TCP {
+                *l4.add(TCP_FLAGS)
+            } else {
+                0
+            },
+        )
+    };
+    if flags & TCP_SYN_FIN_RST != 0 {
+        return None;
+    }
+    let key = FlowKey {
+        saddr: ipv.saddr,
+        daddr: ipv.daddr,
+        sport,
+        dport,
+        proto: ipv.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = conntrack::lookup_assured(&key, cfg, now)?;
+    // SAFETY: map value pointer from the lookup, valid for this run.
+    let xlat = unsafe { (*flow.entry).xlat };
+    // Only flows whose packets from here change destination only, towards
+    // a container: published ports and masquerade replies.
+    if xlat.saddr != key.saddr || xlat.sport != key.sport || !cfg.in_subnet(xlat.daddr) {
+        return None;
+    }
+    // SAFETY: read-only copy out of the map value.
+    let ep = unsafe { ENDPOINTS.get(&xlat.daddr) }?;
+    let (mac, ifindex) = (ep.mac, ep.host_ifindex);
+    let mut mtu_len: u32 = 0;
+    // SAFETY: the helper reads the frame's length and writes `mtu_len`.
+    if unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu_len, 0, 0) } != 0 {
+        return None;
+    }
+    // Everything checked: from here the frame is changed and sent.
+    let len = u16::from_be(ipv.tot_len) as u32;
+    conntrack::account(&flow, &key, flags, len, cfg, now).ok()?;
+    // SAFETY: every write stays inside the bounds `at` checked above.
+    unsafe {
+        let mut ip_sum = (*ip).csum;
+        // TTL and protocol share a 16-bit word of the header checksum.
+        let ttl_word = u16::from_ne_bytes([ipv.ttl, ipv.proto]);
+        (*ip).ttl = ipv.ttl - 1;
+        ip_sum = csum_replace(
+            ip_sum,
+            &[ttl_word],
+            &[u16::from_ne_bytes([ipv.ttl - 1, ipv.proto])],
+        );
+        let l4_sum_ptr = l4.add(csum_off) as *mut u16;
+        let mut l4_sum = l4_sum_ptr.read_unaligned();
+        // A UDP checksum of 0 means none: it stays none.
+        let udp_none = ipv.proto == IPPROTO_UDP && l4_sum == 0;
+        if xlat.daddr != key.daddr {
+            (*ip).daddr = xlat.daddr;
+            let (old, new) = (halves(key.daddr), halves(xlat.daddr));
+            ip_sum = csum_replace(ip_sum, &old, &new);
+            l4_sum = csum_replace(l4_sum, &old, &new);
+        }
+        if xlat.dport != key.dport {
+            (l4.add(2) as *mut u16).write_unaligned(xlat.dport);
+            l4_sum = csum_replace(l4_sum, &[key.dport], &[xlat.dport]);
+        }
+        (*ip).csum = ip_sum;
+        if !udp_none {
+            // 0 is reserved for "no checksum" in UDP; its other zero is all ones.
+            l4_sum_ptr.write_unaligned(if l4_sum == 0 && ipv.proto == IPPROTO_UDP {
+                0xffff
+            } else {
+                l4_sum
+            });
+        }
+        (eth as *mut [u8; 6]).write_unaligned(mac);
+        (eth.add(6) as *mut [u8; 6]).write_unaligned(cfg.bridge_mac);
+    }
+    count(Reason::Translated);
+    count_fast(FAST_XDP);
+    // SAFETY: the helper has no preconditions. It returns XDP_REDIRECT, or
+    // XDP_ABORTED for flags it does not know, never the case here.
+    Some(unsafe { bpf_redirect(ifindex, 0) } as u32)
+}
+
+/// A 32-bit field as the two 16-bit words the Internet checksum adds.
+#[inline(always)]
+fn halves(v: u32) -> [u16; 2] {
+    [v as u16, (v >> 16) as u16]
+}
+
+/// RFC 1624 incremental update: HC' = ~(~HC + ~m + m'). All words in the
+/// byte order they have in the packet, which the ones' complement sum does
+/// not care about.
+#[inline(always)]
+fn csum_replace<const N: usize>(check: u16, old: &[u16; N], new: &[u16; N]) -> u16 {
+    let mut sum = u32::from(!check);
+    for i in 0..N {
+        sum += u32::from(!old[i]) + u32::from(new[i]);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
