@@ -110,16 +110,7 @@ impl Harness {
             .expect("program")
             .try_into()
             .expect("classifier");
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_on(p, frame)
     }
 
     /// Runs the XDP program on `frame` (loading it first); returns the
@@ -134,16 +125,7 @@ impl Harness {
         if p.fd().is_err() {
             p.load().expect("verifier accepts the XDP program");
         }
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_on(p, frame)
     }
 
     /// Points the endpoint at `ip` to an interface that exists here
@@ -174,6 +156,24 @@ impl Harness {
     fn entries(&self) -> usize {
         self.dp.conntrack.keys().count() + self.dp.conntrack_new.keys().count()
     }
+}
+
+/// One BPF_PROG_TEST_RUN of a packet program on `frame`: its return value
+/// and the frame it left.
+fn run_on<P>(p: &P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
 }
 
 fn seen(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Seen {

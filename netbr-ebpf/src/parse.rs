@@ -73,19 +73,19 @@ impl Packet {
     }
 }
 
-/// The IPv4 header without options, as on the wire.
+/// The IPv4 header without options, as on the wire (network byte order).
 #[repr(C)]
-struct Ipv4Fixed {
-    vihl: u8,
-    _tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag: u16,
-    _ttl: u8,
-    proto: u8,
-    _csum: u16,
-    saddr: u32,
-    daddr: u32,
+pub struct Ipv4Fixed {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub csum: u16,
+    pub saddr: u32,
+    pub daddr: u32,
 }
 
 /// A TCP header up to its flags.

@@ -27,28 +27,13 @@ use crate::{
     conntrack,
     counters::count,
     maps::{CONFIG, ENDPOINTS},
+    parse::{Ipv4Fixed, ETH_LEN},
     redirect::count_fast,
 };
 
-const ETH_LEN: usize = 14;
-const IP_LEN: usize = 20;
+const IP_LEN: usize = core::mem::size_of::<Ipv4Fixed>();
 const ETH_P_IP: u16 = 0x0800;
 const TCP_SYN_FIN_RST: u8 = 0x07;
-
-/// The IPv4 header without options, as on the wire.
-#[repr(C)]
-struct Ipv4 {
-    vihl: u8,
-    _tos: u8,
-    tot_len: u16,
-    _id: u16,
-    frag: u16,
-    ttl: u8,
-    proto: u8,
-    csum: u16,
-    saddr: u32,
-    daddr: u32,
-}
 
 /// Where TCP and UDP keep their flags and checksums, and the bytes needed
 /// to reach them.
@@ -81,7 +66,7 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     if u16::from_be(ethertype) != ETH_P_IP {
         return None;
     }
-    let ip = at(ctx, ETH_LEN, IP_LEN)? as *mut Ipv4;
+    let ip = at(ctx, ETH_LEN, IP_LEN)? as *mut Ipv4Fixed;
     // SAFETY: as above.
     let ipv = unsafe { ip.read_unaligned() };
     // No options, no fragment of any kind, a TTL that survives this hop.

@@ -79,16 +79,8 @@ fn bars(
     } else {
         "lower is better"
     };
-    let _ = writeln!(
-        out,
-        r#"<text x="{x0}" y="{}" font-size="13">{metric} ({arrow})</text>"#,
-        y0 + 14.0
-    );
-    let max = arms
-        .iter()
-        .filter_map(|a| value(*a))
-        .fold(0.0f64, f64::max)
-        .max(f64::MIN_POSITIVE);
+    heading(out, (x0, y0), &format!("{metric} ({arrow})"));
+    let max = largest(arms.iter().filter_map(|a| value(*a)));
     let bar_h = ((PANEL_H - 40.0) / arms.len().max(1) as f64).min(22.0);
     let span = PANEL_W - LABEL_W - 80.0;
     for (i, &arm) in arms.iter().enumerate() {
@@ -132,16 +124,11 @@ fn lines(
     let metric = "connect_close_per_s";
     let (w, h) = (PANEL_W * COLUMNS as f64 - 200.0, PANEL_H * 1.6 - 60.0);
     let (px, py) = (x0 + 60.0, y0 + 30.0);
-    let _ = writeln!(
-        out,
-        r#"<text x="{x0}" y="{}" font-size="13">{title}</text>"#,
-        y0 + 14.0
+    heading(out, (x0, y0), title);
+    let max = largest(
+        arms.iter()
+            .flat_map(|a| xs.iter().filter_map(|(_, sc)| median(*sc, *a, metric))),
     );
-    let max = arms
-        .iter()
-        .flat_map(|a| xs.iter().filter_map(|(_, sc)| median(*sc, *a, metric)))
-        .fold(0.0f64, f64::max)
-        .max(f64::MIN_POSITIVE);
     let _ = writeln!(
         out,
         r#"<path d="M{px} {py} V{} H{}" stroke="black" fill="none"/>"#,
@@ -191,6 +178,19 @@ fn lines(
             arm.name()
         );
     }
+}
+
+fn heading(out: &mut String, (x0, y0): (f64, f64), text: &str) {
+    let _ = writeln!(
+        out,
+        r#"<text x="{x0}" y="{}" font-size="13">{text}</text>"#,
+        y0 + 14.0
+    );
+}
+
+/// The largest value, never 0, so scaling by it is safe.
+fn largest(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(0.0f64, f64::max).max(f64::MIN_POSITIVE)
 }
 
 /// A figure with three significant digits and no exponent.
