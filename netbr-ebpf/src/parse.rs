@@ -6,7 +6,7 @@ use aya_ebpf::programs::TcContext;
 use netbr_common::{conntrack::FlowKey, counters::Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
 /// IPv4 header field offsets from the start of the frame (RFC 791).
 pub const IP_TOT_LEN: usize = ETH_LEN + 2;
 /// TTL, with the protocol after it: one 16-bit word of the checksum.

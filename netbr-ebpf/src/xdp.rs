@@ -27,12 +27,11 @@ use crate::{
     conntrack,
     counters::count,
     maps::{CONFIG, ENDPOINTS},
-    parse::{Ipv4Fixed, ETH_LEN},
+    parse::{Ipv4Fixed, ETH_LEN, ETH_P_IP},
     redirect::count_fast,
 };
 
 const IP_LEN: usize = core::mem::size_of::<Ipv4Fixed>();
-const ETH_P_IP: u16 = 0x0800;
 const TCP_SYN_FIN_RST: u8 = 0x07;
 
 /// Where TCP and UDP keep their flags and checksums, and the bytes needed
