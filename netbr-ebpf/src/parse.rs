@@ -17,6 +17,14 @@ pub const IP_DADDR: usize = ETH_LEN + 16;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
+/// Where TCP and UDP keep their flags and checksums, and their minimum
+/// header lengths.
+pub const TCP_FLAGS: usize = 13;
+pub const TCP_CSUM: usize = 16;
+pub const UDP_CSUM: usize = 6;
+pub const TCP_MIN: usize = 20;
+pub const UDP_MIN: usize = 8;
+
 /// `Packet::frag`.
 pub const FRAG_NONE: u8 = 0;
 /// Offset 0 with more fragments: has the L4 header.
@@ -184,21 +192,21 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     }
     match proto {
         IPPROTO_TCP => {
-            if l4_len < 20 {
+            if l4_len < TCP_MIN {
                 return Err(Reason::DropTruncated);
             }
             let tcp: TcpFixed = load(ctx, l4, Reason::DropTruncated)?;
             pkt.key.sport = tcp.sport;
             pkt.key.dport = tcp.dport;
             pkt.tcp_flags = tcp.flags;
-            pkt.csum_off = l4 + 16;
+            pkt.csum_off = l4 + TCP_CSUM;
             return Ok(());
         }
         IPPROTO_UDP => {
-            if l4_len < 8 {
+            if l4_len < UDP_MIN {
                 return Err(Reason::DropTruncated);
             }
-            pkt.csum_off = l4 + 6;
+            pkt.csum_off = l4 + UDP_CSUM;
             pkt.csum_flags = aya_ebpf::bindings::BPF_F_MARK_MANGLED_0 as u64;
         }
         IPPROTO_ICMP if frag != FRAG_NONE => return Err(Reason::PassFragment),

@@ -27,20 +27,12 @@ use crate::{
     conntrack,
     counters::count,
     maps::{CONFIG, ENDPOINTS},
-    parse::{Ipv4Fixed, ETH_LEN, ETH_P_IP},
+    parse::{Ipv4Fixed, ETH_LEN, ETH_P_IP, TCP_CSUM, TCP_FLAGS, TCP_MIN, UDP_CSUM, UDP_MIN},
     redirect::count_fast,
 };
 
 const IP_LEN: usize = core::mem::size_of::<Ipv4Fixed>();
 const TCP_SYN_FIN_RST: u8 = 0x07;
-
-/// Where TCP and UDP keep their flags and checksums, and the bytes needed
-/// to reach them.
-const TCP_FLAGS: usize = 13;
-const TCP_CSUM: usize = 16;
-const UDP_CSUM: usize = 6;
-const TCP_MIN: usize = 20;
-const UDP_MIN: usize = 8;
 
 pub fn run(ctx: &XdpContext) -> u32 {
     try_run(ctx).unwrap_or(XDP_PASS)
