@@ -195,8 +195,9 @@ pub fn admit(now: u64) -> Result<(), Reason> {
 
 /// While the assured table is marked full, collects its expired flows (at
 /// most once per interval), which clears the mark once there is room. The
-/// hooks call this before deciding anything: from deeper in a call chain the
-/// walk's frames would overflow the 512-byte stack.
+/// hooks call this where a packet of no known flow may open one, so packets
+/// of tracked flows never pay for it, and from the hook's own frame: deeper
+/// in a call chain the walk's frames would overflow the 512-byte stack.
 #[inline(always)]
 pub fn collect_if_full(cfg: &Config, now: u64) {
     if full_entries() != 0 {

@@ -56,6 +56,15 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The clock for opening a flow, read after room was made for it if the
+/// assured table is marked full (`conntrack::collect_if_full`).
+#[inline(always)]
+fn before_new_flow(cfg: &Config) -> u64 {
+    let now = now();
+    conntrack::collect_if_full(cfg, now);
+    now
+}
+
 /// Translates a packet of a tracked flow that this hook owns (hairpin flows
 /// on the bridge, the others on the uplink); returns the tuple it now has,
 /// or `None` if the packet belongs to no such flow.
@@ -107,7 +116,6 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
     parse(ctx, pkt)?;
-    conntrack::collect_if_full(cfg, now());
     if pkt.frag == FRAG_LATER {
         frag::recall(pkt, hook)?;
     }
@@ -132,7 +140,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     if !pkt.may_open_flow() {
         return Err(Reason::PassFragment);
     }
-    let now = now();
+    let now = before_new_flow(cfg);
     if cfg.in_subnet(pkt.key.daddr) {
         if !cfg.has(CFG_ALLOW_DIRECT_ROUTING) {
             return Err(Reason::DropDirectRouting);
@@ -160,7 +168,8 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     if !pkt.may_open_flow() || !nat::wants_snat(pkt, cfg) {
         return Err(Reason::PassNoMatch);
     }
-    let xlat = nat::snat_new_flow(pkt, cfg, now())?;
+    let now = before_new_flow(cfg);
+    let xlat = nat::snat_new_flow(pkt, cfg, now)?;
     rewrite(ctx, pkt, &xlat)?;
     Ok(Outcome::pass(Reason::SnatNew))
 }
@@ -195,7 +204,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
         None if pkt.is_icmp_error() => return Err(Reason::PassNoMatch),
         None => {
             let hairpin = if pkt.may_open_flow() {
-                nat::hairpin_new_flow(pkt, cfg, now())?
+                nat::hairpin_new_flow(pkt, cfg, before_new_flow(cfg))?
             } else {
                 None
             };

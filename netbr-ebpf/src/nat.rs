@@ -71,13 +71,7 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
     let Some(xlat) = to_published_target(pkt) else {
         return Ok(None);
     };
-    conntrack::admit(now)?;
-    let reply = conntrack::reply_entry(
-        &pkt.key,
-        NAT_DNAT,
-        initial_state(pkt.key.proto, pkt.tcp_flags),
-        now,
-    )?;
+    let reply = new_reply(pkt, NAT_DNAT, now)?;
     if !conntrack::claim_reply(&xlat.reversed(), reply, cfg, now) {
         // Another CPU may have just created this very flow, or moved it to
         // the assured table between our lookup and our claim: use it.
@@ -87,6 +81,19 @@ pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<Flow
     }
     conntrack::insert_orig(&pkt.key, &xlat, reply, pkt.len)?;
     Ok(Some(xlat))
+}
+
+/// The reply entry of the new flow `pkt` opens (see
+/// `conntrack::reply_entry`), unless a full table refuses new flows.
+#[inline(always)]
+fn new_reply(pkt: &Packet, nat: u8, now: u64) -> Result<&'static mut CtEntry, Reason> {
+    conntrack::admit(now)?;
+    conntrack::reply_entry(
+        &pkt.key,
+        nat,
+        initial_state(pkt.key.proto, pkt.tcp_flags),
+        now,
+    )
 }
 
 #[inline(always)]
@@ -99,13 +106,7 @@ pub fn is_loopback(addr_be: u32) -> bool {
 /// taken by another flow is simply left untracked.
 #[inline(always)]
 pub fn track_direct(pkt: &Packet, cfg: &Config, now: u64) -> Result<(), Reason> {
-    conntrack::admit(now)?;
-    let reply = conntrack::reply_entry(
-        &pkt.key,
-        NAT_NONE,
-        initial_state(pkt.key.proto, pkt.tcp_flags),
-        now,
-    )?;
+    let reply = new_reply(pkt, NAT_NONE, now)?;
     if conntrack::claim_reply(&pkt.key.reversed(), reply, cfg, now) {
         conntrack::insert_orig(&pkt.key, &pkt.key, reply, pkt.len)?;
     }
@@ -208,7 +209,6 @@ extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
 pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Reason> {
     let mut xlat = pkt.key;
     xlat.saddr = cfg.uplink_addr;
-    conntrack::admit(now)?;
     new_source_flow(pkt, xlat, NAT_SNAT, cfg, now)
 }
 
@@ -231,7 +231,6 @@ pub fn hairpin_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<F
         return Ok(None);
     };
     xlat.saddr = cfg.gateway_addr;
-    conntrack::admit(now)?;
     new_source_flow(pkt, xlat, NAT_HAIRPIN, cfg, now).map(Some)
 }
 
@@ -246,12 +245,7 @@ fn new_source_flow(
     cfg: &Config,
     now: u64,
 ) -> Result<FlowKey, Reason> {
-    let reply = conntrack::reply_entry(
-        &pkt.key,
-        nat,
-        initial_state(pkt.key.proto, pkt.tcp_flags),
-        now,
-    )?;
+    let reply = new_reply(pkt, nat, now)?;
     let mut search = PortSearch {
         xlat,
         reply,

@@ -109,6 +109,12 @@ impl Sandbox {
         netns::resolve(&self.host)
     }
 
+    /// Where netbr pins the sandbox bridge's datapath (named after the host
+    /// namespace, so it is computed from inside it).
+    pub fn pin_dir(&self) -> Result<PathBuf> {
+        netns::run_in(&self.host_path(), || crate::bpf::pins::pin_dir(BRIDGE))?
+    }
+
     /// A container name unique to this sandbox.
     pub fn container(&self, n: u32) -> String {
         format!("c{n}-{}", self.suffix)

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    bpf::pins::{self, LINK_BRIDGE_INGRESS, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP},
-    sandbox::{Sandbox, BRIDGE},
+    bpf::pins::{LINK_BRIDGE_INGRESS, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP},
+    sandbox::Sandbox,
 };
 
 const STATS_SYSCTL: &str = "kernel.bpf_stats_enabled";
@@ -34,7 +34,7 @@ impl Drop for StatsOn {
 /// The packet programs' links of a sandbox's datapath: TC, and XDP when
 /// attached.
 pub fn packet_links(sb: &Sandbox) -> Result<Vec<PathBuf>> {
-    let dir = crate::netns::run_in(&sb.host_path(), || pins::pin_dir(BRIDGE))??;
+    let dir = sb.pin_dir()?;
     let names = [
         LINK_UPLINK_INGRESS,
         LINK_UPLINK_EGRESS,

@@ -14,7 +14,7 @@ use super::arms::{self, Arm, Setup};
 use crate::{
     addr::{monotonic_ns, to_be32},
     bpf::datapath::Datapath,
-    sandbox::{BRIDGE, UPLINK_IP},
+    sandbox::UPLINK_IP,
 };
 
 const PORTS_PER_ADDR: u32 = 60_000;
@@ -80,8 +80,7 @@ pub fn fill(s: &Setup, flows: u32) -> Result<()> {
 }
 
 fn fill_netbr(s: &Setup, flows: u32) -> Result<()> {
-    let dir = crate::netns::run_in(&s.sb.host_path(), || crate::bpf::pins::pin_dir(BRIDGE))??;
-    let mut dp = Datapath::from_pins(&dir)?;
+    let mut dp = Datapath::from_pins(&s.sb.pin_dir()?)?;
     let now = monotonic_ns();
     for i in 0..flows {
         let (addr, port) = client(i);

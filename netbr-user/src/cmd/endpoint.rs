@@ -152,10 +152,6 @@ impl Add {
             let lo = inner.require_link("lo").await?;
             inner.set_up(lo.index).await?;
             inner.add_default_route(gateway).await?;
-            if cfg.has(CFG_XDP) {
-                let _in = NetnsGuard::enter(&ns_path)?;
-                crate::ethtool::set_gro("eth0", true)?;
-            }
             let ep = Endpoint {
                 host_ifindex: host.index,
                 mac: inner.require_link("eth0").await?.mac.unwrap_or_default(),
@@ -163,6 +159,9 @@ impl Add {
                 name: fixed(&self.name),
                 netns: fixed(&ns_path.to_string_lossy()),
             };
+            if cfg.has(CFG_XDP) {
+                accept_xdp_frames(&ep)?;
+            }
             dp.endpoints.insert(to_be32(ip), ep, 0)?;
             Ok(())
         }
