@@ -207,6 +207,11 @@ pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
         if let Err(e) = std::fs::remove_dir(dir) {
             errors.push(anyhow::Error::from(e).context(format!("removing {}", dir.display())));
         }
+        // The netbr root too, once no bridge anywhere is attached; while one
+        // is, removing the non-empty directory fails, as it should.
+        if let Some(root) = dir.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
     }
     errors
 }

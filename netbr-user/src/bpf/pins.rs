@@ -35,6 +35,19 @@ pub fn pin_dir(bridge: &str) -> Result<PathBuf> {
     Ok(Path::new(PIN_ROOT).join(format!("{}-{bridge}", crate::netns::current_id()?)))
 }
 
+/// Creates a bridge's pin directory and the netbr root above it. A detach
+/// elsewhere removes the root once it is empty, and may do so between the
+/// two mkdirs: then the root is simply made again.
+pub fn create_pin_dir(dir: &Path) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::create_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+            r => return r.with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+}
+
 /// Mounts bpffs on /sys/fs/bpf when it is missing (a fresh machine).
 pub fn ensure_bpffs() -> Result<()> {
     if is_bpffs(BPFFS) {

@@ -189,7 +189,7 @@ impl Attach {
         nl.set_up(bridge.index).await?;
         sysctl::write("net.ipv4.ip_forward", "1")?;
         pins::ensure_bpffs()?;
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        pins::create_pin_dir(&dir)?;
 
         let result = async {
             let mut ebpf = attach::load(Some(&dir), ct_max)?;
