@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod layout;
 pub mod maps;
 pub mod portspec;
 pub mod snat;

@@ -35,9 +35,18 @@ pub const EVENTS_BYTES: u32 = 64 * 1024;
 /// it held when last found full, 0 once a collection found room
 /// (`EVENT_SLOT_FULL`).
 pub const MAP_EVENT_LAST: &str = "NB_EVLAST";
-pub const EVENT_SLOT_GC: u32 = crate::counters::REASON_COUNT;
-pub const EVENT_SLOT_FULL: u32 = crate::counters::REASON_COUNT + 1;
-pub const EVENT_SLOTS: u32 = crate::counters::REASON_COUNT + 2;
+/// Slot numbers are fixed, not derived from `REASON_COUNT`: a pinned map
+/// outlives the binary that made it, and a slot that moved when a reason was
+/// added would make a re-attached datapath read the wrong slot (and, for
+/// `EVENT_SLOT_FULL`, silently stop refusing flows when the table is full).
+/// Reasons take slots `0..REASON_SLOTS`.
+pub const EVENT_SLOT_GC: u32 = 62;
+pub const EVENT_SLOT_FULL: u32 = 63;
+pub const EVENT_SLOTS: u32 = 64;
+/// Slots of the per-CPU counter array and of the per-reason event slots:
+/// room for reasons yet to come, so adding one changes no map's size.
+pub const REASON_SLOTS: u32 = 62;
+const _: () = assert!(crate::counters::REASON_COUNT <= REASON_SLOTS);
 /// At most one event per reason, and one collection, per this interval.
 pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -55,23 +64,6 @@ pub struct Event {
     pub detail: u32,
 }
 
-/// Every map the loader pins, in one list so attach and detach agree.
-pub const PINNED_MAPS: [&str; 13] = [
-    MAP_CONFIG,
-    MAP_MAPPINGS,
-    MAP_CONNTRACK,
-    MAP_CONNTRACK_NEW,
-    MAP_LOCAL_ADDRS,
-    MAP_ENDPOINTS,
-    MAP_COUNTERS,
-    MAP_SOCKETS,
-    MAP_FRAGMENTS,
-    MAP_SNAT_HISTOGRAM,
-    MAP_FAST_PATH,
-    MAP_EVENTS,
-    MAP_EVENT_LAST,
-];
-
 /// Program names (ELF symbol names) and the hook each one is attached to.
 pub const PROG_UPLINK_INGRESS: &str = "nb_up_in";
 pub const PROG_UPLINK_EGRESS: &str = "nb_up_out";
@@ -85,12 +77,19 @@ pub const PROG_RECVMSG4: &str = "nb_recvmsg4";
 pub const PROG_GETPEER4: &str = "nb_getpeer4";
 
 /// Root of every netbr pin directory; each (network namespace, bridge) pair
-/// gets `<netns inode>-<bridge>` below it.
+/// gets `<netns cookie>-<bridge>` below it. The cookie (`SO_NETNS_COOKIE`)
+/// is never reused by the kernel, unlike the namespace's inode, so pins a
+/// dead namespace leaked can never be mistaken for a live bridge's.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/netbr";
+
+/// Root of the control plane's state: `<netns cookie>-<bridge>/` holds the
+/// lock every writer takes and the state file. On tmpfs, like bpffs, so the
+/// state lives exactly as long as the pins do.
+pub const STATE_ROOT: &str = "/run/netbr";
 
 /// Bumped whenever a pinned map's key or value layout changes, so an `attach`
 /// of a newer binary can tell that pinned maps were written by an older one.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
@@ -163,24 +162,17 @@ pub struct MappingTarget {
     pub _pad: u16,
 }
 
-pub const ENDPOINT_NAME_MAX: usize = 64;
-pub const ENDPOINT_NETNS_MAX: usize = 104;
-/// `Endpoint::flags`: netbr created the named namespace and removes it on `rm`.
-pub const ENDPOINT_OWNS_NETNS: u16 = 1;
-
 /// Value of the endpoint map, keyed by the container's IPv4 address (network
-/// byte order). Names are NUL-padded UTF-8.
+/// byte order): what a redirect to the container needs, nothing else. Names,
+/// namespaces and owners live in the control plane's state file.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Endpoint {
     /// Host-side veth, enslaved to the bridge.
     pub host_ifindex: u32,
     /// MAC address of the container's eth0.
     pub mac: [u8; 6],
-    pub flags: u16,
-    pub name: [u8; ENDPOINT_NAME_MAX],
-    /// Path of the container's network namespace.
-    pub netns: [u8; ENDPOINT_NETNS_MAX],
+    pub _pad: [u8; 2],
 }
 
 /// Datapath configuration, one entry in an array map. Addresses are network
@@ -269,7 +261,7 @@ mod tests {
     fn pod_layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<MappingKey>(), 8);
         assert_eq!(size_of::<MappingTarget>(), 8);
-        assert_eq!(size_of::<Endpoint>(), 4 + 6 + 2 + 64 + 104);
+        assert_eq!(size_of::<Endpoint>(), 12);
         assert_eq!(
             size_of::<Config>(),
             8 * 4 + 4 * 2 + 4 * crate::conntrack::STATE_COUNT + 4 + 8 + 8 + 8

@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use netbr_common::{
     conntrack::{CtEntry, FlowKey},
-    counters::REASON_COUNT,
     maps::{
         Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, SockKey,
         CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, EVENT_SLOTS, FAST_COUNT,
-        FRAGMENTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, SOCKETS_MAX_ENTRIES,
+        FRAGMENTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, REASON_SLOTS,
+        SOCKETS_MAX_ENTRIES,
     },
     snat::SNAT_HISTOGRAM_LEN,
 };
@@ -77,7 +77,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static EVENT_LAST: Array<u64> = Array::with_max_entries(EVENT_SLOTS, 0);
 
 #[map(name = "NB_CNT")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);
 
 /// Per-CPU room for building a conntrack entry: the 512-byte BPF stack is
 /// shared by the whole call chain, and the SNAT port search (a `bpf_loop`
@@ -90,3 +90,8 @@ pub static SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
 /// on the stack it would not leave room for the port search beneath it.
 #[map(name = "NB_PKT")]
 pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU state of the SNAT port search (`nat::probe_port` says why it is
+/// not on the stack). Not pinned.
+#[map(name = "NB_SEARCH")]
+pub static SEARCH: PerCpuArray<crate::nat::PortSearch> = PerCpuArray::with_max_entries(1, 0);

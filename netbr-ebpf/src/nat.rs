@@ -3,7 +3,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_loop};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop};
 use netbr_common::{
     conntrack::{initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
     counters::Reason,
@@ -14,7 +14,7 @@ use netbr_common::{
 
 use crate::{
     conntrack,
-    maps::{LOCAL_ADDRS, MAPPINGS, SNAT_HISTOGRAM},
+    maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, SCRATCH, SEARCH, SNAT_HISTOGRAM},
     parse::Packet,
 };
 
@@ -143,18 +143,19 @@ pub fn wants_snat(pkt: &Packet, cfg: &Config) -> bool {
         && (pkt.key.proto != IPPROTO_ICMP || pkt.key.sport != 0)
 }
 
-/// State shared with the `bpf_loop` callback that searches a free port.
-struct PortSearch {
+/// The port search's state, in a per-CPU map rather than on the caller's
+/// stack (see `probe_port`).
+#[repr(C)]
+pub struct PortSearch {
     /// The translated tuple; `sport` is the candidate.
     xlat: FlowKey,
-    reply: *mut CtEntry,
-    cfg: *const Config,
-    now: u64,
     seed: u32,
     /// The packet's own source port (host order), tried first when it may be kept.
     own_port: u16,
     found: u16,
-    /// The bpf_loop index that found the port: 0 for the own port.
+    /// Probes made so far; the one that found the port is `attempt`.
+    next: u32,
+    /// Which probe found the port: 0 for the own port.
     attempt: u32,
 }
 
@@ -175,28 +176,36 @@ fn claim_port(xlat: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
 /// the verifier checks this body once instead of once per attempt (an
 /// unrolled search blew through the 1M-instruction budget), and so its stack
 /// is a frame of its own.
-extern "C" fn probe_port(attempt: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the PortSearch on new_source_flow's stack, and `cfg`
-    // and `reply` point at map values, all alive for this bpf_loop call.
-    let s = unsafe { &mut *(ctx as *mut PortSearch) };
-    let (cfg, reply) = unsafe { (&*s.cfg, &*s.reply) };
+///
+/// Everything the body needs comes from maps and its own clock read, not
+/// from the caller's stack nor from the loop index: Linux 6.18 refuses the
+/// program ("verifier bug: backtracking call unexpected regs") when a
+/// precision chain runs from inside a callback back into its caller, and
+/// LLVM turns an `attempt == 0` test on the index into exactly such a chain.
+extern "C" fn probe_port(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(s), Some(reply), Some(cfg)) =
+        (SEARCH.get_ptr_mut(0), SCRATCH.get_ptr(0), CONFIG.get(0))
+    else {
+        return 1;
+    };
+    // SAFETY: per-CPU map values, used by this packet only.
+    let (s, reply) = unsafe { (&mut *s, &*reply) };
+    let attempt = s.next;
+    s.next += 1;
     let port = if attempt == 0 {
         if !may_keep_port(s.own_port, cfg.host_port_min, cfg.host_port_max) {
             return 0;
         }
         s.own_port
     } else {
-        snat_candidate(
-            s.seed,
-            attempt as u32 - 1,
-            cfg.snat_port_min,
-            cfg.snat_port_max,
-        )
+        snat_candidate(s.seed, attempt - 1, cfg.snat_port_min, cfg.snat_port_max)
     };
     s.xlat.sport = port.to_be();
-    if claim_port(&s.xlat, reply, cfg, s.now) {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if claim_port(&s.xlat, reply, cfg, now) {
         s.found = 1;
-        s.attempt = attempt as u32;
+        s.attempt = attempt;
         return 1;
     }
     0
@@ -246,23 +255,24 @@ fn new_source_flow(
     now: u64,
 ) -> Result<FlowKey, Reason> {
     let reply = new_reply(pkt, nat, now)?;
-    let mut search = PortSearch {
+    let search = SEARCH.get_ptr_mut(0).ok_or(Reason::DropCtInsert)?;
+    // SAFETY: per-CPU map value, used by this packet only.
+    let search = unsafe { &mut *search };
+    *search = PortSearch {
         xlat,
-        reply,
-        cfg,
-        now,
         // SAFETY: the helper has no preconditions.
         seed: unsafe { bpf_get_prandom_u32() },
         own_port: u16::from_be(pkt.key.sport),
         found: 0,
+        next: 0,
         attempt: 0,
     };
-    // SAFETY: callback and context follow bpf_loop's contract.
+    // SAFETY: the callback follows bpf_loop's contract; it takes no context.
     unsafe {
         bpf_loop(
             SNAT_ATTEMPTS + 1,
             probe_port as *mut c_void,
-            &mut search as *mut PortSearch as *mut c_void,
+            core::ptr::null_mut(),
             0,
         )
     };
@@ -280,11 +290,6 @@ fn new_source_flow(
         return Err(Reason::DropSnatExhausted);
     }
     // SAFETY: the scratch entry, not aliased while the search is over.
-    conntrack::insert_orig(
-        &pkt.key,
-        &search.xlat,
-        unsafe { &mut *search.reply },
-        pkt.len,
-    )?;
+    conntrack::insert_orig(&pkt.key, &search.xlat, reply, pkt.len)?;
     Ok(search.xlat)
 }

@@ -1,0 +1,131 @@
+//! The pinned datapath's layout: every pinned map with its kernel type, key
+//! and value sizes and size, and every program. The loader checks pins
+//! against this table each time it opens them, so a binary never writes into
+//! maps of another layout; a test checks the BPF object against it, so the
+//! table cannot drift from what the programs declare.
+
+use core::mem::size_of;
+
+use crate::{
+    conntrack::{CtEntry, FlowKey},
+    maps::*,
+    snat::SNAT_HISTOGRAM_LEN,
+};
+
+/// `enum bpf_map_type` values of the maps netbr pins.
+pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+/// What one pinned map must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// `None`: sized by `attach` (the conntrack tables, `--ct-max`).
+    pub max_entries: Option<u32>,
+}
+
+const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapSpec {
+    MapSpec {
+        name,
+        map_type,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries: max,
+    }
+}
+
+/// Every map the loader pins, in one list so attach, open and detach agree.
+pub const PINNED: [MapSpec; 13] = [
+    spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
+    spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
+    spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
+    spec::<FlowKey, CtEntry>(MAP_CONNTRACK_NEW, BPF_MAP_TYPE_LRU_HASH, None),
+    spec::<u32, u32>(
+        MAP_LOCAL_ADDRS,
+        BPF_MAP_TYPE_HASH,
+        Some(LOCAL_ADDRS_MAX_ENTRIES),
+    ),
+    spec::<u32, Endpoint>(
+        MAP_ENDPOINTS,
+        BPF_MAP_TYPE_HASH,
+        Some(ENDPOINTS_MAX_ENTRIES),
+    ),
+    spec::<u32, u64>(MAP_COUNTERS, BPF_MAP_TYPE_PERCPU_ARRAY, Some(REASON_SLOTS)),
+    spec::<SockKey, MappingTarget>(
+        MAP_SOCKETS,
+        BPF_MAP_TYPE_LRU_HASH,
+        Some(SOCKETS_MAX_ENTRIES),
+    ),
+    spec::<FragKey, FragVal>(
+        MAP_FRAGMENTS,
+        BPF_MAP_TYPE_LRU_HASH,
+        Some(FRAGMENTS_MAX_ENTRIES),
+    ),
+    spec::<u32, u64>(
+        MAP_SNAT_HISTOGRAM,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        Some(SNAT_HISTOGRAM_LEN),
+    ),
+    spec::<u32, u64>(MAP_FAST_PATH, BPF_MAP_TYPE_PERCPU_ARRAY, Some(FAST_COUNT)),
+    MapSpec {
+        name: MAP_EVENTS,
+        map_type: BPF_MAP_TYPE_RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: Some(EVENTS_BYTES),
+    },
+    spec::<u32, u64>(MAP_EVENT_LAST, BPF_MAP_TYPE_ARRAY, Some(EVENT_SLOTS)),
+];
+
+/// Maps of the object that are never pinned: per-CPU scratch space whose
+/// contents do not outlive one packet.
+pub const UNPINNED: [&str; 4] = ["NB_FIB", "NB_SCRATCH", "NB_PKT", "NB_SEARCH"];
+
+/// Every program of the object.
+pub const PROGRAMS: [&str; 8] = [
+    PROG_UPLINK_INGRESS,
+    PROG_UPLINK_EGRESS,
+    PROG_BRIDGE_INGRESS,
+    PROG_XDP,
+    PROG_CONNECT4,
+    PROG_SENDMSG4,
+    PROG_RECVMSG4,
+    PROG_GETPEER4,
+];
+
+/// The spec of pinned map `name`.
+pub fn pinned(name: &str) -> Option<&'static MapSpec> {
+    PINNED.iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_names_are_unique_and_fit_the_kernel() {
+        for (i, a) in PINNED.iter().enumerate() {
+            assert!(a.name.len() < 16, "{}", a.name);
+            assert!(
+                PINNED[i + 1..].iter().all(|b| b.name != a.name),
+                "{}",
+                a.name
+            );
+            assert!(!UNPINNED.contains(&a.name));
+        }
+    }
+
+    #[test]
+    fn slots_are_fixed_numbers() {
+        // Changing these moves pinned slots: bump LAYOUT_VERSION with them.
+        assert_eq!((EVENT_SLOT_GC, EVENT_SLOT_FULL, EVENT_SLOTS), (62, 63, 64));
+        assert_eq!(REASON_SLOTS, 62);
+        assert!(crate::counters::REASON_COUNT <= REASON_SLOTS);
+    }
+}
