@@ -873,7 +873,7 @@ fn path_mtu_discovery_works_through_a_published_port() {
     // The container's link is the narrow one: its veth pair at 1400 (the
     // bridge follows its ports). The stack and the fast path's MTU check
     // must both answer frag-needed.
-    let (host_veth, _) = netbr::cmd::endpoint::veth_names("netbr0", &sb.container(1));
+    let (host_veth, _) = netbr::store::veth_names("netbr0", &sb.container(1));
     for (ns, dev) in [
         (sb.host_path(), host_veth.as_str()),
         (sb.container_path(1), "eth0"),

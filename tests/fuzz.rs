@@ -117,9 +117,7 @@ impl Fixture {
             let ep = Endpoint {
                 host_ifindex: 100,
                 mac,
-                flags: 0,
-                name: [0; 64],
-                netns: [0; 104],
+                _pad: [0; 2],
             };
             dp.endpoints.insert(to_be32(ip), ep, 0).expect("endpoint");
         }

@@ -14,10 +14,7 @@ use netbr::{addr::to_be32, bpf::datapath::Datapath};
 use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT, STATE_COUNT},
     counters::Reason,
-    maps::{
-        Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, ENDPOINT_NAME_MAX,
-        ENDPOINT_NETNS_MAX,
-    },
+    maps::{Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING},
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
@@ -70,9 +67,7 @@ impl Harness {
             let ep = Endpoint {
                 host_ifindex: ifindex,
                 mac,
-                flags: 0,
-                name: [0; ENDPOINT_NAME_MAX],
-                netns: [0; ENDPOINT_NETNS_MAX],
+                _pad: [0; 2],
             };
             dp.endpoints.insert(to_be32(ip), ep, 0).expect("endpoint");
         }
@@ -1045,4 +1040,51 @@ fn xdp_carries_established_flows_into_containers_and_leaves_the_rest_to_tc() {
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(parse_checked(&out), seen((LAN, 40002), (WEB, 53)));
     assert_eq!(&out[40..42], &[0, 0], "no checksum stays none");
+}
+
+/// Removes a test's pin directory however the test ends.
+struct PinDirGuard(std::path::PathBuf);
+
+impl Drop for PinDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_objects_maps_and_programs_are_exactly_the_layout_the_loader_expects() {
+    use netbr_common::layout::{PINNED, PROGRAMS, UNPINNED};
+    netbr::bpf::pins::ensure_bpffs().expect("bpffs");
+    let dir = PinDirGuard(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/netbr-layout-test-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).expect("pin dir");
+    let ebpf = netbr::bpf::attach::load(Some(&dir.0), 1024).expect("load the BPF object");
+    let mut maps: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();
+    maps.sort_unstable();
+    let mut want: Vec<&str> = PINNED.iter().map(|s| s.name).chain(UNPINNED).collect();
+    want.sort_unstable();
+    assert_eq!(maps, want, "the object's maps");
+    let mut progs: Vec<&str> = ebpf.programs().map(|(n, _)| n).collect();
+    progs.sort_unstable();
+    let mut want_progs = PROGRAMS.to_vec();
+    want_progs.sort_unstable();
+    assert_eq!(progs, want_progs, "the object's programs");
+    // Every pinned map has exactly the type, sizes and entries of its spec,
+    // checked by the same code every command runs on open.
+    netbr::bpf::layout::check_maps(&dir.0, "layout-test", 1024).expect("layout");
+    let mut pinned: Vec<String> = std::fs::read_dir(&dir.0)
+        .expect("read pins")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    pinned.sort_unstable();
+    let mut want_pinned: Vec<String> = PINNED.iter().map(|s| s.name.to_string()).collect();
+    want_pinned.sort_unstable();
+    assert_eq!(pinned, want_pinned, "what the loader pins");
+    // A spec that disagrees with the pins is refused with the fix.
+    let err = netbr::bpf::layout::check_maps(&dir.0, "layout-test", 2048)
+        .expect_err("a conntrack size other than the pinned one is refused")
+        .to_string();
+    assert!(err.contains("netbr detach"), "{err}");
 }

@@ -181,7 +181,7 @@ fn soak(tx_offload: bool) {
     set_tx_offload(&sb.host_path(), "up0", tx_offload);
     for n in 1..=CONTAINERS {
         set_tx_offload(&sb.container_path(n), "eth0", tx_offload);
-        let (host_veth, _) = netbr::cmd::endpoint::veth_names("netbr0", &sb.container(n));
+        let (host_veth, _) = netbr::store::veth_names("netbr0", &sb.container(n));
         set_tx_offload(&sb.host_path(), &host_veth, tx_offload);
     }
     let receivers: Vec<PathBuf> = std::iter::once(sb.lan_path())

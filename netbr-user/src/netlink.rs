@@ -220,6 +220,27 @@ impl Netlink {
             .with_context(|| format!("adding default route via {gateway}"))
     }
 
+    /// The gateway of the namespace's IPv4 default route, if it has one.
+    pub async fn default_gateway(&self) -> Result<Option<Ipv4Addr>> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await.context("listing routes")? {
+            if r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            for a in &r.attributes {
+                if let RouteAttribute::Gateway(RouteAddress::Inet(gw)) = a {
+                    return Ok(Some(*gw));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn del_link(&self, index: u32) -> Result<()> {
         let mut links = self.handle.link();
         links.del(index).execute().await.context("deleting link")

@@ -13,9 +13,12 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use netbr_common::maps::{
-    MAP_CONNTRACK, MAP_CONNTRACK_NEW, PINNED_MAPS, PROG_BRIDGE_INGRESS, PROG_CONNECT4,
-    PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
+use netbr_common::{
+    layout::PINNED,
+    maps::{
+        MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4,
+        PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
+    },
 };
 
 use super::pins::{
@@ -31,7 +34,7 @@ pub fn load(pin_dir: Option<&Path>, ct_max: u32) -> Result<Ebpf> {
     loader.map_max_entries(MAP_CONNTRACK, ct_max);
     loader.map_max_entries(MAP_CONNTRACK_NEW, ct_max);
     let paths: Vec<_> = match pin_dir {
-        Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
+        Some(dir) => PINNED.iter().map(|m| (m.name, dir.join(m.name))).collect(),
         None => Vec::new(),
     };
     for (name, path) in &paths {
@@ -193,7 +196,7 @@ pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     for name in LINKS
         .iter()
-        .chain(PINNED_MAPS.iter())
+        .chain(PINNED.iter().map(|m| &m.name))
         .filter(|n| !keep.contains(n))
     {
         let path = dir.join(name);

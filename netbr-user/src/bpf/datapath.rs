@@ -1,7 +1,7 @@
 //! Typed handles on the datapath's maps, opened from the pins (every command
 //! after `attach`) or taken from a freshly loaded object (attach, tests).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -17,6 +17,9 @@ use netbr_common::{
         MAP_EVENTS, MAP_FAST_PATH, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
     },
 };
+
+/// `BPF_NOEXIST`: an update that fails instead of overwriting an entry.
+pub const BPF_NOEXIST: u64 = 1;
 
 pub struct Datapath {
     pub config: Array<MapData, Config>,
@@ -39,24 +42,6 @@ fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
-/// Size of the pinned conntrack tables (entries per table).
-pub fn pinned_ct_max(dir: &Path) -> Result<u32> {
-    let data = MapData::from_pin(dir.join(MAP_CONNTRACK))
-        .with_context(|| format!("opening pinned map {MAP_CONNTRACK} in {}", dir.display()))?;
-    Ok(data
-        .info()
-        .context("reading the conntrack map's size")?
-        .max_entries())
-}
-
-/// Only the endpoint map: what teardown needs, readable even when other
-/// pins are of an incompatible layout.
-pub fn pinned_endpoints(dir: &Path) -> Result<Vec<(u32, Endpoint)>> {
-    let map: HashMap<MapData, u32, Endpoint> =
-        typed(&mut |name| open_pinned(dir, name), MAP_ENDPOINTS)?;
-    map.iter().map(|r| r.context("reading endpoints")).collect()
-}
-
 /// Map `name` from `get`, as its typed handle.
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     get: &mut impl FnMut(&str) -> Result<Map>,
@@ -66,17 +51,6 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 impl Datapath {
-    /// Opens a bridge's pinned maps; the error tells the user to attach.
-    pub fn open(bridge: &str) -> Result<(Self, PathBuf)> {
-        let dir = super::pins::pin_dir(bridge)?;
-        if !dir.join(MAP_CONFIG).exists() {
-            return Err(anyhow!(
-                "bridge {bridge} is not attached: run netbr attach --bridge {bridge} --subnet CIDR --uplink IFACE"
-            ));
-        }
-        Ok((Self::from_pins(&dir)?, dir))
-    }
-
     pub fn from_pins(dir: &Path) -> Result<Self> {
         Self::from_source(|name| open_pinned(dir, name))
     }

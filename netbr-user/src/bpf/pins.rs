@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::store::pin_dir;
+
 use anyhow::{Context as _, Result};
-use netbr_common::maps::PIN_ROOT;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS: &str = "/sys/fs/bpf";
@@ -28,12 +29,6 @@ pub const LINKS: [&str; 8] = [
     LINK_GETPEER4,
     LINK_XDP,
 ];
-
-/// `/sys/fs/bpf/netbr/<netns inode>-<bridge>`: unique per (namespace,
-/// bridge), so two sandboxes with a bridge of the same name never meet.
-pub fn pin_dir(bridge: &str) -> Result<PathBuf> {
-    Ok(Path::new(PIN_ROOT).join(format!("{}-{bridge}", crate::netns::current_id()?)))
-}
 
 /// Creates a bridge's pin directory and the netbr root above it. A detach
 /// elsewhere removes the root once it is empty, and may do so between the

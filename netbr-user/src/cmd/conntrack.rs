@@ -7,8 +7,8 @@ use netbr_common::{
 use serde_json::json;
 
 use crate::{
-    addr::{from_be32, monotonic_ns},
-    bpf::datapath::Datapath,
+    addr::{from_be32, monotonic_ns, to_be32},
+    store::{Store, View},
 };
 
 #[derive(Subcommand, Debug)]
@@ -79,8 +79,7 @@ impl ConntrackCmd {
         match self {
             ConntrackCmd::List(args) => list(&args),
             ConntrackCmd::Flush(t) => {
-                let (mut dp, _) = Datapath::open(&t.bridge)?;
-                let n = dp.remove_flows(|_, _| true)?;
+                let n = Store::open(&t.bridge)?.remove_flows(|_, _| true)?;
                 println!("flushed {n} flow(s)");
                 Ok(())
             }
@@ -89,9 +88,21 @@ impl ConntrackCmd {
 }
 
 fn list(args: &ListArgs) -> Result<()> {
-    let (dp, _) = Datapath::open(&args.bridge)?;
+    let view = View::open(&args.bridge)?;
+    let dp = &view.dp;
     let endpoint = match &args.endpoint {
-        Some(name) => Some(super::find_endpoint(&dp, &args.bridge, name)?.0),
+        Some(name) => Some(to_be32(
+            view.state
+                .endpoint(name)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no endpoint named {name} on bridge {}: see netbr ls --bridge {}",
+                        args.bridge,
+                        args.bridge
+                    )
+                })?
+                .ip,
+        )),
         None => None,
     };
     let cfg = dp.config()?;

@@ -1,10 +1,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::{
-    bpf::{attach, datapath::pinned_endpoints, pins},
-    netlink::Netlink,
-};
+use crate::store::Store;
 
 #[derive(Args, Debug)]
 pub struct Detach {
@@ -18,40 +15,7 @@ pub struct Detach {
 
 impl Detach {
     pub async fn exec(self) -> Result<()> {
-        let nl = Netlink::connect()?;
-        let dir = pins::pin_dir(&self.bridge)?;
-        let bridge = nl.link(&self.bridge).await?;
-        if !dir.exists() && bridge.is_none() {
-            bail!(
-                "bridge {} is not attached in this network namespace: nothing to detach",
-                self.bridge
-            );
-        }
-        // Teardown keeps going past failures and reports them all at the end.
-        let mut errors = Vec::new();
-        if !self.keep_bridge && dir.exists() {
-            match pinned_endpoints(&dir) {
-                Ok(eps) => {
-                    for (_, ep) in eps {
-                        errors.extend(super::endpoint::remove_endpoint_objects(&nl, &ep).await);
-                    }
-                }
-                Err(e) => errors.push(e.context("finding the endpoints to remove")),
-            }
-        }
-        let keep: &[&str] = if self.keep_bridge {
-            &attach::KEPT_WITH_BRIDGE
-        } else {
-            &[]
-        };
-        errors.extend(attach::remove_pins(&dir, keep));
-        if !self.keep_bridge {
-            if let Some(b) = bridge {
-                if let Err(e) = nl.del_link(b.index).await {
-                    errors.push(e);
-                }
-            }
-        }
+        let errors = Store::open(&self.bridge)?.detach(self.keep_bridge).await?;
         if errors.is_empty() {
             println!("detached bridge {}", self.bridge);
             return Ok(());

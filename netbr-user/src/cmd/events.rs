@@ -10,7 +10,7 @@ use netbr_common::{counters::Reason, maps::Event};
 use serde_json::json;
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::{addr::monotonic_ns, bpf::datapath::Datapath};
+use crate::{addr::monotonic_ns, store::View};
 
 #[derive(Args, Debug)]
 pub struct Events {
@@ -26,7 +26,7 @@ pub struct Events {
 
 impl Events {
     pub async fn exec(self) -> Result<()> {
-        let (mut dp, _) = Datapath::open(&self.bridge)?;
+        let mut dp = View::open(&self.bridge)?.dp;
         let ring = dp.events.as_raw_fd();
         // SAFETY: the descriptor belongs to `dp.events`, which outlives
         // `ready` and is neither closed nor replaced meanwhile.

@@ -7,8 +7,11 @@ use netbr_common::{
 };
 use serde_json::json;
 
-use super::text;
-use crate::{addr::from_be32, bpf::datapath::Datapath, netlink::Netlink};
+use crate::{
+    addr::{from_be32, to_be32},
+    netlink::Netlink,
+    store::View,
+};
 
 #[derive(Args, Debug)]
 pub struct Ls {
@@ -21,31 +24,39 @@ pub struct Ls {
 
 impl Ls {
     pub async fn exec(self) -> Result<()> {
-        let (dp, dir) = Datapath::open(&self.bridge)?;
+        let view = View::open(&self.bridge)?;
+        let (dp, dir) = (&view.dp, &view.pins);
         let cfg = dp.config()?;
         let nl = Netlink::connect()?;
         let ifname = |i: u32| async move { nl_name(&nl, i).await };
         let uplink = ifname(cfg.uplink_ifindex).await;
-        let endpoints = dp.endpoint_list()?;
-        let eps: Vec<_> = endpoints
+        let eps: Vec<_> = view
+            .state
+            .endpoints
             .iter()
-            .map(|(ip, ep)| {
+            .map(|ep| {
                 json!({
-                    "name": text(&ep.name),
-                    "ip": from_be32(*ip).to_string(),
-                    "mac": ep.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                    "name": ep.name,
+                    "ip": ep.ip.to_string(),
+                    "mac": ep.mac_string(),
+                    "host_ifname": ep.host_ifname,
                     "host_ifindex": ep.host_ifindex,
-                    "netns": text(&ep.netns),
+                    "ifname": ep.ifname,
+                    "netns": ep.netns.display().to_string(),
+                    "owner": ep.owner,
+                    "container_id": ep.container_id(),
                 })
             })
             .collect();
         let name_of = |addr: u32| {
-            endpoints
+            view.state
+                .endpoints
                 .iter()
-                .find(|(a, _)| *a == addr)
-                .map(|(_, ep)| text(&ep.name))
+                .find(|e| to_be32(e.ip) == addr)
+                .map(|e| e.name.clone())
                 .unwrap_or_default()
         };
+        // The datapath's mappings, which are what packets meet.
         let mut maps: Vec<_> = dp.mapping_list()?;
         maps.sort_by_key(|(k, _)| (u16::from_be(k.port), k.proto, k.addr));
         let mappings: Vec<_> = maps
@@ -81,7 +92,7 @@ impl Ls {
             "uplink": uplink,
             "uplink_ip": from_be32(cfg.uplink_addr).to_string(),
             "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
-            "ct_max": crate::bpf::datapath::pinned_ct_max(&dir)?,
+            "ct_max": view.ct_max,
             "icc": !cfg.has(CFG_ICC_DISABLED),
             "allow_direct_routing": cfg.has(CFG_ALLOW_DIRECT_ROUTING),
             "fast_path": cfg.has(CFG_FAST_PATH),
@@ -114,12 +125,14 @@ impl Ls {
             "timeouts (s): {}",
             serde_json::to_string(&doc["timeouts_s"])?
         );
-        println!("\nENDPOINT                         IP               NETNS");
+        println!("\nENDPOINT                         IP               CONTAINER     NETNS");
         for e in &eps {
+            let id = e["container_id"].as_str().unwrap_or("-");
             println!(
-                "{:<32} {:<16} {}",
+                "{:<32} {:<16} {:<13} {}",
                 e["name"].as_str().unwrap_or(""),
                 e["ip"].as_str().unwrap_or(""),
+                &id[..id.len().min(12)],
                 e["netns"].as_str().unwrap_or("")
             );
         }

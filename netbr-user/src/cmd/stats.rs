@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::bpf::datapath::Datapath;
+use crate::store::View;
 
 #[derive(Args, Debug)]
 pub struct Stats {
@@ -14,7 +14,7 @@ pub struct Stats {
 
 impl Stats {
     pub async fn exec(self) -> Result<()> {
-        let (dp, _) = Datapath::open(&self.bridge)?;
+        let dp = View::open(&self.bridge)?.dp;
         let totals = dp.counter_totals()?;
         let attempts = dp.snat_attempts()?;
         let (fast_in, fast_out, fast_xdp) = dp.fast_path_counts()?;

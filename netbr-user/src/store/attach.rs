@@ -1,0 +1,366 @@
+//! Attaching a bridge's datapath and detaching it.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Context as _, Result};
+use netbr_common::{
+    conntrack::{CtState, DEFAULT_TIMEOUTS},
+    maps::{
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_XDP,
+        CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION,
+    },
+};
+
+use super::{endpoint::remove_endpoint_objects, state::Network, validate_ifname, Store};
+use crate::{
+    addr::{to_be32, Cidr, PortRange},
+    bpf::{attach, datapath::Datapath, layout, pins},
+    netlink::Netlink,
+    sysctl,
+};
+
+/// What `attach` is asked for; the CNI plugin and the Docker driver fill
+/// the same request from their configurations.
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    pub subnet: Cidr,
+    pub uplink: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub ct_max: Option<u32>,
+    pub snat_ports: PortRange,
+    pub allow_direct_routing: bool,
+    pub fast_path: bool,
+    pub xdp: bool,
+    pub icc: bool,
+    pub timeouts: Vec<(CtState, u32)>,
+}
+
+impl AttachRequest {
+    /// The defaults of `netbr attach` for a subnet and an uplink.
+    pub fn new(subnet: Cidr, uplink: &str) -> Self {
+        Self {
+            subnet,
+            uplink: uplink.to_string(),
+            gateway: None,
+            ct_max: None,
+            snat_ports: PortRange(61000, 65535),
+            allow_direct_routing: false,
+            fast_path: false,
+            xdp: false,
+            icc: true,
+            timeouts: Vec::new(),
+        }
+    }
+}
+
+pub struct AttachReport {
+    pub reattached: bool,
+    pub gateway: Ipv4Addr,
+    pub prefix: u8,
+    pub uplink_addr: Ipv4Addr,
+}
+
+impl Store {
+    /// Attaches the bridge unless it already is; an attached bridge must
+    /// have the subnet and uplink asked for. For runtimes, whose every ADD
+    /// carries the network's configuration.
+    pub async fn ensure_attached(&mut self, req: &AttachRequest) -> Result<()> {
+        if !self.is_attached() {
+            self.attach(req).await?;
+            return Ok(());
+        }
+        let dp = self.datapath()?;
+        let cfg = dp.config()?;
+        let uplink = Netlink::connect()?.link(&req.uplink).await?;
+        if cfg.subnet_addr != to_be32(req.subnet.network())
+            || cfg.subnet_mask != to_be32(Ipv4Addr::from(req.subnet.mask()))
+            || uplink.map(|l| l.index) != Some(cfg.uplink_ifindex)
+        {
+            bail!(
+                "bridge {} is already attached with another subnet or uplink than {} via {}: use another bridge name, or detach it first",
+                self.bridge,
+                req.subnet,
+                req.uplink
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the bridge if needed and loads, pins and attaches the
+    /// datapath; on a re-attach swaps the programs and keeps maps and flows.
+    pub async fn attach(&mut self, req: &AttachRequest) -> Result<AttachReport> {
+        let bridge_name = self.bridge.clone();
+        validate_ifname(&req.uplink)?;
+        let nl = Netlink::connect()?;
+        let uplink = nl.link(&req.uplink).await?.with_context(|| {
+            format!(
+                "uplink {} not found in this network namespace: pick an interface from `ip link`",
+                req.uplink
+            )
+        })?;
+        let uplink_addrs = nl.addrs(Some(uplink.index)).await?;
+        let Some(uplink_addr) = uplink_addrs.first() else {
+            bail!(
+                "uplink {} has no IPv4 address: add one before attaching",
+                req.uplink
+            );
+        };
+        for a in &uplink_addrs {
+            let net = Cidr::new(a.addr, a.prefix);
+            if net.overlaps(&req.subnet) {
+                bail!(
+                    "subnet {} overlaps uplink {}'s {net}: choose another --subnet",
+                    req.subnet,
+                    req.uplink
+                );
+            }
+        }
+        let subnet = Cidr::new(req.subnet.network(), req.subnet.prefix);
+        let gateway = req
+            .gateway
+            .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()) + 1));
+        if !subnet.is_host(gateway) {
+            bail!("gateway {gateway} is not a host address of {subnet}");
+        }
+        if bridge_name == req.uplink {
+            bail!("the bridge and the uplink must be different interfaces");
+        }
+        let bridge = nl.link(&bridge_name).await?;
+        if let Some(b) = &bridge {
+            if !b.is_bridge {
+                bail!("interface {bridge_name} exists and is not a bridge: pick another --bridge");
+            }
+        }
+        if req.xdp && uplink.is_veth {
+            eprintln!(
+                "warning: uplink {} is a veth: XDP sees only a partial checksum in frames whose sender offloads it, and cannot fix it up; turn transmit checksumming off on its peer (ethtool -K PEER tx off), as a physical NIC's frames are always complete",
+                req.uplink
+            );
+        }
+        let dir = self.pins.clone();
+        let reattach = self.is_attached();
+        let kept: Vec<&str> = attach::KEPT_WITH_BRIDGE
+            .iter()
+            .copied()
+            .filter(|m| dir.join(m).exists())
+            .collect();
+        if !reattach {
+            // Endpoints kept by `detach --keep-bridge` must fit the subnet.
+            for ep in &self.state.endpoints {
+                if !subnet.is_host(ep.ip) {
+                    bail!(
+                        "bridge {bridge_name} kept endpoint {} at {}, outside {subnet}: attach with its old subnet, or run netbr detach --bridge {bridge_name} without --keep-bridge",
+                        ep.name,
+                        ep.ip
+                    );
+                }
+            }
+        }
+        let ct_max = if reattach {
+            let pinned = layout::check(&dir, &bridge_name)?;
+            let cfg = Datapath::from_pins(&dir)
+                .and_then(|dp| dp.config())
+                .map_err(|e| layout::refusal(&bridge_name, &format!("{e:#}")))?;
+            layout::check_version(&bridge_name, cfg.layout_version)?;
+            if cfg.subnet_addr != to_be32(subnet.network())
+                || cfg.subnet_mask != to_be32(Ipv4Addr::from(subnet.mask()))
+                || cfg.uplink_ifindex != uplink.index
+            {
+                bail!(
+                    "bridge {bridge_name} is already attached with another subnet or uplink: run netbr detach --bridge {bridge_name} first"
+                );
+            }
+            if req.ct_max.is_some_and(|n| n != pinned) {
+                bail!(
+                    "bridge {bridge_name} keeps {pinned} conntrack entries per table while attached: run netbr detach --bridge {bridge_name} first to change --ct-max"
+                );
+            }
+            pinned
+        } else {
+            let n = req.ct_max.unwrap_or(CT_MAX_ENTRIES_DEFAULT);
+            if n < 64 {
+                bail!("--ct-max {n} is too small: use at least 64");
+            }
+            // Maps a `detach --keep-bridge` left must be of this layout too.
+            layout::check_maps(&dir, &bridge_name, n)?;
+            n
+        };
+        let (host_min, host_max) = sysctl::local_port_range()?;
+
+        // Everything is validated; from here on netbr changes the system.
+        let bridge = match bridge {
+            Some(b) => b,
+            None => nl.create_bridge(&bridge_name).await?,
+        };
+        let have = nl.addrs(Some(bridge.index)).await?;
+        if !have.iter().any(|a| a.addr == gateway) {
+            nl.add_addr(bridge.index, gateway, subnet.prefix).await?;
+        }
+        nl.set_up(bridge.index).await?;
+        sysctl::write("net.ipv4.ip_forward", "1")?;
+        pins::ensure_bpffs()?;
+        pins::create_pin_dir(&dir)?;
+
+        let endpoints = self.state.endpoints.clone();
+        let result = async {
+            let mut ebpf = attach::load(Some(&dir), ct_max)?;
+            let mut dp = Datapath::from_ebpf(&mut ebpf)?;
+            let mut timeouts = DEFAULT_TIMEOUTS;
+            if reattach {
+                timeouts = dp.config()?.timeouts;
+            }
+            for (state, secs) in &req.timeouts {
+                timeouts[*state as usize] = *secs;
+            }
+            let mut flags = 0;
+            if req.allow_direct_routing {
+                flags |= CFG_ALLOW_DIRECT_ROUTING;
+            }
+            if !req.icc {
+                flags |= CFG_ICC_DISABLED;
+            }
+            if req.fast_path {
+                flags |= CFG_FAST_PATH;
+            }
+            if req.xdp {
+                flags |= CFG_XDP;
+            }
+            // Existing endpoints follow a changed --icc at once.
+            for ep in &endpoints {
+                nl.set_port_isolated(ep.host_ifindex, !req.icc).await?;
+            }
+            dp.set_config(&Config {
+                configured: 1,
+                layout_version: LAYOUT_VERSION,
+                uplink_ifindex: uplink.index,
+                bridge_ifindex: bridge.index,
+                uplink_addr: to_be32(uplink_addr.addr),
+                gateway_addr: to_be32(gateway),
+                subnet_addr: to_be32(subnet.network()),
+                subnet_mask: to_be32(Ipv4Addr::from(subnet.mask())),
+                snat_port_min: req.snat_ports.0,
+                snat_port_max: req.snat_ports.1,
+                host_port_min: host_min,
+                host_port_max: host_max,
+                timeouts,
+                flags,
+                bridge_mac: bridge.mac.unwrap_or_default(),
+                _pad: [0; 2],
+                ct_max,
+                _pad2: 0,
+                netns_cookie: crate::netns::current_cookie()?,
+            })?;
+            sync_local_addrs(&nl, &mut dp).await?;
+            attach::attach_all(&mut ebpf, &dir, &req.uplink, &bridge_name)?;
+            if req.xdp {
+                for ep in &endpoints {
+                    super::endpoint::accept_xdp_frames(ep)?;
+                }
+                attach::attach_xdp(&mut ebpf, &dir, uplink.index)
+            } else {
+                attach::detach_xdp(&dir)
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            if !reattach {
+                // Pins a `detach --keep-bridge` left are the user's; keep them.
+                for err in attach::remove_pins(&dir, &kept) {
+                    log::warn!("{err:#}");
+                }
+            }
+            return Err(e);
+        }
+        self.state.network = Some(Network {
+            subnet: subnet.to_string(),
+            gateway,
+            uplink: req.uplink.clone(),
+        });
+        self.commit()?;
+        Ok(AttachReport {
+            reattached: reattach,
+            gateway,
+            prefix: subnet.prefix,
+            uplink_addr: uplink_addr.addr,
+        })
+    }
+
+    /// Removes the datapath, and unless `keep_bridge` the endpoints, the
+    /// bridge and the state. Keeps going past failures and reports them
+    /// all, so a half-made bridge never blocks its own teardown.
+    pub async fn detach(mut self, keep_bridge: bool) -> Result<Vec<anyhow::Error>> {
+        let nl = Netlink::connect()?;
+        let bridge = nl.link(&self.bridge).await?;
+        if !self.pins.exists() && bridge.is_none() && self.state.endpoints.is_empty() {
+            let _ = self.remove_state_dir();
+            bail!(
+                "bridge {} is not attached in this network namespace: nothing to detach",
+                self.bridge
+            );
+        }
+        let mut errors = Vec::new();
+        if !keep_bridge {
+            for ep in std::mem::take(&mut self.state.endpoints) {
+                errors.extend(remove_endpoint_objects(&nl, &ep).await);
+            }
+        }
+        let keep: &[&str] = if keep_bridge {
+            &attach::KEPT_WITH_BRIDGE
+        } else {
+            &[]
+        };
+        errors.extend(attach::remove_pins(&self.pins, keep));
+        if keep_bridge {
+            if let Err(e) = self.commit() {
+                errors.push(e);
+            }
+        } else {
+            if let Some(b) = bridge {
+                if let Err(e) = nl.del_link(b.index).await {
+                    errors.push(e);
+                }
+            }
+            if let Err(e) = self.remove_state_dir() {
+                errors.push(e);
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Removes the state directory (lock included: waiters notice the lock
+    /// file is gone and take a fresh one) and `/run/netbr` once empty.
+    fn remove_state_dir(&self) -> Result<()> {
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        if let Some(root) = self.dir.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
+        Ok(())
+    }
+}
+
+/// Mirrors the namespace's IPv4 addresses into the datapath, for ports
+/// published on every local address. Re-run `attach` after adding one.
+pub async fn sync_local_addrs(nl: &Netlink, dp: &mut Datapath) -> Result<()> {
+    let now: Vec<u32> = nl
+        .addrs(None)
+        .await?
+        .iter()
+        .map(|a| to_be32(a.addr))
+        .collect();
+    let stale: Vec<u32> = dp
+        .local_addrs
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !now.contains(k))
+        .collect();
+    for k in stale {
+        dp.local_addrs.remove(&k)?;
+    }
+    for a in now {
+        dp.local_addrs.insert(a, 1, 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Adding and removing endpoints: a veth pair, the container side configured
+//! inside its namespace, and the datapath's entry for redirects to it.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use netbr_common::maps::{Endpoint, CFG_ICC_DISABLED, CFG_XDP};
+
+use super::{
+    state::{EndpointState, Owner},
+    validate_ifname, Store,
+};
+use crate::{
+    addr::{from_be32, to_be32, Cidr},
+    netlink::Netlink,
+    netns::{self, NetnsGuard},
+};
+
+/// Endpoint names fit this many characters; a longer one is refused, never
+/// cut.
+pub const ENDPOINT_NAME_MAX: usize = 64;
+
+/// Where an endpoint's container side goes.
+#[derive(Debug, Clone)]
+pub enum NetnsChoice {
+    /// Create the named namespace `/run/netns/NAME` (as `ip netns add`).
+    CreateNamed,
+    /// An existing namespace, by path.
+    Existing(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointRequest {
+    pub name: String,
+    pub ip: Option<Ipv4Addr>,
+    pub netns: NetnsChoice,
+    /// Interface name inside the container.
+    pub ifname: String,
+    pub owner: Owner,
+}
+
+/// Interface names derived from an endpoint name: the kernel allows 15
+/// characters, endpoint names may have 64, so both come from a hash of
+/// (bridge, name) and stay unique per bridge.
+pub fn veth_names(bridge: &str, name: &str) -> (String, String) {
+    // FNV-1a, 32 bits: stable across versions, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bridge.bytes().chain([0]).chain(name.bytes()) {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    (format!("nb{h:08x}"), format!("nbc{h:08x}"))
+}
+
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= ENDPOINT_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !name.starts_with('.');
+    if !ok {
+        bail!(
+            "endpoint name {name:?} must be 1-{ENDPOINT_NAME_MAX} characters of A-Z a-z 0-9 - _ ."
+        );
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The bridge's subnet and gateway, as attached.
+    pub fn network(&self) -> Result<(Cidr, Ipv4Addr)> {
+        let cfg = self.datapath()?.config()?;
+        let subnet = Cidr::new(
+            from_be32(cfg.subnet_addr),
+            u32::from(from_be32(cfg.subnet_mask)).count_ones() as u8,
+        );
+        Ok((subnet, from_be32(cfg.gateway_addr)))
+    }
+
+    /// Picks the address: the one asked for if it is free, else the first
+    /// free one. The lock makes "first free" safe among concurrent callers.
+    fn choose_ip(
+        &self,
+        want: Option<Ipv4Addr>,
+        subnet: Cidr,
+        gateway: Ipv4Addr,
+    ) -> Result<Ipv4Addr> {
+        let taken = |ip: Ipv4Addr| ip == gateway || self.state.endpoints.iter().any(|e| e.ip == ip);
+        match want {
+            Some(ip) if !subnet.is_host(ip) || ip == gateway => {
+                bail!("{ip} is not a free host address of {subnet} (the gateway is {gateway})")
+            }
+            Some(ip) if taken(ip) => {
+                let owner = self.state.endpoints.iter().find(|e| e.ip == ip);
+                bail!(
+                    "{ip} is already used by endpoint {}",
+                    owner.map(|e| e.name.as_str()).unwrap_or("?")
+                )
+            }
+            Some(ip) => Ok(ip),
+            None => subnet
+                .hosts()
+                .find(|ip| !taken(*ip))
+                .with_context(|| format!("subnet {subnet} has no free address left")),
+        }
+    }
+
+    /// Connects a container namespace to the bridge. Validates everything
+    /// first; a failure after that removes whatever was made.
+    pub async fn add_endpoint(&mut self, req: &EndpointRequest) -> Result<EndpointState> {
+        validate_name(&req.name)?;
+        validate_ifname(&req.ifname)?;
+        let mut dp = self.datapath()?;
+        let cfg = dp.config()?;
+        let (subnet, gateway) = self.network()?;
+        if self.state.endpoint(&req.name).is_some() {
+            bail!(
+                "endpoint {} already exists on bridge {}",
+                req.name,
+                self.bridge
+            );
+        }
+        let ip = self.choose_ip(req.ip, subnet, gateway)?;
+        let nl = Netlink::connect()?;
+        let (host_if, peer_if) = veth_names(&self.bridge, &req.name);
+        if nl.link(&host_if).await?.is_some() {
+            bail!(
+                "interface {host_if} (derived from endpoint {}) already exists",
+                req.name
+            );
+        }
+        let (ns_path, owns) = match &req.netns {
+            NetnsChoice::Existing(p) => {
+                netns::open(p)?;
+                (p.clone(), false)
+            }
+            NetnsChoice::CreateNamed => {
+                if netns::exists(&req.name) {
+                    bail!(
+                        "network namespace {} already exists: pass --netns {} to use it",
+                        req.name,
+                        netns::resolve(&req.name).display()
+                    );
+                }
+                (netns::resolve(&req.name), true)
+            }
+        };
+        if !owns {
+            let inner = {
+                let _in = NetnsGuard::enter(&ns_path)?;
+                Netlink::connect()?
+            };
+            if inner.link(&req.ifname).await?.is_some() {
+                bail!(
+                    "namespace {} already has an {}",
+                    ns_path.display(),
+                    req.ifname
+                );
+            }
+        }
+
+        // Validated; from here on every step is undone if a later one fails.
+        if owns {
+            netns::create_named(&req.name)?;
+        }
+        let inner = {
+            let _in = NetnsGuard::enter(&ns_path)?;
+            Netlink::connect()?
+        };
+        let made = async {
+            nl.create_veth(&host_if, &peer_if).await?;
+            let host = nl.require_link(&host_if).await?;
+            let peer = nl.require_link(&peer_if).await?;
+            nl.move_to_netns(peer.index, &netns::open(&ns_path)?)
+                .await?;
+            nl.set_master(host.index, cfg.bridge_ifindex).await?;
+            if cfg.has(CFG_ICC_DISABLED) {
+                nl.set_port_isolated(host.index, true).await?;
+            }
+            nl.set_up(host.index).await?;
+            let eth = inner.require_link(&peer_if).await?;
+            inner.rename(eth.index, &req.ifname).await?;
+            inner.add_addr(eth.index, ip, subnet.prefix).await?;
+            inner.set_up(eth.index).await?;
+            let lo = inner.require_link("lo").await?;
+            inner.set_up(lo.index).await?;
+            inner.add_default_route(gateway).await?;
+            let ep = EndpointState {
+                name: req.name.clone(),
+                ip,
+                netns: ns_path.clone(),
+                owns_netns: owns,
+                host_ifname: host_if.clone(),
+                host_ifindex: host.index,
+                ifname: req.ifname.clone(),
+                mac: inner
+                    .require_link(&req.ifname)
+                    .await?
+                    .mac
+                    .unwrap_or_default(),
+                owner: req.owner.clone(),
+                ports: Vec::new(),
+            };
+            if cfg.has(CFG_XDP) {
+                accept_xdp_frames(&ep)?;
+            }
+            let entry = Endpoint {
+                host_ifindex: ep.host_ifindex,
+                mac: ep.mac,
+                _pad: [0; 2],
+            };
+            // BPF_NOEXIST: an entry already there means the state and the
+            // maps disagree; never overwrite another endpoint's redirect.
+            dp.endpoints
+                .insert(to_be32(ip), entry, crate::bpf::datapath::BPF_NOEXIST)
+                .map_err(|e| anyhow!("the datapath already has an endpoint at {ip} ({e})"))?;
+            self.state.endpoints.push(ep.clone());
+            if let Err(e) = self.commit() {
+                self.state.endpoints.pop();
+                let _ = dp.endpoints.remove(&to_be32(ip));
+                return Err(e);
+            }
+            Ok(ep)
+        }
+        .await;
+        match made {
+            Ok(ep) => Ok(ep),
+            Err(e) => {
+                // Deleting one end of a veth pair deletes both, wherever
+                // the other end is by now.
+                if let Ok(Some(l)) = nl.link(&host_if).await {
+                    let _ = nl.del_link(l.index).await;
+                }
+                if owns {
+                    let _ = netns::delete_named(&req.name);
+                }
+                Err(e.context(format!("adding endpoint {}", req.name)))
+            }
+        }
+    }
+
+    /// Removes an endpoint: its published ports, its flows, its datapath
+    /// entry, its veth and the namespace netbr made for it. Goes on past
+    /// failures to remove kernel objects (a namespace already gone took its
+    /// veth with it) and reports the first one after the rest is done.
+    pub async fn remove_endpoint(&mut self, name: &str) -> Result<EndpointState> {
+        if !self.is_attached() && self.state.endpoints.is_empty() {
+            return Err(super::not_attached(&self.bridge));
+        }
+        let ep = self.endpoint(name)?.clone();
+        let nl = Netlink::connect()?;
+        if self.is_attached() {
+            let mut dp = self.datapath()?;
+            for p in &ep.ports {
+                let _ = dp.mappings.remove(&super::ports::mapping_key(p));
+            }
+            let ip = to_be32(ep.ip);
+            dp.remove_flows(|k, v| k.saddr == ip || v.xlat.daddr == ip)?;
+            let _ = dp.endpoints.remove(&ip);
+        }
+        let mut errors = remove_endpoint_objects(&nl, &ep).await;
+        self.state.endpoints.retain(|e| e.name != name);
+        self.commit()?;
+        match errors.pop() {
+            Some(e) => Err(e),
+            None => Ok(ep),
+        }
+    }
+}
+
+/// Deletes an endpoint's veth pair and the namespace netbr made for it.
+/// Returns the errors met, having tried everything.
+pub async fn remove_endpoint_objects(nl: &Netlink, ep: &EndpointState) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    // By name and index both: the index alone could have been reused.
+    match nl.link(&ep.host_ifname).await {
+        Ok(Some(l)) if l.index == ep.host_ifindex => {
+            if let Err(e) = nl.del_link(l.index).await {
+                errors.push(e);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(e),
+    }
+    if ep.owns_netns && netns::exists(&ep.name) {
+        if let Err(e) = netns::delete_named(&ep.name) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// Readies an endpoint's veth for frames the uplink's XDP program
+/// redirects to it: a veth drops them unless its NAPI instance runs, which
+/// GRO turns on.
+pub fn accept_xdp_frames(ep: &EndpointState) -> Result<()> {
+    let _in = NetnsGuard::enter(&ep.netns)?;
+    crate::ethtool::set_gro(&ep.ifname, true)
+        .with_context(|| format!("endpoint {} in {}", ep.name, ep.netns.display()))
+}

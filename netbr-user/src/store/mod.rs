@@ -1,0 +1,157 @@
+//! The datapath store: the only code that opens a bridge's pins and changes
+//! its maps, its kernel objects and its state file. Every command, the CNI
+//! plugin and the Docker driver go through it.
+//!
+//! A writer takes the bridge's lock ([`Store::open`]), and each operation
+//! validates the whole request before it changes anything, then applies it
+//! step by step, undoing what it applied when a later step fails. Readers
+//! ([`View`]) take no lock: the state file is replaced atomically and the
+//! maps are read entry by entry.
+
+mod attach;
+mod endpoint;
+pub mod lock;
+mod ports;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use netbr_common::maps::{MAP_CONFIG, STATE_ROOT};
+
+pub use attach::{AttachReport, AttachRequest};
+pub use endpoint::{veth_names, EndpointRequest, NetnsChoice};
+pub use ports::{mapping_key, PortTaken};
+pub use state::{EndpointState, Owner, Port, State};
+
+use crate::bpf::{datapath::Datapath, layout};
+
+/// `<netns cookie>-<bridge>`: names a bridge's pin and state directories.
+/// The cookie, unlike the namespace's inode, is never reused, so nothing a
+/// dead namespace leaked can be adopted by a new one.
+pub fn bridge_key(bridge: &str) -> Result<String> {
+    Ok(format!("{}-{bridge}", crate::netns::current_cookie()?))
+}
+
+/// Where the calling thread's namespace pins `bridge`'s datapath.
+pub fn pin_dir(bridge: &str) -> Result<PathBuf> {
+    Ok(Path::new(netbr_common::maps::PIN_ROOT).join(bridge_key(bridge)?))
+}
+
+/// Where `bridge`'s lock and state file live.
+pub fn state_dir(bridge: &str) -> Result<PathBuf> {
+    Ok(Path::new(STATE_ROOT).join(bridge_key(bridge)?))
+}
+
+pub fn not_attached(bridge: &str) -> anyhow::Error {
+    anyhow!(
+        "bridge {bridge} is not attached: run netbr attach --bridge {bridge} --subnet CIDR --uplink IFACE"
+    )
+}
+
+/// Opens an attached bridge's datapath after checking that its pins are of
+/// this binary's layout.
+fn open_datapath(bridge: &str, pins: &Path) -> Result<(Datapath, u32)> {
+    if !pins.join(MAP_CONFIG).exists() {
+        return Err(not_attached(bridge));
+    }
+    let ct_max = layout::check(pins, bridge)?;
+    let dp = Datapath::from_pins(pins).map_err(|e| layout::refusal(bridge, &format!("{e:#}")))?;
+    layout::check_version(bridge, dp.config()?.layout_version)?;
+    Ok((dp, ct_max))
+}
+
+/// A bridge, locked against every other writer for as long as it lives.
+pub struct Store {
+    pub bridge: String,
+    pub pins: PathBuf,
+    pub dir: PathBuf,
+    pub state: State,
+    _lock: lock::BridgeLock,
+}
+
+impl Store {
+    /// Waits for the bridge's lock and reads its state.
+    pub fn open(bridge: &str) -> Result<Self> {
+        validate_ifname(bridge)?;
+        let dir = state_dir(bridge)?;
+        let lock = lock::BridgeLock::acquire(&dir)?;
+        let state = State::load(&dir, bridge)?;
+        Ok(Self {
+            bridge: bridge.to_string(),
+            pins: pin_dir(bridge)?,
+            dir,
+            state,
+            _lock: lock,
+        })
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.pins.join(MAP_CONFIG).exists()
+    }
+
+    /// The attached datapath, layout-checked.
+    pub fn datapath(&self) -> Result<Datapath> {
+        Ok(open_datapath(&self.bridge, &self.pins)?.0)
+    }
+
+    /// Writes the state file.
+    fn commit(&self) -> Result<()> {
+        self.state.save(&self.dir)
+    }
+
+    pub fn endpoint(&self, name: &str) -> Result<&EndpointState> {
+        self.state.endpoint(name).ok_or_else(|| {
+            anyhow!(
+                "no endpoint named {name} on bridge {}: see netbr ls --bridge {}",
+                self.bridge,
+                self.bridge
+            )
+        })
+    }
+
+    /// Removes the flows `pred` selects. Returns how many went.
+    pub fn remove_flows(
+        &self,
+        pred: impl Fn(&netbr_common::conntrack::FlowKey, &netbr_common::conntrack::CtEntry) -> bool,
+    ) -> Result<usize> {
+        self.datapath()?.remove_flows(pred)
+    }
+}
+
+/// What listings read: the state and the datapath, without the lock.
+pub struct View {
+    pub state: State,
+    pub dp: Datapath,
+    pub pins: PathBuf,
+    pub ct_max: u32,
+}
+
+impl View {
+    pub fn open(bridge: &str) -> Result<Self> {
+        validate_ifname(bridge)?;
+        let pins = pin_dir(bridge)?;
+        let (dp, ct_max) = open_datapath(bridge, &pins)?;
+        let state = State::load(&state_dir(bridge)?, bridge)?;
+        Ok(Self {
+            state,
+            dp,
+            pins,
+            ct_max,
+        })
+    }
+}
+
+pub fn validate_ifname(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains(['/', ' ', ':'])
+        || name == "."
+        || name == ".."
+    {
+        anyhow::bail!(
+            "{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Publishing container ports on the host and withdrawing them.
+
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+
+use anyhow::{bail, Result};
+use netbr_common::{
+    conntrack::NAT_DNAT,
+    maps::{MappingKey, MappingTarget},
+    portspec::PortSpec,
+    IPPROTO_TCP,
+};
+
+use super::{state::Port, Store};
+use crate::{addr::to_be32, bpf::datapath::BPF_NOEXIST, netlink::Netlink};
+
+pub fn mapping_key(p: &Port) -> MappingKey {
+    MappingKey {
+        proto: p.proto,
+        _pad: 0,
+        port: p.host_port.to_be(),
+        addr: p.host_ip.map(to_be32).unwrap_or(0),
+    }
+}
+
+fn mapping_target(ip: Ipv4Addr, p: &Port) -> MappingTarget {
+    MappingTarget {
+        addr: to_be32(ip),
+        port: p.container_port.to_be(),
+        _pad: 0,
+    }
+}
+
+/// The ports one spec stands for (for a spec that picks a host port: every
+/// candidate).
+fn spec_ports(s: &PortSpec) -> impl Iterator<Item = Port> + '_ {
+    s.pairs().map(move |(h, c)| Port {
+        proto: s.proto,
+        host_ip: s.host_ip,
+        host_port: h,
+        container_port: c,
+    })
+}
+
+/// Two ports claim the same traffic: same protocol and host port, and the
+/// same address or either of them every address.
+fn clash(a: &Port, b: &Port) -> bool {
+    a.proto == b.proto
+        && a.host_port == b.host_port
+        && (a.host_ip == b.host_ip || a.host_ip.is_none() || b.host_ip.is_none())
+}
+
+/// Without a proxy nothing binds the host port, so check by binding: a host
+/// process listening there would otherwise silently lose its traffic.
+fn host_port_free(p: &Port) -> bool {
+    let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    if p.proto == IPPROTO_TCP {
+        TcpListener::bind((ip, p.host_port)).is_ok()
+    } else {
+        UdpSocket::bind((ip, p.host_port)).is_ok()
+    }
+}
+
+/// A port that cannot be published because something else holds it; the
+/// runtimes report it with their "taken" code.
+#[derive(Debug)]
+pub struct PortTaken(pub String);
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+impl Store {
+    /// Why `port` cannot be published, naming its owner; `None` if it can.
+    fn port_taken(&self, port: &Port, wanted: &[Port]) -> Option<String> {
+        if let Some((ep, p)) = self.state.ports().find(|(_, p)| clash(p, port)) {
+            let who = match ep.container_id() {
+                Some(id) => format!("endpoint {} (container {id})", ep.name),
+                None => format!("endpoint {}", ep.name),
+            };
+            return Some(format!(
+                "host port {} is already published by {who} as {}: choose another host port or unpublish it",
+                port.host_side(),
+                p.host_side()
+            ));
+        }
+        if wanted.iter().any(|w| clash(w, port)) {
+            return Some(format!("host port {} is given twice", port.host_side()));
+        }
+        if !host_port_free(port) {
+            return Some(format!(
+                "host port {} is in use by a process on the host: choose another host port",
+                port.host_side()
+            ));
+        }
+        None
+    }
+
+    /// Publishes ports of endpoint `name`: every spec is checked before any
+    /// is written, so a request with one taken port changes nothing.
+    pub async fn publish(&mut self, name: &str, specs: &[PortSpec]) -> Result<Vec<Port>> {
+        let mut dp = self.datapath()?;
+        let ep = self.endpoint(name)?.clone();
+        // Addresses added since attach count too.
+        super::attach::sync_local_addrs(&Netlink::connect()?, &mut dp).await?;
+        let mut wanted: Vec<Port> = Vec::new();
+        for spec in specs {
+            if let Some(ip) = spec.host_ip {
+                if dp.local_addrs.get(&to_be32(ip), 0).is_err() {
+                    bail!(
+                        "{ip} is not an address of this host: publish on one of its addresses or omit the host IP"
+                    );
+                }
+            }
+            if spec.picks_host_port() {
+                let pick = spec_ports(spec)
+                    .find(|p| self.port_taken(p, &wanted).is_none())
+                    .ok_or_else(|| {
+                        PortTaken(format!(
+                            "no free host port in {spec}: every port of the range is taken"
+                        ))
+                    })?;
+                wanted.push(pick);
+            } else {
+                for p in spec_ports(spec) {
+                    if let Some(why) = self.port_taken(&p, &wanted) {
+                        return Err(PortTaken(why).into());
+                    }
+                    wanted.push(p);
+                }
+            }
+        }
+        let mut written = Vec::new();
+        for p in &wanted {
+            let key = mapping_key(p);
+            if let Err(e) = dp
+                .mappings
+                .insert(key, mapping_target(ep.ip, p), BPF_NOEXIST)
+            {
+                for k in &written {
+                    let _ = dp.mappings.remove(k);
+                }
+                bail!(
+                    "the datapath already maps host port {} ({e})",
+                    p.host_side()
+                );
+            }
+            written.push(key);
+        }
+        if let Some(e) = self.state.endpoint_mut(name) {
+            e.ports.extend(wanted.iter().copied());
+        }
+        if let Err(e) = self.commit() {
+            for k in &written {
+                let _ = dp.mappings.remove(k);
+            }
+            if let Some(e) = self.state.endpoint_mut(name) {
+                e.ports.retain(|p| !wanted.contains(p));
+            }
+            return Err(e);
+        }
+        Ok(wanted)
+    }
+
+    /// Withdraws ports of endpoint `name` (`None`: all of them) and ends the
+    /// flows they translated. Returns the ports and how many flows ended.
+    pub fn unpublish(
+        &mut self,
+        name: &str,
+        specs: Option<&[PortSpec]>,
+    ) -> Result<(Vec<Port>, usize)> {
+        let mut dp = self.datapath()?;
+        let ep = self.endpoint(name)?.clone();
+        let doomed: Vec<Port> = match specs {
+            None => ep.ports.clone(),
+            Some(specs) => {
+                let mut doomed = Vec::new();
+                for spec in specs {
+                    if spec.picks_host_port() {
+                        doomed.extend(spec_ports(spec).filter(|p| ep.ports.contains(p)).take(1));
+                    } else {
+                        doomed.extend(spec_ports(spec));
+                    }
+                }
+                if doomed.is_empty() {
+                    bail!("none of those ports is published to {name}: see netbr ls");
+                }
+                if let Some(p) = doomed.iter().find(|p| !ep.ports.contains(p)) {
+                    bail!(
+                        "{} is not published to {name} port {}: see netbr ls",
+                        p.host_side(),
+                        p.container_port
+                    );
+                }
+                doomed
+            }
+        };
+        for p in &doomed {
+            let _ = dp.mappings.remove(&mapping_key(p));
+        }
+        if let Some(e) = self.state.endpoint_mut(name) {
+            e.ports.retain(|p| !doomed.contains(p));
+        }
+        self.commit()?;
+        // Flows already translated by a withdrawn mapping end too, so no
+        // stale UDP flow keeps delivering (moby#8795).
+        let ip = to_be32(ep.ip);
+        let flows = dp.remove_flows(|key, e| {
+            e.nat == NAT_DNAT
+                && doomed.iter().any(|p| {
+                    let k = mapping_key(p);
+                    key.proto == k.proto
+                        && key.dport == k.port
+                        && (k.addr == 0 || key.daddr == k.addr)
+                        && e.xlat.daddr == ip
+                        && e.xlat.dport == p.container_port.to_be()
+                })
+        })?;
+        Ok((doomed, flows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(ip: Option<[u8; 4]>, host_port: u16, proto: u8) -> Port {
+        Port {
+            proto,
+            host_ip: ip.map(Ipv4Addr::from),
+            host_port,
+            container_port: 80,
+        }
+    }
+
+    #[test]
+    fn ports_clash_on_the_same_address_or_a_wildcard() {
+        let any = port(None, 8080, IPPROTO_TCP);
+        let lo = port(Some([127, 0, 0, 1]), 8080, IPPROTO_TCP);
+        let up = port(Some([192, 0, 2, 1]), 8080, IPPROTO_TCP);
+        assert!(clash(&any, &lo) && clash(&lo, &any) && clash(&lo, &lo));
+        assert!(!clash(&lo, &up));
+        assert!(!clash(&any, &port(None, 8081, IPPROTO_TCP)));
+        assert!(!clash(&any, &port(None, 8080, netbr_common::IPPROTO_UDP)));
+    }
+
+    #[test]
+    fn a_spec_stands_for_its_pairs() {
+        let s: PortSpec = "127.0.0.1:9000-9001:90-91/udp".parse().unwrap();
+        let ports: Vec<_> = spec_ports(&s).collect();
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[1].host_port, 9001);
+        assert_eq!(ports[1].container_port, 91);
+        assert_eq!(ports[1].host_side(), "127.0.0.1:9001/udp");
+        let k = mapping_key(&ports[0]);
+        assert_eq!(u16::from_be(k.port), 9000);
+        assert_eq!(k.addr, to_be32(Ipv4Addr::LOCALHOST));
+    }
+}

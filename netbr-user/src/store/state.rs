@@ -1,0 +1,255 @@
+//! The control plane's state file: what packets do not need (names,
+//! namespaces, owners, the ports each endpoint asked for), kept beside the
+//! bridge's lock and replaced atomically, so a reader never sees half of it.
+
+use std::{
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use netbr_common::{proto_name, IPPROTO_TCP, IPPROTO_UDP};
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "state.json";
+/// Bumped when the file's meaning changes incompatibly.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub version: u32,
+    pub bridge: String,
+    /// What the bridge was attached with; kept by `detach --keep-bridge`.
+    pub network: Option<Network>,
+    pub endpoints: Vec<EndpointState>,
+}
+
+/// The bridge's network, as `attach` set it up.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Network {
+    /// `a.b.c.d/len`.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub uplink: String,
+}
+
+/// Who made an endpoint, and so who may remove it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Owner {
+    /// `netbr endpoint add`.
+    Cli,
+    /// A CNI runtime: the network's name and the attachment's identity.
+    Cni {
+        network: String,
+        container_id: String,
+    },
+    /// Docker's remote-driver API.
+    Docker {
+        network_id: String,
+        endpoint_id: String,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EndpointState {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The container's network namespace.
+    pub netns: PathBuf,
+    /// netbr created the named namespace and removes it with the endpoint.
+    pub owns_netns: bool,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    /// The interface's name inside the container (`eth0`, `CNI_IFNAME`).
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub owner: Owner,
+    pub ports: Vec<Port>,
+}
+
+/// One published port: `host_ip:host_port/proto -> container_port`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    pub proto: u8,
+    /// `None`: every address of the host.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+impl Port {
+    /// `*:8080/tcp` or `127.0.0.1:8443/tcp`.
+    pub fn host_side(&self) -> String {
+        let ip = self
+            .host_ip
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "*".into());
+        format!("{ip}:{}/{}", self.host_port, proto_name(self.proto))
+    }
+
+    pub fn proto_from_name(name: &str) -> Result<u8> {
+        match name.to_ascii_lowercase().as_str() {
+            "tcp" | "" => Ok(IPPROTO_TCP),
+            "udp" => Ok(IPPROTO_UDP),
+            other => bail!("protocol {other:?} is not supported: use tcp or udp"),
+        }
+    }
+}
+
+impl EndpointState {
+    pub fn container_id(&self) -> Option<&str> {
+        match &self.owner {
+            Owner::Cli => None,
+            Owner::Cni { container_id, .. } => Some(container_id),
+            Owner::Docker { endpoint_id, .. } => Some(endpoint_id),
+        }
+    }
+
+    pub fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+impl State {
+    pub fn new(bridge: &str) -> Self {
+        Self {
+            version: STATE_VERSION,
+            bridge: bridge.to_string(),
+            network: None,
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// The state in `dir`, or a fresh one when there is none yet.
+    pub fn load(dir: &Path, bridge: &str) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::new(bridge)),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let state: State = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a netbr state file", path.display()))?;
+        if state.version != STATE_VERSION {
+            bail!(
+                "{} was written by a netbr with state version {} (this one uses {STATE_VERSION}): run netbr detach --bridge {bridge} first",
+                path.display(),
+                state.version
+            );
+        }
+        Ok(state)
+    }
+
+    /// Writes the state next to its final name, syncs it, and renames it
+    /// over the old one: readers see the old state or the new, never half.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::Error::from(e).context(format!("writing {}", path.display()))
+        })
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointState> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    pub fn endpoint_mut(&mut self, name: &str) -> Option<&mut EndpointState> {
+        self.endpoints.iter_mut().find(|e| e.name == name)
+    }
+
+    /// The endpoint a CNI runtime made for (network, container, ifname).
+    pub fn cni_endpoint(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<&EndpointState> {
+        self.endpoints.iter().find(|e| {
+            e.ifname == ifname
+                && matches!(&e.owner, Owner::Cni { network: n, container_id: c } if n == network && c == container_id)
+        })
+    }
+
+    /// Every published port with its endpoint.
+    pub fn ports(&self) -> impl Iterator<Item = (&EndpointState, &Port)> {
+        self.endpoints
+            .iter()
+            .flat_map(|e| e.ports.iter().map(move |p| (e, p)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(name: &str) -> EndpointState {
+        EndpointState {
+            name: name.into(),
+            ip: Ipv4Addr::new(172, 30, 0, 2),
+            netns: "/run/netns/x".into(),
+            owns_netns: false,
+            host_ifname: "nb1".into(),
+            host_ifindex: 7,
+            ifname: "eth0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            owner: Owner::Cni {
+                network: "n".into(),
+                container_id: "abc".into(),
+            },
+            ports: vec![Port {
+                proto: IPPROTO_TCP,
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+            }],
+        }
+    }
+
+    #[test]
+    fn state_round_trips_through_its_file_atomically() {
+        let dir = std::env::temp_dir().join(format!("netbr-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(State::load(&dir, "b").unwrap(), State::new("b"));
+        let mut s = State::new("b");
+        s.endpoints.push(endpoint("web"));
+        s.save(&dir).unwrap();
+        assert_eq!(State::load(&dir, "b").unwrap(), s);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [STATE_FILE], "no temporary file is left");
+        assert!(s.cni_endpoint("n", "abc", "eth0").is_some());
+        assert!(s.cni_endpoint("n", "abc", "eth1").is_none());
+        assert!(s.cni_endpoint("other", "abc", "eth0").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_of_another_version_is_refused() {
+        let dir = std::env::temp_dir().join(format!("netbr-state-v-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(STATE_FILE),
+            r#"{"version":99,"bridge":"b","network":null,"endpoints":[]}"#,
+        )
+        .unwrap();
+        let err = State::load(&dir, "b").unwrap_err().to_string();
+        assert!(err.contains("netbr detach"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
