@@ -184,7 +184,11 @@ impl Store {
             inner.set_up(eth.index).await?;
             let lo = inner.require_link("lo").await?;
             inner.set_up(lo.index).await?;
-            inner.add_default_route(gateway).await?;
+            // A second network's interface leaves the default route to
+            // the first, as the reference bridge plugin does.
+            if inner.default_gateway().await?.is_none() {
+                inner.add_default_route(gateway).await?;
+            }
             let ep = EndpointState {
                 name: req.name.clone(),
                 ip,

@@ -1,0 +1,5 @@
+//! The CNI plugin binary; see `netbr::cni`.
+
+fn main() -> std::process::ExitCode {
+    netbr::cni::main()
+}
