@@ -15,7 +15,7 @@ use netbr::{
 };
 
 fn sandbox() -> Sandbox {
-    Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("build the sandbox")
+    support::sandbox()
 }
 
 fn attached() -> Sandbox {
@@ -997,7 +997,7 @@ fn the_fast_path_carries_traffic_exactly_when_asked() {
         stats["fast_path_out"].as_u64().unwrap_or(0),
         stats["fast_path_xdp"].as_u64().unwrap_or(0),
     );
-    if netbr::sandbox::fast_path_requested() {
+    if support::mode().fast_path {
         assert!(fast_in > 0 && fast_out > 0, "fast path unused: {stats:#}");
         assert_eq!(ls_json(&sb)["fast_path"], true);
     } else {
@@ -1009,7 +1009,7 @@ fn the_fast_path_carries_traffic_exactly_when_asked() {
     }
     // XDP carries the data of established inbound flows; their handshakes
     // and teardowns stay with TC.
-    if netbr::sandbox::xdp_requested() {
+    if support::mode().xdp {
         assert!(fast_xdp > 0, "XDP unused: {stats:#}");
         assert_eq!(ls_json(&sb)["xdp"], true);
     } else {

@@ -81,7 +81,7 @@ fn stream_rounds(to: SocketAddr) -> impl FnMut() -> anyhow::Result<()> + Send + 
 
 #[test]
 fn ten_reattaches_under_load_lose_no_packet_of_established_flows() {
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
     sb.publish(1, &["8080:80", "8081:81"]).expect("publish");
@@ -153,7 +153,7 @@ fn ten_reattaches_under_load_lose_no_packet_of_established_flows() {
 
 #[test]
 fn detach_then_attach_restores_service() {
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     sb.attach().expect("attach");
     sb.netbr_ok(&["detach"]).expect("detach");
     sb.attach().expect("attach again");
@@ -171,7 +171,7 @@ fn detach_then_attach_restores_service() {
 
 #[test]
 fn a_full_conntrack_table_refuses_new_flows_logs_it_and_serves_again_once_flows_expire() {
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     // 64 entries per table: 32 answered UDP flows fill the assured one.
     sb.attach_with(&["--ct-max", "64", "--timeout", "udp_stream=5"])
         .expect("attach");
@@ -222,7 +222,7 @@ fn assert_attach_refused_for_layout(sb: &Sandbox) {
 
 #[test]
 fn pins_of_another_layout_are_refused_and_left_intact() {
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
     sb.publish(1, &["8080:80"]).expect("publish");
@@ -264,7 +264,7 @@ fn pins_of_another_layout_are_refused_and_left_intact() {
 
 #[test]
 fn a_pinned_map_of_another_value_size_is_refused_with_a_clear_message() {
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
     sb.publish(1, &["8080:80"]).expect("publish");
@@ -311,7 +311,7 @@ fn race_trials() -> u32 {
 #[test]
 fn parallel_first_datagrams_of_one_socket_all_get_replies() {
     use std::sync::Barrier;
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
     sb.publish(1, &["5353:53/udp"]).expect("publish");
@@ -373,8 +373,8 @@ fn parallel_first_datagrams_of_one_socket_all_get_replies() {
 
 #[test]
 fn cgroup_hooks_never_rewrite_a_socket_of_another_namespace_with_the_same_addresses() {
-    let a = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox a");
-    let b = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox b");
+    let a = support::sandbox();
+    let b = support::sandbox();
     for (sb, tag) in [(&a, "A"), (&b, "B")] {
         sb.attach().expect("attach");
         sb.add_container(1).expect("c1");
@@ -457,7 +457,7 @@ fn send_raw(ns: &std::path::Path, frames: Vec<Vec<u8>>) {
 #[test]
 fn unsolicited_traffic_from_lan_never_reaches_a_container() {
     use support::packet::{fragment, Spec, SYN};
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     sb.attach().expect("attach");
     let c1 = sb.add_container(1).expect("c1");
     sb.publish(1, &["8080:80"]).expect("publish");

@@ -24,7 +24,7 @@ use std::{
 use netbr::{
     netns,
     probe::{self, Server},
-    sandbox::{in_netns, Sandbox, LAN_IP, UPLINK_IP},
+    sandbox::{in_netns, LAN_IP, UPLINK_IP},
 };
 
 const CONTAINERS: u32 = 3;
@@ -153,7 +153,7 @@ fn new_connections(
 fn soak(tx_offload: bool) {
     let secs = env_or("NETBR_SOAK_SECS", 4);
     let flows = env_or("NETBR_SOAK_FLOWS", 2000) as usize;
-    let sb = Sandbox::create(env!("CARGO_BIN_EXE_netbr")).expect("sandbox");
+    let sb = support::sandbox();
     sb.attach().expect("attach");
     let mut published = Vec::new();
     let mut servers = Vec::new();
@@ -175,8 +175,8 @@ fn soak(tx_offload: bool) {
     // Every device on the path: lan's eth0, the uplink, the containers' eth0
     // and their host-side veths.
     // With XDP the lan plays a physical wire, which carries complete
-    // checksums only (see `sandbox::xdp_requested`).
-    let lan_offload = tx_offload && !netbr::sandbox::xdp_requested();
+    // checksums only (see `support::mode`).
+    let lan_offload = tx_offload && !support::mode().xdp;
     set_tx_offload(&sb.lan_path(), "eth0", lan_offload);
     set_tx_offload(&sb.host_path(), "up0", tx_offload);
     for n in 1..=CONTAINERS {

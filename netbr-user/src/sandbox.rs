@@ -30,19 +30,21 @@ pub struct Sandbox {
     pub suffix: String,
     pub lan: String,
     pub host: String,
+    pub mode: Mode,
     netbr: PathBuf,
 }
 
-/// Whether the tests run with the fast path (`NETBR_E2E_FAST_PATH=1`).
-pub fn fast_path_requested() -> bool {
-    std::env::var("NETBR_E2E_FAST_PATH").is_ok_and(|v| v == "1")
-}
-
-/// Whether the tests run with the XDP fast path (`NETBR_E2E_XDP=1`). Such a
-/// sandbox's lan sends complete checksums, as a physical wire delivers
-/// them: XDP cannot fix up the partial ones a veth peer would offload.
-pub fn xdp_requested() -> bool {
-    std::env::var("NETBR_E2E_XDP").is_ok_and(|v| v == "1")
+/// Which datapath `attach` sets up: the plain one unless asked. Tests pick
+/// it from their environment (`tests/support`); the demo and the bench
+/// choose their own, whatever variables happen to be set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mode {
+    /// `attach --fast-path`.
+    pub fast_path: bool,
+    /// `attach --xdp`. Such a sandbox's lan sends complete checksums, as a
+    /// physical wire delivers them: XDP cannot fix up the partial ones a
+    /// veth peer would offload.
+    pub xdp: bool,
 }
 
 /// A short suffix unique on this machine for this process's lifetime.
@@ -59,11 +61,17 @@ impl Sandbox {
     /// Builds `lan` and `host` joined by a veth pair. `netbr` is the binary
     /// the sandbox drives.
     pub fn create(netbr: impl Into<PathBuf>) -> Result<Self> {
+        Self::create_with(netbr, Mode::default())
+    }
+
+    /// Like [`Self::create`], attaching in `mode`.
+    pub fn create_with(netbr: impl Into<PathBuf>, mode: Mode) -> Result<Self> {
         let suffix = unique_suffix();
         let sb = Self {
             lan: format!("nbl-{suffix}"),
             host: format!("nbh-{suffix}"),
             suffix,
+            mode,
             netbr: netbr.into(),
         };
         netns::create_named(&sb.lan)?;
@@ -75,6 +83,7 @@ impl Sandbox {
 
     fn wire(&self) -> Result<()> {
         let lan = self.lan_path();
+        let xdp = self.mode.xdp;
         netns::run_in(&self.host_path(), move || {
             netlink::block_on(async {
                 let nl = netlink::Netlink::connect()?;
@@ -86,13 +95,13 @@ impl Sandbox {
                 nl.set_up(up.index).await
             })
         })??;
-        netns::run_in(&self.lan_path(), || {
+        netns::run_in(&self.lan_path(), move || {
             netlink::block_on(async {
                 let nl = netlink::Netlink::connect()?;
                 let eth = nl.require_link("nblan0").await?;
                 nl.rename(eth.index, "eth0").await?;
                 nl.add_addr(eth.index, LAN_IP, 24).await?;
-                if xdp_requested() {
+                if xdp {
                     crate::ethtool::set_tx_checksum("eth0", false)?;
                 }
                 nl.set_up(eth.index).await
@@ -110,7 +119,7 @@ impl Sandbox {
     }
 
     /// Where netbr pins the sandbox bridge's datapath (named after the host
-    /// namespace, so it is computed from inside it).
+    /// namespace's cookie, so it is computed from inside it).
     pub fn pin_dir(&self) -> Result<PathBuf> {
         netns::run_in(&self.host_path(), || crate::bpf::pins::pin_dir(BRIDGE))?
     }
@@ -147,9 +156,8 @@ impl Sandbox {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `netbr attach` for the sandbox, plus `--fast-path` when the
-    /// environment asks for it (`NETBR_E2E_FAST_PATH=1`), so one test suite
-    /// covers both datapaths.
+    /// `netbr attach` for the sandbox, with `--fast-path` and `--xdp` as
+    /// its mode says, so one test suite covers every datapath.
     pub fn attach(&self) -> Result<String> {
         self.attach_with(&[])
     }
@@ -157,10 +165,10 @@ impl Sandbox {
     /// Like [`Self::attach`], with extra flags.
     pub fn attach_with(&self, extra: &[&str]) -> Result<String> {
         let mut args = vec!["attach", "--subnet", SUBNET, "--uplink", UPLINK];
-        if fast_path_requested() && !extra.contains(&"--fast-path") {
+        if self.mode.fast_path && !extra.contains(&"--fast-path") {
             args.push("--fast-path");
         }
-        if xdp_requested() && !extra.contains(&"--xdp") {
+        if self.mode.xdp && !extra.contains(&"--xdp") {
             args.push("--xdp");
         }
         args.extend_from_slice(extra);

@@ -31,3 +31,40 @@ pub fn snmp(ns: &std::path::Path, fields: &'static [(&'static str, &'static str)
     })
     .expect("read snmp")
 }
+
+/// The datapath mode a test run asks for: `NETBR_E2E_FAST_PATH=1` and
+/// `NETBR_E2E_XDP=1` (set by `cargo xtask test` for its second and third
+/// passes). Only tests read these variables.
+pub fn mode() -> netbr::sandbox::Mode {
+    let on = |k: &str| std::env::var(k).is_ok_and(|v| v == "1");
+    netbr::sandbox::Mode {
+        fast_path: on("NETBR_E2E_FAST_PATH"),
+        xdp: on("NETBR_E2E_XDP"),
+    }
+}
+
+/// A sandbox attached in the run's mode, driving the real `netbr`.
+pub fn sandbox() -> netbr::sandbox::Sandbox {
+    netbr::sandbox::Sandbox::create_with(env!("CARGO_BIN_EXE_netbr"), mode()).expect("sandbox")
+}
+
+/// Interface names in the namespace at `ns`.
+pub fn links(ns: &std::path::Path) -> Vec<String> {
+    netbr::netns::run_in(ns, || {
+        netbr::netlink::block_on(async {
+            let nl = netbr::netlink::Netlink::connect()?;
+            Ok(nl.links().await?.into_iter().map(|l| l.name).collect())
+        })
+    })
+    .expect("enter namespace")
+    .expect("list links")
+}
+
+/// A directory removed, with everything in it, however the test ends.
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -21,6 +21,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("conntrack", "conntrack"),
     ("ethtool", "ethtool"),
+    ("containerd", "containerd"),
+];
+
+/// Container runtimes the tests drive, with their recommended packages
+/// (podman needs conmon, catatonit and the rest of its usual set).
+const RUNTIME_PACKAGES: &[(&str, &str)] = &[
+    ("podman", "podman"),
+    ("containernetworking-plugins", "/usr/lib/cni/host-local"),
+    ("busybox-static", "busybox"),
+    ("runc", "runc"),
 ];
 
 pub fn all() -> Result<()> {
@@ -41,21 +51,39 @@ fn have(bin: &str) -> bool {
             .any(|d| Path::new(d).join(bin).exists())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn missing(packages: &[(&'static str, &str)]) -> Vec<&'static str> {
+    packages
         .iter()
         .filter(|(_, bin)| !have(bin))
         .map(|(p, _)| *p)
-        .collect();
-    if missing.is_empty() {
+        .collect()
+}
+
+fn debian_packages() -> Result<()> {
+    let (plain, runtimes) = (missing(PACKAGES), missing(RUNTIME_PACKAGES));
+    if plain.is_empty() && runtimes.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    eprintln!(
+        "xtask: installing Debian packages: {}",
+        [plain.as_slice(), runtimes.as_slice()].concat().join(" ")
+    );
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
+    // Debian's policy-rc.d keeps containerd from starting on install; the
+    // tests start their own daemons inside their namespaces.
+    for (list, recommends) in [(plain, false), (runtimes, true)] {
+        if list.is_empty() {
+            continue;
+        }
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq"]);
+        if !recommends {
+            cmd.arg("--no-install-recommends");
+        }
+        run(cmd.args(&list))?;
+    }
+    Ok(())
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
