@@ -5,6 +5,7 @@ pub mod model;
 pub mod packet;
 
 pub mod config;
+pub mod runtimes;
 
 /// Sum of `/proc/net/snmp` counters (`(section, field)`, e.g. `("Tcp:",
 /// "InSegs")`) of the network namespace at `ns`, read from a thread inside it.

@@ -1,0 +1,365 @@
+//! Real container runtimes in a test's own host namespace: Podman with its
+//! CNI backend and containerd's `ctr run --cni`, each with private roots,
+//! a busybox image made locally, and every command under a timeout.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use netbr::sandbox::Sandbox;
+
+/// The CNI network every runtime test uses: the sandbox's bridge.
+pub const NETWORK: &str = "nbnet";
+
+pub fn conflist(version: &str) -> String {
+    serde_json::json!({
+        "cniVersion": version,
+        "name": NETWORK,
+        "plugins": [{
+            "type": "netbr-cni",
+            "bridge": "netbr0",
+            "subnet": "172.30.0.0/16",
+            "uplink": "up0",
+            "capabilities": {"portMappings": true},
+        }],
+    })
+    .to_string()
+}
+
+/// Runs `cmd`, killed after `secs`.
+pub fn timed(secs: u32, cmd: &mut Command) -> Output {
+    let mut full = Command::new("timeout");
+    full.arg("--kill-after=5")
+        .arg(secs.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => full.env(k, v),
+            None => full.env_remove(k),
+        };
+    }
+    full.output()
+        .unwrap_or_else(|e| panic!("running {:?}: {e}", cmd.get_program()))
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A busybox root filesystem as a tarball, with an index page for httpd.
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "www", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("rootfs dirs");
+    }
+    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+    let list = Command::new("/usr/bin/busybox")
+        .arg("--list-full")
+        .output()
+        .expect("busybox --list-full");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let path = root.join(applet);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("applet dir");
+        }
+        if !path.exists() {
+            std::os::unix::fs::symlink("/bin/busybox", &path).expect("applet link");
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+    std::fs::write(root.join("www/index.html"), "hello from netbr\n").expect("index");
+    let tar = dir.join("busybox.tar");
+    let o = timed(
+        60,
+        Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    );
+    assert!(o.status.success(), "tar: {}", text(&o));
+    tar
+}
+
+/// Podman 4.3 with private storage and configuration, run inside the
+/// sandbox's host namespace with netbr-cni as the network's plugin.
+pub struct Podman {
+    pub dir: PathBuf,
+    host: PathBuf,
+}
+
+impl Podman {
+    pub fn new(sb: &Sandbox, plugin: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("netbr-podman-{}", sb.suffix));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["plugins", "net", "root", "run", "tmp", "vol"] {
+            std::fs::create_dir_all(dir.join(d)).expect("podman dirs");
+        }
+        std::os::unix::fs::symlink(plugin, dir.join("plugins/netbr-cni")).expect("plugin link");
+        std::fs::write(dir.join("net/nbnet.conflist"), conflist("1.0.0")).expect("conflist");
+        let d = dir.display();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                r#"[containers]
+netns = "bridge"
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{d}/plugins", "/usr/lib/cni"]
+network_config_dir = "{d}/net"
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+tmp_dir = "{d}/tmp"
+volume_path = "{d}/vol"
+static_dir = "{d}/root/libpod"
+"#
+            ),
+        )
+        .expect("containers.conf");
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!("[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/run\"\n"),
+        )
+        .expect("storage.conf");
+        let podman = Self {
+            dir,
+            host: sb.host_path(),
+        };
+        let tar = busybox_tar(&podman.dir);
+        podman.ok(&[
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh"]"#,
+            &tar.display().to_string(),
+            "localhost/busybox:latest",
+        ]);
+        podman
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.host.display()))
+            .arg("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"));
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        timed(120, &mut self.command(args))
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "podman {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `podman run -d` of busybox httpd serving /www on port 80.
+    pub fn web(&self, name: &str, publish: &[&str]) -> Output {
+        let mut args = vec!["run", "-d", "--name", name, "--network", NETWORK];
+        for p in publish {
+            args.extend(["-p", p]);
+        }
+        args.extend([
+            "localhost/busybox:latest",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ]);
+        self.run(&args)
+    }
+
+    /// The network namespace podman made for container `name`.
+    pub fn netns(&self, name: &str) -> PathBuf {
+        PathBuf::from(
+            self.ok(&[
+                "inspect",
+                "--format",
+                "{{.NetworkSettings.SandboxKey}}",
+                name,
+            ])
+            .trim(),
+        )
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // httpd as PID 1 ignores SIGTERM: -t 0 kills at once. Removing the
+        // containers has podman call DEL for each.
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+        let _ = self.run(&["system", "reset", "-f"]);
+        unmount_below(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        tidy_runtime_dirs();
+    }
+}
+
+/// Unmounts whatever a runtime left mounted under `dir`.
+fn unmount_below(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = timed(20, Command::new("umount").arg("-l").arg(p));
+    }
+}
+
+/// Removes the empty state directories runtimes create on the machine.
+pub fn tidy_runtime_dirs() {
+    for d in [
+        "/run/containerd/runc/default",
+        "/run/containerd/runc",
+        "/run/containerd/s",
+        "/run/containerd/fifo",
+        "/run/containerd",
+        "/run/runc",
+    ] {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// containerd with private roots, started in the sandbox's host namespace
+/// and stopped by its PID.
+pub struct Containerd {
+    pub dir: PathBuf,
+    host: PathBuf,
+    daemon: Child,
+    created_netd: bool,
+}
+
+impl Containerd {
+    pub fn start(sb: &Sandbox, plugin: &str, image: &Path) -> Self {
+        let dir = std::env::temp_dir().join(format!("netbr-containerd-{}", sb.suffix));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["root", "state", "netd", "bin"] {
+            std::fs::create_dir_all(dir.join(d)).expect("containerd dirs");
+        }
+        let d = dir.display();
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n[debug]\n  address = \"{d}/debug.sock\"\n"
+            ),
+        )
+        .expect("config.toml");
+        // ctr reads only the first file of /etc/cni/net.d.
+        std::fs::write(dir.join("netd/10-nbnet.conflist"), conflist("1.0.0")).expect("conflist");
+        std::os::unix::fs::symlink(plugin, dir.join("bin/netbr-cni")).expect("plugin link");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net={}", sb.host_path().display()))
+            .arg("setsid")
+            .arg("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start containerd");
+        let created_netd = !Path::new("/etc/cni/net.d").exists();
+        let ctd = Self {
+            dir,
+            host: sb.host_path(),
+            daemon,
+            created_netd,
+        };
+        let sock = ctd.dir.join("containerd.sock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let o = ctd.ctr(&["images", "import", &image.display().to_string()]);
+        assert!(o.status.success(), "ctr images import: {}", text(&o));
+        ctd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        timed(
+            120,
+            Command::new("ctr")
+                .arg("-a")
+                .arg(self.dir.join("containerd.sock"))
+                .args(args),
+        )
+    }
+
+    /// `ctr run --cni` in the host namespace, with this test's network
+    /// configuration and plugin bind-mounted over the paths ctr reads, in a
+    /// private mount namespace.
+    pub fn run_cni(&self, args: &[&str]) -> Output {
+        if self.created_netd {
+            std::fs::create_dir_all("/etc/cni/net.d").expect("/etc/cni/net.d");
+        }
+        let script = format!(
+            "mount --bind {d}/netd /etc/cni/net.d && mount --bind {d}/bin /usr/lib/cni && exec ctr -a {d}/containerd.sock \"$@\"",
+            d = self.dir.display()
+        );
+        timed(
+            120,
+            Command::new("nsenter")
+                .arg(format!("--net={}", self.host.display()))
+                .args([
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "slave",
+                    "sh",
+                    "-c",
+                    &script,
+                    "ctr",
+                ])
+                .args(args),
+        )
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        unmount_below(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.created_netd {
+            let _ = std::fs::remove_dir("/etc/cni/net.d");
+        }
+        tidy_runtime_dirs();
+    }
+}
