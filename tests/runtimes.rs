@@ -16,7 +16,7 @@ use netbr::{
     probe::{self, Server},
     sandbox::{in_netns, Sandbox, LAN_IP, UPLINK_IP},
 };
-use support::runtimes::{busybox_tar, text, Containerd, Podman};
+use support::runtimes::{text, Containerd, Podman};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_netbr-cni");
 
