@@ -1100,3 +1100,42 @@ fn bench_measures_every_metric_for_every_arm() {
         }
     }
 }
+
+/// What `bind` of `addr` says inside namespace `ns`: Ok, or the errno.
+fn bind_in(ns: &std::path::Path, addr: SocketAddr, tcp: bool) -> Result<(), i32> {
+    netbr::netns::run_in(ns, move || {
+        let r = if tcp {
+            std::net::TcpListener::bind(addr).map(drop)
+        } else {
+            std::net::UdpSocket::bind(addr).map(drop)
+        };
+        r.map_err(|e| e.raw_os_error().unwrap_or(-1))
+    })
+    .expect("enter namespace")
+}
+
+#[test]
+fn a_published_host_port_is_held_against_host_processes_until_unpublished() {
+    let sb = with_published(&["8080:80", "127.0.0.1:8443:443", "5353:53/udp"]);
+    let host = sb.host_path();
+    let any = |p: u16| SocketAddr::from(([0, 0, 0, 0], p));
+    let lo = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    // The ports are the containers': a host process cannot take them, on
+    // any address, as when docker-proxy holds them.
+    assert_eq!(bind_in(&host, any(8080), true), Err(libc::EADDRINUSE));
+    assert_eq!(bind_in(&host, lo(8080), true), Err(libc::EADDRINUSE));
+    assert_eq!(bind_in(&host, published(8080), true), Err(libc::EADDRINUSE));
+    assert_eq!(bind_in(&host, lo(8443), true), Err(libc::EADDRINUSE));
+    assert_eq!(bind_in(&host, any(8443), true), Err(libc::EADDRINUSE));
+    assert_eq!(bind_in(&host, any(5353), false), Err(libc::EADDRINUSE));
+    // Other ports, the other protocol, and other namespaces are untouched.
+    assert_eq!(bind_in(&host, any(8081), true), Ok(()));
+    assert_eq!(bind_in(&host, any(8080), false), Ok(()));
+    assert_eq!(bind_in(&host, published(8443), true), Ok(()));
+    assert_eq!(bind_in(&sb.lan_path(), any(8080), true), Ok(()));
+    assert!(sb.stats().expect("stats")["bind_refused"].as_u64() >= Some(6));
+    // Unpublished, the port is the host's again.
+    sb.netbr_ok(&["unpublish", &sb.container(1), "-p", "8080:80"])
+        .expect("unpublish");
+    assert_eq!(bind_in(&host, any(8080), true), Ok(()));
+}

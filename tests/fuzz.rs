@@ -139,7 +139,7 @@ impl Fixture {
             let target = MappingTarget {
                 addr: to_be32(WEB),
                 port: u16::to_be(cport),
-                _pad: 0,
+                flags: 0,
             };
             dp.mappings.insert(key, target, 0).expect("mapping");
         }

@@ -92,7 +92,7 @@ impl Harness {
         let target = MappingTarget {
             addr: to_be32(to),
             port: port.to_be(),
-            _pad: 0,
+            flags: 0,
         };
         self.dp.mappings.insert(key, target, 0).expect("mapping");
     }
@@ -443,7 +443,7 @@ fn loopback_destination_from_outside_is_never_dnated() {
     let target = MappingTarget {
         addr: to_be32(WEB),
         port: 80u16.to_be(),
-        _pad: 0,
+        flags: 0,
     };
     h.dp.mappings.insert(key, target, 0).expect("mapping");
     for port in [8080, 8081] {

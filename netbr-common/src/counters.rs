@@ -1,8 +1,10 @@
 //! Why a packet was passed, dropped or translated: one enumeration for the
 //! datapath's per-CPU counters and for `netbr stats`.
 
-/// Index into the per-CPU counter array. Drops are named `Drop*`; every drop
-/// in the datapath increments exactly one of them.
+/// Index into the per-CPU counter array (the value is the slot: never
+/// renumber, only append). Drops are named `Drop*`; every drop in the
+/// datapath increments exactly one of them. A packet may count under more
+/// than one reason (`CtExpired` and then `DnatNew`, say).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -55,9 +57,12 @@ pub enum Reason {
     /// established could not be admitted and its packet was dropped
     /// (netfilter's "table full, dropping packet"). Raise `--ct-max`.
     DropCtFull,
+    /// A host socket tried to bind a published host port and got
+    /// EADDRINUSE (cgroup bind4 hook): the port is the container's.
+    BindRefused,
 }
 
-pub const REASON_COUNT: u32 = 23;
+pub const REASON_COUNT: u32 = 24;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -84,6 +89,7 @@ impl Reason {
         Reason::IcmpErrorTranslated,
         Reason::DropFragNoFirst,
         Reason::DropCtFull,
+        Reason::BindRefused,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -112,6 +118,7 @@ impl Reason {
             Reason::IcmpErrorTranslated => "icmp_error_translated",
             Reason::DropFragNoFirst => "drop_frag_no_first",
             Reason::DropCtFull => "drop_ct_full",
+            Reason::BindRefused => "bind_refused",
         }
     }
 

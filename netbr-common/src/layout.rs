@@ -88,7 +88,7 @@ pub const PINNED: [MapSpec; 13] = [
 pub const UNPINNED: [&str; 4] = ["NB_FIB", "NB_SCRATCH", "NB_PKT", "NB_SEARCH"];
 
 /// Every program of the object.
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 9] = [
     PROG_UPLINK_INGRESS,
     PROG_UPLINK_EGRESS,
     PROG_BRIDGE_INGRESS,
@@ -97,6 +97,7 @@ pub const PROGRAMS: [&str; 8] = [
     PROG_SENDMSG4,
     PROG_RECVMSG4,
     PROG_GETPEER4,
+    PROG_BIND4,
 ];
 
 /// The spec of pinned map `name`.

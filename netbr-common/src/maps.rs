@@ -75,6 +75,8 @@ pub const PROG_CONNECT4: &str = "nb_connect4";
 pub const PROG_SENDMSG4: &str = "nb_sendmsg4";
 pub const PROG_RECVMSG4: &str = "nb_recvmsg4";
 pub const PROG_GETPEER4: &str = "nb_getpeer4";
+/// cgroup bind4: host sockets may not bind published host ports.
+pub const PROG_BIND4: &str = "nb_bind4";
 
 /// Root of every netbr pin directory; each (network namespace, bridge) pair
 /// gets `<netns cookie>-<bridge>` below it. The cookie (`SO_NETNS_COOKIE`)
@@ -153,14 +155,22 @@ pub struct MappingKey {
 }
 
 /// Value of the published-port map: where the traffic is translated to.
-/// Network byte order.
+/// Network byte order. The socket map reuses the type for the address an
+/// application asked for, with `flags` 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MappingTarget {
     pub addr: u32,
     pub port: u16,
-    pub _pad: u16,
+    /// `MAPPING_*` bits.
+    pub flags: u16,
 }
+
+/// `MappingTarget::flags`: netbr holds the host port, so a host socket's
+/// bind of it fails with EADDRINUSE (the cgroup bind4 hook). Set for ports
+/// nobody else holds; not for a CNI runtime's, since Podman binds and holds
+/// its containers' published ports itself and would be refused.
+pub const MAPPING_HOLD: u16 = 1;
 
 /// Value of the endpoint map, keyed by the container's IPv4 address (network
 /// byte order): what a redirect to the container needs, nothing else. Names,

@@ -87,6 +87,19 @@ pub fn nb_sendmsg4(ctx: SockAddrContext) -> i32 {
     SOCK_ALLOW
 }
 
+/// cgroup sock_addr verdict: 0 refuses the syscall (with the error the
+/// program set).
+const SOCK_REFUSE: i32 = 0;
+
+#[cgroup_sock_addr(bind4)]
+pub fn nb_bind4(ctx: SockAddrContext) -> i32 {
+    if sockaddr::bind_allowed(&ctx) {
+        SOCK_ALLOW
+    } else {
+        SOCK_REFUSE
+    }
+}
+
 #[cgroup_sock_addr(recvmsg4)]
 pub fn nb_recvmsg4(ctx: SockAddrContext) -> i32 {
     sockaddr::restore_peer(&ctx);

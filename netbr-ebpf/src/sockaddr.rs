@@ -9,20 +9,20 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
     EbpfContext as _,
 };
 use netbr_common::{
     counters::Reason,
-    maps::{MappingTarget, SockKey},
+    maps::{MappingKey, MappingTarget, SockKey, MAPPING_HOLD},
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     counters::count,
-    maps::{CONFIG, SOCKETS},
-    nat::published_target,
+    maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, SOCKETS},
+    nat::{is_loopback, published_target},
 };
 
 /// Whether the socket belongs to the namespace netbr is attached in.
@@ -64,7 +64,7 @@ pub fn rewrite_destination(ctx: &SockAddrContext) {
     let orig = MappingTarget {
         addr,
         port,
-        _pad: 0,
+        flags: 0,
     };
     if SOCKETS.insert(&key, &orig, BPF_ANY as u64).is_ok() {
         sa.user_ip4 = to_addr;
@@ -92,4 +92,60 @@ pub fn restore_peer(ctx: &SockAddrContext) {
         sa.user_ip4 = orig.addr;
         sa.user_port = orig.port as u32;
     }
+}
+
+/// `EADDRINUSE`, what `bind` reports for a port someone else holds.
+const EADDRINUSE: i32 = 98;
+
+/// 127.0.0.1 in network byte order.
+const LOOPBACK: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+
+/// Whether `addr:port` is published with netbr holding the port.
+#[inline(always)]
+fn held(proto: u8, addr: u32, port: u16) -> bool {
+    let key = MappingKey {
+        proto,
+        _pad: 0,
+        port,
+        addr,
+    };
+    // SAFETY: read-only copy out of the map value.
+    unsafe { MAPPINGS.get(&key) }.is_some_and(|t| t.flags & MAPPING_HOLD != 0)
+}
+
+/// bind4: a host socket may not bind a published host port netbr holds. Without a
+/// proxy, nothing else holds the port (Docker's docker-proxy, or its dummy
+/// listener with the userland proxy off, does), and a process that got it
+/// would wait for connections the datapath delivers to the container.
+/// Refused binds fail with EADDRINUSE, as they would under Docker.
+/// Returns whether the bind may proceed.
+#[inline(always)]
+pub fn bind_allowed(ctx: &SockAddrContext) -> bool {
+    if !in_attached_netns(ctx) {
+        return true;
+    }
+    // SAFETY: the kernel passes a valid bpf_sock_addr.
+    let sa = unsafe { &*ctx.sock_addr };
+    let proto = sa.protocol as u8;
+    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || port == 0 {
+        return true;
+    }
+    let taken = if addr == 0 {
+        // Every address: taken if the port is held on any of the usual
+        // ones (all addresses, the uplink's, loopback).
+        let uplink = CONFIG.get(0).map(|c| c.uplink_addr).unwrap_or(0);
+        held(proto, 0, port) || held(proto, uplink, port) || held(proto, LOOPBACK, port)
+    } else {
+        held(proto, addr, port)
+            // SAFETY: read-only lookup.
+            || ((is_loopback(addr) || unsafe { LOCAL_ADDRS.get(&addr) }.is_some())
+                && held(proto, 0, port))
+    };
+    if taken {
+        count(Reason::BindRefused);
+        // SAFETY: the helper only sets this hook's return value.
+        unsafe { bpf_set_retval(-EADDRINUSE) };
+    }
+    !taken
 }

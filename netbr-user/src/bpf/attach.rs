@@ -16,14 +16,15 @@ use aya::{
 use netbr_common::{
     layout::PINNED,
     maps::{
-        MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4,
-        PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
+        MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BIND4, PROG_BRIDGE_INGRESS, PROG_CONNECT4,
+        PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+        PROG_XDP,
     },
 };
 
 use super::pins::{
-    cgroup2_root, LINKS, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4, LINK_RECVMSG4,
-    LINK_SENDMSG4, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
+    cgroup2_root, LINKS, LINK_BIND4, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4,
+    LINK_RECVMSG4, LINK_SENDMSG4, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
 };
 
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps
@@ -80,6 +81,7 @@ pub fn attach_all(ebpf: &mut Ebpf, dir: &Path, uplink: &str, bridge: &str) -> Re
         (PROG_SENDMSG4, LINK_SENDMSG4),
         (PROG_RECVMSG4, LINK_RECVMSG4),
         (PROG_GETPEER4, LINK_GETPEER4),
+        (PROG_BIND4, LINK_BIND4),
     ] {
         attach_cgroup_one(ebpf, prog, &cgroup, &dir.join(link))
             .with_context(|| format!("attaching {prog} to cgroup {}", root.display()))?;

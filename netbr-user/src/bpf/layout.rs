@@ -14,19 +14,19 @@ use aya::{
 use netbr_common::{
     layout::{MapSpec, PINNED},
     maps::{
-        MAP_CONNTRACK, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4,
-        PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
+        MAP_CONNTRACK, PROG_BIND4, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4,
+        PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
     },
 };
 
 use super::pins::{
-    LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4, LINK_RECVMSG4, LINK_SENDMSG4,
+    LINK_BIND4, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4, LINK_RECVMSG4, LINK_SENDMSG4,
     LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
 };
 
 /// Each pinned link and the program that must be behind it. The XDP link
 /// is optional (`attach --xdp`); every other one must be there.
-const LINKED: [(&str, &str, bool); 8] = [
+const LINKED: [(&str, &str, bool); 9] = [
     (LINK_UPLINK_INGRESS, PROG_UPLINK_INGRESS, true),
     (LINK_UPLINK_EGRESS, PROG_UPLINK_EGRESS, true),
     (LINK_BRIDGE_INGRESS, PROG_BRIDGE_INGRESS, true),
@@ -34,6 +34,7 @@ const LINKED: [(&str, &str, bool); 8] = [
     (LINK_SENDMSG4, PROG_SENDMSG4, true),
     (LINK_RECVMSG4, PROG_RECVMSG4, true),
     (LINK_GETPEER4, PROG_GETPEER4, true),
+    (LINK_BIND4, PROG_BIND4, true),
     (LINK_XDP, PROG_XDP, false),
 ];
 
@@ -98,26 +99,29 @@ fn link_mismatch(dir: &Path, names: &HashMap<u32, String>) -> Result<Option<Stri
     Ok(None)
 }
 
+/// The pinned conntrack tables' size (`--ct-max`).
+pub fn ct_max(dir: &Path, bridge: &str) -> Result<u32> {
+    MapData::from_pin(dir.join(MAP_CONNTRACK))
+        .and_then(|m| m.info())
+        .map(|i| i.max_entries())
+        .map_err(|e| refusal(bridge, &format!("map {MAP_CONNTRACK}: {e}")))
+}
+
 /// Checks an attached bridge's pins: every map of [`PINNED`] with its type,
 /// sizes and entries, every link with its program. Returns the conntrack
 /// tables' size. The error names the fix.
 pub fn check(dir: &Path, bridge: &str) -> Result<u32> {
-    let ct_max = MapData::from_pin(dir.join(MAP_CONNTRACK))
-        .and_then(|m| m.info())
-        .map(|i| i.max_entries())
-        .map_err(|e| refusal(bridge, &format!("map {MAP_CONNTRACK}: {e}")))?;
-    for spec in &PINNED {
-        if let Some(why) = map_mismatch(dir, spec, ct_max)? {
-            return Err(refusal(bridge, &why));
-        }
-    }
+    let ct_max = ct_max(dir, bridge)?;
+    check_maps(dir, bridge, ct_max)?;
     if let Some(why) = link_mismatch(dir, &program_names())? {
         return Err(refusal(bridge, &why));
     }
     Ok(ct_max)
 }
 
-/// Checks only the maps (what `attach` reuses); links are replaced anyway.
+/// Checks the pinned maps (all that `attach` reuses: it replaces links).
+/// Maps not pinned yet pass: a first attach, or one after `detach
+/// --keep-bridge`, pins them.
 pub fn check_maps(dir: &Path, bridge: &str, ct_max: u32) -> Result<()> {
     for spec in &PINNED {
         if dir.join(spec.name).exists() {

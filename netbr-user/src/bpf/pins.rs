@@ -17,9 +17,10 @@ pub const LINK_CONNECT4: &str = "link_connect4";
 pub const LINK_SENDMSG4: &str = "link_sendmsg4";
 pub const LINK_RECVMSG4: &str = "link_recvmsg4";
 pub const LINK_GETPEER4: &str = "link_getpeer4";
+pub const LINK_BIND4: &str = "link_bind4";
 /// The uplink's XDP link, present only with `attach --xdp`.
 pub const LINK_XDP: &str = "link_xdp";
-pub const LINKS: [&str; 8] = [
+pub const LINKS: [&str; 9] = [
     LINK_UPLINK_INGRESS,
     LINK_UPLINK_EGRESS,
     LINK_BRIDGE_INGRESS,
@@ -27,6 +28,7 @@ pub const LINKS: [&str; 8] = [
     LINK_SENDMSG4,
     LINK_RECVMSG4,
     LINK_GETPEER4,
+    LINK_BIND4,
     LINK_XDP,
 ];
 

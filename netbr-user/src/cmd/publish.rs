@@ -34,7 +34,7 @@ pub struct Unpublish {
 impl Publish {
     pub async fn exec(self) -> Result<()> {
         let mut store = Store::open(&self.bridge)?;
-        let ports = store.publish(&self.endpoint, &self.specs).await?;
+        let ports = store.publish(&self.endpoint, &self.specs, true).await?;
         let ip = store.endpoint(&self.endpoint)?.ip;
         for p in ports {
             println!(

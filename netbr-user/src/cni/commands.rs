@@ -188,7 +188,9 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<serde_json::Value,
                 return Err(datapath("connecting the container", e));
             }
         };
-        if let Err(e) = store.publish(&name, &specs).await {
+        // Runtimes such as Podman bind and hold their containers' host
+        // ports themselves once ADD returns: netbr must not refuse them.
+        if let Err(e) = store.publish(&name, &specs, false).await {
             let _ = store.remove_endpoint(&name).await;
             let _ = ipam_release(conf, stdin, &[]);
             let code = if e.downcast_ref::<PortTaken>().is_some() {

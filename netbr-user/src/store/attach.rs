@@ -157,7 +157,10 @@ impl Store {
             }
         }
         let ct_max = if reattach {
-            let pinned = layout::check(&dir, &bridge_name)?;
+            // Links are replaced below, so only the maps must match: a
+            // newer netbr may attach programs the older one did not have.
+            let pinned = layout::ct_max(&dir, &bridge_name)?;
+            layout::check_maps(&dir, &bridge_name, pinned)?;
             let cfg = Datapath::from_pins(&dir)
                 .and_then(|dp| dp.config())
                 .map_err(|e| layout::refusal(&bridge_name, &format!("{e:#}")))?;

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use anyhow::{bail, Result};
 use netbr_common::{
     conntrack::NAT_DNAT,
-    maps::{MappingKey, MappingTarget},
+    maps::{MappingKey, MappingTarget, MAPPING_HOLD},
     portspec::PortSpec,
     IPPROTO_TCP,
 };
@@ -22,11 +22,11 @@ pub fn mapping_key(p: &Port) -> MappingKey {
     }
 }
 
-fn mapping_target(ip: Ipv4Addr, p: &Port) -> MappingTarget {
+fn mapping_target(ip: Ipv4Addr, p: &Port, hold: bool) -> MappingTarget {
     MappingTarget {
         addr: to_be32(ip),
         port: p.container_port.to_be(),
-        _pad: 0,
+        flags: if hold { MAPPING_HOLD } else { 0 },
     }
 }
 
@@ -100,8 +100,15 @@ impl Store {
     }
 
     /// Publishes ports of endpoint `name`: every spec is checked before any
-    /// is written, so a request with one taken port changes nothing.
-    pub async fn publish(&mut self, name: &str, specs: &[PortSpec]) -> Result<Vec<Port>> {
+    /// is written, so a request with one taken port changes nothing. With
+    /// `hold`, host sockets cannot bind the ports while they are published
+    /// (see `MAPPING_HOLD`); a runtime that holds them itself passes false.
+    pub async fn publish(
+        &mut self,
+        name: &str,
+        specs: &[PortSpec],
+        hold: bool,
+    ) -> Result<Vec<Port>> {
         let mut dp = self.datapath()?;
         let ep = self.endpoint(name)?.clone();
         // Addresses added since attach count too.
@@ -138,7 +145,7 @@ impl Store {
             let key = mapping_key(p);
             if let Err(e) = dp
                 .mappings
-                .insert(key, mapping_target(ep.ip, p), BPF_NOEXIST)
+                .insert(key, mapping_target(ep.ip, p, hold), BPF_NOEXIST)
             {
                 for k in &written {
                     let _ = dp.mappings.remove(k);
