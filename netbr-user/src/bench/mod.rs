@@ -6,6 +6,7 @@
 pub mod arms;
 pub mod bpf_cost;
 pub mod chart;
+pub mod cni;
 pub mod load;
 pub mod prefill;
 
@@ -53,6 +54,15 @@ pub struct Bench {
     /// connect/close rate against published ports and prefill as lines.
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
+    /// Instead of the datapath: time CNI ADD and DEL of netbr-cni against
+    /// the reference bridge + portmap + host-local chain, for --cni-ports
+    /// published ports per container and --cni-containers in a row.
+    #[arg(long)]
+    pub cni: bool,
+    #[arg(long, value_delimiter = ',', default_value = "1,20")]
+    pub cni_ports: Vec<u16>,
+    #[arg(long, default_value_t = 50)]
+    pub cni_containers: u16,
 }
 
 /// Metric name, and whether higher is better. `masq_*` run from the
@@ -313,6 +323,16 @@ fn measure_prefill(
 impl Bench {
     pub async fn exec(self) -> Result<()> {
         catch_interrupts();
+        if self.cni {
+            let exe = std::env::current_exe().context("finding the netbr binary")?;
+            let containers = if self.quick { 10 } else { self.cni_containers };
+            let rows = cni::run(&exe, &self.cni_ports, containers)?;
+            if let Some(path) = &self.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&rows)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            return Ok(());
+        }
         let arms: Vec<Arm> = if self.arms.is_empty() {
             Arm::ALL.to_vec()
         } else {
