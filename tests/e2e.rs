@@ -1,4 +1,4 @@
-//! End-to-end tests on the sandbox topology of DESIGN.md, driving the real
+//! End-to-end tests on the sandbox topology (see the README), driving the real
 //! `netbr` binary. Each test builds its own uniquely named namespaces; the
 //! `Sandbox` guard detaches and deletes them even when the test panics.
 
@@ -55,27 +55,10 @@ fn ls_json(sb: &Sandbox) -> serde_json::Value {
     serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("ls json")
 }
 
-/// No NAT (or any) rule exists in the host namespace's netfilter tables.
-fn assert_no_netfilter_rules(sb: &Sandbox) {
-    let ipt = in_netns(&sb.host_path(), "iptables-save", &[]).expect("iptables-save");
-    let rules: Vec<_> = String::from_utf8_lossy(&ipt.stdout)
-        .lines()
-        .filter(|l| l.starts_with('-'))
-        .map(str::to_string)
-        .collect();
-    assert!(rules.is_empty(), "iptables rules found: {rules:?}");
-    let nft = in_netns(&sb.host_path(), "nft", &["list", "ruleset"]).expect("nft");
-    assert!(nft.status.success(), "nft failed: {}", stderr(&nft));
-    assert!(
-        String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
-        "nft ruleset is not empty"
-    );
-}
-
 #[test]
 fn published_tcp_and_udp_reach_the_container_and_echo_back() {
     let sb = attached();
-    assert_no_netfilter_rules(&sb);
+    support::assert_no_netfilter_rules(&sb.host_path());
     let c1 = sb.add_container(1).expect("endpoint");
     sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
     let tcp = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("tcp server");
@@ -113,7 +96,7 @@ fn published_tcp_and_udp_reach_the_container_and_echo_back() {
     assert!(dnat
         .iter()
         .all(|f| f["translated"]["dst"] == c1.to_string()));
-    assert_no_netfilter_rules(&sb);
+    support::assert_no_netfilter_rules(&sb.host_path());
 }
 
 #[test]
@@ -151,7 +134,7 @@ fn container_traffic_leaves_with_the_uplink_address() {
     );
     let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["snat_new"], 3, "{stats:#}");
-    assert_no_netfilter_rules(&sb);
+    support::assert_no_netfilter_rules(&sb.host_path());
 }
 
 #[test]
@@ -416,7 +399,7 @@ fn hairpin_reaches_another_container_and_itself_through_the_host_address() {
     );
     let stats: serde_json::Value = sb.stats().expect("stats");
     assert_eq!(stats["hairpin_new"], 4, "{stats:#}");
-    assert_no_netfilter_rules(&sb);
+    support::assert_no_netfilter_rules(&sb.host_path());
 }
 
 #[test]

@@ -207,16 +207,30 @@ fn a_full_conntrack_table_refuses_new_flows_logs_it_and_serves_again_once_flows_
     assert_eq!(ask(40034).expect("service returns"), b"q");
 }
 
-/// A re-attach over pins of another layout fails and names the fix.
+/// A re-attach over pins of another layout fails and names the fix, and so
+/// does every other command that would read or write the maps.
 fn assert_attach_refused_for_layout(sb: &Sandbox) {
-    let out = sb
-        .netbr(&["attach", "--subnet", "172.30.0.0/16", "--uplink", "up0"])
-        .expect("attach");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let c2 = sb.container(2);
+    let c1 = sb.container(1);
+    for args in [
+        &["attach", "--subnet", "172.30.0.0/16", "--uplink", "up0"][..],
+        &["ls"],
+        &["stats"],
+        &["conntrack", "list"],
+        &["endpoint", "add", &c2],
+        &["publish", &c1, "-p", "9090:90"],
+    ] {
+        let out = sb.netbr(args).expect("netbr");
+        assert!(!out.status.success(), "{args:?} went ahead");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("map layout") && err.contains("netbr detach"),
+            "{args:?}: {err}"
+        );
+    }
     assert!(
-        err.contains("map layout") && err.contains("netbr detach"),
-        "{err}"
+        !netbr::netns::exists(&c2),
+        "a refused endpoint add made a namespace"
     );
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use netbr::{
     probe::{self, Server},
-    sandbox::{in_netns, Sandbox, LAN_IP, UPLINK_IP},
+    sandbox::{Sandbox, LAN_IP, UPLINK_IP},
 };
 use support::runtimes::{text, Containerd, Podman};
 
@@ -36,22 +36,6 @@ fn served(ns: &Path, to: SocketAddr) -> bool {
     http_get(ns, to).is_ok_and(|b| b.contains("hello from netbr"))
 }
 
-/// The host namespace has no iptables or nftables rule.
-fn assert_no_netfilter_rules(sb: &Sandbox) {
-    let ipt = in_netns(&sb.host_path(), "iptables-save", &[]).expect("iptables-save");
-    let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
-        .lines()
-        .filter(|l| l.starts_with('-'))
-        .map(str::to_string)
-        .collect();
-    assert!(rules.is_empty(), "iptables rules: {rules:?}");
-    let nft = in_netns(&sb.host_path(), "nft", &["list", "ruleset"]).expect("nft");
-    assert!(
-        String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
-        "nft ruleset is not empty"
-    );
-}
-
 fn ls(sb: &Sandbox) -> serde_json::Value {
     serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("json")
 }
@@ -60,10 +44,10 @@ fn ls(sb: &Sandbox) -> serde_json::Value {
 fn podman_publishes_tcp_udp_and_host_ip_ports_masquerades_and_cleans_up() {
     let sb = support::sandbox();
     let podman = Podman::new(&sb, PLUGIN);
-    assert_no_netfilter_rules(&sb);
+    support::assert_no_netfilter_rules(&sb.host_path());
     let o = podman.web("web", &["8080:80", "127.0.0.1:8443:80", "5353:53/udp"]);
     assert!(o.status.success(), "podman run: {}", text(&o));
-    assert_no_netfilter_rules(&sb);
+    support::assert_no_netfilter_rules(&sb.host_path());
     let ns = podman.netns("web");
 
     // From lan through the host's address; the loopback binding only from
@@ -135,7 +119,7 @@ fn podman_publishes_tcp_udp_and_host_ip_ports_masquerades_and_cleans_up() {
         "flows of the removed container: {flows}"
     );
     assert!(http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))).is_err());
-    assert_no_netfilter_rules(&sb);
+    support::assert_no_netfilter_rules(&sb.host_path());
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Connection tracking: the flow tuple, the table entry and the TCP state
 //! machine, as pure functions the BPF programs and host tests share.
 //!
-//! A translated flow owns two entries in one LRU map. The *original* entry is
+//! A translated flow owns two entries, both in one of two tables: `NB_CT4N`
+//! (LRU) while it is new, `NB_CT4` (a plain hash) once assured. The *original* entry is
 //! keyed by the tuple of the first packet and holds state, timestamps and
 //! counters. The *reply* entry is keyed by the tuple replies carry. Each entry
 //! stores the tuple its packets are rewritten to (`xlat`), and the two are

@@ -2,7 +2,9 @@ use netbr_common::counters::Reason;
 
 use crate::maps::COUNTERS;
 
-/// Every packet a program sees lands in exactly one counter.
+/// Counts one occurrence of `reason`. Every packet a hook sees ends in one
+/// verdict reason; events on the way (an expired entry found, a socket
+/// rewritten) count under their own.
 #[inline(always)]
 pub fn count(reason: Reason) {
     if let Some(slot) = COUNTERS.get_ptr_mut(reason as u32) {

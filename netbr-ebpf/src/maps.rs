@@ -1,5 +1,6 @@
-//! The maps, declared once. Pinning is the loader's choice (it pins every map
-//! under the per-bridge directory); tests load them unpinned.
+//! The maps, declared once. Pinning is the loader's choice: it pins the maps
+//! `netbr_common::layout::PINNED` lists under the per-bridge directory, not
+//! the per-CPU scratch maps; tests load them unpinned.
 
 use aya_ebpf::{
     macros::map,

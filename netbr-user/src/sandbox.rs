@@ -1,4 +1,4 @@
-//! The sandbox of DESIGN.md, for the demo, the tests and benchmarks:
+//! The sandbox the README describes, for the demo, the tests and benchmarks:
 //!
 //! ```text
 //! ns lan   eth0 192.0.2.2/24        the outside world; no route to the bridge subnet
@@ -133,9 +133,10 @@ impl Sandbox {
         netns::resolve(&self.container(n))
     }
 
-    /// Runs `netbr --netns HOST ARGS...` and returns its output.
+    /// Runs `netbr --netns HOST ARGS...` and returns its output; a hang is
+    /// killed after [`COMMAND_TIMEOUT`].
     pub fn netbr(&self, args: &[&str]) -> Result<Output> {
-        Command::new(&self.netbr)
+        timeout_command(&self.netbr)
             .arg("--netns")
             .arg(&self.host)
             .args(args)
@@ -210,9 +211,21 @@ impl Sandbox {
     }
 }
 
-/// Runs `cmd args` inside the namespace at `ns` with `nsenter --net`.
+/// What an external command the sandbox runs may take before it is killed,
+/// so a hang fails one test or bench step instead of stalling the rest.
+pub const COMMAND_TIMEOUT: &str = "120";
+
+/// `timeout COMMAND_TIMEOUT program`.
+fn timeout_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["--kill-after=5", COMMAND_TIMEOUT]).arg(program);
+    c
+}
+
+/// Runs `cmd args` inside the namespace at `ns` with `nsenter --net`, under
+/// [`COMMAND_TIMEOUT`].
 pub fn in_netns(ns: &Path, cmd: &str, args: &[&str]) -> Result<Output> {
-    Command::new("nsenter")
+    timeout_command("nsenter")
         .arg(format!("--net={}", ns.display()))
         .arg(cmd)
         .args(args)

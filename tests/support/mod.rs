@@ -69,3 +69,26 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The namespace at `ns` has no iptables rule and an empty nftables ruleset:
+/// netbr installs none.
+pub fn assert_no_netfilter_rules(ns: &std::path::Path) {
+    use netbr::sandbox::in_netns;
+    let ipt = in_netns(ns, "iptables-save", &[]).expect("iptables-save");
+    let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .map(str::to_string)
+        .collect();
+    assert!(rules.is_empty(), "iptables rules found: {rules:?}");
+    let nft = in_netns(ns, "nft", &["list", "ruleset"]).expect("nft");
+    assert!(
+        nft.status.success(),
+        "nft failed: {}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
+        "nft ruleset is not empty"
+    );
+}

@@ -261,6 +261,16 @@ pub fn del(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     ipam_release(conf, stdin, &[])
 }
 
+/// The link `name` in the plugin's (the runtime's) namespace.
+fn host_link(name: &str) -> Result<Option<crate::netlink::Link>, CniError> {
+    block(async {
+        let nl = Netlink::connect().map_err(|e| datapath("netlink", e))?;
+        nl.link(name)
+            .await
+            .map_err(|e| datapath("reading links", e))
+    })
+}
+
 fn check_failed(msg: String) -> CniError {
     CniError::new(code::CHECK_FAILED, msg)
 }
@@ -333,13 +343,7 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     }
     // On the host: the veth on the bridge, and the datapath's entries.
     let bridge_index = cfg.bridge_ifindex;
-    let host = block(async {
-        let nl = Netlink::connect().map_err(|e| datapath("netlink", e))?;
-        nl.link(&ep.host_ifname)
-            .await
-            .map_err(|e| datapath("reading links", e))
-    })?;
-    match host {
+    match host_link(&ep.host_ifname)? {
         Some(l) if l.index == ep.host_ifindex && l.master == Some(bridge_index) => {}
         _ => {
             return Err(check_failed(format!(
@@ -441,13 +445,7 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
     }
     // Not attached yet: the first ADD attaches, which needs the uplink.
     let req = attach_request(conf)?;
-    let uplink = block(async {
-        let nl = Netlink::connect().map_err(|e| datapath("netlink", e))?;
-        nl.link(&req.uplink)
-            .await
-            .map_err(|e| datapath("reading links", e))
-    })?;
-    match uplink {
+    match host_link(&req.uplink)? {
         Some(_) => Ok(()),
         None => Err(not_available(format!(
             "uplink {} not found: the first ADD could not attach bridge {}",

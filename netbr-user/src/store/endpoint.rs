@@ -66,6 +66,31 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Picks an endpoint's address: the one asked for if it is a free host
+/// address, else the first free one. The bridge's lock makes "first free"
+/// safe among concurrent callers.
+pub fn choose_ip(
+    endpoints: &[EndpointState],
+    want: Option<Ipv4Addr>,
+    subnet: Cidr,
+    gateway: Ipv4Addr,
+) -> Result<Ipv4Addr> {
+    let owner = |ip: Ipv4Addr| endpoints.iter().find(|e| e.ip == ip);
+    match want {
+        Some(ip) if !subnet.is_host(ip) || ip == gateway => {
+            bail!("{ip} is not a free host address of {subnet} (the gateway is {gateway})")
+        }
+        Some(ip) => match owner(ip) {
+            Some(e) => bail!("{ip} is already used by endpoint {}", e.name),
+            None => Ok(ip),
+        },
+        None => subnet
+            .hosts()
+            .find(|ip| *ip != gateway && owner(*ip).is_none())
+            .with_context(|| format!("subnet {subnet} has no free address left")),
+    }
+}
+
 impl Store {
     /// The bridge's subnet and gateway, as attached.
     pub fn network(&self) -> Result<(Cidr, Ipv4Addr)> {
@@ -75,34 +100,6 @@ impl Store {
             u32::from(from_be32(cfg.subnet_mask)).count_ones() as u8,
         );
         Ok((subnet, from_be32(cfg.gateway_addr)))
-    }
-
-    /// Picks the address: the one asked for if it is free, else the first
-    /// free one. The lock makes "first free" safe among concurrent callers.
-    fn choose_ip(
-        &self,
-        want: Option<Ipv4Addr>,
-        subnet: Cidr,
-        gateway: Ipv4Addr,
-    ) -> Result<Ipv4Addr> {
-        let taken = |ip: Ipv4Addr| ip == gateway || self.state.endpoints.iter().any(|e| e.ip == ip);
-        match want {
-            Some(ip) if !subnet.is_host(ip) || ip == gateway => {
-                bail!("{ip} is not a free host address of {subnet} (the gateway is {gateway})")
-            }
-            Some(ip) if taken(ip) => {
-                let owner = self.state.endpoints.iter().find(|e| e.ip == ip);
-                bail!(
-                    "{ip} is already used by endpoint {}",
-                    owner.map(|e| e.name.as_str()).unwrap_or("?")
-                )
-            }
-            Some(ip) => Ok(ip),
-            None => subnet
-                .hosts()
-                .find(|ip| !taken(*ip))
-                .with_context(|| format!("subnet {subnet} has no free address left")),
-        }
     }
 
     /// Connects a container namespace to the bridge. Validates everything
@@ -120,7 +117,7 @@ impl Store {
                 self.bridge
             );
         }
-        let ip = self.choose_ip(req.ip, subnet, gateway)?;
+        let ip = choose_ip(&self.state.endpoints, req.ip, subnet, gateway)?;
         let nl = Netlink::connect()?;
         let (host_if, peer_if) = veth_names(&self.bridge, &req.name);
         if nl.link(&host_if).await?.is_some() {
@@ -301,4 +298,68 @@ pub fn accept_xdp_frames(ep: &EndpointState) -> Result<()> {
     let _in = NetnsGuard::enter(&ep.netns)?;
     crate::ethtool::set_gro(&ep.ifname, true)
         .with_context(|| format!("endpoint {} in {}", ep.name, ep.netns.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(name: &str, ip: [u8; 4]) -> EndpointState {
+        EndpointState {
+            name: name.into(),
+            ip: Ipv4Addr::from(ip),
+            netns: "/run/netns/x".into(),
+            owns_netns: false,
+            host_ifname: "nb0".into(),
+            host_ifindex: 1,
+            ifname: "eth0".into(),
+            mac: [0; 6],
+            owner: Owner::Cli,
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn addresses_are_the_first_free_or_the_one_asked_for_if_free() {
+        let subnet: Cidr = "172.30.0.0/29".parse().unwrap();
+        let gw = Ipv4Addr::new(172, 30, 0, 1);
+        let mut eps = vec![ep("a", [172, 30, 0, 2]), ep("b", [172, 30, 0, 4])];
+        assert_eq!(
+            choose_ip(&eps, None, subnet, gw).unwrap(),
+            Ipv4Addr::new(172, 30, 0, 3)
+        );
+        let want = Ipv4Addr::new(172, 30, 0, 6);
+        assert_eq!(choose_ip(&eps, Some(want), subnet, gw).unwrap(), want);
+        let err = choose_ip(&eps, Some(Ipv4Addr::new(172, 30, 0, 4)), subnet, gw).unwrap_err();
+        assert!(err.to_string().contains("endpoint b"), "{err}");
+        for bad in [
+            [172, 30, 0, 1],
+            [172, 30, 0, 0],
+            [172, 30, 0, 7],
+            [10, 0, 0, 2],
+        ] {
+            assert!(choose_ip(&eps, Some(Ipv4Addr::from(bad)), subnet, gw).is_err());
+        }
+        for (i, last) in [3u8, 5, 6].into_iter().enumerate() {
+            eps.push(ep(&format!("x{i}"), [172, 30, 0, last]));
+        }
+        let err = choose_ip(&eps, None, subnet, gw).unwrap_err();
+        assert!(err.to_string().contains("no free address"), "{err}");
+    }
+
+    #[test]
+    fn names_are_refused_not_cut() {
+        assert!(validate_name(&"a".repeat(ENDPOINT_NAME_MAX)).is_ok());
+        assert!(validate_name(&"a".repeat(ENDPOINT_NAME_MAX + 1)).is_err());
+        for bad in ["", ".hidden", "a/b", "a b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn veth_names_fit_the_kernel_and_differ_per_bridge() {
+        let (h, p) = veth_names("netbr0", &"n".repeat(64));
+        assert!(h.len() <= 15 && p.len() <= 15);
+        assert_ne!(veth_names("a", "x"), veth_names("b", "x"));
+    }
 }

@@ -51,3 +51,68 @@ impl BridgeLock {
         &self.path
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            atomic::{AtomicU32, Ordering},
+            Arc,
+        },
+        time::Duration,
+    };
+
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("netbr-lock-{tag}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn writers_take_turns() {
+        let d = dir("turns");
+        let inside = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (d, inside) = (d.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        let _l = BridgeLock::acquire(&d).unwrap();
+                        assert_eq!(
+                            inside.fetch_add(1, Ordering::SeqCst),
+                            0,
+                            "two writers at once"
+                        );
+                        std::thread::sleep(Duration::from_micros(200));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_waiter_whose_lock_file_was_removed_locks_the_new_one() {
+        let d = dir("removed");
+        let held = BridgeLock::acquire(&d).unwrap();
+        let d2 = d.clone();
+        let waiter = std::thread::spawn(move || {
+            let l = BridgeLock::acquire(&d2).unwrap();
+            // What it holds is the file at the path, not the removed one.
+            let held = std::fs::metadata(l.path()).unwrap().ino();
+            (l, held)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // A full detach removes the directory while holding the lock.
+        std::fs::remove_dir_all(&d).unwrap();
+        drop(held);
+        let (l, ino) = waiter.join().unwrap();
+        assert_eq!(std::fs::metadata(l.path()).unwrap().ino(), ino);
+        drop(l);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
