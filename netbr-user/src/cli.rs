@@ -45,6 +45,8 @@ pub enum Command {
     Demo(cmd::demo::Demo),
     /// Measure netbr against the routed path and netfilter, side by side.
     Bench(crate::bench::Bench),
+    /// Serve Docker's remote network-driver API on a unix socket.
+    DockerPlugin(crate::docker::DockerPlugin),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -70,6 +72,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Events(c) => c.exec().await,
             Command::Demo(c) => c.exec().await,
             Command::Bench(c) => c.exec().await,
+            Command::DockerPlugin(c) => c.exec().await,
         }
     })
 }

@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod cli;
 pub mod cmd;
 pub mod cni;
+pub mod docker;
 pub mod ethtool;
 pub mod netlink;
 pub mod netns;

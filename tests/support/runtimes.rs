@@ -363,3 +363,210 @@ impl Drop for Containerd {
         tidy_runtime_dirs();
     }
 }
+
+/// `/usr/bin/docker`: a newer client may shadow it on PATH.
+pub const DOCKER: &str = "/usr/bin/docker";
+
+/// dockerd 20.10 in the sandbox's host namespace with private roots and no
+/// firewall or default bridge, beside `netbr docker-plugin` serving a
+/// driver named after the sandbox. Both are stopped by PID.
+pub struct Dockerd {
+    pub dir: PathBuf,
+    /// The driver's name (`docker network create -d NAME`).
+    pub driver: String,
+    pub socket: PathBuf,
+    host: PathBuf,
+    netbr: PathBuf,
+    daemon: Child,
+    plugin: Option<Child>,
+}
+
+const PLUGIN_DIR: &str = "/run/docker/plugins";
+
+impl Dockerd {
+    pub fn start(sb: &Sandbox, netbr: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("netbr-dockerd-{}", sb.suffix));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dockerd dir");
+        let d = dir.display();
+        std::fs::write(
+            dir.join("daemon.json"),
+            format!("{{\"deprecated-key-path\": \"{d}/key.json\"}}"),
+        )
+        .expect("daemon.json");
+        let driver = format!("netbr-{}", sb.suffix);
+        let log = std::fs::File::create(dir.join("dockerd.log")).expect("log");
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net={}", sb.host_path().display()))
+            .args(["setsid", "dockerd", "--config-file"])
+            .arg(dir.join("daemon.json"))
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--data-root",
+                &format!("{d}/data"),
+                "--exec-root",
+                &format!("{d}/exec"),
+                "--pidfile",
+                &format!("{d}/pid"),
+                "-H",
+                &format!("unix://{d}/docker.sock"),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start dockerd");
+        let mut dockerd = Self {
+            socket: Path::new(PLUGIN_DIR).join(format!("{driver}.sock")),
+            driver,
+            dir,
+            host: sb.host_path(),
+            netbr: PathBuf::from(netbr),
+            daemon,
+            plugin: None,
+        };
+        dockerd.start_plugin();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !dockerd.run(&["info"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dockerd did not start: {}",
+                std::fs::read_to_string(dockerd.dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let tar = busybox_tar(&dockerd.dir);
+        dockerd.ok(&[
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh"]"#,
+            &tar.display().to_string(),
+            "localhost/busybox:latest",
+        ]);
+        dockerd
+    }
+
+    /// Starts `netbr docker-plugin` and waits for its socket.
+    pub fn start_plugin(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("plugin.log"))
+            .expect("plugin log");
+        let child = Command::new(&self.netbr)
+            .arg("--netns")
+            .arg(&self.host)
+            .args(["docker-plugin", "--socket"])
+            .arg(&self.socket)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start netbr docker-plugin");
+        self.plugin = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the driver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the driver with SIGKILL, as a crash would; its socket stays.
+    pub fn kill_plugin(&mut self) {
+        if let Some(mut p) = self.plugin.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        timed(
+            120,
+            Command::new(DOCKER)
+                .arg("-H")
+                .arg(format!("unix://{}/docker.sock", self.dir.display()))
+                .args(args),
+        )
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "docker {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `docker run -d` of busybox httpd on network `net`.
+    pub fn web(&self, name: &str, net: &str, publish: &[&str]) -> Output {
+        let mut args = vec!["run", "-d", "--name", name, "--network", net];
+        for p in publish {
+            args.extend(["-p", p]);
+        }
+        args.extend([
+            "localhost/busybox:latest",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ]);
+        self.run(&args)
+    }
+
+    /// The network namespace dockerd made for container `name`.
+    pub fn netns(&self, name: &str) -> PathBuf {
+        PathBuf::from(
+            self.ok(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", name])
+                .trim(),
+        )
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let ids = self.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+        let nets = self.run(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("driver={}", self.driver),
+        ]);
+        for id in String::from_utf8_lossy(&nets.stdout).split_whitespace() {
+            let _ = self.run(&["network", "rm", id]);
+        }
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        if let Some(mut p) = self.plugin.take() {
+            // SAFETY: as above; SIGTERM lets it remove its socket.
+            unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(PLUGIN_DIR);
+        let _ = std::fs::remove_dir("/run/docker");
+        unmount_below(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        tidy_runtime_dirs();
+    }
+}

@@ -22,6 +22,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("conntrack", "conntrack"),
     ("ethtool", "ethtool"),
     ("containerd", "containerd"),
+    ("docker.io", "dockerd"),
 ];
 
 /// Container runtimes the tests drive, with their recommended packages

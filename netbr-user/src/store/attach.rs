@@ -274,10 +274,16 @@ impl Store {
             }
             return Err(e);
         }
+        let docker_network = self
+            .state
+            .network
+            .as_ref()
+            .and_then(|n| n.docker_network.clone());
         self.state.network = Some(Network {
             subnet: subnet.to_string(),
             gateway,
             uplink: req.uplink.clone(),
+            docker_network,
         });
         self.commit()?;
         Ok(AttachReport {

@@ -27,6 +27,9 @@ pub enum NetnsChoice {
     CreateNamed,
     /// An existing namespace, by path.
     Existing(PathBuf),
+    /// None yet: the peer stays in this namespace, unconfigured, for a
+    /// runtime that moves it into the container itself (Docker).
+    HostSide,
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +132,7 @@ impl Store {
         let (ns_path, owns) = match &req.netns {
             NetnsChoice::Existing(p) => {
                 netns::open(p)?;
-                (p.clone(), false)
+                (Some(p.clone()), false)
             }
             NetnsChoice::CreateNamed => {
                 if netns::exists(&req.name) {
@@ -139,20 +142,17 @@ impl Store {
                         netns::resolve(&req.name).display()
                     );
                 }
-                (netns::resolve(&req.name), true)
+                (Some(netns::resolve(&req.name)), true)
             }
+            NetnsChoice::HostSide => (None, false),
         };
-        if !owns {
+        if let (Some(ns), false) = (&ns_path, owns) {
             let inner = {
-                let _in = NetnsGuard::enter(&ns_path)?;
+                let _in = NetnsGuard::enter(ns)?;
                 Netlink::connect()?
             };
             if inner.link(&req.ifname).await?.is_some() {
-                bail!(
-                    "namespace {} already has an {}",
-                    ns_path.display(),
-                    req.ifname
-                );
+                bail!("namespace {} already has an {}", ns.display(), req.ifname);
             }
         }
 
@@ -160,49 +160,37 @@ impl Store {
         if owns {
             netns::create_named(&req.name)?;
         }
-        let inner = {
-            let _in = NetnsGuard::enter(&ns_path)?;
-            Netlink::connect()?
-        };
         let made = async {
             nl.create_veth(&host_if, &peer_if).await?;
             let host = nl.require_link(&host_if).await?;
             let peer = nl.require_link(&peer_if).await?;
-            nl.move_to_netns(peer.index, &netns::open(&ns_path)?)
-                .await?;
             nl.set_master(host.index, cfg.bridge_ifindex).await?;
             if cfg.has(CFG_ICC_DISABLED) {
                 nl.set_port_isolated(host.index, true).await?;
             }
             nl.set_up(host.index).await?;
-            let eth = inner.require_link(&peer_if).await?;
-            inner.rename(eth.index, &req.ifname).await?;
-            inner.add_addr(eth.index, ip, subnet.prefix).await?;
-            inner.set_up(eth.index).await?;
-            let lo = inner.require_link("lo").await?;
-            inner.set_up(lo.index).await?;
-            // A second network's interface leaves the default route to
-            // the first, as the reference bridge plugin does.
-            if inner.default_gateway().await?.is_none() {
-                inner.add_default_route(gateway).await?;
-            }
+            let (ifname, mac) = match &ns_path {
+                Some(ns) => {
+                    nl.move_to_netns(peer.index, &netns::open(ns)?).await?;
+                    configure_inside(ns, &peer_if, &req.ifname, ip, subnet.prefix, gateway).await?
+                }
+                // The runtime moves the peer into the container and sets
+                // it up itself (Docker's Join answers with its name).
+                None => (peer_if.clone(), peer.mac.unwrap_or_default()),
+            };
             let ep = EndpointState {
                 name: req.name.clone(),
                 ip,
-                netns: ns_path.clone(),
+                netns: ns_path.clone().unwrap_or_default(),
                 owns_netns: owns,
                 host_ifname: host_if.clone(),
                 host_ifindex: host.index,
-                ifname: req.ifname.clone(),
-                mac: inner
-                    .require_link(&req.ifname)
-                    .await?
-                    .mac
-                    .unwrap_or_default(),
+                ifname,
+                mac,
                 owner: req.owner.clone(),
                 ports: Vec::new(),
             };
-            if cfg.has(CFG_XDP) {
+            if cfg.has(CFG_XDP) && ns_path.is_some() {
                 accept_xdp_frames(&ep)?;
             }
             let entry = Endpoint {
@@ -267,6 +255,35 @@ impl Store {
             None => Ok(ep),
         }
     }
+}
+
+/// Sets up the container side inside `ns`: the peer renamed to `ifname`,
+/// its address, loopback, and a default route via the gateway unless a
+/// first network already gave one (as the reference bridge plugin does).
+/// Returns the interface's name and MAC.
+async fn configure_inside(
+    ns: &std::path::Path,
+    peer_if: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<(String, [u8; 6])> {
+    let inner = {
+        let _in = NetnsGuard::enter(ns)?;
+        Netlink::connect()?
+    };
+    let eth = inner.require_link(peer_if).await?;
+    inner.rename(eth.index, ifname).await?;
+    inner.add_addr(eth.index, ip, prefix).await?;
+    inner.set_up(eth.index).await?;
+    let lo = inner.require_link("lo").await?;
+    inner.set_up(lo.index).await?;
+    if inner.default_gateway().await?.is_none() {
+        inner.add_default_route(gateway).await?;
+    }
+    let mac = inner.require_link(ifname).await?.mac.unwrap_or_default();
+    Ok((ifname.to_string(), mac))
 }
 
 /// Deletes an endpoint's veth pair and the namespace netbr made for it.

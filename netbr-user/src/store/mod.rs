@@ -119,6 +119,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Marks the bridge as serving Docker network `id` (or no longer).
+    pub fn set_docker_network(&mut self, id: Option<String>) -> Result<()> {
+        if let Some(n) = self.state.network.as_mut() {
+            n.docker_network = id;
+        }
+        self.commit()
+    }
+
+    /// Records where a runtime put an endpoint's container side.
+    pub fn set_endpoint_netns(&mut self, name: &str, netns: PathBuf) -> Result<()> {
+        if let Some(e) = self.state.endpoint_mut(name) {
+            e.netns = netns;
+        }
+        self.commit()
+    }
+}
+
+/// The bridges with state in the calling thread's namespace, by name.
+pub fn bridges() -> Result<Vec<String>> {
+    let prefix = format!("{}-", crate::netns::current_cookie()?);
+    let dir = match std::fs::read_dir(STATE_ROOT) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {STATE_ROOT}"))),
+    };
+    Ok(dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .map(str::to_string)
+        })
+        .collect())
+}
+
 /// What listings read: the state and the datapath, without the lock.
 pub struct View {
     pub state: State,

@@ -10,7 +10,10 @@ use netbr_common::{
     IPPROTO_TCP,
 };
 
-use super::{state::Port, Store};
+use super::{
+    state::{Owner, Port},
+    Store,
+};
 use crate::{addr::to_be32, bpf::datapath::BPF_NOEXIST, netlink::Netlink};
 
 pub fn mapping_key(p: &Port) -> MappingKey {
@@ -77,9 +80,14 @@ impl Store {
     /// Why `port` cannot be published, naming its owner; `None` if it can.
     fn port_taken(&self, port: &Port, wanted: &[Port]) -> Option<String> {
         if let Some((ep, p)) = self.state.ports().find(|(_, p)| clash(p, port)) {
-            let who = match ep.container_id() {
-                Some(id) => format!("endpoint {} (container {id})", ep.name),
-                None => format!("endpoint {}", ep.name),
+            let who = match &ep.owner {
+                Owner::Cli => format!("endpoint {}", ep.name),
+                Owner::Cni { container_id, .. } => {
+                    format!("endpoint {} (container {container_id})", ep.name)
+                }
+                Owner::Docker { endpoint_id, .. } => {
+                    format!("endpoint {} (Docker endpoint {endpoint_id})", ep.name)
+                }
             };
             return Some(format!(
                 "host port {} is already published by {who} as {}: choose another host port or unpublish it",

@@ -32,6 +32,10 @@ pub struct Network {
     pub subnet: String,
     pub gateway: Ipv4Addr,
     pub uplink: String,
+    /// The Docker network this bridge serves, when the Docker driver
+    /// attached it.
+    #[serde(default)]
+    pub docker_network: Option<String>,
 }
 
 /// Who made an endpoint, and so who may remove it.
@@ -182,6 +186,13 @@ impl State {
             e.ifname == ifname
                 && matches!(&e.owner, Owner::Cni { network: n, container_id: c } if n == network && c == container_id)
         })
+    }
+
+    /// The endpoint Docker knows as `endpoint_id`.
+    pub fn docker_endpoint(&self, endpoint_id: &str) -> Option<&EndpointState> {
+        self.endpoints.iter().find(
+            |e| matches!(&e.owner, Owner::Docker { endpoint_id: id, .. } if id == endpoint_id),
+        )
     }
 
     /// Every published port with its endpoint.

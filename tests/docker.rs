@@ -1,0 +1,226 @@
+//! Docker drives netbr through `netbr docker-plugin`, its remote network
+//! driver: dockerd 20.10 in the sandbox's host namespace with private roots,
+//! `--iptables=false` and no default bridge, and clients on lan and on the
+//! host checking what a user sees.
+
+mod support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use netbr::{
+    probe::{self, Server},
+    sandbox::{Sandbox, UPLINK_IP},
+};
+use support::runtimes::{text, Dockerd};
+
+const NETBR: &str = env!("CARGO_BIN_EXE_netbr");
+
+fn http_get(ns: &Path, to: SocketAddr) -> anyhow::Result<String> {
+    netbr::netns::run_in(ns, move || -> anyhow::Result<String> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })?
+}
+
+fn served(ns: &Path, to: SocketAddr) -> bool {
+    http_get(ns, to).is_ok_and(|b| b.contains("hello from netbr"))
+}
+
+/// `netbr ls --json` of the bridge serving Docker network `net`.
+fn ls(sb: &Sandbox, docker: &Dockerd, net: &str) -> serde_json::Value {
+    let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", net]);
+    let bridge = format!("nb-{}", &id.trim()[..12]);
+    serde_json::from_str(
+        &sb.netbr_ok(&["ls", "--bridge", &bridge, "--json"])
+            .expect("ls"),
+    )
+    .expect("json")
+}
+
+fn network(docker: &Dockerd, name: &str) {
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        &docker.driver,
+        "--subnet",
+        "172.30.0.0/16",
+        "-o",
+        "netbr.uplink=up0",
+        name,
+    ]);
+}
+
+#[test]
+fn docker_run_publishes_masquerades_binds_host_ips_and_cleans_up() {
+    let sb = support::sandbox();
+    let docker = Dockerd::start(&sb, NETBR);
+    network(&docker, "n1");
+    support::assert_no_netfilter_rules(&sb.host_path());
+    let o = docker.web(
+        "web",
+        "n1",
+        &["8080:80", "127.0.0.1:8443:80", "5353:53/udp", "80"],
+    );
+    assert!(o.status.success(), "docker run: {}", text(&o));
+    let ns = docker.netns("web");
+
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    assert!(served(
+        &sb.host_path(),
+        SocketAddr::from(([127, 0, 0, 1], 8443))
+    ));
+    assert!(
+        http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8443))).is_err(),
+        "the 127.0.0.1 binding answered lan"
+    );
+    let _udp = Server::udp(&ns, 53, probe::echo()).expect("udp server in the container");
+    let back = probe::udp_request(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 5353)), 0, b"q")
+        .expect("udp through the published port");
+    assert_eq!(back, b"q");
+    // `-p 80`: netbr picked a host port, shows it, and it serves.
+    let doc = ls(&sb, &docker, "n1");
+    let picked: Vec<u64> = doc["mappings"]
+        .as_array()
+        .expect("mappings")
+        .iter()
+        .filter(|m| m["proto"] == "tcp" && m["host_ip"] == "0.0.0.0" && m["host_port"] != 8080)
+        .map(|m| m["host_port"].as_u64().expect("port"))
+        .collect();
+    assert_eq!(picked.len(), 1, "{doc:#}");
+    assert!((20000..=29999).contains(&picked[0]), "{picked:?}");
+    assert!(served(
+        &sb.lan_path(),
+        SocketAddr::from((UPLINK_IP, picked[0] as u16))
+    ));
+
+    // The container reaches lan as the uplink address.
+    let lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    let o = docker.run(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "echo out | nc -w 3 192.0.2.2 9000",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("out"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        lan.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        [UPLINK_IP]
+    );
+    support::assert_no_netfilter_rules(&sb.host_path());
+
+    // docker rm ends ports and flows; docker network rm leaves no pin.
+    let ip = doc["endpoints"][0]["ip"].as_str().expect("ip").to_string();
+    let bridge = doc["bridge"].as_str().expect("bridge").to_string();
+    docker.ok(&["rm", "-f", "web"]);
+    let after = ls(&sb, &docker, "n1");
+    assert!(
+        after["endpoints"].as_array().expect("eps").is_empty(),
+        "{after:#}"
+    );
+    assert!(
+        after["mappings"].as_array().expect("maps").is_empty(),
+        "{after:#}"
+    );
+    let flows = sb
+        .netbr_ok(&["conntrack", "list", "--bridge", &bridge])
+        .expect("conntrack");
+    assert!(!flows.contains(&ip), "{flows}");
+    docker.ok(&["network", "rm", "n1"]);
+    let pins = netbr::netns::run_in(&sb.host_path(), move || netbr::store::pin_dir(&bridge))
+        .expect("netns")
+        .expect("pin dir");
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    support::assert_no_netfilter_rules(&sb.host_path());
+}
+
+#[test]
+fn a_taken_port_fails_docker_run_with_netbrs_message_and_ten_parallel_containers_serve() {
+    let sb = support::sandbox();
+    let docker = Dockerd::start(&sb, NETBR);
+    network(&docker, "n1");
+    let o = docker.web("first", "n1", &["8080:80"]);
+    assert!(o.status.success(), "docker run: {}", text(&o));
+    let o = docker.web("second", "n1", &["8080:80"]);
+    assert!(
+        !o.status.success(),
+        "a second container took host port 8080"
+    );
+    let msg = text(&o);
+    assert!(
+        msg.contains("8080") && msg.contains("already published"),
+        "{msg}"
+    );
+    assert_eq!(
+        ls(&sb, &docker, "n1")["endpoints"]
+            .as_array()
+            .expect("eps")
+            .len(),
+        1
+    );
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+
+    std::thread::scope(|s| {
+        for i in 0..10u16 {
+            let docker = &docker;
+            s.spawn(move || {
+                let o = docker.web(&format!("w{i}"), "n1", &[&format!("{}:80", 9100 + i)]);
+                assert!(o.status.success(), "docker run w{i}: {}", text(&o));
+            });
+        }
+    });
+    for i in 0..10u16 {
+        assert!(
+            served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 9100 + i))),
+            "w{i} does not serve"
+        );
+    }
+}
+
+#[test]
+fn a_killed_driver_leaves_containers_serving_and_its_restart_carries_on() {
+    let sb = support::sandbox();
+    let mut docker = Dockerd::start(&sb, NETBR);
+    network(&docker, "n1");
+    let o = docker.web("web", "n1", &["8080:80"]);
+    assert!(o.status.success(), "docker run: {}", text(&o));
+    docker.kill_plugin();
+    // The datapath needs no process: requests keep being served throughout.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    }
+    docker.start_plugin();
+    let o = docker.web("web2", "n1", &["8081:80"]);
+    assert!(
+        o.status.success(),
+        "docker run after the restart: {}",
+        text(&o)
+    );
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8081))));
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    // The restarted driver knows the old container too.
+    docker.ok(&["rm", "-f", "web"]);
+    assert!(http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))).is_err());
+    assert_eq!(
+        ls(&sb, &docker, "n1")["endpoints"]
+            .as_array()
+            .expect("eps")
+            .len(),
+        1
+    );
+}
