@@ -224,3 +224,33 @@ fn a_killed_driver_leaves_containers_serving_and_its_restart_carries_on() {
         1
     );
 }
+
+#[test]
+fn a_dockerd_restart_with_live_restore_keeps_containers_serving() {
+    let sb = support::sandbox();
+    let mut docker = Dockerd::start(&sb, NETBR);
+    network(&docker, "n1");
+    let o = docker.web("web", "n1", &["8080:80"]);
+    assert!(o.status.success(), "docker run: {}", text(&o));
+    docker.restart_daemon();
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    assert!(docker.ok(&["ps", "--format", "{{.Names}}"]).contains("web"));
+    // The restored daemon still drives netbr: a new container is served,
+    // and removing the old one ends its port.
+    let o = docker.web("web2", "n1", &["8081:80"]);
+    assert!(
+        o.status.success(),
+        "docker run after the restart: {}",
+        text(&o)
+    );
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8081))));
+    docker.ok(&["rm", "-f", "web"]);
+    assert!(http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))).is_err());
+    assert_eq!(
+        ls(&sb, &docker, "n1")["endpoints"]
+            .as_array()
+            .expect("eps")
+            .len(),
+        1
+    );
+}

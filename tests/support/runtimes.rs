@@ -388,16 +388,47 @@ impl Dockerd {
         let dir = std::env::temp_dir().join(format!("netbr-dockerd-{}", sb.suffix));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dockerd dir");
-        let d = dir.display();
+        // live-restore: containers outlive a dockerd restart.
         std::fs::write(
             dir.join("daemon.json"),
-            format!("{{\"deprecated-key-path\": \"{d}/key.json\"}}"),
+            format!(
+                "{{\"deprecated-key-path\": \"{}/key.json\", \"live-restore\": true}}",
+                dir.display()
+            ),
         )
         .expect("daemon.json");
         let driver = format!("netbr-{}", sb.suffix);
-        let log = std::fs::File::create(dir.join("dockerd.log")).expect("log");
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net={}", sb.host_path().display()))
+        let mut dockerd = Self {
+            socket: Path::new(PLUGIN_DIR).join(format!("{driver}.sock")),
+            driver,
+            daemon: Self::spawn_daemon(&dir, &sb.host_path()),
+            dir,
+            host: sb.host_path(),
+            netbr: PathBuf::from(netbr),
+            plugin: None,
+        };
+        dockerd.start_plugin();
+        dockerd.wait_ready();
+        let tar = busybox_tar(&dockerd.dir);
+        dockerd.ok(&[
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh"]"#,
+            &tar.display().to_string(),
+            "localhost/busybox:latest",
+        ]);
+        dockerd
+    }
+
+    fn spawn_daemon(dir: &Path, host: &Path) -> Child {
+        let d = dir.display();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .expect("log");
+        Command::new("nsenter")
+            .arg(format!("--net={}", host.display()))
             .args(["setsid", "dockerd", "--config-file"])
             .arg(dir.join("daemon.json"))
             .args([
@@ -418,35 +449,42 @@ impl Dockerd {
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .expect("start dockerd");
-        let mut dockerd = Self {
-            socket: Path::new(PLUGIN_DIR).join(format!("{driver}.sock")),
-            driver,
-            dir,
-            host: sb.host_path(),
-            netbr: PathBuf::from(netbr),
-            daemon,
-            plugin: None,
-        };
-        dockerd.start_plugin();
+            .expect("start dockerd")
+    }
+
+    fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !dockerd.run(&["info"]).status.success() {
+        while !self.run(&["info"]).status.success() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "dockerd did not start: {}",
-                std::fs::read_to_string(dockerd.dir.join("dockerd.log")).unwrap_or_default()
+                std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        let tar = busybox_tar(&dockerd.dir);
-        dockerd.ok(&[
-            "import",
-            "--change",
-            r#"CMD ["/bin/sh"]"#,
-            &tar.display().to_string(),
-            "localhost/busybox:latest",
-        ]);
-        dockerd
+    }
+
+    /// Stops dockerd by its PID and waits for it to exit.
+    fn stop_daemon(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+
+    /// Stops dockerd and starts it again on the same roots; with
+    /// live-restore its containers keep running meanwhile.
+    pub fn restart_daemon(&mut self) {
+        self.stop_daemon();
+        self.daemon = Self::spawn_daemon(&self.dir, &self.host);
+        self.wait_ready();
     }
 
     /// Starts `netbr docker-plugin` and waits for its socket.
@@ -544,17 +582,7 @@ impl Drop for Dockerd {
         for id in String::from_utf8_lossy(&nets.stdout).split_whitespace() {
             let _ = self.run(&["network", "rm", id]);
         }
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.daemon.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        self.stop_daemon();
         if let Some(mut p) = self.plugin.take() {
             // SAFETY: as above; SIGTERM lets it remove its socket.
             unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
