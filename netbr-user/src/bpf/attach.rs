@@ -182,12 +182,25 @@ pub fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink_index: u32) -> Result<()> 
 
 /// Removes the uplink's XDP program, if attached.
 pub fn detach_xdp(dir: &Path) -> Result<()> {
-    let link_path = dir.join(LINK_XDP);
-    if link_path.exists() {
-        std::fs::remove_file(&link_path)
-            .with_context(|| format!("removing {}", link_path.display()))?;
+    unpin_link(&dir.join(LINK_XDP))
+}
+
+/// Removes a pinned link so that its program is detached when this returns.
+/// Unlinking the pin alone drops the link's last reference in bpffs's RCU
+/// callback, and `bpf_link_put` then frees (detaches) it from a workqueue
+/// (since v6.5, commit ab5d47bd41b1 "bpf: Remove in_atomic() from
+/// bpf_link_put()"): `detach` could return with the program still attached
+/// (seen with XDP). Holding an fd across the unlink moves the last reference
+/// to our `close`, which frees the link before the syscall returns.
+fn unpin_link(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
     }
-    Ok(())
+    let removed = match PinnedLink::from_pin(path) {
+        Ok(link) => link.unpin().map(drop),
+        Err(_) => std::fs::remove_file(path),
+    };
+    removed.with_context(|| format!("removing {}", path.display()))
 }
 
 /// Removes links (which detaches the programs), map pins but those in
@@ -196,11 +209,12 @@ pub fn detach_xdp(dir: &Path) -> Result<()> {
 /// cleanup.
 pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
-    for name in LINKS
-        .iter()
-        .chain(PINNED.iter().map(|m| &m.name))
-        .filter(|n| !keep.contains(n))
-    {
+    for name in LINKS.iter().filter(|n| !keep.contains(n)) {
+        if let Err(e) = unpin_link(&dir.join(name)) {
+            errors.push(e);
+        }
+    }
+    for name in PINNED.iter().map(|m| &m.name).filter(|n| !keep.contains(n)) {
         let path = dir.join(name);
         if path.exists() {
             if let Err(e) = std::fs::remove_file(&path) {
