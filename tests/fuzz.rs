@@ -451,7 +451,11 @@ fn check(
                 return Err(format!("expected drop, got verdict {verdict:#x}"));
             }
         }
-        Expect::Translate { to, any_sport, .. } => {
+        Expect::Translate {
+            to,
+            any_sport,
+            reason,
+        } => {
             if verdict != PASS || out.len() != b.len() {
                 return Err(format!("expected translation, got verdict {verdict:#x}"));
             }
@@ -464,7 +468,7 @@ fn check(
                     u16::from_be(model::parse(b).expect("input parses").key.sport),
                     u16::from_be(got.key.sport),
                 );
-                if !model::snat_port_allowed(&cfg, own, port) {
+                if !model::snat_port_allowed(&cfg, *reason, own, port) {
                     return Err(format!("SNAT chose port {port}"));
                 }
                 want.sport = got.key.sport;

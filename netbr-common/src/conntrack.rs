@@ -51,12 +51,18 @@ pub const NAT_SNAT: u8 = 2;
 /// A container reaching a published port through a host address: DNAT to
 /// the target plus SNAT to the gateway, translated on the bridge device.
 pub const NAT_HAIRPIN: u8 = 3;
+/// A flow the host itself opened out of the uplink, tracked so that no
+/// container flow is given its tuple: an ICMP echo (kept identifier), or a
+/// TCP or UDP flow whose tuple a container's masqueraded flow already held,
+/// moved to another source port as netfilter's masquerade would move it.
+pub const NAT_HOST: u8 = 4;
 
 pub const fn nat_name(nat: u8) -> &'static str {
     match nat {
         NAT_DNAT => "dnat",
         NAT_SNAT => "snat",
         NAT_HAIRPIN => "hairpin",
+        NAT_HOST => "host",
         _ => "none",
     }
 }

@@ -60,9 +60,13 @@ pub enum Reason {
     /// A host socket tried to bind a published host port and got
     /// EADDRINUSE (cgroup bind4 hook): the port is the container's.
     BindRefused,
+    /// The host's own new flow out of the uplink was tracked (`NAT_HOST`):
+    /// an ICMP echo, or a TCP/UDP flow whose tuple a container's masqueraded
+    /// flow held, given another source port.
+    HostFlowNew,
 }
 
-pub const REASON_COUNT: u32 = 24;
+pub const REASON_COUNT: u32 = 25;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -90,6 +94,7 @@ impl Reason {
         Reason::DropFragNoFirst,
         Reason::DropCtFull,
         Reason::BindRefused,
+        Reason::HostFlowNew,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -119,6 +124,7 @@ impl Reason {
             Reason::DropFragNoFirst => "drop_frag_no_first",
             Reason::DropCtFull => "drop_ct_full",
             Reason::BindRefused => "bind_refused",
+            Reason::HostFlowNew => "host_flow_new",
         }
     }
 

@@ -11,10 +11,11 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netbr_common::{
-    conntrack::{FlowKey, NAT_HAIRPIN},
+    conntrack::{FlowKey, NAT_HAIRPIN, NAT_HOST},
     counters::Reason,
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS,
+        HOOK_UPLINK_INGRESS,
     },
 };
 
@@ -65,9 +66,9 @@ fn before_new_flow(cfg: &Config) -> u64 {
     now
 }
 
-/// Translates a packet of a tracked flow that this hook owns (hairpin flows
-/// on the bridge, the others on the uplink); returns the tuple it now has,
-/// or `None` if the packet belongs to no such flow.
+/// Translates a packet of a tracked flow that this hook owns (see
+/// [`owns`]); returns the tuple it now has, or `None` if the packet belongs
+/// to no such flow.
 /// A BPF function of its own: its stack frame then does not add to the
 /// SNAT port search's, which must fit beside it in 512 bytes.
 #[inline(never)]
@@ -77,7 +78,7 @@ fn translate_tracked(
     ctx: &TcContext,
     pkt: &Packet,
     cfg: &Config,
-    hairpin: bool,
+    hook: u8,
 ) -> Result<Option<FlowKey>, Reason> {
     let now = now();
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
@@ -85,7 +86,7 @@ fn translate_tracked(
     };
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
-    if (nat == NAT_HAIRPIN) != hairpin {
+    if !owns(ctx, hook, nat) {
         return Ok(None);
     }
     if pkt.is_icmp_error() {
@@ -96,6 +97,20 @@ fn translate_tracked(
     rewrite(ctx, pkt, &xlat)?;
     conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
     Ok(Some(xlat))
+}
+
+/// Hairpin flows belong to the bridge hook, the others to the uplink's.
+/// A host flow (`NAT_HOST`) is the host's only when a host socket sent the
+/// packet: a container's packet the fast path already masqueraded to the
+/// same uplink tuple (the collision the host flow was moved away from)
+/// must leave as it is.
+#[inline(always)]
+fn owns(ctx: &TcContext, hook: u8, nat: u8) -> bool {
+    match hook {
+        HOOK_UPLINK_EGRESS if nat == NAT_HOST => from_local_socket(ctx),
+        HOOK_UPLINK_INGRESS | HOOK_UPLINK_EGRESS => nat != NAT_HAIRPIN,
+        _ => nat == NAT_HAIRPIN,
+    }
 }
 
 fn translated(pkt: &Packet) -> Reason {
@@ -131,7 +146,7 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
 /// Uplink ingress: replies of masqueraded flows, and published ports.
 #[inline(always)]
 fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
-    if let Some(xlat) = translate_tracked(ctx, pkt, cfg, false)? {
+    if let Some(xlat) = translate_tracked(ctx, pkt, cfg, HOOK_UPLINK_INGRESS)? {
         return Ok(deliver_in(ctx, cfg, pkt, &xlat, translated(pkt)));
     }
     if pkt.is_icmp_error() {
@@ -160,18 +175,40 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
 /// Uplink egress: replies of published-port flows, and masquerade.
 #[inline(always)]
 fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
-    if translate_tracked(ctx, pkt, cfg, false)?.is_some() {
+    if translate_tracked(ctx, pkt, cfg, HOOK_UPLINK_EGRESS)?.is_some() {
         return Ok(Outcome::pass(translated(pkt)));
     }
     // The host's own errors (and those of untracked traffic) leave as they
     // are; neither an error nor a later fragment opens a flow.
-    if !pkt.may_open_flow() || !nat::wants_snat(pkt, cfg) {
+    if !pkt.may_open_flow() {
+        return Err(Reason::PassNoMatch);
+    }
+    if pkt.key.saddr == cfg.uplink_addr && from_local_socket(ctx) {
+        if !nat::host_flow_wanted(pkt, cfg, now()) {
+            return Err(Reason::PassNoMatch);
+        }
+        let xlat = nat::host_new_flow(ctx, pkt, before_new_flow(cfg))?;
+        if xlat != pkt.key {
+            rewrite(ctx, pkt, &xlat)?;
+        }
+        return Ok(Outcome::pass(Reason::HostFlowNew));
+    }
+    if !nat::wants_snat(pkt, cfg) {
         return Err(Reason::PassNoMatch);
     }
     let now = before_new_flow(cfg);
-    let xlat = nat::snat_new_flow(pkt, cfg, now)?;
+    let xlat = nat::snat_new_flow(ctx, pkt, cfg, now)?;
     rewrite(ctx, pkt, &xlat)?;
     Ok(Outcome::pass(Reason::SnatNew))
+}
+
+/// Whether the packet was sent by a socket of this host (it still carries
+/// its socket), as opposed to one forwarded from a container: those leave
+/// their socket behind when they cross the veth into this namespace.
+#[inline(always)]
+fn from_local_socket(ctx: &TcContext) -> bool {
+    // SAFETY: reading a context field; the pointer is only compared.
+    !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
 }
 
 /// Hands a packet translated on uplink ingress to the fast path when it is
@@ -199,12 +236,12 @@ fn deliver_in(
 /// routing and the uplink.
 #[inline(always)]
 fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
-    let (xlat, reason) = match translate_tracked(ctx, pkt, cfg, true)? {
+    let (xlat, reason) = match translate_tracked(ctx, pkt, cfg, HOOK_BRIDGE_INGRESS)? {
         Some(xlat) => (xlat, translated(pkt)),
         None if pkt.is_icmp_error() => return Err(Reason::PassNoMatch),
         None => {
             let hairpin = if pkt.may_open_flow() {
-                nat::hairpin_new_flow(pkt, cfg, before_new_flow(cfg))?
+                nat::hairpin_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?
             } else {
                 None
             };

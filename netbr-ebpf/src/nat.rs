@@ -3,13 +3,25 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop};
+use aya_ebpf::{
+    bindings::{
+        __sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_skc_lookup_tcp,
+    },
+    programs::TcContext,
+};
 use netbr_common::{
-    conntrack::{initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
+    conntrack::{
+        initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_HAIRPIN, NAT_HOST, NAT_NONE, NAT_SNAT,
+        TCP_ACK, TCP_SYN,
+    },
     counters::Reason,
     maps::{Config, MappingKey},
     snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS, SNAT_HISTOGRAM_EXHAUSTED},
-    IPPROTO_ICMP,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -157,6 +169,49 @@ pub struct PortSearch {
     next: u32,
     /// Which probe found the port: 0 for the own port.
     attempt: u32,
+    /// 1: the own port is tried whatever its range (the host's own flows).
+    keep_own: u16,
+    /// 1: candidates a host socket would take the peer's replies for are
+    /// skipped (container flows; a host flow's own socket is not a clash).
+    check_sockets: u16,
+    /// The socket lookup's tuple: here, not on the callback's stack, whose
+    /// frame with its callers' must fit in 512 bytes.
+    tuple: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+}
+
+/// Whether a host socket would receive what the peer sends back to
+/// `xlat`'s source: a connected socket of that very tuple, or one bound to
+/// the port (a listener, a wildcard UDP socket). Such a port must not be
+/// handed to a container, or the host's traffic would be taken for the
+/// container's. `bpf_skc_lookup_tcp` sees TIME_WAIT and request sockets too.
+#[inline(always)]
+fn host_socket_holds(skb: *mut __sk_buff, s: &mut PortSearch) -> bool {
+    let xlat = &s.xlat;
+    s.tuple = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+        saddr: xlat.daddr,
+        daddr: xlat.saddr,
+        sport: xlat.dport,
+        dport: xlat.sport,
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    // A negative netns id means the skb's own namespace: the host's.
+    let netns = u64::MAX;
+    let tuple: *mut bpf_sock_tuple = (&mut s.tuple as *mut bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1).cast();
+    // SAFETY: `skb` is the program's context; the helper reads `size` bytes,
+    // the IPv4 tuple; a socket found is released below.
+    let sk = unsafe {
+        match s.xlat.proto {
+            IPPROTO_TCP => bpf_skc_lookup_tcp(skb.cast(), tuple, size, netns, 0),
+            IPPROTO_UDP => bpf_sk_lookup_udp(skb.cast(), tuple, size, netns, 0),
+            _ => return false,
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket reference from the lookup above.
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
 }
 
 /// Claims `xlat.sport` unless it is published or carries a live flow to the
@@ -182,7 +237,10 @@ fn claim_port(xlat: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
 /// program ("verifier bug: backtracking call unexpected regs") when a
 /// precision chain runs from inside a callback back into its caller, and
 /// LLVM turns an `attempt == 0` test on the index into exactly such a chain.
-extern "C" fn probe_port(_index: u64, _ctx: *mut c_void) -> i64 {
+///
+/// `skb` points at the caller's copy of the context pointer, which the
+/// socket lookups need (a pointer, so no precision chain crosses over).
+extern "C" fn probe_port(_index: u64, skb: *mut c_void) -> i64 {
     let (Some(s), Some(reply), Some(cfg)) =
         (SEARCH.get_ptr_mut(0), SCRATCH.get_ptr(0), CONFIG.get(0))
     else {
@@ -193,7 +251,7 @@ extern "C" fn probe_port(_index: u64, _ctx: *mut c_void) -> i64 {
     let attempt = s.next;
     s.next += 1;
     let port = if attempt == 0 {
-        if !may_keep_port(s.own_port, cfg.host_port_min, cfg.host_port_max) {
+        if s.keep_own == 0 && !may_keep_port(s.own_port, cfg.host_port_min, cfg.host_port_max) {
             return 0;
         }
         s.own_port
@@ -201,6 +259,11 @@ extern "C" fn probe_port(_index: u64, _ctx: *mut c_void) -> i64 {
         snat_candidate(s.seed, attempt - 1, cfg.snat_port_min, cfg.snat_port_max)
     };
     s.xlat.sport = port.to_be();
+    // SAFETY: `skb` is the pointer `new_source_flow` passed, to its copy of
+    // the context pointer.
+    if s.check_sockets != 0 && host_socket_holds(unsafe { *(skb as *const *mut __sk_buff) }, s) {
+        return 0;
+    }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if claim_port(&s.xlat, reply, cfg, now) {
@@ -215,10 +278,48 @@ extern "C" fn probe_port(_index: u64, _ctx: *mut c_void) -> i64 {
 // A BPF function of its own: its frame (and the port search's callback
 // under it) would not fit in 512 bytes on top of the hook's.
 #[inline(never)]
-pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Reason> {
+pub fn snat_new_flow(
+    ctx: &TcContext,
+    pkt: &Packet,
+    cfg: &Config,
+    now: u64,
+) -> Result<FlowKey, Reason> {
     let mut xlat = pkt.key;
     xlat.saddr = cfg.uplink_addr;
-    new_source_flow(pkt, xlat, NAT_SNAT, cfg, now)
+    new_source_flow(ctx, pkt, xlat, NAT_SNAT, now)
+}
+
+/// Whether the host's own new flow must be tracked (see `NAT_HOST`), so
+/// that container flows and the host's never share a tuple: every ICMP
+/// echo, and a TCP SYN or UDP datagram from a port outside the host's
+/// ephemeral range (the only ports container flows are given) whose tuple a
+/// live flow already holds.
+// A BPF function of its own: its lookup's frame must not sit under the port
+// search's (`host_new_flow`), or their stacks exceed 512 bytes together.
+#[inline(never)]
+pub fn host_flow_wanted(pkt: &Packet, cfg: &Config, now: u64) -> bool {
+    let key = &pkt.key;
+    match key.proto {
+        // An echo request carries its identifier as `sport`; replies have 0.
+        IPPROTO_ICMP => key.sport != 0,
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let port = u16::from_be(key.sport);
+            (key.proto == IPPROTO_UDP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+                && !(cfg.host_port_min..=cfg.host_port_max).contains(&port)
+                && conntrack::lookup(&key.reversed(), cfg, now).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Tracks a new flow the host itself opens out of the uplink (see
+/// `host_flow_wanted`). A flow already holding its tuple keeps it; the
+/// host's is moved to a free port of the SNAT range, as netfilter moves the
+/// later of two clashing flows; otherwise it keeps its own port.
+// A BPF function of its own, like `snat_new_flow`.
+#[inline(never)]
+pub fn host_new_flow(ctx: &TcContext, pkt: &Packet, now: u64) -> Result<FlowKey, Reason> {
+    new_source_flow(ctx, pkt, pkt.key, NAT_HOST, now)
 }
 
 /// Creates a hairpin flow for a container packet addressed to a published
@@ -228,7 +329,12 @@ pub fn snat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<FlowKey, Re
 // A BPF function of its own: its frame (and the port search's callback
 // under it) would not fit in 512 bytes on top of the hook's.
 #[inline(never)]
-pub fn hairpin_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<FlowKey>, Reason> {
+pub fn hairpin_new_flow(
+    ctx: &TcContext,
+    pkt: &Packet,
+    cfg: &Config,
+    now: u64,
+) -> Result<Option<FlowKey>, Reason> {
     if pkt.key.proto == IPPROTO_ICMP || !cfg.in_subnet(pkt.key.saddr) {
         return Ok(None);
     }
@@ -240,18 +346,19 @@ pub fn hairpin_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<F
         return Ok(None);
     };
     xlat.saddr = cfg.gateway_addr;
-    new_source_flow(pkt, xlat, NAT_HAIRPIN, cfg, now).map(Some)
+    new_source_flow(ctx, pkt, xlat, NAT_HAIRPIN, now).map(Some)
 }
 
 /// Creates a flow translated to `xlat` whose source port is still to be
-/// chosen: kept when free and outside the host's ephemeral range, otherwise
-/// drawn from the SNAT range, never a published host port.
+/// chosen: kept when free and outside the host's ephemeral range (any range
+/// for the host's own flows), otherwise drawn from the SNAT range, never a
+/// published host port nor one a host socket holds towards the peer.
 #[inline(always)]
 fn new_source_flow(
+    ctx: &TcContext,
     pkt: &Packet,
     xlat: FlowKey,
     nat: u8,
-    cfg: &Config,
     now: u64,
 ) -> Result<FlowKey, Reason> {
     let reply = new_reply(pkt, nat, now)?;
@@ -266,13 +373,23 @@ fn new_source_flow(
         found: 0,
         next: 0,
         attempt: 0,
+        keep_own: u16::from(nat == NAT_HOST),
+        check_sockets: u16::from(nat != NAT_HOST),
+        tuple: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: 0,
+            daddr: 0,
+            sport: 0,
+            dport: 0,
+        },
     };
-    // SAFETY: the callback follows bpf_loop's contract; it takes no context.
+    let mut skb = ctx.skb.skb;
+    // SAFETY: the callback follows bpf_loop's contract; its context is the
+    // context pointer's copy on our stack, alive across the call.
     unsafe {
         bpf_loop(
             SNAT_ATTEMPTS + 1,
             probe_port as *mut c_void,
-            core::ptr::null_mut(),
+            (&mut skb as *mut *mut __sk_buff).cast(),
             0,
         )
     };

@@ -199,6 +199,46 @@ pub fn tcp_request_peer(
     })?
 }
 
+/// A TCP connection from `ns` to `to`, from source port `from_port` (0 for
+/// any), left open for the caller to use from any thread.
+pub fn tcp_connect(ns: &Path, from_port: u16, to: SocketAddr) -> Result<TcpStream> {
+    let SocketAddr::V4(to4) = to else {
+        bail!("{to} is not IPv4");
+    };
+    netns::run_in(ns, move || -> Result<TcpStream> {
+        // SAFETY: plain socket syscalls on an fd this closure owns until it
+        // hands it to the returned stream.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("TCP socket");
+            }
+            let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = size_of::<libc::sockaddr_in>() as u32;
+            let from = sin(Ipv4Addr::UNSPECIFIED, from_port);
+            if libc::bind(fd, &from as *const _ as *const _, len) < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("binding port {from_port}"));
+            }
+            let dst = sin(*to4.ip(), to4.port());
+            if libc::connect(fd, &dst as *const _ as *const _, len) < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("connecting to {to}"));
+            }
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            Ok(stream)
+        }
+    })?
+}
+
 /// Sends one datagram from `ns` (from `from_port`, 0 for any) and waits for
 /// the answer.
 pub fn udp_request(ns: &Path, to: SocketAddr, from_port: u16, payload: &[u8]) -> Result<Vec<u8>> {

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use netbr_common::{
-    conntrack::{CtEntry, FlowKey, DIR_ORIG, NAT_HAIRPIN},
+    conntrack::{CtEntry, FlowKey, DIR_ORIG, NAT_HAIRPIN, TCP_ACK, TCP_SYN},
     counters::Reason,
     maps::{Config, FragKey, FragVal, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING},
     snat::may_keep_port,
@@ -401,6 +401,32 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             })
         }
         Hook::UplinkEgress | Hook::BridgeIngress => {
+            if !may_open {
+                return Err(Reason::PassNoMatch);
+            }
+            // Mirrors `nat::host_flow_wanted`; BPF_PROG_TEST_RUN gives every
+            // packet a socket, so those from the uplink address are the host's.
+            if hook == Hook::UplinkEgress && p.key.saddr == cfg.uplink_addr {
+                let k = &p.key;
+                let wanted = match k.proto {
+                    IPPROTO_ICMP => k.sport != 0,
+                    IPPROTO_TCP | IPPROTO_UDP => {
+                        (k.proto == IPPROTO_UDP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+                            && !(cfg.host_port_min..=cfg.host_port_max)
+                                .contains(&u16::from_be(k.sport))
+                            && flow(t, &k.reversed()).is_some()
+                    }
+                    _ => false,
+                };
+                if !wanted {
+                    return Err(Reason::PassNoMatch);
+                }
+                return Ok(Expect::Translate {
+                    reason: Reason::HostFlowNew,
+                    to: p.key,
+                    any_sport: true,
+                });
+            }
             let wants = in_subnet(&cfg, p.key.saddr)
                 && !in_subnet(&cfg, p.key.daddr)
                 && (p.key.proto != IPPROTO_ICMP || p.key.sport != 0);
@@ -418,10 +444,13 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
     }
 }
 
-/// Whether `port` is a source port masquerade may give a flow whose own
-/// source port was `own`.
-pub fn snat_port_allowed(cfg: &Config, own: u16, port: u16) -> bool {
-    (port == own && may_keep_port(own, cfg.host_port_min, cfg.host_port_max))
+/// Whether `port` is a source port a new flow whose own source port was
+/// `own` may be given (`reason` says which kind of flow): the host's own
+/// flows keep any free port.
+pub fn snat_port_allowed(cfg: &Config, reason: Reason, own: u16, port: u16) -> bool {
+    (port == own
+        && (reason == Reason::HostFlowNew
+            || may_keep_port(own, cfg.host_port_min, cfg.host_port_max)))
         || (port >= cfg.snat_port_min && port <= cfg.snat_port_max)
 }
 
