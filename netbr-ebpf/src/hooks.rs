@@ -11,7 +11,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netbr_common::{
-    conntrack::{FlowKey, NAT_HAIRPIN, NAT_HOST},
+    conntrack::{FlowKey, NAT_HAIRPIN, NAT_HOST, NAT_NONE},
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS,
@@ -24,7 +24,7 @@ use crate::{
     maps::{CONFIG, PACKET},
     nat,
     parse::{parse, Packet, FRAG_LATER},
-    redirect,
+    redirect::{self, NextHop},
     rewrite::{icmp_error, rewrite},
 };
 
@@ -213,6 +213,8 @@ fn from_local_socket(ctx: &TcContext) -> bool {
 
 /// Hands a packet translated on uplink ingress to the fast path when it is
 /// on and the packet is bound for a container; otherwise to the host stack.
+/// A direct-routed flow's packets (tracked, destination unchanged) are not
+/// netbr's to deliver: the host's forward path and firewall judge them.
 #[inline(always)]
 fn deliver_in(
     ctx: &TcContext,
@@ -221,7 +223,7 @@ fn deliver_in(
     xlat: &FlowKey,
     reason: Reason,
 ) -> Outcome {
-    if cfg.has(CFG_FAST_PATH) && !pkt.is_icmp_error() {
+    if cfg.has(CFG_FAST_PATH) && !pkt.is_icmp_error() && xlat.daddr != pkt.key.daddr {
         if let Some(action) = redirect::into_container(ctx, xlat.daddr, cfg) {
             return Outcome { reason, action };
         }
@@ -251,7 +253,21 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
                     (xlat, Reason::HairpinNew)
                 }
                 None if cfg.has(CFG_FAST_PATH) => {
-                    return fast_out(ctx, cfg, pkt)?.ok_or(Reason::PassNoMatch);
+                    let action = fast_out(ctx, cfg, pkt)?;
+                    if action != TC_ACT_UNSPEC {
+                        return Ok(Outcome {
+                            reason: Reason::Translated,
+                            action,
+                        });
+                    }
+                    let hop = fast_masquerade_route(ctx, cfg, pkt)?;
+                    let xlat = nat::snat_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?;
+                    rewrite(ctx, pkt, &xlat)?;
+                    let action = redirect::out_uplink(ctx, hop, cfg)?;
+                    return Ok(Outcome {
+                        reason: Reason::SnatNew,
+                        action,
+                    });
                 }
                 None => return Err(Reason::PassNoMatch),
             }
@@ -263,34 +279,56 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
 
 /// The fast path out: a packet of a tracked masquerade or published-port
 /// flow, translated here and sent out of the uplink when the routing table
-/// says so and the next hop is known. New flows are not opened here: their
-/// first packet takes the host stack and the uplink creates them. A BPF
-/// function of its own, to keep its frame off the others' stack.
+/// says so; returns the redirect verdict. `TC_ACT_UNSPEC` when the packet
+/// belongs to no flow; `Err(PassNoMatch)` when it does but must take the
+/// host stack (another route, a TTL about to expire, a packet too big for
+/// the uplink). A BPF function of its own, to keep its frame off the
+/// others' stack. It returns a bare verdict: an `Option<Outcome>` left
+/// part of its return value undefined on the `None` path, and the verifier
+/// refused the resulting read of an unwritten register ("R9 !read_ok").
 ///
 /// It looks the flow up again although `translate_tracked` just did: handing
 /// the flow's map-value pointers back through that function's return slot
 /// fails verification ("invalid size of register fill"), and pointers cannot
 /// be parked in a map either.
 #[inline(never)]
-fn fast_out(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Option<Outcome>, Reason> {
+fn fast_out(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Reason> {
     let now = now();
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
-        return Ok(None);
+        return Ok(TC_ACT_UNSPEC);
     };
     // SAFETY: map value pointer from `lookup`.
-    let xlat = unsafe { (*flow.entry).xlat };
-    let Some(macs) = redirect::uplink_next_hop(ctx, &xlat, pkt.len, cfg) else {
-        return Ok(None);
-    };
-    // A TTL about to expire is left, untouched, to the stack's ICMP.
-    if redirect::decrement_ttl(ctx).is_none() {
-        return Ok(None);
+    let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
+    // Direct routing's replies are the host firewall's to judge.
+    if nat == NAT_NONE {
+        return Err(Reason::PassNoMatch);
     }
+    let hop = redirect::uplink_next_hop(ctx, &xlat, pkt.len, cfg).ok_or(Reason::PassNoMatch)?;
+    // A TTL about to expire is left, untouched, to the stack's ICMP.
+    redirect::decrement_ttl(ctx).ok_or(Reason::PassNoMatch)?;
     rewrite(ctx, pkt, &xlat)?;
     conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
-    let action = redirect::out_uplink(ctx, macs, cfg)?;
-    Ok(Some(Outcome {
-        reason: Reason::Translated,
-        action,
-    }))
+    redirect::out_uplink(ctx, hop, cfg)
+}
+
+/// The fast path's masquerade: a container's new flow out of the uplink is
+/// opened on bridge ingress rather than on uplink egress, so that not even
+/// its first packet takes the host's forward path, where a firewall whose
+/// forward policy is drop (Docker's own install sets one) would end it.
+/// This decides whether the packet may go that way and how it leaves;
+/// `Err(PassNoMatch)` leaves it to the host stack and the uplink, as without
+/// the fast path. The flow is created by the caller: with the port search
+/// beneath this function's frame, the stack exceeds 512 bytes.
+#[inline(never)]
+fn fast_masquerade_route(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<NextHop, Reason> {
+    if !pkt.may_open_flow() || !nat::wants_snat(pkt, cfg) {
+        return Err(Reason::PassNoMatch);
+    }
+    // The route is asked for before the flow exists: its source port does
+    // not change the answer.
+    let mut routed = pkt.key;
+    routed.saddr = cfg.uplink_addr;
+    let hop = redirect::uplink_next_hop(ctx, &routed, pkt.len, cfg).ok_or(Reason::PassNoMatch)?;
+    redirect::decrement_ttl(ctx).ok_or(Reason::PassNoMatch)?;
+    Ok(hop)
 }

@@ -4,9 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{
-        __sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-    },
+    bindings::{__sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release,
         bpf_skc_lookup_tcp,
@@ -196,7 +194,8 @@ fn host_socket_holds(skb: *mut __sk_buff, s: &mut PortSearch) -> bool {
     let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
     // A negative netns id means the skb's own namespace: the host's.
     let netns = u64::MAX;
-    let tuple: *mut bpf_sock_tuple = (&mut s.tuple as *mut bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1).cast();
+    let tuple: *mut bpf_sock_tuple =
+        (&mut s.tuple as *mut bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1).cast();
     // SAFETY: `skb` is the program's context; the helper reads `size` bytes,
     // the IPv4 tuple; a socket found is released below.
     let sk = unsafe {

@@ -1,8 +1,8 @@
 //! Delivering a translated packet straight to a container's veth.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
     EbpfContext as _,
 };
@@ -58,18 +58,27 @@ pub fn into_container(ctx: &TcContext, daddr: u32, cfg: &Config) -> Option<i32> 
     Some(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
 }
 
-/// The MACs for sending `xlat` out of the uplink, if the routing table
-/// sends it there and the next hop's address is known. Asked with the
-/// translated addresses before anything is rewritten, so a `None` leaves the
-/// packet as it was for the host stack (which resolves neighbours and sends
-/// ICMP errors).
+/// How a packet leaves through the uplink on the fast path.
+// Fieldless: a payload left undefined in the other variant becomes a read
+// of an uninitialised register, which the verifier refuses ("!read_ok").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// The next hop's address is resolved: the lookup left its MACs in
+    /// `NB_FIB` for `out_uplink`.
+    Known,
+    /// The route is the uplink's but the neighbour is not resolved yet: the
+    /// kernel resolves it (`bpf_redirect_neigh`) rather than the packet
+    /// taking the host's forward path, where a drop policy would end it.
+    Unresolved,
+}
+
+/// How to send `xlat` out of the uplink, if the routing table sends it
+/// there. Asked with the translated addresses before anything is
+/// rewritten, so a `None` leaves the packet as it was for the host stack
+/// (another route, or a packet too big for the uplink: the stack sends the
+/// ICMP error).
 #[inline(always)]
-pub fn uplink_next_hop(
-    ctx: &TcContext,
-    xlat: &FlowKey,
-    len: u32,
-    cfg: &Config,
-) -> Option<([u8; 6], [u8; 6])> {
+pub fn uplink_next_hop(ctx: &TcContext, xlat: &FlowKey, len: u32, cfg: &Config) -> Option<NextHop> {
     let p = FIB.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let p = unsafe { &mut *p };
@@ -90,20 +99,42 @@ pub fn uplink_next_hop(
             0,
         )
     };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && p.ifindex == cfg.uplink_ifindex)
-        .then_some((p.smac, p.dmac))
+    // On success and on NO_NEIGH the helper has set `ifindex` to the route's
+    // device; on other results it is still the bridge's.
+    if p.ifindex != cfg.uplink_ifindex {
+        return None;
+    }
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Some(NextHop::Known),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Some(NextHop::Unresolved),
+        _ => None,
+    }
 }
 
-/// Fast path out: sends an already translated packet out of the uplink with
-/// the next hop's MACs (`bpf_redirect`), skipping the host stack.
+/// Fast path out: sends an already translated packet out of the uplink,
+/// skipping the host stack.
 #[inline(always)]
-pub fn out_uplink(ctx: &TcContext, macs: ([u8; 6], [u8; 6]), cfg: &Config) -> Result<i32, Reason> {
-    let (smac, dmac) = macs;
-    ctx.store(0, &dmac, 0).map_err(|_| Reason::DropRewrite)?;
-    ctx.store(6, &smac, 0).map_err(|_| Reason::DropRewrite)?;
+pub fn out_uplink(ctx: &TcContext, hop: NextHop, cfg: &Config) -> Result<i32, Reason> {
     count_fast(FAST_OUT_UPLINK);
-    // SAFETY: the helper has no preconditions; it returns TC_ACT_REDIRECT.
-    Ok(unsafe { bpf_redirect(cfg.uplink_ifindex, 0) } as i32)
+    match hop {
+        NextHop::Known => {
+            let p = FIB.get_ptr(0).ok_or(Reason::DropRewrite)?;
+            // SAFETY: per-CPU map value `uplink_next_hop` filled for this packet.
+            let (smac, dmac) = unsafe { ((*p).smac, (*p).dmac) };
+            ctx.store(0, &dmac, 0).map_err(|_| Reason::DropRewrite)?;
+            ctx.store(6, &smac, 0).map_err(|_| Reason::DropRewrite)?;
+            // SAFETY: the helper has no preconditions; it returns TC_ACT_REDIRECT.
+            Ok(unsafe { bpf_redirect(cfg.uplink_ifindex, 0) } as i32)
+        }
+        // SAFETY: without parameters the kernel routes the packet's own
+        // destination itself; it returns TC_ACT_REDIRECT.
+        NextHop::Unresolved => {
+            Ok(
+                unsafe { bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) }
+                    as i32,
+            )
+        }
+    }
 }
 
 /// Decrements the IPv4 TTL as a router must; `None` if it would reach 0.

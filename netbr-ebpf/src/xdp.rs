@@ -103,8 +103,14 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: map value pointer from the lookup, valid for this run.
     let xlat = unsafe { (*flow.entry).xlat };
     // Only flows whose packets from here change destination only, towards
-    // a container: published ports and masquerade replies.
-    if xlat.saddr != key.saddr || xlat.sport != key.sport || !cfg.in_subnet(xlat.daddr) {
+    // a container: published ports and masquerade replies. Direct routing
+    // (tracked, destination unchanged) stays with the host's forward path
+    // and its firewall.
+    if xlat.daddr == key.daddr
+        || xlat.saddr != key.saddr
+        || xlat.sport != key.sport
+        || !cfg.in_subnet(xlat.daddr)
+    {
         return None;
     }
     // SAFETY: read-only copy out of the map value.
