@@ -1169,8 +1169,14 @@ fn host_sockets_and_masqueraded_flows_never_share_a_tuple() {
     assert!(echoes(&mut container, b"container 1"));
     let taken = lan_tcp.peers()[0].port();
     let mut host_flow = probe::tcp_connect(&host, taken, tcp_to).expect("host connects");
-    assert!(echoes(&mut host_flow, b"host 1"), "the host's flow gets no replies");
-    assert!(echoes(&mut container, b"container 2"), "the container's flow broke");
+    assert!(
+        echoes(&mut host_flow, b"host 1"),
+        "the host's flow gets no replies"
+    );
+    assert!(
+        echoes(&mut container, b"container 2"),
+        "the container's flow broke"
+    );
     assert!(echoes(&mut host_flow, b"host 2"));
     let peers = lan_tcp.peers();
     assert_eq!(peers.len(), 2);
@@ -1186,13 +1192,20 @@ fn host_sockets_and_masqueraded_flows_never_share_a_tuple() {
     assert!(echoes(&mut host_first, b"host 4"));
     let peers = lan_tcp.peers();
     assert_eq!(peers[2].port(), 5000, "the host's own flow is never moved");
-    assert_ne!(peers[3].port(), 5000, "the container was given the host's tuple");
+    assert_ne!(
+        peers[3].port(),
+        5000,
+        "the container was given the host's tuple"
+    );
 
     // UDP, the container first (its own port kept), then the host on it.
     let c_udp = udp_socket_in(&c, 5353);
     assert!(udp_echoes(&c_udp, udp_to, b"container udp 1"));
     let host_udp = udp_socket_in(&host, 5353);
-    assert!(udp_echoes(&host_udp, udp_to, b"host udp 1"), "the host's datagram got no reply");
+    assert!(
+        udp_echoes(&host_udp, udp_to, b"host udp 1"),
+        "the host's datagram got no reply"
+    );
     assert!(udp_echoes(&c_udp, udp_to, b"container udp 2"));
     assert!(udp_echoes(&host_udp, udp_to, b"host udp 2"));
     // UDP, the host first: a bound host socket keeps its port to itself.
@@ -1207,19 +1220,147 @@ fn host_sockets_and_masqueraded_flows_never_share_a_tuple() {
     assert_ne!(ports[1], 5353, "two flows on one tuple: {ports:?}");
     assert_eq!((ports[2], ports[3]), (5353, ports[1]), "{ports:?}");
     assert_eq!(ports[4], 6000);
-    assert_ne!(ports[5], 6000, "the container was given the host's port: {ports:?}");
+    assert_ne!(
+        ports[5], 6000,
+        "the container was given the host's port: {ports:?}"
+    );
 
     // ICMP echo: the host's pings are tracked under their own identifier,
     // and the container's (of the same identifier here) still get replies.
     assert!(probe::ping(&host, LAN_IP).expect("ping"));
-    assert!(probe::ping(&c, LAN_IP).expect("ping"), "the container's ping got no reply");
+    assert!(
+        probe::ping(&c, LAN_IP).expect("ping"),
+        "the container's ping got no reply"
+    );
     assert!(probe::ping(&host, LAN_IP).expect("ping"));
 
     let stats = sb.stats().expect("stats");
     // The two moved host flows (TCP and UDP) and the host's ping flow, which
     // its second ping (same identifier) finds tracked.
     assert_eq!(stats["host_flow_new"], 3, "{stats:#}");
-    let flows = sb.netbr_ok(&["conntrack", "list", "--json"]).expect("conntrack");
+    let flows = sb
+        .netbr_ok(&["conntrack", "list", "--json"])
+        .expect("conntrack");
     assert!(flows.contains("\"host\""), "{flows}");
     support::assert_no_netfilter_rules(&sb.host_path());
+}
+
+/// A host firewall that drops forwarded traffic, as many hosts run.
+#[derive(Clone, Copy, Debug)]
+enum ForwardPolicy {
+    Empty,
+    /// Docker's own install: `iptables -P FORWARD DROP` (iptables-nft here).
+    IptablesDrop,
+    /// A native nftables `inet` table whose forward chain drops.
+    NftInetDrop,
+}
+
+impl ForwardPolicy {
+    fn install(self, ns: &std::path::Path) {
+        let commands: &[&[&str]] = match self {
+            Self::Empty => &[],
+            Self::IptablesDrop => &[&["iptables", "-P", "FORWARD", "DROP"]],
+            Self::NftInetDrop => &[
+                &["nft", "add", "table", "inet", "hostfw"],
+                &[
+                    "nft",
+                    "add chain inet hostfw forward { type filter hook forward priority 0 ; policy drop ; }",
+                ],
+            ],
+        };
+        for cmd in commands {
+            let o = in_netns(ns, cmd[0], &cmd[1..]).expect("firewall tool");
+            assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+        }
+    }
+}
+
+/// Published ports, masquerade and hairpin work whatever the host's forward
+/// policy (the fast path, on by default, never hands them to the forward
+/// path); `attach` and `ls` say what a dropping policy means; traffic netbr
+/// does not translate stays subject to it.
+#[test]
+fn translated_flows_work_whatever_the_forward_policy() {
+    for policy in [
+        ForwardPolicy::Empty,
+        ForwardPolicy::IptablesDrop,
+        ForwardPolicy::NftInetDrop,
+    ] {
+        let sb = sandbox();
+        policy.install(&sb.host_path());
+        let o = sb.netbr(&sb.attach_args(&["--fast-path"])).expect("attach");
+        assert!(o.status.success(), "{policy:?}: {}", stderr(&o));
+        let dropping = !matches!(policy, ForwardPolicy::Empty);
+        assert_eq!(
+            stderr(&o).contains("the host firewall drops forwarded traffic"),
+            dropping,
+            "{policy:?}: {}",
+            stderr(&o)
+        );
+        let c1 = sb.add_container(1).expect("endpoint");
+        sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
+        let _tcp = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("tcp server");
+        let _udp = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("udp server");
+        let lan_tcp = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan tcp");
+
+        // Published ports from lan, TCP and UDP.
+        let back =
+            probe::tcp_request(&sb.lan_path(), published(8080), b"in").expect("published tcp");
+        assert_eq!(back, b"in", "{policy:?}");
+        let back = probe::udp_request(&sb.lan_path(), published(5353), 0, b"in udp")
+            .expect("published udp");
+        assert_eq!(back, b"in udp", "{policy:?}");
+        // Masquerade, first packet included, and ping.
+        let c = sb.container_path(1);
+        let back =
+            probe::tcp_request(&c, SocketAddr::from((LAN_IP, 9000)), b"out").expect("masquerade");
+        assert_eq!(back, b"out", "{policy:?}");
+        assert_eq!(lan_tcp.peers()[0].ip(), UPLINK_IP);
+        assert!(
+            probe::ping(&c, LAN_IP).expect("ping"),
+            "{policy:?}: no echo reply"
+        );
+        // Hairpin: the container through the host's address to itself.
+        let back = probe::tcp_request(&c, published(8080), b"hairpin").expect("hairpin");
+        assert_eq!(back, b"hairpin", "{policy:?}");
+
+        let ls = ls_json(&sb);
+        assert_eq!(
+            ls["host_forward_drop"].as_array().map_or(0, Vec::len),
+            usize::from(dropping),
+            "{policy:?}: {ls:#}"
+        );
+        if !dropping {
+            continue;
+        }
+        assert!(sb.netbr_ok(&["ls"]).expect("ls").contains("bypass it"));
+
+        // Untranslated traffic stays the firewall's: lan routing the subnet
+        // via the host reaches no container, even where netbr allows it.
+        sb.attach_with(&["--fast-path", "--allow-direct-routing"])
+            .expect("re-attach");
+        let o = in_netns(
+            &sb.lan_path(),
+            "ip",
+            &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
+        )
+        .expect("ip route");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 80)), b"x").is_err(),
+            "{policy:?}: direct routing got through a dropping forward policy"
+        );
+
+        // Without the fast path, attach says what the policy will do.
+        let o = sb
+            .netbr(&sb.attach_args(&["--no-fast-path"]))
+            .expect("attach");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("warning: the host firewall drops forwarded traffic")
+                && stderr(&o).contains("without --no-fast-path"),
+            "{policy:?}: {}",
+            stderr(&o)
+        );
+    }
 }

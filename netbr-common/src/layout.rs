@@ -127,6 +127,6 @@ mod tests {
         // Changing these moves pinned slots: bump LAYOUT_VERSION with them.
         assert_eq!((EVENT_SLOT_GC, EVENT_SLOT_FULL, EVENT_SLOTS), (62, 63, 64));
         assert_eq!(REASON_SLOTS, 62);
-        assert!(crate::counters::REASON_COUNT <= REASON_SLOTS);
+        const { assert!(crate::counters::REASON_COUNT <= REASON_SLOTS) };
     }
 }

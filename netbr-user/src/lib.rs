@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod cni;
 pub mod docker;
 pub mod ethtool;
+pub mod host_firewall;
 pub mod netlink;
 pub mod netns;
 pub mod probe;

@@ -157,7 +157,7 @@ impl Sandbox {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `netbr attach` for the sandbox, with `--fast-path` and `--xdp` as
+    /// `netbr attach` for the sandbox, with `--no-fast-path` and `--xdp` as
     /// its mode says, so one test suite covers every datapath.
     pub fn attach(&self) -> Result<String> {
         self.attach_with(&[])
@@ -165,15 +165,22 @@ impl Sandbox {
 
     /// Like [`Self::attach`], with extra flags.
     pub fn attach_with(&self, extra: &[&str]) -> Result<String> {
+        self.netbr_ok(&self.attach_args(extra))
+    }
+
+    /// The arguments of [`Self::attach_with`]: the mode's flags unless
+    /// `extra` chooses the fast path itself.
+    pub fn attach_args<'a>(&self, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec!["attach", "--subnet", SUBNET, "--uplink", UPLINK];
-        if self.mode.fast_path && !extra.contains(&"--fast-path") {
-            args.push("--fast-path");
+        let chosen = extra.contains(&"--fast-path") || extra.contains(&"--no-fast-path");
+        if !self.mode.fast_path && !chosen {
+            args.push("--no-fast-path");
         }
         if self.mode.xdp && !extra.contains(&"--xdp") {
             args.push("--xdp");
         }
         args.extend_from_slice(extra);
-        self.netbr_ok(&args)
+        args
     }
 
     /// Adds endpoint `n` (named namespace `cN-SUFFIX`) at 172.30.0.(n+1).

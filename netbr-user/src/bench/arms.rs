@@ -139,9 +139,11 @@ pub fn setup(arm: Arm, netbr: &std::path::Path, ports: u16, ct_max: u32) -> Resu
         Arm::Netbr | Arm::NetbrFast | Arm::NetbrXdp => {
             let ct_max = ct_max.to_string();
             let mut extra = vec!["--ct-max", &ct_max];
-            if arm != Arm::Netbr {
-                extra.push("--fast-path");
-            }
+            extra.push(if arm == Arm::Netbr {
+                "--no-fast-path"
+            } else {
+                "--fast-path"
+            });
             if arm == Arm::NetbrXdp {
                 extra.push("--xdp");
                 crate::netns::run_in(&sb.lan_path(), || {

@@ -6,6 +6,7 @@ use netbr_common::conntrack::{CtState, STATE_COUNT};
 
 use crate::{
     addr::{Cidr, PortRange},
+    host_firewall,
     store::{AttachRequest, Store},
 };
 
@@ -36,9 +37,13 @@ pub struct Attach {
     pub allow_direct_routing: bool,
     /// Deliver translated packets by redirect, skipping the host stack:
     /// straight into the container's namespace inbound, straight out of
-    /// the uplink for tracked flows outbound.
-    #[arg(long)]
+    /// the uplink outbound. The default; kept for scripts that ask for it.
+    #[arg(long, conflicts_with = "no_fast_path")]
     pub fast_path: bool,
+    /// Hand translated packets to the host stack to route instead, through
+    /// its forward path and firewall (a forward policy of drop drops them).
+    #[arg(long)]
+    pub no_fast_path: bool,
     /// Also translate packets of established flows bound for containers in
     /// an XDP program on the uplink, redirecting them to the container's
     /// veth (turns GRO on there, which veth needs to take XDP frames).
@@ -91,6 +96,13 @@ impl Attach {
             report.uplink_addr,
             store.pins.display()
         );
+        let chains = host_firewall::restrictive_forward_chains();
+        if !chains.is_empty() {
+            eprintln!(
+                "{}",
+                host_firewall::advice(&chains, &self.bridge, !self.no_fast_path)
+            );
+        }
         Ok(())
     }
 
@@ -102,7 +114,7 @@ impl Attach {
             ct_max: self.ct_max,
             snat_ports: self.snat_ports,
             allow_direct_routing: self.allow_direct_routing,
-            fast_path: self.fast_path,
+            fast_path: !self.no_fast_path,
             xdp: self.xdp,
             icc: self.icc,
             timeouts: self.timeouts.clone(),

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::{
     addr::{from_be32, to_be32},
+    host_firewall,
     netlink::Netlink,
     store::View,
 };
@@ -84,6 +85,7 @@ impl Ls {
                 )
             })
             .collect();
+        let forward_drop = host_firewall::restrictive_forward_chains();
         let mask_bits = u32::from(from_be32(cfg.subnet_mask)).count_ones();
         let doc = json!({
             "bridge": self.bridge,
@@ -97,6 +99,7 @@ impl Ls {
             "allow_direct_routing": cfg.has(CFG_ALLOW_DIRECT_ROUTING),
             "fast_path": cfg.has(CFG_FAST_PATH),
             "xdp": cfg.has(CFG_XDP),
+            "host_forward_drop": forward_drop,
             "timeouts_s": timeouts,
             "pins": dir.display().to_string(),
             "endpoints": eps,
@@ -121,6 +124,12 @@ impl Ls {
             cfg.has(CFG_XDP),
             dir.display()
         );
+        if !forward_drop.is_empty() {
+            println!(
+                "{}",
+                host_firewall::advice(&forward_drop, &self.bridge, cfg.has(CFG_FAST_PATH))
+            );
+        }
         println!(
             "timeouts (s): {}",
             serde_json::to_string(&doc["timeouts_s"])?

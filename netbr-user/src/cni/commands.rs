@@ -52,7 +52,7 @@ fn attach_request(conf: &NetConf) -> Result<AttachRequest, CniError> {
             .map_err(|e| invalid(format!("\"snatPorts\": {e:#}")))?;
     }
     req.icc = conf.icc.unwrap_or(true);
-    req.fast_path = conf.fast_path.unwrap_or(false);
+    req.fast_path = conf.fast_path.unwrap_or(true);
     Ok(req)
 }
 

@@ -109,7 +109,7 @@ pub fn create_network(body: &[u8]) -> Result<Value> {
             .with_context(|| format!("-o netbr.snat-ports={r}"))?;
     }
     attach.icc = flag(&opts, "netbr.icc")?.unwrap_or(true);
-    attach.fast_path = flag(&opts, "netbr.fast-path")?.unwrap_or(false);
+    attach.fast_path = flag(&opts, "netbr.fast-path")?.unwrap_or(true);
     attach.allow_direct_routing = flag(&opts, "netbr.allow-direct-routing")?.unwrap_or(false);
     crate::netlink::block_on(async {
         let mut store = Store::open(&bridge)?;

@@ -45,7 +45,7 @@ impl AttachRequest {
             ct_max: None,
             snat_ports: PortRange(61000, 65535),
             allow_direct_routing: false,
-            fast_path: false,
+            fast_path: true,
             xdp: false,
             icc: true,
             timeouts: Vec::new(),
