@@ -1364,3 +1364,197 @@ fn translated_flows_work_whatever_the_forward_policy() {
         );
     }
 }
+
+fn firewall_ls(sb: &Sandbox) -> Vec<serde_json::Value> {
+    let out = sb
+        .netbr_ok(&["firewall", "ls", "--json"])
+        .expect("firewall ls");
+    serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("firewall json")
+}
+
+fn add_rule(sb: &Sandbox, args: &[&str]) -> u64 {
+    let out = sb
+        .netbr_ok(&[&["firewall", "add"], args].concat())
+        .expect("firewall add");
+    out.trim()
+        .strip_prefix("rule ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("firewall add printed {out:?}"))
+}
+
+fn hits(sb: &Sandbox, id: u64) -> u64 {
+    firewall_ls(sb)
+        .iter()
+        .find(|r| r["id"] == id)
+        .and_then(|r| r["hits"].as_u64())
+        .unwrap_or_else(|| panic!("no rule {id}"))
+}
+
+/// netbr's firewall for what it exposes: denies by client and port, allow
+/// lists, --out denies per endpoint, hit counters, removal, re-attach,
+/// flush filters, and bad input refused with nothing changed.
+#[test]
+fn the_firewall_decides_new_flows_to_published_ports_and_from_containers() {
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.add_container(2).expect("c2");
+    sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
+    sb.publish(2, &["9090:80"]).expect("publish");
+    let _c1 = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("c1 tcp");
+    let _c1u = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("c1 udp");
+    let _c2 = Server::tcp_stream(&sb.container_path(2), 80).expect("c2 tcp");
+    let _lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan tcp");
+    let lan = sb.lan_path();
+    let serves = |port: u16| probe::tcp_request(&lan, published(port), b"x").is_ok();
+    let out_ok = |n: u32| {
+        probe::tcp_request(
+            &sb.container_path(n),
+            SocketAddr::from((LAN_IP, 9000)),
+            b"o",
+        )
+        .is_ok()
+    };
+    assert!(serves(8080) && serves(9090));
+
+    // A deny by client block and port: that port only, both protocols.
+    let deny = add_rule(&sb, &["--deny", "--from", "192.0.2.0/24", "--port", "8080"]);
+    assert!(!serves(8080), "the denied client reached 8080");
+    assert!(serves(9090));
+    assert_eq!(
+        probe::udp_request(&lan, published(5353), 0, b"u").expect("udp 5353"),
+        b"u"
+    );
+    assert!(hits(&sb, deny) >= 1);
+    assert!(
+        sb.stats().expect("stats")["drop_fw_deny"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
+
+    // An established flow carries on under a new deny, until flushed.
+    let mut held = probe::tcp_connect(&lan, 0, published(9090)).expect("connect 9090");
+    assert!(echoes(&mut held, b"before"));
+    let deny_9090 = add_rule(&sb, &["--deny", "--port", "9090/tcp"]);
+    assert!(
+        echoes(&mut held, b"after the rule"),
+        "an established flow was cut"
+    );
+    let flushed = sb
+        .netbr_ok(&[
+            "conntrack",
+            "flush",
+            "--from",
+            "192.0.2.0/24",
+            "--port",
+            "9090",
+        ])
+        .expect("flush");
+    assert!(!flushed.contains("flushed 0 "), "{flushed}");
+    // Only the flows the filters select: lan's UDP flow to 5353 stays.
+    let udp_flows = sb
+        .netbr_ok(&["conntrack", "list", "--port", "5353"])
+        .expect("list");
+    assert!(udp_flows.contains("1 flow(s)"), "{udp_flows}");
+    held.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .expect("timeout");
+    assert!(
+        !echoes(&mut held, b"after the flush"),
+        "a flushed flow came back"
+    );
+    sb.netbr_ok(&["firewall", "rm", &deny_9090.to_string()])
+        .expect("rm");
+
+    // Removing the rule restores service.
+    sb.netbr_ok(&["firewall", "rm", &deny.to_string()])
+        .expect("rm");
+    assert!(serves(8080), "8080 stayed closed after its rule went");
+
+    // An allow list on 8080 admits only its block; other ports stay open.
+    let allow = add_rule(
+        &sb,
+        &["--allow", "--from", "198.51.100.0/24", "--port", "8080/tcp"],
+    );
+    assert!(
+        !serves(8080),
+        "a client outside the allow list reached 8080"
+    );
+    assert!(serves(9090));
+    assert!(
+        sb.stats().expect("stats")["drop_fw_not_allowed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
+    let lan_ip = LAN_IP.to_string();
+    let lan_allow = add_rule(&sb, &["--allow", "--from", &lan_ip, "--port", "8080/tcp"]);
+    assert!(serves(8080), "lan is on the allow list now");
+    assert!(hits(&sb, lan_allow) >= 1);
+    assert_eq!(hits(&sb, allow), 0);
+
+    // --out: c1 may not reach lan's port 9000; c2 still does.
+    assert!(out_ok(1));
+    let out = add_rule(
+        &sb,
+        &[
+            "--deny",
+            "--out",
+            "--to",
+            "192.0.2.0/24",
+            "--port",
+            "9000",
+            "--endpoint",
+            &sb.container(1),
+        ],
+    );
+    assert!(!out_ok(1), "c1 reached a denied destination");
+    assert!(out_ok(2), "c2 was refused by c1's rule");
+    assert!(hits(&sb, out) >= 1);
+
+    // Rules survive re-attach.
+    let before = firewall_ls(&sb);
+    sb.attach().expect("re-attach");
+    assert_eq!(firewall_ls(&sb).len(), before.len());
+    assert!(!out_ok(1), "the rule was lost on re-attach");
+
+    // Bad input is refused with a clear error, and nothing changes.
+    let rules = sb.netbr_ok(&["firewall", "ls", "--json"]).expect("ls");
+    fails_with(
+        &sb,
+        &["firewall", "add", "--deny", "--from", "192.0.2.0/40"],
+        "prefix length",
+    );
+    fails_with(
+        &sb,
+        &["firewall", "add", "--deny", "--from", "lan"],
+        "not an IPv4 address",
+    );
+    fails_with(&sb, &["firewall", "rm", "99"], "no firewall rule 99");
+    fails_with(
+        &sb,
+        &["firewall", "add", "--deny", "--endpoint", "nosuch"],
+        "no endpoint named nosuch",
+    );
+    fails_with(
+        &sb,
+        &["firewall", "add", "--deny", "--to", "10.0.0.0/8"],
+        "--to applies to --out rules",
+    );
+    fails_with(
+        &sb,
+        &[
+            "firewall", "add", "--allow", "--from", &lan_ip, "--port", "8080/tcp",
+        ],
+        &format!("rule {lan_allow}"),
+    );
+    assert_eq!(
+        sb.netbr_ok(&["firewall", "ls", "--json"]).expect("ls"),
+        rules
+    );
+
+    // An endpoint's rules go with it.
+    sb.netbr_ok(&["endpoint", "rm", &sb.container(1)])
+        .expect("endpoint rm");
+    assert!(firewall_ls(&sb).iter().all(|r| r["id"] != out));
+    support::assert_no_netfilter_rules(&sb.host_path());
+}

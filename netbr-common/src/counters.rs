@@ -64,9 +64,13 @@ pub enum Reason {
     /// an ICMP echo, or a TCP/UDP flow whose tuple a container's masqueraded
     /// flow held, given another source port.
     HostFlowNew,
+    /// A new flow matched a firewall deny rule (`netbr firewall`).
+    DropFirewallDeny,
+    /// A new flow in the scope of firewall allow rules matched none of them.
+    DropFirewallNotAllowed,
 }
 
-pub const REASON_COUNT: u32 = 25;
+pub const REASON_COUNT: u32 = 27;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -95,6 +99,8 @@ impl Reason {
         Reason::DropCtFull,
         Reason::BindRefused,
         Reason::HostFlowNew,
+        Reason::DropFirewallDeny,
+        Reason::DropFirewallNotAllowed,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -125,6 +131,8 @@ impl Reason {
             Reason::DropCtFull => "drop_ct_full",
             Reason::BindRefused => "bind_refused",
             Reason::HostFlowNew => "host_flow_new",
+            Reason::DropFirewallDeny => "drop_fw_deny",
+            Reason::DropFirewallNotAllowed => "drop_fw_not_allowed",
         }
     }
 
@@ -141,6 +149,8 @@ impl Reason {
                 | Reason::DropIcmpNoFlow
                 | Reason::DropFragNoFirst
                 | Reason::DropCtFull
+                | Reason::DropFirewallDeny
+                | Reason::DropFirewallNotAllowed
         )
     }
 }

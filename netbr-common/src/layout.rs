@@ -8,6 +8,7 @@ use core::mem::size_of;
 
 use crate::{
     conntrack::{CtEntry, FlowKey},
+    firewall::*,
     maps::*,
     snat::SNAT_HISTOGRAM_LEN,
 };
@@ -17,6 +18,7 @@ pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+pub const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// What one pinned map must be.
@@ -41,7 +43,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 13] = [
+pub const PINNED: [MapSpec; 16] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
@@ -81,11 +83,30 @@ pub const PINNED: [MapSpec; 13] = [
         max_entries: Some(EVENTS_BYTES),
     },
     spec::<u32, u64>(MAP_EVENT_LAST, BPF_MAP_TYPE_ARRAY, Some(EVENT_SLOTS)),
+    // The trie's key is the kernel's `bpf_lpm_trie_key` header (a u32
+    // prefix length) followed by the data.
+    MapSpec {
+        name: MAP_FIREWALL,
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: 4 + size_of::<FwKey>() as u32,
+        value_size: size_of::<FwRule>() as u32,
+        max_entries: Some(FIREWALL_MAX_ENTRIES),
+    },
+    spec::<FwScopeKey, u32>(
+        MAP_FIREWALL_SCOPES,
+        BPF_MAP_TYPE_HASH,
+        Some(FIREWALL_SCOPES_MAX_ENTRIES),
+    ),
+    spec::<u32, u64>(
+        MAP_FIREWALL_HITS,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        Some(FIREWALL_MAX_ENTRIES),
+    ),
 ];
 
 /// Maps of the object that are never pinned: per-CPU scratch space whose
 /// contents do not outlive one packet.
-pub const UNPINNED: [&str; 4] = ["NB_FIB", "NB_SCRATCH", "NB_PKT", "NB_SEARCH"];
+pub const UNPINNED: [&str; 5] = ["NB_FIB", "NB_SCRATCH", "NB_PKT", "NB_SEARCH", "NB_FWKEY"];
 
 /// Every program of the object.
 pub const PROGRAMS: [&str; 9] = [

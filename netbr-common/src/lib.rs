@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod firewall;
 pub mod layout;
 pub mod maps;
 pub mod portspec;

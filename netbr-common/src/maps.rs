@@ -91,7 +91,7 @@ pub const STATE_ROOT: &str = "/run/netbr";
 
 /// Bumped whenever a pinned map's key or value layout changes, so an `attach`
 /// of a newer binary can tell that pinned maps were written by an older one.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
@@ -219,7 +219,9 @@ pub struct Config {
     /// Entries per conntrack table (`--ct-max`): the datapath tells a full
     /// assured table from one with room by it.
     pub ct_max: u32,
-    pub _pad2: u32,
+    /// Entries in the firewall trie (`firewall::MAP_FIREWALL`): with none,
+    /// new flows skip the firewall's lookups.
+    pub firewall_entries: u32,
     /// `SO_NETNS_COOKIE` of the attached namespace: the cgroup hooks see
     /// every process of the machine and act only for sockets of this one.
     pub netns_cookie: u64,
@@ -301,7 +303,7 @@ mod tests {
             bridge_mac: [0; 6],
             _pad: [0; 2],
             ct_max: 0,
-            _pad2: 0,
+            firewall_entries: 0,
             netns_cookie: 0,
         };
         assert!(cfg.in_subnet(u32::from_ne_bytes([172, 30, 9, 3])));

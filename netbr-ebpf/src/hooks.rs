@@ -20,7 +20,7 @@ use netbr_common::{
 };
 
 use crate::{
-    conntrack, frag,
+    conntrack, firewall, frag,
     maps::{CONFIG, PACKET},
     nat,
     parse::{parse, Packet, FRAG_LATER},
@@ -163,13 +163,13 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
         nat::track_direct(pkt, cfg, now)?;
         return Ok(Outcome::pass(Reason::DirectNew));
     }
-    match nat::dnat_new_flow(pkt, cfg, now)? {
-        Some(xlat) => {
-            rewrite(ctx, pkt, &xlat)?;
-            Ok(deliver_in(ctx, cfg, pkt, &xlat, Reason::DnatNew))
-        }
-        None => Err(Reason::PassNoMatch),
-    }
+    let xlat = nat::published_flow(pkt).ok_or(Reason::PassNoMatch)?;
+    // Here, not inside `dnat_new_flow`: beneath that function's frame the
+    // firewall's would take the stack past 512 bytes.
+    firewall::admit_in(cfg, pkt, &xlat)?;
+    let xlat = nat::dnat_new_flow(pkt, &xlat, cfg, now)?;
+    rewrite(ctx, pkt, &xlat)?;
+    Ok(deliver_in(ctx, cfg, pkt, &xlat, Reason::DnatNew))
 }
 
 /// Uplink egress: replies of published-port flows, and masquerade.

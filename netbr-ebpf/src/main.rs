@@ -10,6 +10,7 @@
 mod conntrack;
 mod counters;
 mod events;
+mod firewall;
 mod frag;
 mod hooks;
 mod maps;

@@ -4,10 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netbr_common::{
     conntrack::{CtEntry, FlowKey},
+    firewall::{FwKey, FwRule, FwScopeKey, FIREWALL_MAX_ENTRIES, FIREWALL_SCOPES_MAX_ENTRIES},
     maps::{
         Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, SockKey,
         CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, EVENT_SLOTS, FAST_COUNT,
@@ -76,6 +77,26 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map(name = "NB_EVLAST")]
 pub static EVENT_LAST: Array<u64> = Array::with_max_entries(EVENT_SLOTS, 0);
+
+/// Firewall rules (`netbr_common::firewall`); the loader keeps them in step
+/// with the state file.
+#[map(name = "NB_FW")]
+pub static FIREWALL: LpmTrie<FwKey, FwRule> = LpmTrie::with_max_entries(FIREWALL_MAX_ENTRIES, 0);
+
+/// Per-CPU room for the firewall's trie key: on the stack it would push
+/// `nb_up_in`'s call chain past 512 bytes. Not pinned.
+#[map(name = "NB_FWKEY")]
+pub static FIREWALL_KEY: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<FwKey>> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU hits of each firewall trie entry, by `FwRule::slot`.
+#[map(name = "NB_FWHITS")]
+pub static FIREWALL_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FIREWALL_MAX_ENTRIES, 0);
+
+/// Scopes of firewall allow rules, each with its count of trie entries.
+#[map(name = "NB_FWSC")]
+pub static FIREWALL_SCOPES: HashMap<FwScopeKey, u32> =
+    HashMap::with_max_entries(FIREWALL_SCOPES_MAX_ENTRIES, 0);
 
 #[map(name = "NB_CNT")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);

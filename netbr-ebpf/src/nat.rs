@@ -23,7 +23,7 @@ use netbr_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack, firewall,
     maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, SCRATCH, SEARCH, SNAT_HISTOGRAM},
     parse::Packet,
 };
@@ -65,32 +65,42 @@ fn to_published_target(pkt: &Packet) -> Option<FlowKey> {
     Some(xlat)
 }
 
-/// Creates a DNAT flow if the packet is for a published port; `Ok(None)`
-/// when it is not.
-// A BPF function of its own: its frame (and the port search's callback
-// under it) would not fit in 512 bytes on top of the hook's.
-#[inline(never)]
-pub fn dnat_new_flow(pkt: &Packet, cfg: &Config, now: u64) -> Result<Option<FlowKey>, Reason> {
+/// The tuple a packet from the uplink is translated to if it is for a
+/// published port.
+#[inline(always)]
+pub fn published_flow(pkt: &Packet) -> Option<FlowKey> {
     // A loopback destination never arrives legitimately from outside, and
     // ports published on 127.0.0.1 are for host-local clients only: Docker's
     // moby#45610 / CVE-2025-54388 class. The kernel drops these as martians
     // once netbr leaves them alone.
     if pkt.key.proto == IPPROTO_ICMP || is_loopback(pkt.key.daddr) {
-        return Ok(None);
+        return None;
     }
-    let Some(xlat) = to_published_target(pkt) else {
-        return Ok(None);
-    };
+    to_published_target(pkt)
+}
+
+/// Creates the DNAT flow of a packet for a published port (`published_flow`
+/// gave `xlat`); returns the tuple its packets are translated to.
+// A BPF function of its own: its frame (and the port search's callback
+// under it) would not fit in 512 bytes on top of the hook's.
+#[inline(never)]
+pub fn dnat_new_flow(
+    pkt: &Packet,
+    xlat: &FlowKey,
+    cfg: &Config,
+    now: u64,
+) -> Result<FlowKey, Reason> {
+    let xlat = *xlat;
     let reply = new_reply(pkt, NAT_DNAT, now)?;
     if !conntrack::claim_reply(&xlat.reversed(), reply, cfg, now) {
         // Another CPU may have just created this very flow, or moved it to
         // the assured table between our lookup and our claim: use it.
         let flow = conntrack::lookup(&pkt.key, cfg, now).ok_or(Reason::DropCtInsert)?;
         // SAFETY: map value pointer from `lookup`.
-        return Ok(Some(unsafe { (*flow.entry).xlat }));
+        return Ok(unsafe { (*flow.entry).xlat });
     }
     conntrack::insert_orig(&pkt.key, &xlat, reply, pkt.len)?;
-    Ok(Some(xlat))
+    Ok(xlat)
 }
 
 /// The reply entry of the new flow `pkt` opens (see
@@ -283,6 +293,7 @@ pub fn snat_new_flow(
     cfg: &Config,
     now: u64,
 ) -> Result<FlowKey, Reason> {
+    firewall::admit_out(cfg, pkt)?;
     let mut xlat = pkt.key;
     xlat.saddr = cfg.uplink_addr;
     new_source_flow(ctx, pkt, xlat, NAT_SNAT, now)

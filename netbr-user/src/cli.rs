@@ -37,6 +37,9 @@ pub enum Command {
     /// List or flush tracked connections.
     #[command(subcommand)]
     Conntrack(cmd::conntrack::ConntrackCmd),
+    /// Rules for new flows to published ports and from containers.
+    #[command(subcommand)]
+    Firewall(cmd::firewall::FirewallCmd),
     /// Show the datapath's counters.
     Stats(cmd::stats::Stats),
     /// Show the datapath's log (full conntrack table, exhausted SNAT ports).
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Unpublish(c) => c.exec().await,
             Command::Ls(c) => c.exec().await,
             Command::Conntrack(c) => c.exec().await,
+            Command::Firewall(c) => c.exec().await,
             Command::Stats(c) => c.exec().await,
             Command::Events(c) => c.exec().await,
             Command::Demo(c) => c.exec().await,

@@ -36,7 +36,7 @@ pub fn test_config(snat: (u16, u16), timeouts: [u32; STATE_COUNT]) -> Config {
         bridge_mac: BRIDGE_MAC,
         _pad: [0; 2],
         ct_max: CT_MAX,
-        _pad2: 0,
+        firewall_entries: 0,
         netns_cookie: 0,
     }
 }

@@ -5,12 +5,13 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
 use netbr_common::{
     conntrack::{CtEntry, FlowKey},
     counters::Reason,
+    firewall::{FwKey, FwRule, FwScopeKey, MAP_FIREWALL, MAP_FIREWALL_HITS, MAP_FIREWALL_SCOPES},
     maps::{
         Config, Endpoint, Event, MappingKey, MappingTarget, FAST_INTO_CONTAINER, FAST_OUT_UPLINK,
         FAST_XDP, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS,
@@ -34,6 +35,9 @@ pub struct Datapath {
     pub fast_path: PerCpuArray<MapData, u64>,
     /// The datapath's rate-limited log (see `drain_events`).
     pub events: RingBuf<MapData>,
+    pub firewall: LpmTrie<MapData, FwKey, FwRule>,
+    pub firewall_scopes: HashMap<MapData, FwScopeKey, u32>,
+    pub firewall_hits: PerCpuArray<MapData, u64>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -75,6 +79,9 @@ impl Datapath {
             snat_histogram: typed(&mut get, MAP_SNAT_HISTOGRAM)?,
             fast_path: typed(&mut get, MAP_FAST_PATH)?,
             events: typed(&mut get, MAP_EVENTS)?,
+            firewall: typed(&mut get, MAP_FIREWALL)?,
+            firewall_scopes: typed(&mut get, MAP_FIREWALL_SCOPES)?,
+            firewall_hits: typed(&mut get, MAP_FIREWALL_HITS)?,
         })
     }
 

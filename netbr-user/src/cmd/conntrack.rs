@@ -15,14 +15,32 @@ use crate::{
 pub enum ConntrackCmd {
     /// List tracked flows with their original and translated tuples.
     List(ListArgs),
-    /// Forget every tracked flow.
-    Flush(Target),
+    /// Forget tracked flows: all of them, or those the filters select
+    /// (for example to end flows a new firewall rule would refuse).
+    Flush(FlushArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct Target {
+pub struct FlushArgs {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
+    /// Only flows whose original source is in this address or CIDR block.
+    #[arg(long, value_parser = crate::store::firewall::parse_cidr)]
+    pub from: Option<(std::net::Ipv4Addr, u8)>,
+    /// Only flows with this port in their original or translated tuple.
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+impl FlushArgs {
+    fn matches(&self, k: &FlowKey, x: &FlowKey) -> bool {
+        let ports = [k.sport, k.dport, x.sport, x.dport].map(u16::from_be);
+        self.port.is_none_or(|p| ports.contains(&p))
+            && self.from.is_none_or(|(net, len)| {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                u32::from(from_be32(k.saddr)) & mask == u32::from(net)
+            })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -78,8 +96,8 @@ impl ConntrackCmd {
     pub async fn exec(self) -> Result<()> {
         match self {
             ConntrackCmd::List(args) => list(&args),
-            ConntrackCmd::Flush(t) => {
-                let n = Store::open(&t.bridge)?.remove_flows(|_, _| true)?;
+            ConntrackCmd::Flush(f) => {
+                let n = Store::open(&f.bridge)?.remove_flows(|k, e| f.matches(k, &e.xlat))?;
                 println!("flushed {n} flow(s)");
                 Ok(())
             }

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod detach;
 pub mod endpoint;
 pub mod events;
+pub mod firewall;
 pub mod ls;
 pub mod publish;
 pub mod stats;

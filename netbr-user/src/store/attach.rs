@@ -205,6 +205,7 @@ impl Store {
         pins::create_pin_dir(&dir)?;
 
         let endpoints = self.state.endpoints.clone();
+        let state = self.state.clone();
         let result = async {
             let mut ebpf = attach::load(Some(&dir), ct_max)?;
             let mut dp = Datapath::from_ebpf(&mut ebpf)?;
@@ -250,10 +251,11 @@ impl Store {
                 bridge_mac: bridge.mac.unwrap_or_default(),
                 _pad: [0; 2],
                 ct_max,
-                _pad2: 0,
+                firewall_entries: 0,
                 netns_cookie: crate::netns::current_cookie()?,
             })?;
             sync_local_addrs(&nl, &mut dp).await?;
+            super::firewall::install_all(&mut dp, &state)?;
             attach::attach_all(&mut ebpf, &dir, &req.uplink, &bridge_name)?;
             if req.xdp {
                 for ep in &endpoints {

@@ -246,6 +246,7 @@ impl Store {
             let ip = to_be32(ep.ip);
             dp.remove_flows(|k, v| k.saddr == ip || v.xlat.daddr == ip)?;
             let _ = dp.endpoints.remove(&ip);
+            self.remove_endpoint_rules(&mut dp, name)?;
         }
         let mut errors = remove_endpoint_objects(&nl, &ep).await;
         self.state.endpoints.retain(|e| e.name != name);

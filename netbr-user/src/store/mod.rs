@@ -10,6 +10,7 @@
 
 mod attach;
 mod endpoint;
+pub mod firewall;
 pub mod lock;
 mod ports;
 pub mod state;

@@ -23,6 +23,29 @@ pub struct State {
     /// What the bridge was attached with; kept by `detach --keep-bridge`.
     pub network: Option<Network>,
     pub endpoints: Vec<EndpointState>,
+    /// `netbr firewall` rules, in the order they were added.
+    #[serde(default)]
+    pub firewall: Vec<FirewallRule>,
+    /// The id the next firewall rule gets; ids are never reused.
+    #[serde(default)]
+    pub next_rule_id: u32,
+}
+
+/// One `netbr firewall` rule as the user gave it (host byte order), with
+/// the hit-counter slots of its datapath entries.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FirewallRule {
+    pub id: u32,
+    pub allow: bool,
+    /// `true`: `--out`, new flows from containers; `false`: `--in`.
+    pub out: bool,
+    /// `(address, prefix length)` of `--from` (`in`) or `--to` (`out`).
+    pub cidr: Option<(Ipv4Addr, u8)>,
+    /// `(protocol, port)`; protocol 0 for tcp and udp.
+    pub port: Option<(u8, u16)>,
+    pub endpoint: Option<String>,
+    /// One per datapath entry (two for a port without protocol).
+    pub slots: Vec<u32>,
 }
 
 /// The bridge's network, as `attach` set it up.
@@ -127,6 +150,8 @@ impl State {
             bridge: bridge.to_string(),
             network: None,
             endpoints: Vec::new(),
+            firewall: Vec::new(),
+            next_rule_id: 1,
         }
     }
 
