@@ -26,6 +26,7 @@ use netbr::{
 use netbr_common::{
     conntrack::{CtEntry, CtState, FlowKey, DIR_ORIG, STATE_COUNT},
     counters::Reason,
+    firewall::{RuleSpec, FW_ALLOW, FW_DENY, FW_IN, FW_OUT},
     maps::{Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, MAP_FRAGMENTS},
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -73,6 +74,7 @@ struct Fixture {
     ebpf: Ebpf,
     dp: Datapath,
     frags: aya::maps::HashMap<aya::maps::MapData, FragKey, FragVal>,
+    rules: Vec<RuleSpec>,
 }
 
 impl Tables for Fixture {
@@ -104,6 +106,41 @@ impl Tables for Fixture {
     fn endpoint_mac(&self, addr: u32) -> Option<[u8; 6]> {
         self.dp.endpoints.get(&addr, 0).ok().map(|e| e.mac)
     }
+    fn firewall(&self) -> &[RuleSpec] {
+        &self.rules
+    }
+}
+
+/// Rules the generated traffic meets: a deny of one lan client on 8080, an
+/// allow list on 5353/udp, and C2 refused 198.51.100.0/24 port 53.
+fn fuzz_rules() -> Vec<RuleSpec> {
+    let host = |a: Ipv4Addr| u32::from(a);
+    vec![
+        RuleSpec {
+            id: 1,
+            dir: FW_IN,
+            action: FW_DENY,
+            cidr: (host(OTHER), 32),
+            port: Some((0, 8080)),
+            endpoint: None,
+        },
+        RuleSpec {
+            id: 2,
+            dir: FW_IN,
+            action: FW_ALLOW,
+            cidr: (host(LAN), 32),
+            port: Some((IPPROTO_UDP, 5353)),
+            endpoint: None,
+        },
+        RuleSpec {
+            id: 3,
+            dir: FW_OUT,
+            action: FW_DENY,
+            cidr: (host(Ipv4Addr::new(198, 51, 100, 0)), 24),
+            port: Some((0, 53)),
+            endpoint: Some(host(C2)),
+        },
+    ]
 }
 
 impl Fixture {
@@ -156,7 +193,23 @@ impl Fixture {
                 .expect("classifier");
             p.load().expect("load program");
         }
-        Self { ebpf, dp, frags }
+        let rules = fuzz_rules();
+        let mut slot = 0;
+        let installed: Vec<_> = rules
+            .iter()
+            .map(|r| {
+                let n = netbr_common::firewall::entries(r).count() as u32;
+                slot += n;
+                (*r, (slot - n..slot).collect())
+            })
+            .collect();
+        netbr::store::firewall::replace_rules(&mut dp, &installed).expect("firewall rules");
+        Self {
+            ebpf,
+            dp,
+            frags,
+            rules,
+        }
     }
 
     /// Runs one frame; `None` when BPF_PROG_TEST_RUN refuses it (it wants a
@@ -708,6 +761,8 @@ fn the_tc_programs_agree_with_the_reference_model() {
         "pass_not_ipv4",
         "pass_no_match",
         "drop_direct_routing",
+        "drop_fw_deny",
+        "drop_fw_not_allowed",
     ] {
         assert!(
             seen.get(r).copied().unwrap_or(0) > 0,

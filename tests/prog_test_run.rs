@@ -1088,3 +1088,111 @@ fn the_objects_maps_and_programs_are_exactly_the_layout_the_loader_expects() {
         .to_string();
     assert!(err.contains("netbr detach"), "{err}");
 }
+
+mod firewall {
+    use super::*;
+    use netbr::store::firewall::replace_rules;
+    use netbr_common::firewall::{RuleSpec, FW_ALLOW, FW_DENY, FW_IN, FW_OUT};
+
+    fn rule(id: u32, dir: u8, action: u8, cidr: (Ipv4Addr, u8)) -> RuleSpec {
+        RuleSpec {
+            id,
+            dir,
+            action,
+            cidr: (u32::from(cidr.0), cidr.1),
+            port: None,
+            endpoint: None,
+        }
+    }
+
+    /// Installs `rules`; rule `i` counts its hits in slots `2i` and `2i+1`.
+    fn install(h: &mut Harness, rules: &[RuleSpec]) {
+        let rules: Vec<_> = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let n = netbr_common::firewall::entries(r).count() as u32;
+                (*r, (0..n).map(|k| 2 * i as u32 + k).collect())
+            })
+            .collect();
+        replace_rules(&mut h.dp, &rules).expect("rules");
+    }
+
+    fn hits(h: &Harness, slot: u32) -> u64 {
+        h.dp.firewall_hits.get(&slot, 0).expect("hits").iter().sum()
+    }
+
+    #[test]
+    fn a_deny_by_client_block_and_port_drops_the_first_packet_untranslated() {
+        let mut h = Harness::new((61000, 65535));
+        h.publish(TCP, 8080, WEB, 80);
+        h.publish(TCP, 9090, WEB, 80);
+        let mut deny = rule(1, FW_IN, FW_DENY, (Ipv4Addr::new(192, 0, 2, 0), 24));
+        deny.port = Some((0, 8080));
+        install(&mut h, &[deny]);
+
+        let (verdict, _) = h.run(UP_IN, &Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build());
+        assert_eq!(verdict, SHOT);
+        assert_eq!(h.entries(), 0, "a denied flow left conntrack entries");
+        assert_eq!(h.counter(Reason::DropFirewallDeny), 1);
+        assert_eq!(hits(&h, 0), 1, "the tcp entry counts the hit");
+        // Another client, another port: untouched.
+        let (verdict, out) = h.run(
+            UP_IN,
+            &Spec::tcp((REMOTE, 40000), (HOST, 8080), SYN).build(),
+        );
+        assert_eq!((verdict, parse_checked(&out).dst), (PASS, WEB));
+        let (verdict, _) = h.run(UP_IN, &Spec::tcp((LAN, 40001), (HOST, 9090), SYN).build());
+        assert_eq!(verdict, PASS);
+        assert_eq!(h.counter(Reason::DnatNew), 2);
+    }
+
+    #[test]
+    fn an_allow_closes_its_port_to_everyone_else_and_tracked_flows_carry_on() {
+        let mut h = Harness::new((61000, 65535));
+        h.publish(TCP, 8080, WEB, 80);
+        h.publish(UDP, 5353, WEB, 53);
+        // A flow opened before any rule.
+        let (verdict, _) = h.run(UP_IN, &Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build());
+        assert_eq!(verdict, PASS);
+        let mut allow = rule(1, FW_IN, FW_ALLOW, (Ipv4Addr::new(198, 51, 100, 0), 24));
+        allow.port = Some((TCP, 8080));
+        install(&mut h, &[allow]);
+
+        let (verdict, _) = h.run(UP_IN, &Spec::tcp((LAN, 40001), (HOST, 8080), SYN).build());
+        assert_eq!(verdict, SHOT);
+        assert_eq!(h.counter(Reason::DropFirewallNotAllowed), 1);
+        let (verdict, _) = h.run(
+            UP_IN,
+            &Spec::tcp((REMOTE, 40001), (HOST, 8080), SYN).build(),
+        );
+        assert_eq!(verdict, PASS);
+        assert_eq!(hits(&h, 0), 1);
+        // Outside the rule's scope (udp), and the flow already tracked.
+        let (verdict, _) = h.run(UP_IN, &Spec::udp((LAN, 40002), (HOST, 5353)).build());
+        assert_eq!(verdict, PASS);
+        let (verdict, out) = h.run(UP_IN, &Spec::tcp((LAN, 40000), (HOST, 8080), ACK).build());
+        assert_eq!((verdict, parse_checked(&out).dst), (PASS, WEB));
+    }
+
+    #[test]
+    fn an_out_deny_stops_one_containers_new_flows_icmp_included() {
+        let mut h = Harness::new((61000, 65535));
+        let mut deny = rule(1, FW_OUT, FW_DENY, (REMOTE, 32));
+        deny.endpoint = Some(u32::from(CLIENT));
+        install(&mut h, &[deny]);
+
+        let (verdict, _) = h.run(UP_OUT, &Spec::udp((CLIENT, 5000), (REMOTE, 53)).build());
+        assert_eq!(verdict, SHOT);
+        let (verdict, _) = h.run(UP_OUT, &Spec::echo_request(CLIENT, REMOTE, 7).build());
+        assert_eq!(verdict, SHOT);
+        assert_eq!(h.counter(Reason::DropFirewallDeny), 2);
+        assert_eq!(hits(&h, 0), 2);
+        // Another container, another destination: masqueraded.
+        let (verdict, out) = h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
+        assert_eq!((verdict, parse_checked(&out).src), (PASS, HOST));
+        let (verdict, _) = h.run(UP_OUT, &Spec::udp((CLIENT, 5001), (LAN, 53)).build());
+        assert_eq!(verdict, PASS);
+        assert_eq!(h.counter(Reason::SnatNew), 2);
+    }
+}

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use netbr_common::{
     conntrack::{CtEntry, FlowKey, DIR_ORIG, NAT_HAIRPIN, TCP_ACK, TCP_SYN},
     counters::Reason,
+    firewall::{verdict, FlowFacts, RuleSpec, FW_IN, FW_OUT},
     maps::{Config, FragKey, FragVal, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING},
     snat::may_keep_port,
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -25,6 +26,30 @@ pub trait Tables {
     fn frag(&self, key: &FragKey) -> Option<FragVal>;
     /// MAC of the endpoint that owns `addr`, if one does.
     fn endpoint_mac(&self, addr: u32) -> Option<[u8; 6]>;
+    /// The firewall rules installed.
+    fn firewall(&self) -> &[RuleSpec];
+}
+
+/// The firewall's verdict on a new flow (`netbr_common::firewall::verdict`,
+/// the datapath's reference), as the reason a refused flow is dropped with.
+fn firewall(t: &dyn Tables, dir: u8, key: &FlowKey, endpoint: u32) -> Result<(), Reason> {
+    let host = |a: u32| u32::from(ip(a));
+    let facts = FlowFacts {
+        dir,
+        proto: key.proto,
+        port: if key.proto == IPPROTO_ICMP {
+            0
+        } else {
+            u16::from_be(key.dport)
+        },
+        endpoint: host(endpoint),
+        addr: host(if dir == FW_IN { key.saddr } else { key.daddr }),
+    };
+    match verdict(t.firewall(), &facts) {
+        Ok(_) => Ok(()),
+        Err(Some(_)) => Err(Reason::DropFirewallDeny),
+        Err(None) => Err(Reason::DropFirewallNotAllowed),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,6 +416,7 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             }
             let m =
                 published(t, p.key.proto, p.key.daddr, p.key.dport).ok_or(Reason::PassNoMatch)?;
+            firewall(t, FW_IN, &p.key, m.addr)?;
             let mut to = p.key;
             to.daddr = m.addr;
             to.dport = m.port;
@@ -433,6 +459,7 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             if !may_open || !wants {
                 return Err(Reason::PassNoMatch);
             }
+            firewall(t, FW_OUT, &p.key, p.key.saddr)?;
             let mut to = p.key;
             to.saddr = cfg.uplink_addr;
             Ok(Expect::Translate {

@@ -169,6 +169,17 @@ fn set_entry_count(dp: &mut Datapath, state: &State) -> Result<()> {
 /// Makes the datapath hold exactly the state's rules (attach and
 /// re-attach): rules survive both.
 pub fn install_all(dp: &mut Datapath, state: &State) -> Result<()> {
+    let rules = state
+        .firewall
+        .iter()
+        .map(|r| Ok((spec(state, r)?, r.slots.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    replace_rules(dp, &rules)
+}
+
+/// Makes the datapath hold exactly `rules`, each with its hit-counter
+/// slots (one per entry of `netbr_common::firewall::entries`).
+pub fn replace_rules(dp: &mut Datapath, rules: &[(RuleSpec, Vec<u32>)]) -> Result<()> {
     let stale: Vec<_> = dp.firewall.keys().filter_map(Result::ok).collect();
     for k in stale {
         let _ = dp.firewall.remove(&k);
@@ -177,11 +188,13 @@ pub fn install_all(dp: &mut Datapath, state: &State) -> Result<()> {
     for k in scopes {
         let _ = dp.firewall_scopes.remove(&k);
     }
-    for rule in &state.firewall {
-        install(dp, &spec(state, rule)?, &rule.slots)
-            .with_context(|| format!("restoring firewall rule {}", rule.id))?;
+    for (spec, slots) in rules {
+        install(dp, spec, slots)
+            .with_context(|| format!("installing firewall rule {}", spec.id))?;
     }
-    set_entry_count(dp, state)
+    let mut cfg = dp.config()?;
+    cfg.firewall_entries = rules.iter().map(|(_, s)| s.len() as u32).sum();
+    dp.set_config(&cfg)
 }
 
 impl Store {
