@@ -41,7 +41,7 @@ pub const FW_EXACT_BITS: u32 = 96;
 /// (it matches every protocol, ICMP included); `endpoint` is 0 for a rule
 /// without one. `port`, `endpoint` and `addr` are in network byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FwKey {
     pub dir: u8,
     pub action: u8,

@@ -213,7 +213,7 @@ mod tests {
             &|sc, a, _| {
                 let x = match sc {
                     Scenario::Ports(n) => f64::from(n),
-                    Scenario::Prefill(n) => f64::from(n),
+                    Scenario::Prefill(n) | Scenario::Rules(n) => f64::from(n),
                 };
                 Some(x + if a == Arm::Netbr { 10.0 } else { 5.0 })
             },

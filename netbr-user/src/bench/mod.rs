@@ -9,6 +9,7 @@ pub mod chart;
 pub mod cni;
 pub mod load;
 pub mod prefill;
+pub mod rules;
 
 use std::{
     collections::BTreeMap,
@@ -37,6 +38,11 @@ pub struct Bench {
     /// tracked), e.g. 0,100000,1000000; at the first --ports count.
     #[arg(long, value_delimiter = ',')]
     pub prefill: Vec<u32>,
+    /// Firewall rule counts to measure connect/close under (netbr's
+    /// firewall, DOCKER-USER, an nftables set), e.g. 0,100,10000; at the
+    /// first --ports count.
+    #[arg(long, value_delimiter = ',')]
+    pub rules: Vec<u32>,
     /// Rounds of every arm and metric.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -104,6 +110,8 @@ pub enum Scenario {
     Ports(u16),
     /// This many flows already in the conntrack table (at the first port count).
     Prefill(u32),
+    /// This many firewall rules, none matching (at the first port count).
+    Rules(u32),
 }
 
 impl std::fmt::Display for Scenario {
@@ -111,6 +119,7 @@ impl std::fmt::Display for Scenario {
         match self {
             Scenario::Ports(n) => write!(f, "{n} published port(s)"),
             Scenario::Prefill(n) => write!(f, "{n} flows already tracked"),
+            Scenario::Rules(n) => write!(f, "{n} firewall rules"),
         }
     }
 }
@@ -320,6 +329,39 @@ fn measure_prefill(
     Ok(())
 }
 
+/// Connect/close rate of every arm under each rule count, rounds
+/// interleaved (`rules`).
+fn measure_rules(
+    levels: &[u32],
+    setups: &[Setup],
+    rounds: usize,
+    dur: Duration,
+    samples: &mut Samples,
+) -> Result<()> {
+    for &n in levels {
+        eprintln!("firewall: {n} rules in every arm");
+        for s in setups {
+            rules::install(s, n).with_context(|| format!("{} rules", s.arm.name()))?;
+        }
+        for round in 0..rounds {
+            for k in 0..setups.len() {
+                check_interrupt()?;
+                let s = &setups[(k + round) % setups.len()];
+                let cc = load::connect_close(&s.sb.lan_path(), s.tcp, dur)
+                    .with_context(|| format!("{} connect/close", s.arm.name()))?;
+                samples
+                    .entry((Scenario::Rules(n), s.arm, "connect_close_per_s"))
+                    .or_default()
+                    .push(cc);
+            }
+        }
+        for s in setups {
+            rules::clear(s, n)?;
+        }
+    }
+    Ok(())
+}
+
 impl Bench {
     pub async fn exec(self) -> Result<()> {
         catch_interrupts();
@@ -341,16 +383,26 @@ impl Bench {
                 .map(|a| Arm::parse(a))
                 .collect::<Result<_>>()?
         };
-        let (rounds, secs, ports, prefills) = if self.quick {
-            (3, 0.25, vec![1], vec![])
+        let (rounds, secs, ports, prefills, rule_counts) = if self.quick {
+            (3, 0.25, vec![1], vec![], vec![])
         } else {
             (
                 self.rounds,
                 self.secs,
                 self.ports.clone(),
                 self.prefill.clone(),
+                self.rules.clone(),
             )
         };
+        if let Some(n) = rule_counts
+            .iter()
+            .find(|n| **n > netbr_common::firewall::FIREWALL_MAX_ENTRIES)
+        {
+            bail!(
+                "--rules {n} is too many: netbr holds at most {} firewall entries",
+                netbr_common::firewall::FIREWALL_MAX_ENTRIES
+            );
+        }
         let most = prefills.iter().copied().max().unwrap_or(0);
         if most > prefill::MAX_FLOWS {
             bail!(
@@ -389,20 +441,25 @@ impl Bench {
             if p == 0 && !prefills.is_empty() {
                 measure_prefill(&prefills, &setups, rounds, dur, &mut samples)?;
             }
+            if p == 0 && !rule_counts.is_empty() {
+                measure_rules(&rule_counts, &setups, rounds, dur, &mut samples)?;
+            }
         }
         let mut scenarios: Vec<Scenario> = ports.iter().map(|&n| Scenario::Ports(n)).collect();
         scenarios.extend(prefills.iter().map(|&n| Scenario::Prefill(n)));
+        scenarios.extend(rule_counts.iter().map(|&n| Scenario::Rules(n)));
         print!("{}", report(&samples, &arms, &scenarios, rounds, secs));
         if let Some(path) = &self.json {
             let rows: Vec<_> = samples
                 .iter()
                 .map(|((sc, arm, m), v)| {
                     let st = stat(v);
-                    let (ports, prefill) = match sc {
-                        Scenario::Ports(n) => (*n, 0),
-                        Scenario::Prefill(f) => (ports[0], *f),
+                    let (ports, prefill, rules) = match sc {
+                        Scenario::Ports(n) => (*n, 0, 0),
+                        Scenario::Prefill(f) => (ports[0], *f, 0),
+                        Scenario::Rules(r) => (ports[0], 0, *r),
                     };
-                    json!({ "ports": ports, "prefill_flows": prefill, "arm": arm.name(), "metric": m, "median": st.median, "min": st.min, "max": st.max, "samples": v })
+                    json!({ "ports": ports, "prefill_flows": prefill, "firewall_rules": rules, "arm": arm.name(), "metric": m, "median": st.median, "min": st.min, "max": st.max, "samples": v })
                 })
                 .collect();
             let doc = json!({ "rounds": rounds, "secs_per_metric": secs, "results": rows });

@@ -1,7 +1,10 @@
 //! `netbr firewall` rules: kept in the state file, mirrored into the
 //! datapath's trie, scopes and config (semantics: `netbr_common::firewall`).
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::lpm_trie::Key;
@@ -201,7 +204,78 @@ impl Store {
     /// Adds a rule; returns its id. Validates everything first; a failure
     /// leaves rules and datapath as they were.
     pub fn add_rule(&mut self, req: &RuleRequest) -> Result<u32> {
+        Ok(self.add_rules(std::slice::from_ref(req))?[0])
+    }
+
+    /// Adds rules at once (one state write, however many): all or none.
+    pub fn add_rules(&mut self, reqs: &[RuleRequest]) -> Result<Vec<u32>> {
         let mut dp = self.datapath()?;
+        // Every datapath entry already held, by the rule holding it.
+        let mut held: HashMap<(u32, FwKey), u32> = HashMap::new();
+        for other in &self.state.firewall {
+            for e in entries(&spec(&self.state, other)?) {
+                held.insert(e, other.id);
+            }
+        }
+        let used: HashSet<u32> = self
+            .state
+            .firewall
+            .iter()
+            .flat_map(|r| r.slots.iter().copied())
+            .collect();
+        let mut free = (0..FIREWALL_MAX_ENTRIES).filter(|s| !used.contains(s));
+        let first_id = self.state.next_rule_id.max(1);
+        let mut new = Vec::new();
+        for (id, req) in (first_id..).zip(reqs) {
+            let rule = self.validated(id, req)?;
+            let spec = spec(&self.state, &rule)?;
+            let mut slots = Vec::new();
+            for e in entries(&spec) {
+                if let Some(other) = held.insert(e, id) {
+                    let what = self
+                        .state
+                        .firewall
+                        .iter()
+                        .find(|r| r.id == other)
+                        .map(|r| format!(" ({})", describe(r)))
+                        .unwrap_or_default();
+                    bail!(
+                        "rule {other}{what} already matches these flows: remove it first or narrow this rule"
+                    );
+                }
+                slots.push(free.next().ok_or_else(|| {
+                    anyhow!(
+                        "bridge {} holds the most firewall entries it can ({FIREWALL_MAX_ENTRIES}): remove rules first",
+                        self.bridge
+                    )
+                })?);
+            }
+            new.push((FirewallRule { slots, ..rule }, spec));
+        }
+        let mut installed: Vec<&RuleSpec> = Vec::new();
+        for (rule, spec) in &new {
+            if let Err(e) = install(&mut dp, spec, &rule.slots) {
+                installed.into_iter().for_each(|s| uninstall(&mut dp, s));
+                return Err(e);
+            }
+            installed.push(spec);
+        }
+        let before = self.state.clone();
+        self.state
+            .firewall
+            .extend(new.iter().map(|(r, _)| r.clone()));
+        self.state.next_rule_id = first_id + new.len() as u32;
+        if let Err(e) = set_entry_count(&mut dp, &self.state).and_then(|_| self.commit()) {
+            new.iter().for_each(|(_, s)| uninstall(&mut dp, s));
+            self.state = before;
+            let _ = set_entry_count(&mut dp, &self.state);
+            return Err(e);
+        }
+        Ok(new.iter().map(|(r, _)| r.id).collect())
+    }
+
+    /// The rule `req` asks for, as rule `id`, or why it cannot be.
+    fn validated(&self, id: u32, req: &RuleRequest) -> Result<FirewallRule> {
         let cidr = match (req.out, req.from, req.to) {
             (false, from, None) => from,
             (true, None, to) => to,
@@ -215,52 +289,15 @@ impl Store {
         if let Some(name) = &req.endpoint {
             self.endpoint(name)?;
         }
-        let rule = FirewallRule {
-            id: self.state.next_rule_id.max(1),
+        Ok(FirewallRule {
+            id,
             allow: req.allow,
             out: req.out,
             cidr,
             port: req.port,
             endpoint: req.endpoint.clone(),
             slots: Vec::new(),
-        };
-        let spec = spec(&self.state, &rule)?;
-        let new_keys: Vec<_> = entries(&spec).collect();
-        for other in &self.state.firewall {
-            let theirs = self::spec(&self.state, other)?;
-            if entries(&theirs).any(|e| new_keys.contains(&e)) {
-                bail!(
-                    "rule {} ({}) already matches these flows: remove it first or narrow this rule",
-                    other.id,
-                    describe(other)
-                );
-            }
-        }
-        let used: HashSet<u32> = self
-            .state
-            .firewall
-            .iter()
-            .flat_map(|r| r.slots.iter().copied())
-            .collect();
-        let slots: Vec<u32> = (0..FIREWALL_MAX_ENTRIES)
-            .filter(|s| !used.contains(s))
-            .take(new_keys.len())
-            .collect();
-        if slots.len() < new_keys.len() {
-            bail!("bridge {} holds the most firewall entries it can ({FIREWALL_MAX_ENTRIES}): remove rules first", self.bridge);
-        }
-        let rule = FirewallRule { slots, ..rule };
-        install(&mut dp, &spec, &rule.slots)?;
-        self.state.firewall.push(rule.clone());
-        self.state.next_rule_id = rule.id + 1;
-        let applied = set_entry_count(&mut dp, &self.state).and_then(|_| self.commit());
-        if let Err(e) = applied {
-            uninstall(&mut dp, &spec);
-            self.state.firewall.pop();
-            let _ = set_entry_count(&mut dp, &self.state);
-            return Err(e);
-        }
-        Ok(rule.id)
+        })
     }
 
     /// Removes rule `id`.
@@ -283,6 +320,15 @@ impl Store {
         set_entry_count(&mut dp, &self.state)?;
         self.commit()?;
         Ok(rule)
+    }
+
+    /// Removes every rule; returns how many there were.
+    pub fn remove_all_rules(&mut self) -> Result<usize> {
+        let mut dp = self.datapath()?;
+        let rules = std::mem::take(&mut self.state.firewall);
+        replace_rules(&mut dp, &[])?;
+        self.commit()?;
+        Ok(rules.len())
     }
 
     /// Removes the rules that name endpoint `name` (it is going away, and
