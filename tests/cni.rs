@@ -184,14 +184,7 @@ fn add_publishes_and_del_cleans_up_in_every_spec_version() {
             assert!(r.ok, "DEL: {} {}", r.out, r.stderr);
         }
         let after = ls(&sb);
-        assert!(
-            after["endpoints"].as_array().expect("eps").is_empty(),
-            "{after:#}"
-        );
-        assert!(
-            after["mappings"].as_array().expect("maps").is_empty(),
-            "{after:#}"
-        );
+        support::assert_no_endpoints_or_mappings(&after);
         let flows = sb.netbr_ok(&["conntrack", "list", "--json"]).expect("ct");
         assert!(!flows.contains(&ip.to_string()), "flows left: {flows}");
         assert!(

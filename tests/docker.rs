@@ -6,9 +6,7 @@
 mod support;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    path::Path,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -16,24 +14,9 @@ use netbr::{
     probe::{self, Server},
     sandbox::{Sandbox, UPLINK_IP},
 };
-use support::runtimes::{text, Dockerd};
+use support::runtimes::{http_get, served, text, Dockerd};
 
 const NETBR: &str = env!("CARGO_BIN_EXE_netbr");
-
-fn http_get(ns: &Path, to: SocketAddr) -> anyhow::Result<String> {
-    netbr::netns::run_in(ns, move || -> anyhow::Result<String> {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })?
-}
-
-fn served(ns: &Path, to: SocketAddr) -> bool {
-    http_get(ns, to).is_ok_and(|b| b.contains("hello from netbr"))
-}
 
 /// `netbr ls --json` of the bridge serving Docker network `net`.
 fn ls(sb: &Sandbox, docker: &Dockerd, net: &str) -> serde_json::Value {
@@ -74,15 +57,7 @@ fn docker_run_publishes_masquerades_binds_host_ips_and_cleans_up() {
     assert!(o.status.success(), "docker run: {}", text(&o));
     let ns = docker.netns("web");
 
-    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
-    assert!(served(
-        &sb.host_path(),
-        SocketAddr::from(([127, 0, 0, 1], 8443))
-    ));
-    assert!(
-        http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8443))).is_err(),
-        "the 127.0.0.1 binding answered lan"
-    );
+    support::runtimes::assert_8080_public_and_8443_host_only(&sb);
     let _udp = Server::udp(&ns, 53, probe::echo()).expect("udp server in the container");
     let back = probe::udp_request(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 5353)), 0, b"q")
         .expect("udp through the published port");
@@ -128,14 +103,7 @@ fn docker_run_publishes_masquerades_binds_host_ips_and_cleans_up() {
     let bridge = doc["bridge"].as_str().expect("bridge").to_string();
     docker.ok(&["rm", "-f", "web"]);
     let after = ls(&sb, &docker, "n1");
-    assert!(
-        after["endpoints"].as_array().expect("eps").is_empty(),
-        "{after:#}"
-    );
-    assert!(
-        after["mappings"].as_array().expect("maps").is_empty(),
-        "{after:#}"
-    );
+    support::assert_no_endpoints_or_mappings(&after);
     let flows = sb
         .netbr_ok(&["conntrack", "list", "--bridge", &bridge])
         .expect("conntrack");
@@ -205,6 +173,13 @@ fn a_killed_driver_leaves_containers_serving_and_its_restart_carries_on() {
         assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
     }
     docker.start_plugin();
+    carries_on_after_restart(&sb, &docker);
+}
+
+/// After a restart (of the driver or of dockerd) with container `web`
+/// serving 8080 on `n1`: a new container is served, the old one still is,
+/// and removing it ends its port and its endpoint.
+fn carries_on_after_restart(sb: &Sandbox, docker: &Dockerd) {
     let o = docker.web("web2", "n1", &["8081:80"]);
     assert!(
         o.status.success(),
@@ -213,11 +188,10 @@ fn a_killed_driver_leaves_containers_serving_and_its_restart_carries_on() {
     );
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8081))));
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
-    // The restarted driver knows the old container too.
     docker.ok(&["rm", "-f", "web"]);
     assert!(http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))).is_err());
     assert_eq!(
-        ls(&sb, &docker, "n1")["endpoints"]
+        ls(sb, docker, "n1")["endpoints"]
             .as_array()
             .expect("eps")
             .len(),
@@ -235,22 +209,6 @@ fn a_dockerd_restart_with_live_restore_keeps_containers_serving() {
     docker.restart_daemon();
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
     assert!(docker.ok(&["ps", "--format", "{{.Names}}"]).contains("web"));
-    // The restored daemon still drives netbr: a new container is served,
-    // and removing the old one ends its port.
-    let o = docker.web("web2", "n1", &["8081:80"]);
-    assert!(
-        o.status.success(),
-        "docker run after the restart: {}",
-        text(&o)
-    );
-    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8081))));
-    docker.ok(&["rm", "-f", "web"]);
-    assert!(http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))).is_err());
-    assert_eq!(
-        ls(&sb, &docker, "n1")["endpoints"]
-            .as_array()
-            .expect("eps")
-            .len(),
-        1
-    );
+    // The restored daemon still drives netbr.
+    carries_on_after_restart(&sb, &docker);
 }

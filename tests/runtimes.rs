@@ -5,36 +5,15 @@
 
 mod support;
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    time::Duration,
-};
+use std::net::SocketAddr;
 
 use netbr::{
     probe::{self, Server},
     sandbox::{Sandbox, LAN_IP, UPLINK_IP},
 };
-use support::runtimes::{text, Containerd, Podman};
+use support::runtimes::{http_get, served, text, Containerd, Podman};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_netbr-cni");
-
-/// An HTTP GET from inside namespace `ns`; the body, or the error.
-fn http_get(ns: &Path, to: SocketAddr) -> anyhow::Result<String> {
-    netbr::netns::run_in(ns, move || -> anyhow::Result<String> {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })?
-}
-
-fn served(ns: &Path, to: SocketAddr) -> bool {
-    http_get(ns, to).is_ok_and(|b| b.contains("hello from netbr"))
-}
 
 fn ls(sb: &Sandbox) -> serde_json::Value {
     serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("json")
@@ -52,15 +31,7 @@ fn podman_publishes_tcp_udp_and_host_ip_ports_masquerades_and_cleans_up() {
 
     // From lan through the host's address; the loopback binding only from
     // the host itself.
-    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
-    assert!(served(
-        &sb.host_path(),
-        SocketAddr::from(([127, 0, 0, 1], 8443))
-    ));
-    assert!(
-        http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8443))).is_err(),
-        "the 127.0.0.1 binding answered lan"
-    );
+    support::runtimes::assert_8080_public_and_8443_host_only(&sb);
     // UDP to the container's port 53.
     let _udp = Server::udp(&ns, 53, probe::echo()).expect("udp server in the container");
     let back = probe::udp_request(
@@ -105,14 +76,7 @@ fn podman_publishes_tcp_udp_and_host_ip_ports_masquerades_and_cleans_up() {
     // podman rm ends the endpoint, its ports and its flows.
     podman.ok(&["rm", "-f", "-t", "0", "web"]);
     let doc = ls(&sb);
-    assert!(
-        doc["endpoints"].as_array().expect("eps").is_empty(),
-        "{doc:#}"
-    );
-    assert!(
-        doc["mappings"].as_array().expect("maps").is_empty(),
-        "{doc:#}"
-    );
+    support::assert_no_endpoints_or_mappings(&doc);
     let flows = sb.netbr_ok(&["conntrack", "list"]).expect("conntrack");
     assert!(
         !flows.contains(&ip),

@@ -145,50 +145,38 @@ pub fn entries(rule: &RuleSpec) -> impl Iterator<Item = (u32, FwKey)> + '_ {
     })
 }
 
-/// The scopes an allow rule opens (empty for a deny rule).
-pub fn scopes(rule: &RuleSpec) -> impl Iterator<Item = FwScopeKey> + '_ {
-    let allow = rule.action == FW_ALLOW;
-    entries(rule).filter(move |_| allow).map(move |(_, k)| {
-        if rule.dir == FW_IN {
-            FwScopeKey {
-                dir: FW_IN,
-                proto: k.proto,
-                port: k.port,
-                endpoint: 0,
-            }
-        } else {
-            FwScopeKey {
-                dir: FW_OUT,
-                proto: 0,
-                port: 0,
-                endpoint: k.endpoint,
-            }
-        }
-    })
-}
-
-/// The scope keys a flow falls in, most specific first.
-pub fn flow_scopes(f: &FlowFacts) -> [FwScopeKey; 2] {
-    let any = FwScopeKey {
-        dir: f.dir,
-        ..FwScopeKey::default()
-    };
-    let own = if f.dir == FW_IN {
+/// The scope of a flow or an allow rule with these fields (network byte
+/// order): `in` scopes by protocol and port, `out` by endpoint.
+#[inline(always)]
+pub const fn scope_key(dir: u8, proto: u8, port: u16, endpoint: u32) -> FwScopeKey {
+    if dir == FW_IN {
         FwScopeKey {
-            dir: FW_IN,
-            proto: f.proto,
-            port: f.port.to_be(),
+            dir,
+            proto,
+            port,
             endpoint: 0,
         }
     } else {
         FwScopeKey {
-            dir: FW_OUT,
+            dir,
             proto: 0,
             port: 0,
-            endpoint: to_be_addr(f.endpoint),
+            endpoint,
         }
-    };
-    [own, any]
+    }
+}
+
+/// The scope that covers every flow of a direction.
+pub const fn any_scope(dir: u8) -> FwScopeKey {
+    scope_key(dir, 0, 0, 0)
+}
+
+/// The scopes an allow rule opens (empty for a deny rule).
+pub fn scopes(rule: &RuleSpec) -> impl Iterator<Item = FwScopeKey> + '_ {
+    let allow = rule.action == FW_ALLOW;
+    entries(rule)
+        .filter(move |_| allow)
+        .map(move |(_, k)| scope_key(rule.dir, k.proto, k.port, k.endpoint))
 }
 
 fn rule_matches(rule: &RuleSpec, f: &FlowFacts) -> bool {

@@ -6,7 +6,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use netbr_common::{
     conntrack::FlowKey,
     counters::Reason,
-    firewall::{FwKey, FwScopeKey, FW_ALLOW, FW_DENY, FW_EXACT_BITS, FW_IN, FW_OUT},
+    firewall::{any_scope, scope_key, FwKey, FW_ALLOW, FW_DENY, FW_EXACT_BITS, FW_IN, FW_OUT},
     maps::Config,
     IPPROTO_ICMP,
 };
@@ -111,27 +111,8 @@ fn matching(flow: &FwKey, action: u8) -> Option<u32> {
 /// endpoint (`out`), or every one.
 #[inline(always)]
 fn in_allow_scope(flow: &FwKey) -> bool {
-    let own = if flow.dir == FW_IN {
-        FwScopeKey {
-            dir: flow.dir,
-            proto: flow.proto,
-            port: flow.port,
-            endpoint: 0,
-        }
-    } else {
-        FwScopeKey {
-            dir: flow.dir,
-            proto: 0,
-            port: 0,
-            endpoint: flow.endpoint,
-        }
-    };
-    let any = FwScopeKey {
-        dir: flow.dir,
-        proto: 0,
-        port: 0,
-        endpoint: 0,
-    };
+    let own = scope_key(flow.dir, flow.proto, flow.port, flow.endpoint);
+    let any = any_scope(flow.dir);
     // SAFETY: read-only lookups of plain counters.
     unsafe { FIREWALL_SCOPES.get(&own).is_some() || FIREWALL_SCOPES.get(&any).is_some() }
 }

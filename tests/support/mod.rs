@@ -7,6 +7,16 @@ pub mod packet;
 pub mod config;
 pub mod runtimes;
 
+/// Asserts a `netbr ls --json` document lists no endpoint and no mapping.
+pub fn assert_no_endpoints_or_mappings(ls: &serde_json::Value) {
+    for list in ["endpoints", "mappings"] {
+        assert!(
+            ls[list].as_array().is_some_and(Vec::is_empty),
+            "{list} left: {ls:#}"
+        );
+    }
+}
+
 /// Sum of `/proc/net/snmp` counters (`(section, field)`, e.g. `("Tcp:",
 /// "InSegs")`) of the network namespace at `ns`, read from a thread inside it.
 pub fn snmp(ns: &std::path::Path, fields: &'static [(&'static str, &'static str)]) -> u64 {

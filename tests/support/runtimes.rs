@@ -3,12 +3,68 @@
 //! a busybox image made locally, and every command under a timeout.
 
 use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
 use netbr::sandbox::Sandbox;
+
+/// An HTTP GET from inside namespace `ns`; the body, or the error.
+pub fn http_get(ns: &Path, to: SocketAddr) -> anyhow::Result<String> {
+    netbr::netns::run_in(ns, move || -> anyhow::Result<String> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })?
+}
+
+/// Whether the busybox httpd of the runtime tests serves its page at `to`.
+pub fn served(ns: &Path, to: SocketAddr) -> bool {
+    http_get(ns, to).is_ok_and(|b| b.contains("hello from netbr"))
+}
+
+/// `run -d` arguments (Podman's and Docker's alike) of busybox httpd
+/// serving /www on port 80, on network `net`, publishing `publish`.
+fn web_args<'a>(name: &'a str, net: &'a str, publish: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "-d", "--name", name, "--network", net];
+    for p in publish {
+        args.extend(["-p", p]);
+    }
+    args.extend([
+        "localhost/busybox:latest",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    args
+}
+
+/// The runtime tests' web container, published with `-p 8080:80 -p
+/// 127.0.0.1:8443:80`: 8080 is served to lan, 8443 to the host only.
+pub fn assert_8080_public_and_8443_host_only(sb: &Sandbox) {
+    let uplink = |port| SocketAddr::from((netbr::sandbox::UPLINK_IP, port));
+    assert!(
+        served(&sb.lan_path(), uplink(8080)),
+        "lan got no page on 8080"
+    );
+    assert!(
+        served(&sb.host_path(), SocketAddr::from(([127, 0, 0, 1], 8443))),
+        "the host got no page on 127.0.0.1:8443"
+    );
+    assert!(
+        http_get(&sb.lan_path(), uplink(8443)).is_err(),
+        "the 127.0.0.1 binding answered lan"
+    );
+}
 
 /// The CNI network every runtime test uses: the sandbox's bridge.
 pub const NETWORK: &str = "nbnet";
@@ -171,20 +227,7 @@ static_dir = "{d}/root/libpod"
 
     /// `podman run -d` of busybox httpd serving /www on port 80.
     pub fn web(&self, name: &str, publish: &[&str]) -> Output {
-        let mut args = vec!["run", "-d", "--name", name, "--network", NETWORK];
-        for p in publish {
-            args.extend(["-p", p]);
-        }
-        args.extend([
-            "localhost/busybox:latest",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ]);
-        self.run(&args)
+        self.run(&web_args(name, NETWORK, publish))
     }
 
     /// The network namespace podman made for container `name`.
@@ -541,20 +584,7 @@ impl Dockerd {
 
     /// `docker run -d` of busybox httpd on network `net`.
     pub fn web(&self, name: &str, net: &str, publish: &[&str]) -> Output {
-        let mut args = vec!["run", "-d", "--name", name, "--network", net];
-        for p in publish {
-            args.extend(["-p", p]);
-        }
-        args.extend([
-            "localhost/busybox:latest",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ]);
-        self.run(&args)
+        self.run(&web_args(name, net, publish))
     }
 
     /// The network namespace dockerd made for container `name`.

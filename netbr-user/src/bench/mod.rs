@@ -296,42 +296,20 @@ fn measure_bpf_cost(
     Ok(())
 }
 
-/// Connect/close rate of every arm at each prefill, rounds interleaved.
-fn measure_prefill(
-    levels: &[u32],
-    setups: &[Setup],
-    rounds: usize,
-    dur: Duration,
-    samples: &mut Samples,
-) -> Result<()> {
-    let _limit = prefill::NfLimit::at_least(levels.iter().copied().max().unwrap_or(0))?;
-    for &flows in levels {
-        eprintln!("prefill: {flows} flows in every arm's table");
-        for s in setups {
-            prefill::fill(s, flows).with_context(|| format!("{} prefill", s.arm.name()))?;
-        }
-        for round in 0..rounds {
-            for k in 0..setups.len() {
-                check_interrupt()?;
-                let s = &setups[(k + round) % setups.len()];
-                let cc = load::connect_close(&s.sb.lan_path(), s.tcp, dur)
-                    .with_context(|| format!("{} connect/close", s.arm.name()))?;
-                samples
-                    .entry((Scenario::Prefill(flows), s.arm, "connect_close_per_s"))
-                    .or_default()
-                    .push(cc);
-            }
-        }
-        for s in setups {
-            prefill::clear(s)?;
-        }
-    }
-    Ok(())
+/// Something put in every arm's sandbox at several levels, under which
+/// connect/close is measured: flows already tracked, firewall rules.
+struct Load<'a> {
+    /// For the progress line: "{level} {what} in every arm".
+    what: &'static str,
+    scenario: fn(u32) -> Scenario,
+    put: &'a dyn Fn(&Setup, u32) -> Result<()>,
+    remove: &'a dyn Fn(&Setup, u32) -> Result<()>,
 }
 
-/// Connect/close rate of every arm under each rule count, rounds
-/// interleaved (`rules`).
-fn measure_rules(
+/// Connect/close rate of every arm at each level of `load`, rounds
+/// interleaved.
+fn measure_under(
+    load: &Load,
     levels: &[u32],
     setups: &[Setup],
     rounds: usize,
@@ -339,9 +317,9 @@ fn measure_rules(
     samples: &mut Samples,
 ) -> Result<()> {
     for &n in levels {
-        eprintln!("firewall: {n} rules in every arm");
+        eprintln!("{n} {} in every arm", load.what);
         for s in setups {
-            rules::install(s, n).with_context(|| format!("{} rules", s.arm.name()))?;
+            (load.put)(s, n).with_context(|| format!("{}: {n} {}", s.arm.name(), load.what))?;
         }
         for round in 0..rounds {
             for k in 0..setups.len() {
@@ -350,13 +328,13 @@ fn measure_rules(
                 let cc = load::connect_close(&s.sb.lan_path(), s.tcp, dur)
                     .with_context(|| format!("{} connect/close", s.arm.name()))?;
                 samples
-                    .entry((Scenario::Rules(n), s.arm, "connect_close_per_s"))
+                    .entry(((load.scenario)(n), s.arm, "connect_close_per_s"))
                     .or_default()
                     .push(cc);
             }
         }
         for s in setups {
-            rules::clear(s, n)?;
+            (load.remove)(s, n)?;
         }
     }
     Ok(())
@@ -439,10 +417,23 @@ impl Bench {
             }
             measure_bpf_cost(scenario, &setups, &servers, dur, &mut samples)?;
             if p == 0 && !prefills.is_empty() {
-                measure_prefill(&prefills, &setups, rounds, dur, &mut samples)?;
+                let _limit = prefill::NfLimit::at_least(most)?;
+                let load = Load {
+                    what: "flows tracked",
+                    scenario: Scenario::Prefill,
+                    put: &prefill::fill,
+                    remove: &|s, _| prefill::clear(s),
+                };
+                measure_under(&load, &prefills, &setups, rounds, dur, &mut samples)?;
             }
             if p == 0 && !rule_counts.is_empty() {
-                measure_rules(&rule_counts, &setups, rounds, dur, &mut samples)?;
+                let load = Load {
+                    what: "firewall rules",
+                    scenario: Scenario::Rules,
+                    put: &rules::install,
+                    remove: &rules::clear,
+                };
+                measure_under(&load, &rule_counts, &setups, rounds, dur, &mut samples)?;
             }
         }
         let mut scenarios: Vec<Scenario> = ports.iter().map(|&n| Scenario::Ports(n)).collect();
