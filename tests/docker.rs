@@ -123,16 +123,7 @@ fn a_taken_port_fails_docker_run_with_netbrs_message_and_ten_parallel_containers
     network(&docker, "n1");
     let o = docker.web("first", "n1", &["8080:80"]);
     assert!(o.status.success(), "docker run: {}", text(&o));
-    let o = docker.web("second", "n1", &["8080:80"]);
-    assert!(
-        !o.status.success(),
-        "a second container took host port 8080"
-    );
-    let msg = text(&o);
-    assert!(
-        msg.contains("8080") && msg.contains("already published"),
-        "{msg}"
-    );
+    support::runtimes::assert_refused_taken_8080(&docker.web("second", "n1", &["8080:80"]));
     assert_eq!(
         ls(&sb, &docker, "n1")["endpoints"]
             .as_array()

@@ -66,6 +66,20 @@ pub fn assert_8080_public_and_8443_host_only(sb: &Sandbox) {
     );
 }
 
+/// Asserts a runtime's `run -p 8080:80` failed because 8080 is taken, with
+/// netbr's message passed on to the user.
+pub fn assert_refused_taken_8080(run: &Output) {
+    assert!(
+        !run.status.success(),
+        "a second container took host port 8080"
+    );
+    let msg = text(run);
+    assert!(
+        msg.contains("8080") && msg.contains("already published"),
+        "the runtime did not pass netbr's message on: {msg}"
+    );
+}
+
 /// The CNI network every runtime test uses: the sandbox's bridge.
 pub const NETWORK: &str = "nbnet";
 
