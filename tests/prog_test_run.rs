@@ -1196,3 +1196,162 @@ mod firewall {
         assert_eq!(h.counter(Reason::SnatNew), 2);
     }
 }
+
+/// The kernel's time for one run of a program on `frame` (BPF_PROG_TEST_RUN
+/// with one repeat: repeats would run on the frame the previous run
+/// rewrote), in ns.
+fn run_ns<P>(p: &P, frame: &[u8]) -> u64
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    repeat_ns(p, frame, 1)
+}
+
+/// The kernel's mean ns per run over `repeat` runs on one frame (which the
+/// runs must leave unchanged for the figure to mean one path).
+fn repeat_ns<P>(p: &P, frame: &[u8], repeat: u32) -> u64
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    r.duration.as_nanos() as u64
+}
+
+/// Median ns per run of `prog` over `frames(i)` for i in 0..RUNS.
+fn median_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> u64 {
+    const RUNS: u16 = 2000;
+    let mut v: Vec<u64> = if prog == "nb_xdp" {
+        h.run_xdp(&frames(0));
+        let p: &mut Xdp = h
+            .ebpf
+            .program_mut(prog)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        (0..RUNS).map(|i| run_ns(p, &frames(i))).collect()
+    } else {
+        let p: &mut SchedClassifier = h
+            .ebpf
+            .program_mut(prog)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        (0..RUNS).map(|i| run_ns(p, &frames(i))).collect()
+    };
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Per-packet cost of each program and path under BPF_PROG_TEST_RUN: the
+/// kernel's ns per run, median of 2000 runs. A measurement, not a check
+/// (speed targets live in benchmarks): `cargo xtask cost` prints it.
+#[test]
+#[ignore = "a measurement, not a check: cargo xtask cost"]
+fn per_packet_cost() {
+    let mut h = Harness::new((61000, 65535));
+    h.publish(TCP, 8080, WEB, 80);
+    h.endpoint_on_loopback(WEB);
+    // An established DNAT flow, as lan -> 8080 -> web:80.
+    h.run(UP_IN, &Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build());
+    h.run(
+        UP_OUT,
+        &Spec::tcp((WEB, 80), (LAN, 40000), SYN | ACK).build(),
+    );
+    h.run(UP_IN, &Spec::tcp((LAN, 40000), (HOST, 8080), ACK).build());
+    let data = |from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)| {
+        let mut s = Spec::tcp(from, to, ACK | 0x08);
+        s.payload = vec![0; 18];
+        s.build()
+    };
+    let rows: Vec<(&str, &str, u64)> = vec![
+        (
+            UP_IN,
+            "tracked TCP, translated (published port)",
+            median_ns(&mut h, UP_IN, |_| data((LAN, 40000), (HOST, 8080))),
+        ),
+        (
+            UP_IN,
+            "new flow (SYN to a published port)",
+            median_ns(&mut h, UP_IN, |i| {
+                Spec::tcp((REMOTE, 1024 + i), (HOST, 8080), SYN).build()
+            }),
+        ),
+        (
+            UP_IN,
+            "unmatched (UDP to an unpublished port)",
+            median_ns(&mut h, UP_IN, |_| {
+                Spec::udp((LAN, 40000), (HOST, 9999)).build()
+            }),
+        ),
+        (
+            UP_OUT,
+            "tracked TCP reply, translated",
+            median_ns(&mut h, UP_OUT, |_| data((WEB, 80), (LAN, 40000))),
+        ),
+        (
+            UP_OUT,
+            "new masquerade flow (UDP)",
+            median_ns(&mut h, UP_OUT, |i| {
+                Spec::udp((CLIENT, 1024 + i), (REMOTE, 53)).build()
+            }),
+        ),
+        (
+            UP_OUT,
+            "unmatched (the host's own TCP)",
+            median_ns(&mut h, UP_OUT, |_| data((HOST, 40000), (REMOTE, 80))),
+        ),
+        (
+            BR_IN,
+            "unmatched (container to container)",
+            median_ns(&mut h, BR_IN, |_| {
+                Spec::udp((CLIENT, 5000), (WEB, 53)).build()
+            }),
+        ),
+        (
+            "nb_xdp",
+            "tracked TCP, translated and redirected",
+            median_ns(&mut h, "nb_xdp", |_| data((LAN, 40000), (HOST, 8080))),
+        ),
+        (
+            "nb_xdp",
+            "unmatched (UDP to an unpublished port)",
+            median_ns(&mut h, "nb_xdp", |_| {
+                Spec::udp((LAN, 40000), (HOST, 9999)).build()
+            }),
+        ),
+    ];
+    // A packet the program leaves unchanged can be repeated in one call,
+    // which spreads the test run's own per-call cost over many runs: the
+    // difference is what each single-run figure above carries besides the
+    // program.
+    let unmatched = Spec::udp((LAN, 40000), (HOST, 9999)).build();
+    let amortized = {
+        let p: &mut SchedClassifier = h
+            .ebpf
+            .program_mut(UP_IN)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        repeat_ns(p, &unmatched, 100_000)
+    };
+    println!("\nper-packet cost under BPF_PROG_TEST_RUN (median ns per run of 2000)");
+    println!("{:<10} {:<44} {:>6}", "PROGRAM", "PACKET", "NS");
+    for (prog, what, ns) in &rows {
+        println!("{prog:<10} {what:<44} {ns:>6}");
+    }
+    println!(
+        "nb_up_in unmatched, 100000 repeats in one call: {amortized} ns per run (the rest of the single-run figure is the test run's own cost)"
+    );
+    // The runs did what their names say.
+    assert!(h.counter(Reason::Translated) >= 2 * 2000);
+    assert!(h.counter(Reason::DnatNew) >= 2000);
+    assert!(h.counter(Reason::SnatNew) >= 2000);
+}

@@ -1,4 +1,4 @@
-//! `cargo xtask setup|test|demo|lint`: everything a fresh machine needs, in
+//! `cargo xtask setup|test|demo|bench|lint|fuzz|soak|cost`: everything a fresh machine needs, in
 //! one place. Every step checks before it acts, so re-running is cheap.
 
 mod setup;
@@ -53,6 +53,9 @@ enum Task {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Print each program's per-packet cost under BPF_PROG_TEST_RUN (ns per
+    /// run: tracked, new and unmatched packets), release build. Needs root.
+    Cost,
 }
 
 fn main() -> Result<()> {
@@ -144,6 +147,24 @@ fn main() -> Result<()> {
                     ])
                     .env("NETBR_SOAK_SECS", secs.to_string())
                     .env("NETBR_SOAK_FLOWS", flows.to_string()),
+            )
+        }
+        Task::Cost => {
+            setup::all()?;
+            require_root("BPF_PROG_TEST_RUN loads BPF programs")?;
+            run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "netbr-user",
+                    "--test",
+                    "prog_test_run",
+                    "per_packet_cost",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                ]),
             )
         }
         Task::Lint => {
