@@ -1511,8 +1511,9 @@ fn the_firewall_decides_new_flows_to_published_ports_and_from_containers() {
     assert!(out_ok(2), "c2 was refused by c1's rule");
     assert!(hits(&sb, out) >= 1);
 
-    // Rules survive re-attach.
+    // Rules survive re-attach, and ls counts them.
     let before = firewall_ls(&sb);
+    assert_eq!(ls_json(&sb)["firewall_rules"], before.len());
     sb.attach().expect("re-attach");
     assert_eq!(firewall_ls(&sb).len(), before.len());
     assert!(!out_ok(1), "the rule was lost on re-attach");

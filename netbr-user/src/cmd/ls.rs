@@ -100,6 +100,7 @@ impl Ls {
             "fast_path": cfg.has(CFG_FAST_PATH),
             "xdp": cfg.has(CFG_XDP),
             "host_forward_drop": forward_drop,
+            "firewall_rules": view.state.firewall.len(),
             "timeouts_s": timeouts,
             "pins": dir.display().to_string(),
             "endpoints": eps,
@@ -118,10 +119,11 @@ impl Ls {
             doc["uplink_ip"].as_str().unwrap_or("")
         );
         println!(
-            "snat ports {}  fast path {}  xdp {}  pins {}",
+            "snat ports {}  fast path {}  xdp {}  firewall rules {}  pins {}",
             doc["snat_ports"].as_str().unwrap_or(""),
             cfg.has(CFG_FAST_PATH),
             cfg.has(CFG_XDP),
+            view.state.firewall.len(),
             dir.display()
         );
         if !forward_drop.is_empty() {
