@@ -14,8 +14,7 @@ use netbr_common::{
     conntrack::{FlowKey, NAT_HAIRPIN, NAT_HOST, NAT_NONE},
     counters::Reason,
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS,
-        HOOK_UPLINK_INGRESS,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
 };
 
@@ -66,7 +65,7 @@ fn before_new_flow(cfg: &Config) -> u64 {
     now
 }
 
-/// Translates a packet of a tracked flow that this hook owns (see
+/// Translates a packet of a tracked flow that this uplink hook owns (see
 /// [`owns`]); returns the tuple it now has, or `None` if the packet belongs
 /// to no such flow.
 /// A BPF function of its own: its stack frame then does not add to the
@@ -99,17 +98,18 @@ fn translate_tracked(
     Ok(Some(xlat))
 }
 
-/// Hairpin flows belong to the bridge hook, the others to the uplink's.
-/// A host flow (`NAT_HOST`) is the host's only when a host socket sent the
-/// packet: a container's packet the fast path already masqueraded to the
-/// same uplink tuple (the collision the host flow was moved away from)
-/// must leave as it is.
+/// Whether an uplink hook translates packets of a flow of kind `nat`:
+/// hairpin flows are the bridge's (`bridge_tracked`). A host flow
+/// (`NAT_HOST`) is the host's only when a host socket sent the packet: a
+/// container's packet the fast path already masqueraded to the same uplink
+/// tuple (the collision the host flow was moved away from) must leave as it
+/// is.
 #[inline(always)]
 fn owns(ctx: &TcContext, hook: u8, nat: u8) -> bool {
-    match hook {
-        HOOK_UPLINK_EGRESS if nat == NAT_HOST => from_local_socket(ctx),
-        HOOK_UPLINK_INGRESS | HOOK_UPLINK_EGRESS => nat != NAT_HAIRPIN,
-        _ => nat == NAT_HAIRPIN,
+    match nat {
+        NAT_HAIRPIN => false,
+        NAT_HOST if hook == HOOK_UPLINK_EGRESS => from_local_socket(ctx),
+        _ => true,
     }
 }
 
@@ -233,74 +233,85 @@ fn deliver_in(
 
 /// Bridge-device ingress: traffic from containers entering the host stack.
 /// Hairpin flows are translated here and redirected to the target's veth.
-/// With the fast path, packets of tracked flows leaving through the uplink
-/// are translated here and sent out directly; everything else is left to
-/// routing and the uplink.
+/// With the fast path, packets leaving through the uplink are translated
+/// here and sent out directly, a new masquerade flow's first one included;
+/// everything else is left to routing and the uplink. One conntrack lookup
+/// per packet (`bridge_tracked`).
 #[inline(always)]
 fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
-    let (xlat, reason) = match translate_tracked(ctx, pkt, cfg, HOOK_BRIDGE_INGRESS)? {
-        Some(xlat) => (xlat, translated(pkt)),
-        None if pkt.is_icmp_error() => return Err(Reason::PassNoMatch),
-        None => {
-            let hairpin = if pkt.may_open_flow() {
-                nat::hairpin_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?
-            } else {
-                None
-            };
-            match hairpin {
-                Some(xlat) => {
-                    rewrite(ctx, pkt, &xlat)?;
-                    (xlat, Reason::HairpinNew)
-                }
-                None if cfg.has(CFG_FAST_PATH) => {
-                    let action = fast_out(ctx, cfg, pkt)?;
-                    if action != TC_ACT_UNSPEC {
-                        return Ok(Outcome {
-                            reason: Reason::Translated,
-                            action,
-                        });
-                    }
-                    let hop = fast_masquerade_route(ctx, cfg, pkt)?;
-                    let xlat = nat::snat_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?;
-                    rewrite(ctx, pkt, &xlat)?;
-                    let action = redirect::out_uplink(ctx, hop, cfg)?;
-                    return Ok(Outcome {
-                        reason: Reason::SnatNew,
-                        action,
-                    });
-                }
-                None => return Err(Reason::PassNoMatch),
-            }
-        }
+    let action = bridge_tracked(ctx, cfg, pkt)?;
+    if action != NO_FLOW {
+        return Ok(Outcome {
+            reason: translated(pkt),
+            action,
+        });
+    }
+    if pkt.is_icmp_error() {
+        return Err(Reason::PassNoMatch);
+    }
+    let hairpin = if pkt.may_open_flow() {
+        nat::hairpin_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?
+    } else {
+        None
     };
-    let action = redirect::to_endpoint(ctx, xlat.daddr, cfg)?;
-    Ok(Outcome { reason, action })
+    if let Some(xlat) = hairpin {
+        rewrite(ctx, pkt, &xlat)?;
+        return Ok(Outcome {
+            reason: Reason::HairpinNew,
+            action: redirect::to_endpoint(ctx, xlat.daddr, cfg)?,
+        });
+    }
+    if !cfg.has(CFG_FAST_PATH) {
+        return Err(Reason::PassNoMatch);
+    }
+    let hop = fast_masquerade_route(ctx, cfg, pkt)?;
+    let xlat = nat::snat_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?;
+    rewrite(ctx, pkt, &xlat)?;
+    Ok(Outcome {
+        reason: Reason::SnatNew,
+        action: redirect::out_uplink(ctx, hop, cfg)?,
+    })
 }
 
-/// The fast path out: a packet of a tracked masquerade or published-port
-/// flow, translated here and sent out of the uplink when the routing table
-/// says so; returns the redirect verdict. `TC_ACT_UNSPEC` when the packet
-/// belongs to no flow; `Err(PassNoMatch)` when it does but must take the
-/// host stack (another route, a TTL about to expire, a packet too big for
-/// the uplink). A BPF function of its own, to keep its frame off the
-/// others' stack. It returns a bare verdict: an `Option<Outcome>` left
-/// part of its return value undefined on the `None` path, and the verifier
+/// `bridge_tracked`'s verdict for a packet of no flow the bridge acts on
+/// at once: the caller goes on to open one.
+const NO_FLOW: i32 = TC_ACT_UNSPEC;
+
+/// A packet of a tracked flow on the bridge, with one conntrack lookup:
+/// a hairpin flow's is translated and redirected to the target's veth; with
+/// the fast path, a masquerade or published-port flow's is translated here
+/// and sent out of the uplink when the routing table says so. Returns the
+/// redirect verdict; `NO_FLOW` when no flow holds the packet (or, without
+/// the fast path, only one the uplink translates); `Err(PassNoMatch)` when
+/// a flow does but the packet must take the host stack (direct routing,
+/// another route, a TTL about to expire, a packet too big for the uplink,
+/// an ICMP error). A BPF function of its own, to keep its frame off the
+/// others' stack. It returns a bare verdict: an `Option<Outcome>` left part
+/// of its return value undefined on the `None` path, and the verifier
 /// refused the resulting read of an unwritten register ("R9 !read_ok").
-///
-/// It looks the flow up again although `translate_tracked` just did: handing
-/// the flow's map-value pointers back through that function's return slot
-/// fails verification ("invalid size of register fill"), and pointers cannot
-/// be parked in a map either.
 #[inline(never)]
-fn fast_out(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Reason> {
+fn bridge_tracked(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Reason> {
     let now = now();
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
-        return Ok(TC_ACT_UNSPEC);
+        return Ok(NO_FLOW);
     };
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
+    if nat == NAT_HAIRPIN {
+        if pkt.is_icmp_error() {
+            // Errors translate but do not advance the flow's state.
+            icmp_error(ctx, pkt, &xlat)?;
+        } else {
+            rewrite(ctx, pkt, &xlat)?;
+            conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
+        }
+        return redirect::to_endpoint(ctx, xlat.daddr, cfg);
+    }
+    if !cfg.has(CFG_FAST_PATH) {
+        return Ok(NO_FLOW);
+    }
     // Direct routing's replies are the host firewall's to judge.
-    if nat == NAT_NONE {
+    if nat == NAT_NONE || pkt.is_icmp_error() {
         return Err(Reason::PassNoMatch);
     }
     let hop = redirect::uplink_next_hop(ctx, &xlat, pkt.len, cfg).ok_or(Reason::PassNoMatch)?;
