@@ -27,12 +27,14 @@ use netbr_common::{
     conntrack::{CtEntry, CtState, FlowKey, DIR_ORIG, STATE_COUNT},
     counters::Reason,
     firewall::{RuleSpec, FW_ALLOW, FW_DENY, FW_IN, FW_OUT},
-    maps::{Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, MAP_FRAGMENTS},
+    maps::{
+        Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, CFG_FAST_PATH, MAP_FRAGMENTS,
+    },
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use support::{
     config::{test_config, BRIDGE_MAC, CT_MAX, HOST},
-    model::{self, Expect, Hook, Tables},
+    model::{self, Expect, Hook, Tables, UplinkRoute},
     packet::{fragment, Spec},
 };
 
@@ -75,6 +77,8 @@ struct Fixture {
     dp: Datapath,
     frags: aya::maps::HashMap<aya::maps::MapData, FragKey, FragVal>,
     rules: Vec<RuleSpec>,
+    /// The routing table's answers, asked once per address (fast path).
+    routes: std::cell::RefCell<std::collections::HashMap<u32, UplinkRoute>>,
 }
 
 impl Tables for Fixture {
@@ -109,6 +113,95 @@ impl Tables for Fixture {
     fn firewall(&self) -> &[RuleSpec] {
         &self.rules
     }
+    fn uplink_route(&self, daddr: u32) -> UplinkRoute {
+        *self
+            .routes
+            .borrow_mut()
+            .entry(daddr)
+            .or_insert_with(|| ask_route(daddr))
+    }
+}
+
+/// The fast-path run's namespace: an uplink `up0` (192.0.2.1/24, MAC
+/// `UPLINK_MAC`) whose only resolved neighbour is lan, also the default
+/// gateway, and a bridge `br0`.
+const FAST_SETUP: &[&[&str]] = &[
+    &[
+        "ip",
+        "link",
+        "add",
+        "up0",
+        "address",
+        "02:00:00:00:01:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up0p",
+    ],
+    // No dummy interfaces on this kernel: a veth pair stands in for a NIC.
+    &["ip", "link", "set", "up0p", "up"],
+    &["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"],
+    &["ip", "link", "set", "up0", "up"],
+    &["ip", "link", "add", "br0", "type", "bridge"],
+    &["ip", "addr", "add", "172.30.0.1/16", "dev", "br0"],
+    &["ip", "link", "set", "br0", "up"],
+    &[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.2",
+        "lladdr",
+        "02:00:00:00:02:02",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ],
+    &["ip", "route", "add", "default", "via", "192.0.2.2"],
+    &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"],
+];
+const UPLINK_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+
+/// Where this thread's namespace routes `daddr`, from `ip route get` (the
+/// kernel's own answer, which `bpf_fib_lookup` gives the programs too).
+fn ask_route(daddr: u32) -> UplinkRoute {
+    // What the stack never forwards, though `ip route get` (an output
+    // lookup) may find a route for it.
+    let first = daddr.to_ne_bytes()[0];
+    if (224..=239).contains(&first) || daddr == u32::MAX || first == 0 || first == 127 {
+        return None;
+    }
+    let out = std::process::Command::new("timeout")
+        .args([
+            "5",
+            "ip",
+            "-j",
+            "route",
+            "get",
+            &model::ip(daddr).to_string(),
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let route = &doc[0];
+    if route.get("type").is_some_and(|t| t != "unicast") || route["dev"] != "up0" {
+        return None;
+    }
+    let hop = route["gateway"].as_str().or(route["dst"].as_str())?;
+    Some((hop == LAN.to_string()).then_some((UPLINK_MAC, LAN_MAC)))
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: a NUL-terminated name; asks this thread's namespace.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i != 0, "no interface {name}");
+    i
 }
 
 /// Rules the generated traffic meets: a deny of one lan client on 8080, an
@@ -144,12 +237,19 @@ fn fuzz_rules() -> Vec<RuleSpec> {
 }
 
 impl Fixture {
-    fn new() -> Self {
+    /// With `fast`, the fast path is on and the programs see this thread's
+    /// namespace's `up0` and `br0` (`FAST_SETUP`) as uplink and bridge.
+    fn new(fast: bool) -> Self {
         let mut ebpf = netbr::bpf::attach::load(None, CT_MAX).expect("load");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         // Nothing expires during a run.
-        dp.set_config(&test_config((61000, 65535), [86_400; STATE_COUNT]))
-            .expect("config");
+        let mut cfg = test_config((61000, 65535), [86_400; STATE_COUNT]);
+        if fast {
+            cfg.flags |= CFG_FAST_PATH;
+            cfg.uplink_ifindex = ifindex("up0");
+            cfg.bridge_ifindex = ifindex("br0");
+        }
+        dp.set_config(&cfg).expect("config");
         for (ip, mac) in [(WEB, WEB_MAC), (C2, C2_MAC)] {
             let ep = Endpoint {
                 host_ifindex: 100,
@@ -209,6 +309,7 @@ impl Fixture {
             dp,
             frags,
             rules,
+            routes: Default::default(),
         }
     }
 
@@ -478,6 +579,36 @@ fn check(
     out: &[u8],
     f: &Fixture,
 ) -> Result<(), String> {
+    if let Expect::RedirectOut { inner, macs } = expect {
+        if verdict != REDIRECT || out.len() != b.len() {
+            return Err(format!("expected a redirect out, got verdict {verdict:#x}"));
+        }
+        let addressed = match macs {
+            Some((src, dst)) => out[0..6] == *dst && out[6..12] == *src,
+            None => out[..12] == b[..12],
+        };
+        if !addressed {
+            return Err("frame sent out not addressed to the next hop".into());
+        }
+        if out[22] != b[22].wrapping_sub(1) {
+            return Err(format!("TTL {} -> {}, not one less", b[22], out[22]));
+        }
+        // The rest is checked as the translation it carries.
+        let mut routed = b.to_vec();
+        routed[..12].copy_from_slice(&out[..12]);
+        routed[22] = out[22];
+        // The TTL's change folded into the checksum incrementally (RFC
+        // 1624), so a right checksum stays right and a wrong one wrong.
+        let word = |ttl: u8| u32::from(u16::from_be_bytes([ttl, b[23]]));
+        let mut sum = u32::from(!u16::from_be_bytes([b[24], b[25]]))
+            + (!word(b[22]) & 0xffff)
+            + word(out[22]);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        routed[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        return check(&routed, hook, inner, PASS, out, f);
+    }
     if let Expect::Redirect { inner, to_mac } = expect {
         if verdict != REDIRECT || out.len() != b.len() {
             return Err(format!("expected a redirect, got verdict {verdict:#x}"));
@@ -600,7 +731,7 @@ fn check(
                 return Err("quoted IP checksum broken".into());
             }
         }
-        Expect::Redirect { .. } => unreachable!("handled above"),
+        Expect::Redirect { .. } | Expect::RedirectOut { .. } => unreachable!("handled above"),
     }
     let _ = hook;
     Ok(())
@@ -624,7 +755,7 @@ fn reason_of(e: &Expect) -> Reason {
         Expect::Untouched(r) | Expect::Drop(r) => *r,
         Expect::Translate { reason, .. } => *reason,
         Expect::IcmpError { .. } => Reason::IcmpErrorTranslated,
-        Expect::Redirect { inner, .. } => reason_of(inner),
+        Expect::Redirect { inner, .. } | Expect::RedirectOut { inner, .. } => reason_of(inner),
     }
 }
 
@@ -664,6 +795,35 @@ fn claimable(f: &Fixture, reply_key: &FlowKey, reply_xlat: &FlowKey) -> bool {
 
 #[test]
 fn the_tc_programs_agree_with_the_reference_model() {
+    fuzz(false);
+}
+
+/// The same with the fast path on, in a namespace of the test's own whose
+/// uplink and bridge the programs route through: tracked flows and new
+/// masquerade flows leave the bridge hook translated, TTL decremented and
+/// addressed to the next hop, or for the kernel to resolve it.
+#[test]
+fn the_tc_programs_agree_with_the_reference_model_with_the_fast_path_on() {
+    struct Namespace(String);
+    impl Drop for Namespace {
+        fn drop(&mut self) {
+            let _ = netbr::netns::delete_named(&self.0);
+        }
+    }
+    let ns = Namespace(format!("nbfz-{}", std::process::id()));
+    let path = netbr::netns::create_named(&ns.0).expect("namespace");
+    for cmd in FAST_SETUP {
+        let o = netbr::sandbox::in_netns(&path, cmd[0], &cmd[1..]).expect("setup command");
+        assert!(
+            o.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    netbr::netns::run_in(&path, || fuzz(true)).expect("the fast-path run passed");
+}
+
+fn fuzz(fast: bool) {
     let packets: u64 = std::env::var("NETBR_FUZZ_PACKETS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -673,7 +833,7 @@ fn the_tc_programs_agree_with_the_reference_model() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x005e_ed0f_ba5e);
     let tainted = std::fs::read_to_string("/proc/sys/kernel/tainted").expect("tainted");
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(fast);
     let mut rng = Rng(seed | 1);
     let mut recent: Vec<(Hook, Vec<u8>)> = Vec::new();
     let mut mismatches = Vec::new();
@@ -700,6 +860,9 @@ fn the_tc_programs_agree_with_the_reference_model() {
             ) {
                 expect = Expect::Drop(Reason::DropCtInsert);
             }
+        }
+        if matches!(expect, Expect::RedirectOut { .. }) {
+            *seen.entry("fast_path_out").or_default() += 1;
         }
         let reason = reason_of(&expect);
         let before = counter(&f, reason);
@@ -767,6 +930,12 @@ fn the_tc_programs_agree_with_the_reference_model() {
         assert!(
             seen.get(r).copied().unwrap_or(0) > 0,
             "no packet ended as {r}: {seen:?}"
+        );
+    }
+    if fast {
+        assert!(
+            seen.get("fast_path_out").copied().unwrap_or(0) > 0,
+            "no packet took the fast path out: {seen:?}"
         );
     }
 }

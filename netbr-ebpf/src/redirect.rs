@@ -79,6 +79,9 @@ pub enum NextHop {
 /// ICMP error).
 #[inline(always)]
 pub fn uplink_next_hop(ctx: &TcContext, xlat: &FlowKey, len: u32, cfg: &Config) -> Option<NextHop> {
+    if !forwardable(xlat.daddr) {
+        return None;
+    }
     let p = FIB.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let p = unsafe { &mut *p };
@@ -109,6 +112,18 @@ pub fn uplink_next_hop(ctx: &TcContext, xlat: &FlowKey, len: u32, cfg: &Config) 
         BPF_FIB_LKUP_RET_NO_NEIGH => Some(NextHop::Unresolved),
         _ => None,
     }
+}
+
+/// Whether the host stack would route a packet for `daddr` (network byte
+/// order) out at all. The FIB's default route matches multicast, the
+/// limited broadcast, 0.0.0.0/8 and loopback too, but the kernel never
+/// forwards to them (`ip_route_input_slow` delivers or drops them), so
+/// neither does the fast path: the fuzzer caught a masqueraded multicast
+/// datagram sent out of the uplink.
+#[inline(always)]
+fn forwardable(daddr: u32) -> bool {
+    let first = daddr.to_ne_bytes()[0];
+    !(224..=239).contains(&first) && daddr != u32::MAX && first != 0 && first != 127
 }
 
 /// Fast path out: sends an already translated packet out of the uplink,

@@ -6,10 +6,13 @@
 use std::net::Ipv4Addr;
 
 use netbr_common::{
-    conntrack::{CtEntry, FlowKey, DIR_ORIG, NAT_HAIRPIN, TCP_ACK, TCP_SYN},
+    conntrack::{CtEntry, FlowKey, DIR_ORIG, NAT_HAIRPIN, NAT_NONE, TCP_ACK, TCP_SYN},
     counters::Reason,
     firewall::{verdict, FlowFacts, RuleSpec, FW_IN, FW_OUT},
-    maps::{Config, FragKey, FragVal, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING},
+    maps::{
+        Config, FragKey, FragVal, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING,
+        CFG_FAST_PATH,
+    },
     snat::may_keep_port,
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -28,6 +31,9 @@ pub trait Tables {
     fn endpoint_mac(&self, addr: u32) -> Option<[u8; 6]>;
     /// The firewall rules installed.
     fn firewall(&self) -> &[RuleSpec];
+    /// Where the routing table of the programs' namespace sends `daddr`
+    /// (asked only with the fast path on).
+    fn uplink_route(&self, daddr: u32) -> UplinkRoute;
 }
 
 /// The firewall's verdict on a new flow (`netbr_common::firewall::verdict`,
@@ -84,7 +90,20 @@ pub enum Expect {
         inner: Box<Expect>,
         to_mac: [u8; 6],
     },
+    /// The fast path out: translate (as `inner`), decrement the TTL and
+    /// redirect to the uplink, from and to `macs` (source, destination)
+    /// when the next hop is resolved, the MACs untouched when the kernel is
+    /// to resolve it.
+    RedirectOut {
+        inner: Box<Expect>,
+        macs: Option<([u8; 6], [u8; 6])>,
+    },
 }
+
+/// How the routing table sends a packet for an address out of the uplink:
+/// `None` not through the uplink, `Some(None)` through it to a next hop not
+/// resolved yet, `Some(Some((source MAC, destination MAC)))` resolved.
+pub type UplinkRoute = Option<Option<([u8; 6], [u8; 6])>>;
 
 /// The fields the datapath reads, as the model parsed them.
 #[derive(Clone, Debug)]
@@ -94,6 +113,7 @@ pub struct Parsed {
     pub tcp_flags: u8,
     pub frag: u8,
     pub ip_id: u16,
+    pub ttl: u8,
     /// Offset of the quoted IP header of an ICMP error.
     pub inner: Option<usize>,
     pub outer_saddr: u32,
@@ -176,6 +196,7 @@ pub fn parse(b: &[u8]) -> Result<Parsed, Reason> {
         tcp_flags: 0,
         frag,
         ip_id,
+        ttl: byte(b, E + 8, Reason::DropTruncated)?,
         inner: None,
         outer_saddr: saddr,
         outer_daddr: daddr,
@@ -362,28 +383,51 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             to_mac,
         });
     }
+    let fast = cfg.flags & CFG_FAST_PATH != 0;
+    if hairpin && fast {
+        // Mirrors `hooks::bridge_tracked`: a flow the uplink translates,
+        // translated here and sent out of the uplink.
+        if let Some(e) = flow(t, &p.key) {
+            if e.nat == NAT_NONE || p.inner.is_some() {
+                return Err(Reason::PassNoMatch);
+            }
+            let macs = t.uplink_route(e.xlat.daddr).ok_or(Reason::PassNoMatch)?;
+            if p.ttl <= 1 {
+                return Err(Reason::PassNoMatch);
+            }
+            return Ok(Expect::RedirectOut {
+                inner: Box::new(Expect::Translate {
+                    reason: Reason::Translated,
+                    to: e.xlat,
+                    any_sport: false,
+                }),
+                macs,
+            });
+        }
+    }
     if hairpin {
-        // Mirrors `nat::hairpin_new_flow`.
-        if p.frag == FRAG_LATER || p.inner.is_some() {
+        if let Some(e) = hairpin_new(t, &cfg, &p)? {
+            return Ok(e);
+        }
+        // Mirrors `hooks::fast_masquerade_route`, then `nat::snat_new_flow`.
+        let may_open = p.frag != FRAG_LATER && p.inner.is_none();
+        if !fast || !may_open || !wants_snat(&cfg, &p.key) {
             return Err(Reason::PassNoMatch);
         }
-        if p.key.proto == IPPROTO_ICMP || !in_subnet(&cfg, p.key.saddr) || !t.is_local(p.key.daddr)
-        {
+        let macs = t.uplink_route(p.key.daddr).ok_or(Reason::PassNoMatch)?;
+        if p.ttl <= 1 {
             return Err(Reason::PassNoMatch);
         }
-        let m = published(t, p.key.proto, p.key.daddr, p.key.dport).ok_or(Reason::PassNoMatch)?;
+        firewall(t, FW_OUT, &p.key, p.key.saddr)?;
         let mut to = p.key;
-        to.daddr = m.addr;
-        to.dport = m.port;
-        to.saddr = cfg.gateway_addr;
-        let to_mac = t.endpoint_mac(m.addr).ok_or(Reason::DropNoEndpoint)?;
-        return Ok(Expect::Redirect {
+        to.saddr = cfg.uplink_addr;
+        return Ok(Expect::RedirectOut {
             inner: Box::new(Expect::Translate {
-                reason: Reason::HairpinNew,
+                reason: Reason::SnatNew,
                 to,
                 any_sport: true,
             }),
-            to_mac,
+            macs,
         });
     }
     let may_open = p.frag != FRAG_LATER && p.inner.is_none();
@@ -453,10 +497,7 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
                     any_sport: true,
                 });
             }
-            let wants = in_subnet(&cfg, p.key.saddr)
-                && !in_subnet(&cfg, p.key.daddr)
-                && (p.key.proto != IPPROTO_ICMP || p.key.sport != 0);
-            if !may_open || !wants {
+            if !may_open || !wants_snat(&cfg, &p.key) {
                 return Err(Reason::PassNoMatch);
             }
             firewall(t, FW_OUT, &p.key, p.key.saddr)?;
@@ -469,6 +510,38 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             })
         }
     }
+}
+
+/// Mirrors `nat::wants_snat`.
+fn wants_snat(cfg: &Config, k: &FlowKey) -> bool {
+    in_subnet(cfg, k.saddr) && !in_subnet(cfg, k.daddr) && (k.proto != IPPROTO_ICMP || k.sport != 0)
+}
+
+/// Mirrors `nat::hairpin_new_flow`: a container's new flow to a published
+/// port on a host address, or `None` when the packet is not one.
+fn hairpin_new(t: &dyn Tables, cfg: &Config, p: &Parsed) -> Result<Option<Expect>, Reason> {
+    if p.frag == FRAG_LATER || p.inner.is_some() {
+        return Ok(None);
+    }
+    if p.key.proto == IPPROTO_ICMP || !in_subnet(cfg, p.key.saddr) || !t.is_local(p.key.daddr) {
+        return Ok(None);
+    }
+    let Some(m) = published(t, p.key.proto, p.key.daddr, p.key.dport) else {
+        return Ok(None);
+    };
+    let mut to = p.key;
+    to.daddr = m.addr;
+    to.dport = m.port;
+    to.saddr = cfg.gateway_addr;
+    let to_mac = t.endpoint_mac(m.addr).ok_or(Reason::DropNoEndpoint)?;
+    Ok(Some(Expect::Redirect {
+        inner: Box::new(Expect::Translate {
+            reason: Reason::HairpinNew,
+            to,
+            any_sport: true,
+        }),
+        to_mac,
+    }))
 }
 
 /// Whether `port` is a source port a new flow whose own source port was
