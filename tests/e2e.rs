@@ -1054,6 +1054,7 @@ fn bench_measures_every_metric_for_every_arm() {
             "1",
             "--secs",
             "0.2",
+            "--fwd",
             "--json",
         ])
         .arg(&out_file)

@@ -175,6 +175,13 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
 /// Uplink egress: replies of published-port flows, and masquerade.
 #[inline(always)]
 fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
+    // Already the uplink's source, yet no host socket sent it: the fast
+    // path translated it on the bridge and redirected it here (the stack
+    // never forwards a packet with a source of its own). Nothing to do, and
+    // no lookups to pay for.
+    if pkt.key.saddr == cfg.uplink_addr && !from_local_socket(ctx) {
+        return Err(Reason::PassNoMatch);
+    }
     if translate_tracked(ctx, pkt, cfg, HOOK_UPLINK_EGRESS)?.is_some() {
         return Ok(Outcome::pass(translated(pkt)));
     }

@@ -17,6 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("iputils-ping", "ping"),
     ("iperf3", "iperf3"),
+    // trafgen, for `netbr bench --fwd`.
+    ("netsniff-ng", "trafgen"),
     ("tcpdump", "tcpdump"),
     ("bpftool", "bpftool"),
     ("conntrack", "conntrack"),

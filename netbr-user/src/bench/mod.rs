@@ -7,6 +7,7 @@ pub mod arms;
 pub mod bpf_cost;
 pub mod chart;
 pub mod cni;
+pub mod fwd;
 pub mod load;
 pub mod prefill;
 pub mod rules;
@@ -43,6 +44,11 @@ pub struct Bench {
     /// first --ports count.
     #[arg(long, value_delimiter = ',')]
     pub rules: Vec<u32>,
+    /// Also measure the forwarding rate: 64-byte UDP frames over 64 flows
+    /// from trafgen, through DNAT and through masquerade, every arm beside
+    /// the generator's own ceiling (at the first --ports count).
+    #[arg(long)]
+    pub fwd: bool,
     /// Rounds of every arm and metric.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -76,7 +82,7 @@ pub struct Bench {
 /// `*_cpu_*` is the machine's kernel CPU time (system + softirq) per
 /// operation while the metric before it ran. The last two, netbr's arms
 /// only, are its programs' own run time per program run (`bpf_cost`).
-pub const METRICS: [(&str, bool); 24] = [
+pub const METRICS: [(&str, bool); 28] = [
     ("tcp_stream_gbps", true),
     ("connect_close_per_s", true),
     ("connect_close_cpu_us", false),
@@ -101,6 +107,10 @@ pub const METRICS: [(&str, bool); 24] = [
     ("masq_udp64_cpu_ns", false),
     ("connect_close_bpf_ns", false),
     ("udp64_bpf_ns", false),
+    ("fwd_pps", true),
+    ("fwd_cpu_ns", false),
+    ("masq_fwd_pps", true),
+    ("masq_fwd_cpu_ns", false),
 ];
 
 /// What a set of samples was measured under.
@@ -306,6 +316,43 @@ struct Load<'a> {
     remove: &'a dyn Fn(&Setup, u32) -> Result<()>,
 }
 
+/// Forwarding rate of every arm through DNAT and masquerade (`fwd`), rounds
+/// interleaved, with kernel CPU per frame; returns the generator's ceiling
+/// of each round.
+fn measure_fwd(
+    scenario: Scenario,
+    setups: &[Setup],
+    rounds: usize,
+    dur: Duration,
+    samples: &mut Samples,
+) -> Result<Vec<f64>> {
+    let mut ceilings = Vec::new();
+    for round in 0..rounds {
+        for k in 0..setups.len() {
+            check_interrupt()?;
+            let s = &setups[(k + round) % setups.len()];
+            let arm = s.arm.name();
+            let (pps, cpu) = with_cpu(dur, 1.0, || fwd::dnat(s, dur))
+                .with_context(|| format!("{arm} forwarding through DNAT"))?;
+            let (mpps, mcpu) = with_cpu(dur, 1.0, || fwd::masquerade(s, dur))
+                .with_context(|| format!("{arm} forwarding through masquerade"))?;
+            for (m, v) in [
+                ("fwd_pps", pps),
+                ("fwd_cpu_ns", cpu),
+                ("masq_fwd_pps", mpps),
+                ("masq_fwd_cpu_ns", mcpu),
+            ] {
+                samples.entry((scenario, s.arm, m)).or_default().push(v);
+            }
+        }
+        if let Some(s) = setups.iter().find(|s| s.arm.is_netbr()) {
+            ceilings.push(fwd::ceiling(s, dur).context("the generator's ceiling")?);
+        }
+        eprintln!("forwarding round {}/{rounds} done", round + 1);
+    }
+    Ok(ceilings)
+}
+
 /// Connect/close rate of every arm at each level of `load`, rounds
 /// interleaved.
 fn measure_under(
@@ -393,6 +440,7 @@ impl Bench {
         let dur = Duration::from_secs_f64(secs);
         let exe = std::env::current_exe().context("finding the netbr binary")?;
         let mut samples = Samples::new();
+        let mut ceilings = Vec::new();
         for (p, &n) in ports.iter().enumerate() {
             eprintln!("setting up {} arms with {n} published port(s)", arms.len());
             let setups: Vec<_> = arms
@@ -416,6 +464,10 @@ impl Bench {
                 eprintln!("round {}/{rounds} done", round + 1);
             }
             measure_bpf_cost(scenario, &setups, &servers, dur, &mut samples)?;
+            if p == 0 && self.fwd {
+                let fwd_dur = dur.max(Duration::from_secs(1));
+                ceilings = measure_fwd(scenario, &setups, rounds, fwd_dur, &mut samples)?;
+            }
             if p == 0 && !prefills.is_empty() {
                 let _limit = prefill::NfLimit::at_least(most)?;
                 let load = Load {
@@ -440,6 +492,15 @@ impl Bench {
         scenarios.extend(prefills.iter().map(|&n| Scenario::Prefill(n)));
         scenarios.extend(rule_counts.iter().map(|&n| Scenario::Rules(n)));
         print!("{}", report(&samples, &arms, &scenarios, rounds, secs));
+        if !ceilings.is_empty() {
+            let sc = Scenario::Ports(ports[0]);
+            let median = |a: Arm, m: &str| samples.get(&(sc, a, m)).map_or(0.0, |v| stat(v).median);
+            let rows: Vec<_> = arms
+                .iter()
+                .map(|&a| (a.name(), median(a, "fwd_pps"), median(a, "masq_fwd_pps")))
+                .collect();
+            print!("{}", fwd::ceiling_lines(stat(&ceilings).median, &rows));
+        }
         if let Some(path) = &self.json {
             let rows: Vec<_> = samples
                 .iter()
@@ -453,7 +514,7 @@ impl Bench {
                     json!({ "ports": ports, "prefill_flows": prefill, "firewall_rules": rules, "arm": arm.name(), "metric": m, "median": st.median, "min": st.min, "max": st.max, "samples": v })
                 })
                 .collect();
-            let doc = json!({ "rounds": rounds, "secs_per_metric": secs, "results": rows });
+            let doc = json!({ "rounds": rounds, "secs_per_metric": secs, "results": rows, "fwd_ceiling_pps": ceilings });
             std::fs::write(path, serde_json::to_string_pretty(&doc)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
