@@ -118,17 +118,14 @@ const fn mask(len: u8) -> u32 {
 
 /// The trie entries of a rule: `(prefix length, key)`, one per protocol.
 pub fn entries(rule: &RuleSpec) -> impl Iterator<Item = (u32, FwKey)> + '_ {
-    let protos: [u8; 2] = match rule.port {
-        None => [0, 0],
-        Some((0, _)) => [crate::IPPROTO_TCP, crate::IPPROTO_UDP],
-        Some((p, _)) => [p, p],
+    // A port without protocol stands for tcp and udp; no port, for every
+    // protocol (0).
+    let protos: &[u8] = match &rule.port {
+        None => &[0],
+        Some((0, _)) => &[crate::IPPROTO_TCP, crate::IPPROTO_UDP],
+        Some((p, _)) => core::slice::from_ref(p),
     };
-    let count = if matches!(rule.port, Some((0, _))) {
-        2
-    } else {
-        1
-    };
-    protos.into_iter().take(count).map(move |proto| {
+    protos.iter().map(move |&proto| {
         let (addr, len) = rule.cidr;
         (
             FW_EXACT_BITS + len as u32,

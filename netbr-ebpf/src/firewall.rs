@@ -8,7 +8,6 @@ use netbr_common::{
     counters::Reason,
     firewall::{any_scope, scope_key, FwKey, FW_ALLOW, FW_DENY, FW_EXACT_BITS, FW_IN, FW_OUT},
     maps::Config,
-    IPPROTO_ICMP,
 };
 
 use crate::{
@@ -43,12 +42,9 @@ pub fn admit_out(cfg: &Config, pkt: &Packet) -> Result<(), Reason> {
     decide(&FwKey {
         dir: FW_OUT,
         proto: key.proto,
-        // An echo request's identifier sits in `sport`; it has no port.
-        port: if key.proto == IPPROTO_ICMP {
-            0
-        } else {
-            key.dport
-        },
+        // 0 for an echo request, whose identifier sits in `sport`: it has
+        // no port, so only rules without one match it.
+        port: key.dport,
         endpoint: key.saddr,
         addr: key.daddr,
         ..FwKey::default()

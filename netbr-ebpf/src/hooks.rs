@@ -11,7 +11,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netbr_common::{
-    conntrack::{FlowKey, NAT_HAIRPIN, NAT_HOST, NAT_NONE},
+    conntrack::{FlowKey, NAT_HAIRPIN, NAT_NONE},
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
@@ -65,9 +65,9 @@ fn before_new_flow(cfg: &Config) -> u64 {
     now
 }
 
-/// Translates a packet of a tracked flow that this uplink hook owns (see
-/// [`owns`]); returns the tuple it now has, or `None` if the packet belongs
-/// to no such flow.
+/// Translates a packet of a tracked flow on an uplink hook (every kind but
+/// hairpin flows, which are the bridge's: `bridge_tracked`); returns the
+/// tuple it now has, or `None` if the packet belongs to no such flow.
 /// A BPF function of its own: its stack frame then does not add to the
 /// SNAT port search's, which must fit beside it in 512 bytes.
 #[inline(never)]
@@ -77,7 +77,6 @@ fn translate_tracked(
     ctx: &TcContext,
     pkt: &Packet,
     cfg: &Config,
-    hook: u8,
 ) -> Result<Option<FlowKey>, Reason> {
     let now = now();
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
@@ -85,7 +84,7 @@ fn translate_tracked(
     };
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
-    if !owns(ctx, hook, nat) {
+    if nat == NAT_HAIRPIN {
         return Ok(None);
     }
     if pkt.is_icmp_error() {
@@ -96,21 +95,6 @@ fn translate_tracked(
     rewrite(ctx, pkt, &xlat)?;
     conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
     Ok(Some(xlat))
-}
-
-/// Whether an uplink hook translates packets of a flow of kind `nat`:
-/// hairpin flows are the bridge's (`bridge_tracked`). A host flow
-/// (`NAT_HOST`) is the host's only when a host socket sent the packet: a
-/// container's packet the fast path already masqueraded to the same uplink
-/// tuple (the collision the host flow was moved away from) must leave as it
-/// is.
-#[inline(always)]
-fn owns(ctx: &TcContext, hook: u8, nat: u8) -> bool {
-    match nat {
-        NAT_HAIRPIN => false,
-        NAT_HOST if hook == HOOK_UPLINK_EGRESS => from_local_socket(ctx),
-        _ => true,
-    }
 }
 
 fn translated(pkt: &Packet) -> Reason {
@@ -146,7 +130,7 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
 /// Uplink ingress: replies of masqueraded flows, and published ports.
 #[inline(always)]
 fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
-    if let Some(xlat) = translate_tracked(ctx, pkt, cfg, HOOK_UPLINK_INGRESS)? {
+    if let Some(xlat) = translate_tracked(ctx, pkt, cfg)? {
         return Ok(deliver_in(ctx, cfg, pkt, &xlat, translated(pkt)));
     }
     if pkt.is_icmp_error() {
@@ -178,11 +162,14 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     // Already the uplink's source, yet no host socket sent it: the fast
     // path translated it on the bridge and redirected it here (the stack
     // never forwards a packet with a source of its own). Nothing to do, and
-    // no lookups to pay for.
+    // no lookups to pay for. This is also what keeps such a packet from
+    // being taken for the host's own flow (`NAT_HOST`) that was moved off
+    // the same tuple: past this point, the uplink's source means a host
+    // socket.
     if pkt.key.saddr == cfg.uplink_addr && !from_local_socket(ctx) {
         return Err(Reason::PassNoMatch);
     }
-    if translate_tracked(ctx, pkt, cfg, HOOK_UPLINK_EGRESS)?.is_some() {
+    if translate_tracked(ctx, pkt, cfg)?.is_some() {
         return Ok(Outcome::pass(translated(pkt)));
     }
     // The host's own errors (and those of untracked traffic) leave as they
@@ -190,7 +177,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     if !pkt.may_open_flow() {
         return Err(Reason::PassNoMatch);
     }
-    if pkt.key.saddr == cfg.uplink_addr && from_local_socket(ctx) {
+    if pkt.key.saddr == cfg.uplink_addr {
         if !nat::host_flow_wanted(pkt, cfg, now()) {
             return Err(Reason::PassNoMatch);
         }
@@ -321,9 +308,7 @@ fn bridge_tracked(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Re
     if nat == NAT_NONE || pkt.is_icmp_error() {
         return Err(Reason::PassNoMatch);
     }
-    let hop = redirect::uplink_next_hop(ctx, &xlat, pkt.len, cfg).ok_or(Reason::PassNoMatch)?;
-    // A TTL about to expire is left, untouched, to the stack's ICMP.
-    redirect::decrement_ttl(ctx).ok_or(Reason::PassNoMatch)?;
+    let hop = redirect::route_out(ctx, &xlat, pkt.len, cfg)?;
     rewrite(ctx, pkt, &xlat)?;
     conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
     redirect::out_uplink(ctx, hop, cfg)
@@ -346,7 +331,5 @@ fn fast_masquerade_route(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<
     // not change the answer.
     let mut routed = pkt.key;
     routed.saddr = cfg.uplink_addr;
-    let hop = redirect::uplink_next_hop(ctx, &routed, pkt.len, cfg).ok_or(Reason::PassNoMatch)?;
-    redirect::decrement_ttl(ctx).ok_or(Reason::PassNoMatch)?;
-    Ok(hop)
+    redirect::route_out(ctx, &routed, pkt.len, cfg)
 }

@@ -114,6 +114,22 @@ pub fn uplink_next_hop(ctx: &TcContext, xlat: &FlowKey, len: u32, cfg: &Config) 
     }
 }
 
+/// Routes a packet that is to leave by the fast path as a router would:
+/// how it leaves the uplink, with its TTL decremented. `Err(PassNoMatch)`
+/// leaves it, untouched, to the host stack: another route, a packet too big
+/// for the uplink, or a TTL about to expire (the stack sends the ICMP).
+#[inline(always)]
+pub fn route_out(
+    ctx: &TcContext,
+    xlat: &FlowKey,
+    len: u32,
+    cfg: &Config,
+) -> Result<NextHop, Reason> {
+    let hop = uplink_next_hop(ctx, xlat, len, cfg).ok_or(Reason::PassNoMatch)?;
+    decrement_ttl(ctx).ok_or(Reason::PassNoMatch)?;
+    Ok(hop)
+}
+
 /// Whether the host stack would route a packet for `daddr` (network byte
 /// order) out at all. The FIB's default route matches multicast, the
 /// limited broadcast, 0.0.0.0/8 and loopback too, but the kernel never

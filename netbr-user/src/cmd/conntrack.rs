@@ -7,7 +7,7 @@ use netbr_common::{
 use serde_json::json;
 
 use crate::{
-    addr::{from_be32, monotonic_ns, to_be32},
+    addr::{from_be32, monotonic_ns, to_be32, Cidr},
     store::{Store, View},
 };
 
@@ -36,10 +36,9 @@ impl FlushArgs {
     fn matches(&self, k: &FlowKey, x: &FlowKey) -> bool {
         let ports = [k.sport, k.dport, x.sport, x.dport].map(u16::from_be);
         self.port.is_none_or(|p| ports.contains(&p))
-            && self.from.is_none_or(|(net, len)| {
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                u32::from(from_be32(k.saddr)) & mask == u32::from(net)
-            })
+            && self
+                .from
+                .is_none_or(|(net, len)| Cidr::new(net, len).contains(from_be32(k.saddr)))
     }
 }
 

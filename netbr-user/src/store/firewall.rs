@@ -46,8 +46,7 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
     let addr: Ipv4Addr = addr
         .parse()
         .map_err(|_| anyhow!("{s:?} is not an IPv4 address or CIDR block like 192.0.2.0/24"))?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
+    Ok((crate::addr::Cidr::new(addr, len).network(), len))
 }
 
 /// `PORT`, `PORT/tcp` or `PORT/udp`; protocol 0 means both.
