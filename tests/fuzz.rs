@@ -251,11 +251,7 @@ impl Fixture {
         }
         dp.set_config(&cfg).expect("config");
         for (ip, mac) in [(WEB, WEB_MAC), (C2, C2_MAC)] {
-            let ep = Endpoint {
-                host_ifindex: 100,
-                mac,
-                _pad: [0; 2],
-            };
+            let ep = Endpoint::new(100, mac, 0);
             dp.endpoints.insert(to_be32(ip), ep, 0).expect("endpoint");
         }
         for a in [HOST, Ipv4Addr::new(172, 30, 0, 1), Ipv4Addr::LOCALHOST] {

@@ -68,9 +68,12 @@ pub enum Reason {
     DropFirewallDeny,
     /// A new flow in the scope of firewall allow rules matched none of them.
     DropFirewallNotAllowed,
+    /// A limited endpoint's packet would have waited past the drop horizon
+    /// (`netbr_common::pacing`): its backlog is full.
+    DropPaceHorizon,
 }
 
-pub const REASON_COUNT: u32 = 27;
+pub const REASON_COUNT: u32 = 28;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -101,6 +104,7 @@ impl Reason {
         Reason::HostFlowNew,
         Reason::DropFirewallDeny,
         Reason::DropFirewallNotAllowed,
+        Reason::DropPaceHorizon,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -133,6 +137,7 @@ impl Reason {
             Reason::HostFlowNew => "host_flow_new",
             Reason::DropFirewallDeny => "drop_fw_deny",
             Reason::DropFirewallNotAllowed => "drop_fw_not_allowed",
+            Reason::DropPaceHorizon => "drop_pace_horizon",
         }
     }
 
@@ -151,6 +156,7 @@ impl Reason {
                 | Reason::DropCtFull
                 | Reason::DropFirewallDeny
                 | Reason::DropFirewallNotAllowed
+                | Reason::DropPaceHorizon
         )
     }
 }

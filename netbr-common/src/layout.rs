@@ -10,6 +10,7 @@ use crate::{
     conntrack::{CtEntry, FlowKey},
     firewall::*,
     maps::*,
+    pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     snat::SNAT_HISTOGRAM_LEN,
 };
 
@@ -43,7 +44,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 16] = [
+pub const PINNED: [MapSpec; 17] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
@@ -102,6 +103,7 @@ pub const PINNED: [MapSpec; 16] = [
         BPF_MAP_TYPE_PERCPU_ARRAY,
         Some(FIREWALL_MAX_ENTRIES),
     ),
+    spec::<PaceKey, Pace>(MAP_PACING, BPF_MAP_TYPE_HASH, Some(PACING_MAX_ENTRIES)),
 ];
 
 /// Maps of the object that are never pinned: per-CPU scratch space whose
@@ -109,7 +111,7 @@ pub const PINNED: [MapSpec; 16] = [
 pub const UNPINNED: [&str; 5] = ["NB_FIB", "NB_SCRATCH", "NB_PKT", "NB_SEARCH", "NB_FWKEY"];
 
 /// Every program of the object.
-pub const PROGRAMS: [&str; 9] = [
+pub const PROGRAMS: [&str; 11] = [
     PROG_UPLINK_INGRESS,
     PROG_UPLINK_EGRESS,
     PROG_BRIDGE_INGRESS,
@@ -119,6 +121,8 @@ pub const PROGRAMS: [&str; 9] = [
     PROG_RECVMSG4,
     PROG_GETPEER4,
     PROG_BIND4,
+    PROG_PACE_EGRESS,
+    PROG_PACE_INGRESS,
 ];
 
 /// The spec of pinned map `name`.

@@ -77,6 +77,11 @@ pub const PROG_RECVMSG4: &str = "nb_recvmsg4";
 pub const PROG_GETPEER4: &str = "nb_getpeer4";
 /// cgroup bind4: host sockets may not bind published host ports.
 pub const PROG_BIND4: &str = "nb_bind4";
+/// Pacing of limited endpoints (`netbr_common::pacing`), on TC egress of
+/// the container's interface (what it sends) and of its host-side veth
+/// (what it receives). Pinned by `attach`, attached per endpoint.
+pub const PROG_PACE_EGRESS: &str = "nb_pace_out";
+pub const PROG_PACE_INGRESS: &str = "nb_pace_in";
 
 /// Root of every netbr pin directory; each (network namespace, bridge) pair
 /// gets `<netns cookie>-<bridge>` below it. The cookie (`SO_NETNS_COOKIE`)
@@ -91,7 +96,7 @@ pub const STATE_ROOT: &str = "/run/netbr";
 
 /// Bumped whenever a pinned map's key or value layout changes, so an `attach`
 /// of a newer binary can tell that pinned maps were written by an older one.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
@@ -182,7 +187,26 @@ pub struct Endpoint {
     pub host_ifindex: u32,
     /// MAC address of the container's eth0.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `EP_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// `Endpoint::flags`: traffic to the endpoint is paced on its host-side
+/// veth (`netbr_common::pacing`), so every path must leave through that
+/// veth's qdisc: the fast path redirects to it rather than past it into the
+/// container, and XDP passes the packet to the stack.
+pub const EP_PACED_INGRESS: u8 = 1;
+
+impl Endpoint {
+    pub const fn new(host_ifindex: u32, mac: [u8; 6], flags: u8) -> Self {
+        Self {
+            host_ifindex,
+            mac,
+            flags,
+            _pad: 0,
+        }
+    }
 }
 
 /// Datapath configuration, one entry in an array map. Addresses are network

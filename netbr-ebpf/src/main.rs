@@ -15,6 +15,7 @@ mod frag;
 mod hooks;
 mod maps;
 mod nat;
+mod pacing;
 mod parse;
 mod redirect;
 mod rewrite;
@@ -29,6 +30,7 @@ use aya_ebpf::{
 use netbr_common::{
     counters::Reason,
     maps::{HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
+    pacing::{PACE_EGRESS, PACE_INGRESS},
 };
 
 /// Counts the outcome and returns its verdict. Errors that are drops become
@@ -65,6 +67,19 @@ pub fn nb_up_out(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nb_br_in(ctx: TcContext) -> i32 {
     verdict(hooks::run(&ctx, HOOK_BRIDGE_INGRESS))
+}
+
+/// Bandwidth limits on what a container sends: TC egress of its interface.
+#[classifier]
+pub fn nb_pace_out(ctx: TcContext) -> i32 {
+    pacing::run(&ctx, PACE_EGRESS)
+}
+
+/// Bandwidth limits on what a container receives: TC egress of its
+/// host-side veth.
+#[classifier]
+pub fn nb_pace_in(ctx: TcContext) -> i32 {
+    pacing::run(&ctx, PACE_INGRESS)
 }
 
 /// `attach --xdp`: established flows bound for containers, on the uplink.

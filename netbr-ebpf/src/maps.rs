@@ -117,3 +117,9 @@ pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_ent
 /// not on the stack). Not pinned.
 #[map(name = "NB_SEARCH")]
 pub static SEARCH: PerCpuArray<crate::nat::PortSearch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Limits of paced endpoints and their departure clocks
+/// (`netbr_common::pacing`).
+#[map(name = "NB_PACE")]
+pub static PACING: HashMap<netbr_common::pacing::PaceKey, netbr_common::pacing::Pace> =
+    HashMap::with_max_entries(netbr_common::pacing::PACING_MAX_ENTRIES, 0);

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use netbr_common::{
     conntrack::FlowKey,
     counters::Reason,
-    maps::{Config, FAST_INTO_CONTAINER, FAST_OUT_UPLINK},
+    maps::{Config, EP_PACED_INGRESS, FAST_INTO_CONTAINER, FAST_OUT_UPLINK},
 };
 
 use crate::{
@@ -37,14 +37,15 @@ pub fn to_endpoint(ctx: &TcContext, daddr: u32, cfg: &Config) -> Result<i32, Rea
 
 /// Fast path in: delivers a packet translated towards a container straight
 /// into its namespace (`bpf_redirect_peer`), skipping routing, netfilter and
-/// the bridge. `None` leaves it to the host stack: no such endpoint, a TTL
+/// the bridge; to a paced endpoint, onto its host-side veth instead
+/// (`bpf_redirect`), whose qdisc must hold the packet. `None` leaves it to the host stack: no such endpoint, a TTL
 /// that would expire here (the stack sends the time-exceeded), or a packet
 /// too big for the container's link (the stack sends frag-needed).
 #[inline(always)]
 pub fn into_container(ctx: &TcContext, daddr: u32, cfg: &Config) -> Option<i32> {
     // SAFETY: read-only copy out of the map value.
     let ep = unsafe { ENDPOINTS.get(&daddr) }?;
-    let (mac, ifindex) = (ep.mac, ep.host_ifindex);
+    let (mac, ifindex, flags) = (ep.mac, ep.host_ifindex, ep.flags);
     let mut mtu_len: u32 = 0;
     // SAFETY: the helper reads the skb and writes `mtu_len`.
     if unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu_len, 0, 0) } != 0 {
@@ -54,8 +55,14 @@ pub fn into_container(ctx: &TcContext, daddr: u32, cfg: &Config) -> Option<i32> 
     ctx.store(0, &mac, 0).ok()?;
     ctx.store(6, &cfg.bridge_mac, 0).ok()?;
     count_fast(FAST_INTO_CONTAINER);
-    // SAFETY: the helper has no preconditions; it returns TC_ACT_REDIRECT.
-    Some(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
+    // SAFETY: the helpers have no preconditions; they return TC_ACT_REDIRECT.
+    Some(unsafe {
+        if flags & EP_PACED_INGRESS != 0 {
+            bpf_redirect(ifindex, 0)
+        } else {
+            bpf_redirect_peer(ifindex, 0)
+        }
+    } as i32)
 }
 
 /// How a packet leaves through the uplink on the fast path.

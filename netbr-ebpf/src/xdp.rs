@@ -19,7 +19,7 @@ use aya_ebpf::{
 use netbr_common::{
     conntrack::FlowKey,
     counters::Reason,
-    maps::{Config, FAST_XDP},
+    maps::{Config, EP_PACED_INGRESS, FAST_XDP},
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -116,6 +116,11 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: read-only copy out of the map value.
     let ep = unsafe { ENDPOINTS.get(&xlat.daddr) }?;
     let (mac, ifindex) = (ep.mac, ep.host_ifindex);
+    // A frame redirected in XDP reaches the veth's peer without passing a
+    // qdisc, so a paced endpoint's goes up the stack to its host-side veth.
+    if ep.flags & EP_PACED_INGRESS != 0 {
+        return None;
+    }
     let mut mtu_len: u32 = 0;
     // SAFETY: the helper reads the frame's length and writes `mtu_len`.
     if unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu_len, 0, 0) } != 0 {

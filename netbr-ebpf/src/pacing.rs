@@ -1,0 +1,119 @@
+//! Bandwidth limits: stamps a limited endpoint's packets with their
+//! earliest departure time; the `fq` qdisc of the device they leave by
+//! releases them then (`netbr_common::pacing` has the arithmetic and why).
+//! On a kernel without `fq` the same clock polices: packets within the
+//! horizon leave at once, the rest are dropped.
+//!
+//! Runs on TC egress, in front of that qdisc: of the container's interface
+//! for what it sends (there the packet still belongs to the container's
+//! socket, so TCP small queues hold the sender back before anything has to
+//! be dropped), of the host-side veth for what it receives.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_ns, bpf_skb_set_tstamp},
+    programs::TcContext,
+};
+use netbr_common::{
+    counters::Reason,
+    pacing::{charged_bytes, schedule, PaceKey, PACE_EGRESS, PACE_STAMP},
+    IPPROTO_TCP,
+};
+
+use crate::{
+    counters,
+    maps::PACING,
+    parse::{ETH_LEN, ETH_P_IP, IP_DADDR, IP_SADDR},
+};
+
+/// `BPF_SKB_CLOCK_MONOTONIC` (formerly `BPF_SKB_TSTAMP_DELIVERY_MONO`): the
+/// only kind of timestamp `fq` takes as a departure time and the forward
+/// and redirect paths keep.
+const CLOCK_MONOTONIC: u64 = 1;
+
+/// Headers of a segment a GSO packet will be cut into, when it is neither
+/// TCP nor carries a readable header: IPv4 and UDP.
+const IP_UDP_HDR: u64 = 28;
+
+/// Paces one packet leaving in direction `dir` (`PACE_*`). Packets of
+/// endpoints without a limit, and all but IPv4, pass untouched.
+#[inline(always)]
+pub fn run(ctx: &TcContext, dir: u8) -> i32 {
+    let Ok(proto) = ctx.load::<u16>(12) else {
+        return TC_ACT_UNSPEC;
+    };
+    if u16::from_be(proto) != ETH_P_IP {
+        return TC_ACT_UNSPEC;
+    }
+    let at = if dir == PACE_EGRESS {
+        IP_SADDR
+    } else {
+        IP_DADDR
+    };
+    let Ok(addr) = ctx.load::<u32>(at) else {
+        return TC_ACT_UNSPEC;
+    };
+    let key = PaceKey {
+        addr,
+        dir,
+        _pad: [0; 3],
+    };
+    let Some(pace) = PACING.get_ptr_mut(&key) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: a map value pointer; a racing CPU is tolerated (see `Pace`).
+    let pace = unsafe { &mut *pace };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let bytes = packet_bytes(ctx);
+    let Some(departure) = schedule(pace, now, bytes) else {
+        pace.dropped += 1;
+        counters::count(Reason::DropPaceHorizon);
+        return TC_ACT_SHOT;
+    };
+    if pace.mode != PACE_STAMP {
+        // Policing: within the horizon the packet leaves now.
+        return TC_ACT_UNSPEC;
+    }
+    // A sender's own later departure time (TCP pacing) stands.
+    // SAFETY: reading context fields.
+    let (own, own_type) = unsafe { ((*ctx.skb.skb).tstamp, (*ctx.skb.skb).tstamp_type) };
+    let at = if own_type as u64 == CLOCK_MONOTONIC && own > departure {
+        own
+    } else {
+        departure
+    };
+    // SAFETY: the skb is IPv4, the helper's one requirement besides a
+    // non-zero monotonic time.
+    unsafe { bpf_skb_set_tstamp(ctx.skb.skb, at, CLOCK_MONOTONIC as u32) };
+    TC_ACT_UNSPEC
+}
+
+/// What the packet counts for against the limit: its IP bytes, and for a
+/// GSO packet the headers each of its segments will carry.
+#[inline(always)]
+fn packet_bytes(ctx: &TcContext) -> u64 {
+    // SAFETY: reading context fields.
+    let (len, segs) = unsafe { ((*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
+    let ip_len = (len as u64).saturating_sub(ETH_LEN as u64);
+    if segs <= 1 {
+        return ip_len;
+    }
+    charged_bytes(ip_len, segs as u64, segment_headers(ctx))
+}
+
+/// IP and transport header bytes of a GSO packet's segments.
+#[inline(always)]
+fn segment_headers(ctx: &TcContext) -> u64 {
+    let (Ok(vihl), Ok(proto)) = (ctx.load::<u8>(ETH_LEN), ctx.load::<u8>(ETH_LEN + 9)) else {
+        return IP_UDP_HDR;
+    };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if proto != IPPROTO_TCP {
+        return ihl as u64 + 8;
+    }
+    match ctx.load::<u8>(ETH_LEN + (ihl & 0x3c) + 12) {
+        Ok(doff) => (ihl + ((doff >> 4) as usize) * 4) as u64,
+        Err(_) => IP_UDP_HDR,
+    }
+}
