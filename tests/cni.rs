@@ -14,7 +14,7 @@ use std::{
 use netbr::{
     netns,
     probe::{self, Server},
-    sandbox::{Sandbox, UPLINK_IP},
+    sandbox::{Sandbox, LAN_IP, UPLINK_IP},
 };
 use serde_json::{json, Value};
 
@@ -474,4 +474,51 @@ fn concurrent_plugin_adds_and_cli_calls_never_collide() {
             .expect("parallel-made port serves");
         assert_eq!(back, b"p");
     }
+}
+
+#[test]
+fn the_bandwidth_capability_limits_the_container_and_del_lifts_it() {
+    use netbr::bench::load::{iperf3, Iperf3Run, Iperf3Server};
+    let sb = support::sandbox();
+    let c = Container::new(&sb, "bw");
+    let mut conf = conf("1.0.0");
+    conf["capabilities"] = json!({"bandwidth": true});
+    conf["runtimeConfig"] = json!({"bandwidth": {
+        "egressRate": 20_000_000, "egressBurst": 160_000, "ingressRate": 40_000_000
+    }});
+    add(&sb, &conf, "bw000001", &c);
+    let eps = ls(&sb)["endpoints"].clone();
+    let ep = &eps[0];
+    assert_eq!(ep["egress_limit"]["rate"], "20mbit", "{ep}");
+    assert_eq!(ep["egress_limit"]["burst_bytes"], 20_000, "{ep}");
+    assert_eq!(ep["ingress_limit"]["rate"], "40mbit", "{ep}");
+    // What the container sends is held to the limit (UDP offered at twice
+    // it measures the limiter alone).
+    let _server = Iperf3Server::start(&sb.lan_path(), 5201).expect("iperf3 server");
+    let run = Iperf3Run {
+        secs: 3,
+        omit: 1,
+        reverse: false,
+        udp_bits: Some(40_000_000),
+    };
+    let to = SocketAddr::from((LAN_IP, 5201));
+    let got = iperf3(&c.path(), to, &run).expect("iperf3") / 1e6;
+    assert!(
+        (got - 20.0).abs() <= 1.0,
+        "egress {got:.2} Mbit/s, limit 20"
+    );
+    let r = plugin(&sb, "DEL", &conf, "bw000001", &c.path(), "eth0");
+    assert!(r.ok, "DEL: {} {}", r.out, r.stderr);
+    let pins: Vec<_> = std::fs::read_dir(sb.pin_dir().expect("pins"))
+        .expect("pin dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pace_"))
+        .collect();
+    assert!(pins.is_empty(), "pacing links left: {pins:?}");
+    // A rate below the slowest limit is refused with the spec's code.
+    conf["runtimeConfig"] = json!({"bandwidth": {"egressRate": 100}});
+    let r = plugin(&sb, "ADD", &conf, "bw000002", &c.path(), "eth0");
+    assert!(!r.ok && r.code() == 7, "{} {}", r.out, r.stderr);
+    assert!(ls(&sb)["endpoints"].as_array().expect("eps").is_empty());
 }

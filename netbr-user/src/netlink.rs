@@ -7,8 +7,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{anyhow, Context as _, Result};
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
+    packet_core::{
+        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+    },
     packet_route::{
         address::AddressAttribute,
         link::{
@@ -16,6 +19,11 @@ use rtnetlink::{
             LinkMessage,
         },
     },
+    packet_route::{
+        tc::{TcAttribute, TcHandle, TcMessage, TcOption},
+        RouteNetlinkMessage,
+    },
+    packet_utils::nla::DefaultNla,
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
@@ -68,6 +76,12 @@ impl Netlink {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(conn);
         Ok(Self { handle })
+    }
+
+    /// Opens a socket in the namespace at `ns`.
+    pub fn connect_in(ns: &std::path::Path) -> Result<Self> {
+        let _in = crate::netns::NetnsGuard::enter(ns)?;
+        Self::connect()
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {
@@ -245,7 +259,80 @@ impl Netlink {
         let mut links = self.handle.link();
         links.del(index).execute().await.context("deleting link")
     }
+
+    /// Makes `fq` the interface's root qdisc (replacing whatever was
+    /// there): it holds each packet until the departure time in its
+    /// `tstamp`. Its per-flow limit is raised from 100 packets so that the
+    /// datapath's horizon, not `fq`, decides when a limited endpoint's
+    /// backlog is full.
+    /// Returns `false`, changing nothing, when the kernel has no `fq`
+    /// (built without `CONFIG_NET_SCH_FQ`).
+    pub async fn set_fq_root(&self, index: u32) -> Result<bool> {
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = TcHandle::ROOT;
+        msg.attributes.push(TcAttribute::Kind("fq".into()));
+        msg.attributes
+            .push(TcAttribute::Options(vec![TcOption::Other(
+                DefaultNla::new(TCA_FQ_FLOW_PLIMIT, FQ_FLOW_PACKETS.to_ne_bytes().to_vec()),
+            )]));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        match self.ack(req).await {
+            Ok(()) => Ok(true),
+            // "Specified qdisc kind is unknown"
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e.context(format!("setting fq as the root qdisc of interface {index}"))),
+        }
+    }
+
+    /// Whether the interface's root qdisc is `fq`.
+    pub async fn has_fq_root(&self, index: u32) -> Result<bool> {
+        let mut qdiscs = self.handle.qdisc().get().index(index as i32).execute();
+        while let Some(q) = qdiscs.try_next().await.context("listing qdiscs")? {
+            if q.header.index == index as i32
+                && q.header.parent == TcHandle::ROOT
+                && q.attributes.contains(&TcAttribute::Kind("fq".into()))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes the interface's root qdisc, which returns a veth to its
+    /// default (`noqueue`). None there is not an error.
+    pub async fn clear_root_qdisc(&self, index: u32) -> Result<()> {
+        let mut req = self.handle.qdisc().del(index as i32);
+        req.message_mut().header.parent = TcHandle::ROOT;
+        match req.execute().await {
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.code
+                    .is_some_and(|c| -c.get() == libc::ENOENT || -c.get() == libc::EINVAL) =>
+            {
+                Ok(())
+            }
+            r => r.with_context(|| format!("removing the root qdisc of interface {index}")),
+        }
+    }
+
+    /// Sends a request and waits for the kernel's acknowledgement.
+    async fn ack(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(req)?;
+        while let Some(msg) = responses.next().await {
+            if let NetlinkPayload::Error(e) = msg.payload {
+                return Err(rtnetlink::Error::NetlinkError(e).into());
+            }
+        }
+        Ok(())
+    }
 }
+
+/// `TCA_FQ_FLOW_PLIMIT` (include/uapi/linux/pkt_sched.h).
+const TCA_FQ_FLOW_PLIMIT: u16 = 2;
+/// Per-flow packet limit of the `fq` netbr installs: more than a 10 ms
+/// horizon holds at 1 Gbit/s in full-sized packets.
+const FQ_FLOW_PACKETS: u32 = 2000;
 
 fn link_from(msg: &LinkMessage) -> Link {
     let mut link = Link {

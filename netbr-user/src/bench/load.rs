@@ -131,18 +131,62 @@ impl Drop for Iperf3Server {
 /// One TCP stream from `ns` to `to` with iperf3 for `secs` (at least 1);
 /// returns the receiver's Gbit/s.
 pub fn tcp_stream(ns: &Path, to: SocketAddr, secs: f64) -> Result<f64> {
-    let out = std::process::Command::new("nsenter")
+    let run = Iperf3Run {
+        secs: secs.ceil().max(1.0) as u64,
+        ..Iperf3Run::default()
+    };
+    Ok(iperf3(ns, to, &run)? / 1e9)
+}
+
+/// One iperf3 client run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Iperf3Run {
+    pub secs: u64,
+    /// Seconds at the start left out of the result (TCP's slow start).
+    pub omit: u64,
+    /// `-R`: the server sends.
+    pub reverse: bool,
+    /// UDP at this many bits per second instead of TCP.
+    pub udp_bits: Option<u64>,
+}
+
+/// Runs an iperf3 client in `ns` against the server at `to`; returns the
+/// bits per second the receiving side got. A server still finishing the
+/// previous run (it lingers after UDP) is waited for.
+pub fn iperf3(ns: &Path, to: SocketAddr, run: &Iperf3Run) -> Result<f64> {
+    let mut tries = 0;
+    loop {
+        match iperf3_once(ns, to, run) {
+            Err(e) if tries < 10 && format!("{e:#}").contains("busy") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn iperf3_once(ns: &Path, to: SocketAddr, run: &Iperf3Run) -> Result<f64> {
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["--kill-after=5", &(run.secs + run.omit + 30).to_string()])
+        .arg("nsenter")
         .arg(format!("--net={}", ns.display()))
         .args(["iperf3", "-J", "-c", &to.ip().to_string(), "-p"])
         .arg(to.port().to_string())
-        .args(["-t", &(secs.ceil().max(1.0) as u64).to_string()])
-        .output()
-        .context("running iperf3")?;
+        .args(["-t", &run.secs.max(1).to_string()])
+        .args(["-O", &run.omit.to_string()]);
+    if run.reverse {
+        cmd.arg("-R");
+    }
+    if let Some(bits) = run.udp_bits {
+        // Datagrams that fit a 1500-byte MTU unfragmented.
+        cmd.args(["-u", "-l", "1400", "-b", &bits.to_string()]);
+    }
+    let out = cmd.output().context("running iperf3")?;
     let doc: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading iperf3's JSON")?;
     doc["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .map(|bps| bps / 1e9)
         .with_context(|| format!("iperf3 to {to} failed: {}", doc["error"]))
 }
 

@@ -119,7 +119,7 @@ fn attach_cgroup_one(
 }
 
 /// The program `name` of the object, as its concrete type.
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -192,7 +192,7 @@ pub fn detach_xdp(dir: &Path) -> Result<()> {
 /// bpf_link_put()"): `detach` could return with the program still attached
 /// (seen with XDP). Holding an fd across the unlink moves the last reference
 /// to our `close`, which frees the link before the syscall returns.
-fn unpin_link(path: &Path) -> Result<()> {
+pub(super) fn unpin_link(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
@@ -211,6 +211,24 @@ pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     for name in LINKS.iter().filter(|n| !keep.contains(n)) {
         if let Err(e) = unpin_link(&dir.join(name)) {
+            errors.push(e);
+        }
+    }
+    // Pacing links and programs: links first, so no program is left
+    // attached when its pin goes.
+    let mut pacing: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| super::pacing::is_pacing_pin(&e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .collect();
+    pacing.sort_by_key(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("prog_"))
+    });
+    for path in pacing {
+        if let Err(e) = unpin_link(&path) {
             errors.push(e);
         }
     }

@@ -17,6 +17,7 @@ use netbr_common::{
         FAST_XDP, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS,
         MAP_EVENTS, MAP_FAST_PATH, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
     },
+    pacing::{Pace, PaceKey, MAP_PACING},
 };
 
 /// `BPF_NOEXIST`: an update that fails instead of overwriting an entry.
@@ -38,6 +39,7 @@ pub struct Datapath {
     pub firewall: LpmTrie<MapData, FwKey, FwRule>,
     pub firewall_scopes: HashMap<MapData, FwScopeKey, u32>,
     pub firewall_hits: PerCpuArray<MapData, u64>,
+    pub pacing: HashMap<MapData, PaceKey, Pace>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -82,6 +84,7 @@ impl Datapath {
             firewall: typed(&mut get, MAP_FIREWALL)?,
             firewall_scopes: typed(&mut get, MAP_FIREWALL_SCOPES)?,
             firewall_hits: typed(&mut get, MAP_FIREWALL_HITS)?,
+            pacing: typed(&mut get, MAP_PACING)?,
         })
     }
 

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod datapath;
 pub mod layout;
+pub mod pacing;
 pub mod pins;
 
 /// The compiled programs, built by `build.rs` through aya-build.

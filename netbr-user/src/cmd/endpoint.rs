@@ -1,11 +1,14 @@
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use crate::{
     netns,
-    store::{EndpointRequest, NetnsChoice, Owner, Store},
+    store::{
+        limits::{format_rate, parse_limit},
+        EndpointRequest, Limit, Limits, NetnsChoice, Owner, Store,
+    },
 };
 
 #[derive(Subcommand, Debug)]
@@ -14,6 +17,8 @@ pub enum EndpointCmd {
     Add(Add),
     /// Remove an endpoint, its published ports and flows, and the namespace netbr made for it.
     Rm(Rm),
+    /// Change a running endpoint's bandwidth limits (`none` lifts one).
+    Limit(LimitCmd),
 }
 
 impl EndpointCmd {
@@ -21,6 +26,7 @@ impl EndpointCmd {
         match self {
             EndpointCmd::Add(c) => c.exec().await,
             EndpointCmd::Rm(c) => c.exec().await,
+            EndpointCmd::Limit(c) => c.exec().await,
         }
     }
 }
@@ -38,6 +44,66 @@ pub struct Add {
     /// An existing network namespace (name or path) to connect.
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
+    #[command(flatten)]
+    pub limits: RateArgs,
+}
+
+/// Bandwidth limits, in tc's units (`20mbit`, `1gbit`, `64kbit`, bits per
+/// second without a unit).
+#[derive(Args, Debug)]
+pub struct RateArgs {
+    /// Limit on what the container sends.
+    #[arg(long, value_name = "RATE|none")]
+    pub egress_rate: Option<String>,
+    /// Limit on what the container receives.
+    #[arg(long, value_name = "RATE|none")]
+    pub ingress_rate: Option<String>,
+}
+
+impl RateArgs {
+    /// `current` with the rates given applied; each one not given stays.
+    fn apply_to(&self, current: Limits) -> Result<Limits> {
+        let mut limits = current;
+        if let Some(r) = &self.egress_rate {
+            limits.egress = parse_limit(r)?;
+        }
+        if let Some(r) = &self.ingress_rate {
+            limits.ingress = parse_limit(r)?;
+        }
+        Ok(limits)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LimitCmd {
+    pub name: String,
+    #[arg(long, default_value = super::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    #[command(flatten)]
+    pub limits: RateArgs,
+}
+
+impl LimitCmd {
+    pub async fn exec(self) -> Result<()> {
+        if self.limits.egress_rate.is_none() && self.limits.ingress_rate.is_none() {
+            bail!("give --egress-rate and/or --ingress-rate (a rate, or none to lift it)");
+        }
+        let mut store = Store::open(&self.bridge)?;
+        let current = store.endpoint(&self.name)?.limits;
+        let limits = self.limits.apply_to(current)?;
+        store.set_limits(&self.name, limits).await?;
+        println!("endpoint {}: {}", self.name, describe(&limits));
+        Ok(())
+    }
+}
+
+fn describe(limits: &Limits) -> String {
+    let rate = |l: Option<Limit>| l.map(|l| format_rate(l.rate)).unwrap_or("none".into());
+    format!(
+        "egress {}, ingress {}",
+        rate(limits.egress),
+        rate(limits.ingress)
+    )
 }
 
 #[derive(Args, Debug)]
@@ -49,6 +115,8 @@ pub struct Rm {
 
 impl Add {
     pub async fn exec(self) -> Result<()> {
+        // Refused before anything is made.
+        let limits = self.limits.apply_to(Limits::default())?;
         let mut store = Store::open(&self.bridge)?;
         let ep = store
             .add_endpoint(&EndpointRequest {
@@ -62,6 +130,12 @@ impl Add {
                 owner: Owner::Cli,
             })
             .await?;
+        if limits != Limits::default() {
+            if let Err(e) = store.set_limits(&ep.name, limits).await {
+                let _ = store.remove_endpoint(&ep.name).await;
+                return Err(e);
+            }
+        }
         let (subnet, _) = store.network()?;
         println!(
             "endpoint {} {}/{} in {} (veth {} on {})",

@@ -3,6 +3,7 @@ use clap::Args;
 use netbr_common::{
     conntrack::CtState,
     maps::{CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_XDP},
+    pacing::{PACE_EGRESS, PACE_INGRESS},
     proto_name,
 };
 use serde_json::json;
@@ -11,7 +12,10 @@ use crate::{
     addr::{from_be32, to_be32},
     host_firewall,
     netlink::Netlink,
-    store::View,
+    store::{
+        limits::{self, format_rate},
+        Limit, View,
+    },
 };
 
 #[derive(Args, Debug)]
@@ -36,6 +40,20 @@ impl Ls {
             .endpoints
             .iter()
             .map(|ep| {
+                let limit = |l: Option<Limit>, dir: u8| match l {
+                    Some(l) => {
+                        let (dropped, mode) =
+                            limits::datapath_view(dp, ep, dir).unwrap_or((0, "none"));
+                        json!({
+                            "rate": format_rate(l.rate),
+                            "rate_bps": l.rate,
+                            "burst_bytes": l.burst,
+                            "mode": mode,
+                            "dropped": dropped,
+                        })
+                    }
+                    None => serde_json::Value::Null,
+                };
                 json!({
                     "name": ep.name,
                     "ip": ep.ip.to_string(),
@@ -46,6 +64,8 @@ impl Ls {
                     "netns": ep.netns.display().to_string(),
                     "owner": ep.owner,
                     "container_id": ep.container_id(),
+                    "egress_limit": limit(ep.limits.egress, PACE_EGRESS),
+                    "ingress_limit": limit(ep.limits.ingress, PACE_INGRESS),
                 })
             })
             .collect();
@@ -136,14 +156,19 @@ impl Ls {
             "timeouts (s): {}",
             serde_json::to_string(&doc["timeouts_s"])?
         );
-        println!("\nENDPOINT                         IP               CONTAINER     NETNS");
+        println!(
+            "\nENDPOINT                         IP               CONTAINER     EGRESS     INGRESS    NETNS"
+        );
         for e in &eps {
             let id = e["container_id"].as_str().unwrap_or("-");
+            let rate = |l: &serde_json::Value| l["rate"].as_str().unwrap_or("-").to_string();
             println!(
-                "{:<32} {:<16} {:<13} {}",
+                "{:<32} {:<16} {:<13} {:<10} {:<10} {}",
                 e["name"].as_str().unwrap_or(""),
                 e["ip"].as_str().unwrap_or(""),
                 &id[..id.len().min(12)],
+                rate(&e["egress_limit"]),
+                rate(&e["ingress_limit"]),
                 e["netns"].as_str().unwrap_or("")
             );
         }

@@ -2,18 +2,21 @@
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
-use netbr_common::portspec::PortSpec;
+use netbr_common::{pacing::RATE_MIN_BPS, portspec::PortSpec};
 
 use super::{
     ipam,
-    types::{code, result, CniError, Made, NetConf, PortMapping},
+    types::{code, result, Bandwidth, CniError, Made, NetConf, PortMapping},
     Env,
 };
 use crate::{
     addr::{Cidr, PortRange},
     netlink::Netlink,
     netns,
-    store::{self, AttachRequest, EndpointRequest, NetnsChoice, Owner, PortTaken, Store, View},
+    store::{
+        self, AttachRequest, EndpointRequest, Limit, Limits, NetnsChoice, Owner, PortTaken, Store,
+        View,
+    },
 };
 
 fn block<T>(f: impl std::future::Future<Output = Result<T, CniError>>) -> Result<T, CniError> {
@@ -54,6 +57,28 @@ fn attach_request(conf: &NetConf) -> Result<AttachRequest, CniError> {
     req.icc = conf.icc.unwrap_or(true);
     req.fast_path = conf.fast_path.unwrap_or(true);
     Ok(req)
+}
+
+/// `runtimeConfig.bandwidth` as limits. A rate of 0 or none sets none, as
+/// the reference `bandwidth` plugin reads it.
+fn bandwidth_limits(bw: Option<Bandwidth>) -> Result<Limits, CniError> {
+    let Some(bw) = bw else {
+        return Ok(Limits::default());
+    };
+    let limit = |what: &str, rate: Option<u64>, burst: Option<u64>| match rate {
+        None | Some(0) => Ok(None),
+        Some(r) if r < RATE_MIN_BPS => Err(invalid(format!(
+            "bandwidth {what}Rate {r} is below the slowest limit, {RATE_MIN_BPS} bits per second"
+        ))),
+        Some(r) => Ok(Some(Limit {
+            rate: r,
+            burst: burst.unwrap_or(0) / 8,
+        })),
+    };
+    Ok(Limits {
+        egress: limit("egress", bw.egress_rate, bw.egress_burst)?,
+        ingress: limit("ingress", bw.ingress_rate, bw.ingress_burst)?,
+    })
 }
 
 /// `runtimeConfig.portMappings` as `-p` specs; IPv4 only.
@@ -131,6 +156,7 @@ fn ipam_release(conf: &NetConf, stdin: &[u8], env: &[(&str, &str)]) -> Result<()
 pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     let req = attach_request(conf)?;
     let specs = port_specs(&conf.runtime_config.port_mappings)?;
+    let limits = bandwidth_limits(conf.runtime_config.bandwidth)?;
     block(async {
         let mut store =
             Store::open(conf.bridge()).map_err(|e| datapath("opening the bridge", e))?;
@@ -199,6 +225,13 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<serde_json::Value,
                 code::DATAPATH
             };
             return Err(CniError::new(code, format!("{e:#}")));
+        }
+        if limits != Limits::default() {
+            if let Err(e) = store.set_limits(&name, limits).await {
+                let _ = store.remove_endpoint(&name).await;
+                let _ = ipam_release(conf, stdin, &[]);
+                return Err(datapath("setting bandwidth limits", e));
+            }
         }
         let nl = Netlink::connect().map_err(|e| datapath("netlink", e))?;
         let mac_of = |name: String| {

@@ -90,6 +90,19 @@ pub struct PortMapping {
 pub struct RuntimeConfig {
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// The `bandwidth` capability.
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// `runtimeConfig.bandwidth`, as the CNI conventions define it: rates in
+/// bits per second, bursts in bits; a rate left out (or 0) sets no limit.
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Bandwidth {
+    pub ingress_rate: Option<u64>,
+    pub ingress_burst: Option<u64>,
+    pub egress_rate: Option<u64>,
+    pub egress_burst: Option<u64>,
 }
 
 /// One entry of `cni.dev/valid-attachments` (GC).
@@ -199,7 +212,8 @@ mod tests {
                 "capabilities":{"portMappings":true},
                 "runtimeConfig":{"portMappings":[
                   {"hostPort":8080,"containerPort":80,"protocol":"tcp"},
-                  {"hostPort":8443,"containerPort":443,"protocol":"tcp","hostIP":"127.0.0.1"}]},
+                  {"hostPort":8443,"containerPort":443,"protocol":"tcp","hostIP":"127.0.0.1"}],
+                  "bandwidth":{"ingressRate":40000000,"ingressBurst":80000}},
                 "cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
         )
         .unwrap();
@@ -207,6 +221,15 @@ mod tests {
         assert_eq!(conf.ct_max, Some(4096));
         assert_eq!(conf.fast_path, Some(true));
         assert_eq!(conf.runtime_config.port_mappings.len(), 2);
+        assert_eq!(
+            conf.runtime_config.bandwidth,
+            Some(Bandwidth {
+                ingress_rate: Some(40_000_000),
+                ingress_burst: Some(80_000),
+                egress_rate: None,
+                egress_burst: None,
+            })
+        );
         assert_eq!(conf.runtime_config.port_mappings[1].host_ip, "127.0.0.1");
         assert_eq!(conf.runtime_config.port_mappings[0].host_ip, "");
         assert_eq!(

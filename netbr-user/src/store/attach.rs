@@ -257,6 +257,8 @@ impl Store {
             sync_local_addrs(&nl, &mut dp).await?;
             super::firewall::install_all(&mut dp, &state)?;
             attach::attach_all(&mut ebpf, &dir, &req.uplink, &bridge_name)?;
+            crate::bpf::pacing::pin_programs(&mut ebpf, &dir)?;
+            super::limits::install_all(&dir, &mut dp, &endpoints).await?;
             if req.xdp {
                 for ep in &endpoints {
                     super::endpoint::accept_xdp_frames(ep)?;

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use netbr_common::maps::{Endpoint, CFG_ICC_DISABLED, CFG_XDP};
 
 use super::{
-    state::{EndpointState, Owner},
+    state::{EndpointState, Limits, Owner},
     validate_ifname, Store,
 };
 use crate::{
@@ -147,10 +147,7 @@ impl Store {
             NetnsChoice::HostSide => (None, false),
         };
         if let (Some(ns), false) = (&ns_path, owns) {
-            let inner = {
-                let _in = NetnsGuard::enter(ns)?;
-                Netlink::connect()?
-            };
+            let inner = Netlink::connect_in(ns)?;
             if inner.link(&req.ifname).await?.is_some() {
                 bail!("namespace {} already has an {}", ns.display(), req.ifname);
             }
@@ -189,15 +186,12 @@ impl Store {
                 mac,
                 owner: req.owner.clone(),
                 ports: Vec::new(),
+                limits: Limits::default(),
             };
             if cfg.has(CFG_XDP) && ns_path.is_some() {
                 accept_xdp_frames(&ep)?;
             }
-            let entry = Endpoint {
-                host_ifindex: ep.host_ifindex,
-                mac: ep.mac,
-                _pad: [0; 2],
-            };
+            let entry = Endpoint::new(ep.host_ifindex, ep.mac, 0);
             // BPF_NOEXIST: an entry already there means the state and the
             // maps disagree; never overwrite another endpoint's redirect.
             dp.endpoints
@@ -246,6 +240,7 @@ impl Store {
             let ip = to_be32(ep.ip);
             dp.remove_flows(|k, v| k.saddr == ip || v.xlat.daddr == ip)?;
             let _ = dp.endpoints.remove(&ip);
+            super::limits::forget(&self.pins, &mut dp, &ep)?;
             self.remove_endpoint_rules(&mut dp, name)?;
         }
         let mut errors = remove_endpoint_objects(&nl, &ep).await;
@@ -270,10 +265,7 @@ async fn configure_inside(
     prefix: u8,
     gateway: Ipv4Addr,
 ) -> Result<(String, [u8; 6])> {
-    let inner = {
-        let _in = NetnsGuard::enter(ns)?;
-        Netlink::connect()?
-    };
+    let inner = Netlink::connect_in(ns)?;
     let eth = inner.require_link(peer_if).await?;
     inner.rename(eth.index, ifname).await?;
     inner.add_addr(eth.index, ip, prefix).await?;
@@ -334,6 +326,7 @@ mod tests {
             mac: [0; 6],
             owner: Owner::Cli,
             ports: Vec::new(),
+            limits: Limits::default(),
         }
     }
 

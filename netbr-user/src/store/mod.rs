@@ -11,6 +11,7 @@
 mod attach;
 mod endpoint;
 pub mod firewall;
+pub mod limits;
 pub mod lock;
 mod ports;
 pub mod state;
@@ -23,7 +24,7 @@ use netbr_common::maps::{MAP_CONFIG, STATE_ROOT};
 pub use attach::{AttachReport, AttachRequest};
 pub use endpoint::{veth_names, EndpointRequest, NetnsChoice};
 pub use ports::{mapping_key, PortTaken};
-pub use state::{EndpointState, Owner, Port, State};
+pub use state::{EndpointState, Limit, Limits, Owner, Port, State};
 
 use crate::bpf::{datapath::Datapath, layout};
 

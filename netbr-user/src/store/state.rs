@@ -94,6 +94,26 @@ pub struct EndpointState {
     pub mac: [u8; 6],
     pub owner: Owner,
     pub ports: Vec<Port>,
+    /// Bandwidth limits; none by default.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// An endpoint's bandwidth limits, one per direction: `egress` is what
+/// the container sends, `ingress` what it receives.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub egress: Option<Limit>,
+    pub ingress: Option<Limit>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Bits per second.
+    pub rate: u64,
+    /// Bytes that may leave at once after a pause; 0 by default.
+    #[serde(default)]
+    pub burst: u64,
 }
 
 /// One published port: `host_ip:host_port/proto -> container_port`.
@@ -252,6 +272,7 @@ mod tests {
                 host_port: 8080,
                 container_port: 80,
             }],
+            limits: Limits::default(),
         }
     }
 

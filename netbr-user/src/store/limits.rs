@@ -1,0 +1,257 @@
+//! Bandwidth limits of endpoints: the state's `Limits` made real. Each
+//! limited direction gets `fq` as the root qdisc of the device its packets
+//! leave by, the pacing program on that device's TC egress, and its entry
+//! in the pacing map; a direction without a limit gets none of them.
+//!
+//! Egress (what the container sends) is paced on the container's own
+//! interface, inside its namespace: there its packets still belong to its
+//! sockets, so TCP small queues slow a sender before the horizon drops
+//! anything (crossing into the host namespace orphans them:
+//! `skb_scrub_packet`), and traffic to other containers and to the host is
+//! limited too. Ingress is paced on the host-side veth, which every path to
+//! the container leaves by (`EP_PACED_INGRESS` keeps the fast path and XDP
+//! on it).
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::TcAttachType;
+use netbr_common::{
+    maps::EP_PACED_INGRESS,
+    pacing::{parse_rate, Pace, PaceKey, RateError, PACE_EGRESS, PACE_INGRESS, PACE_STAMP},
+};
+
+use super::{
+    state::{EndpointState, Limit, Limits},
+    Store,
+};
+use crate::{
+    addr::to_be32,
+    bpf::{datapath::Datapath, pacing},
+    netlink::Netlink,
+    netns::NetnsGuard,
+};
+
+/// A rate as given on the command line: tc's units, or `none`.
+pub fn parse_limit(text: &str) -> Result<Option<Limit>> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let rate = parse_rate(text).map_err(|e| match e {
+        RateError::Malformed => anyhow::anyhow!(
+            "rate {text:?} is not a number with one of tc's units (bit, kbit, mbit, gbit, bps, kbps, mbps...), nor none"
+        ),
+        RateError::OutOfRange => anyhow::anyhow!(
+            "rate {text:?} is out of range: limits go from 8kbit to 1000000tbit"
+        ),
+    })?;
+    Ok(Some(Limit { rate, burst: 0 }))
+}
+
+/// A limit in tc's notation, for listings.
+pub fn format_rate(bits: u64) -> String {
+    for (unit, scale) in [
+        ("gbit", 1_000_000_000),
+        ("mbit", 1_000_000),
+        ("kbit", 1_000),
+    ] {
+        if bits >= scale && bits.is_multiple_of(scale) {
+            return format!("{}{unit}", bits / scale);
+        }
+    }
+    format!("{bits}bit")
+}
+
+impl Store {
+    /// Sets an endpoint's limits, both directions at once (`None` lifts
+    /// one). Nothing changes unless all of it can be applied.
+    pub async fn set_limits(&mut self, name: &str, limits: Limits) -> Result<EndpointState> {
+        let mut ep = self.endpoint(name)?.clone();
+        let mut dp = self.datapath()?;
+        let previous = ep.limits;
+        ep.limits = limits;
+        if let Err(e) = apply(&self.pins, &mut dp, &ep).await {
+            ep.limits = previous;
+            let _ = apply(&self.pins, &mut dp, &ep).await;
+            return Err(e.context(format!("limiting endpoint {name}")));
+        }
+        if let Some(slot) = self.state.endpoints.iter_mut().find(|e| e.name == name) {
+            slot.limits = limits;
+        }
+        self.commit()?;
+        Ok(ep)
+    }
+}
+
+/// Puts every endpoint's limits in place, as after `attach` loaded new
+/// programs: links move to them, map entries are made again.
+pub async fn install_all(
+    pins: &Path,
+    dp: &mut Datapath,
+    endpoints: &[EndpointState],
+) -> Result<()> {
+    for ep in endpoints.iter().filter(|e| e.limits != Limits::default()) {
+        apply(pins, dp, ep)
+            .await
+            .with_context(|| format!("restoring the limits of endpoint {}", ep.name))?;
+    }
+    Ok(())
+}
+
+/// Removes what an endpoint's limits put in the datapath and the pin
+/// directory, for an endpoint on its way out (its veth, and with it the
+/// qdiscs, goes next).
+pub fn forget(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()> {
+    for dir in [PACE_EGRESS, PACE_INGRESS] {
+        let _ = dp.pacing.remove(&key(ep, dir));
+        pacing::detach(&pacing::link_path(pins, &ep.host_ifname, dir))?;
+    }
+    Ok(())
+}
+
+/// Makes the kernel match `ep.limits`, idempotently.
+async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()> {
+    if ep.limits.egress.is_some() && ep.netns.as_os_str().is_empty() {
+        bail!(
+            "endpoint {} is not in a container yet: set its egress limit once it is",
+            ep.name
+        );
+    }
+    // Ingress: the flag last on the way up, first on the way down, so the
+    // fast path only ever redirects to a veth that paces.
+    let nl = Netlink::connect()?;
+    let link = pacing::link_path(pins, &ep.host_ifname, PACE_INGRESS);
+    match ep.limits.ingress {
+        Some(limit) => {
+            let fq = nl.set_fq_root(ep.host_ifindex).await?;
+            pacing::attach(
+                pins,
+                PACE_INGRESS,
+                &ep.host_ifname,
+                TcAttachType::Egress,
+                &link,
+            )?;
+            set_pace(dp, ep, PACE_INGRESS, limit, fq)?;
+            set_endpoint_flag(dp, ep, true)?;
+        }
+        None => {
+            set_endpoint_flag(dp, ep, false)?;
+            let _ = dp.pacing.remove(&key(ep, PACE_INGRESS));
+            pacing::detach(&link)?;
+            nl.clear_root_qdisc(ep.host_ifindex).await?;
+        }
+    }
+    if ep.netns.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let link = pacing::link_path(pins, &ep.host_ifname, PACE_EGRESS);
+    match ep.limits.egress {
+        Some(limit) => {
+            let inner = Netlink::connect_in(&ep.netns)?;
+            let index = inner.require_link(&ep.ifname).await?.index;
+            let fq = inner.set_fq_root(index).await?;
+            if fq {
+                let _in = NetnsGuard::enter(&ep.netns)?;
+                pacing::attach(pins, PACE_EGRESS, &ep.ifname, TcAttachType::Egress, &link)?;
+            } else {
+                // Policing drops; dropped on the container's own device a
+                // TCP sender takes it for local congestion and stalls until
+                // a timer fires. On the host side it is a loss the sender
+                // recovers from at once.
+                pacing::attach(
+                    pins,
+                    PACE_EGRESS,
+                    &ep.host_ifname,
+                    TcAttachType::Ingress,
+                    &link,
+                )?;
+            }
+            set_pace(dp, ep, PACE_EGRESS, limit, fq)?;
+        }
+        None => {
+            let _ = dp.pacing.remove(&key(ep, PACE_EGRESS));
+            pacing::detach(&link)?;
+            // The namespace may be gone with the container, its qdisc too.
+            if let Ok(inner) = Netlink::connect_in(&ep.netns) {
+                if let Some(l) = inner.link(&ep.ifname).await? {
+                    inner.clear_root_qdisc(l.index).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn key(ep: &EndpointState, dir: u8) -> PaceKey {
+    PaceKey {
+        addr: to_be32(ep.ip),
+        dir,
+        _pad: [0; 3],
+    }
+}
+
+/// Writes a direction's limit, keeping the clock and drop count of one
+/// already there, so a changed rate applies from the next packet on. With
+/// `fq` on the device the datapath paces, without it it polices.
+fn set_pace(dp: &mut Datapath, ep: &EndpointState, dir: u8, limit: Limit, fq: bool) -> Result<()> {
+    let k = key(ep, dir);
+    let mode = if fq { PACE_STAMP } else { 0 };
+    let mut pace = Pace::new(limit.rate, limit.burst, mode);
+    if let Ok(old) = dp.pacing.get(&k, 0) {
+        pace.clock_ns = old.clock_ns;
+        pace.dropped = old.dropped;
+    }
+    dp.pacing
+        .insert(k, pace, 0)
+        .context("writing the pacing map")
+}
+
+fn set_endpoint_flag(dp: &mut Datapath, ep: &EndpointState, paced: bool) -> Result<()> {
+    let ip = to_be32(ep.ip);
+    let mut entry = dp
+        .endpoints
+        .get(&ip, 0)
+        .with_context(|| format!("endpoint {} has no datapath entry", ep.name))?;
+    if paced {
+        entry.flags |= EP_PACED_INGRESS;
+    } else {
+        entry.flags &= !EP_PACED_INGRESS;
+    }
+    dp.endpoints
+        .insert(ip, entry, 0)
+        .context("writing the endpoint map")
+}
+
+/// A limited direction as the datapath holds it: packets dropped at the
+/// horizon, and whether it paces (`fq`) or polices.
+pub fn datapath_view(dp: &Datapath, ep: &EndpointState, dir: u8) -> Option<(u64, &'static str)> {
+    let p = dp.pacing.get(&key(ep, dir), 0).ok()?;
+    Some((
+        p.dropped,
+        if p.mode == PACE_STAMP {
+            "edt"
+        } else {
+            "police"
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_and_print_in_tc_units() {
+        assert_eq!(parse_limit("none").unwrap(), None);
+        assert_eq!(parse_limit("20mbit").unwrap().unwrap().rate, 20_000_000);
+        let err = parse_limit("20 mbps please").unwrap_err().to_string();
+        assert!(err.contains("tc's units"), "{err}");
+        let err = parse_limit("1bit").unwrap_err().to_string();
+        assert!(err.contains("out of range"), "{err}");
+        assert_eq!(format_rate(20_000_000), "20mbit");
+        assert_eq!(format_rate(1_000_000_000), "1gbit");
+        assert_eq!(format_rate(64_000), "64kbit");
+        assert_eq!(format_rate(1_500_000), "1500kbit");
+        assert_eq!(format_rate(12_345), "12345bit");
+    }
+}

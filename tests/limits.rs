@@ -1,0 +1,179 @@
+//! Bandwidth limits end to end: iperf3 through a limited container on the
+//! sandbox, in whichever datapath mode the environment picks (plain, fast
+//! path, XDP), both directions.
+//!
+//! Rates are checked with UDP offered at twice the limit, which measures
+//! the limiter alone. TCP is held to the tolerance where the kernel has
+//! `fq` and netbr paces ("edt"); where it polices (no `fq`: this
+//! machine's kernel), a TCP sender gets well below the limit (README), so
+//! there TCP is only checked never to exceed it.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use netbr::{
+    bench::load::{iperf3, Iperf3Run, Iperf3Server},
+    sandbox::{Sandbox, LAN_IP},
+};
+
+const PORT: u16 = 5201;
+/// The tolerance on rate accuracy.
+const TOLERANCE: f64 = 0.05;
+
+/// Goodput of one direction between container `n` and lan, in Mbit/s: TCP,
+/// or UDP offered at `udp_mbit`.
+fn measure(sb: &Sandbox, n: u32, reverse: bool, udp_mbit: Option<u64>) -> f64 {
+    let run = Iperf3Run {
+        secs: 3,
+        omit: 1,
+        reverse,
+        udp_bits: udp_mbit.map(|m| m * 1_000_000),
+    };
+    let to = SocketAddr::from((LAN_IP, PORT));
+    iperf3(&sb.container_path(n), to, &run).expect("iperf3") / 1e6
+}
+
+/// Checks a direction of container `n` against its limit: UDP within the
+/// tolerance; TCP within it when paced, never above it when policed.
+fn assert_limited(step: &str, sb: &Sandbox, n: u32, reverse: bool, limit: f64) {
+    let what = if reverse { "ingress" } else { "egress" };
+    let udp = measure(sb, n, reverse, Some(2 * limit as u64));
+    assert!(
+        (udp - limit).abs() <= limit * TOLERANCE,
+        "{step}: {what} UDP: {udp:.2} Mbit/s, limit {limit} Mbit/s (within {}%)",
+        TOLERANCE * 100.0
+    );
+    let tcp = measure(sb, n, reverse, None);
+    let ep = ls_endpoint(sb, n);
+    let mode = ep[format!("{what}_limit")]["mode"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(mode == "edt" || mode == "police", "{ep}");
+    assert!(
+        tcp <= limit * (1.0 + TOLERANCE),
+        "{step}: {what} TCP: {tcp:.2} Mbit/s over {limit}"
+    );
+    if mode == "edt" {
+        assert!(
+            tcp >= limit * (1.0 - TOLERANCE),
+            "{step}: {what} TCP: {tcp:.2} Mbit/s, paced at {limit} Mbit/s"
+        );
+    }
+}
+
+fn ls_endpoint(sb: &Sandbox, n: u32) -> serde_json::Value {
+    let ls: serde_json::Value =
+        serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("json");
+    let name = sb.container(n);
+    ls["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["name"] == name.as_str())
+        .cloned()
+        .expect("endpoint listed")
+}
+
+#[test]
+fn limits_hold_in_both_directions_change_live_and_survive_reattach() {
+    let sb = support::sandbox();
+    sb.attach().expect("attach");
+    let _server = Iperf3Server::start(&sb.lan_path(), PORT).expect("iperf3 server");
+    sb.add_container(2).expect("unlimited c2");
+    let unlimited_before = measure(&sb, 2, false, None);
+    sb.netbr_ok(&[
+        "endpoint",
+        "add",
+        &sb.container(1),
+        "--ip",
+        "172.30.0.2",
+        "--egress-rate",
+        "20mbit",
+        "--ingress-rate",
+        "40mbit",
+    ])
+    .expect("limited c1");
+    let ep = ls_endpoint(&sb, 1);
+    assert_eq!(ep["egress_limit"]["rate"], "20mbit", "{ep}");
+    assert_eq!(ep["ingress_limit"]["rate"], "40mbit", "{ep}");
+
+    assert_limited("new", &sb, 1, false, 20.0);
+    assert_limited("new", &sb, 1, true, 40.0);
+    // The other endpoint is not held back: far above either limit, and
+    // not much below what it had alone.
+    let unlimited = measure(&sb, 2, false, None);
+    assert!(
+        unlimited > 200.0 && unlimited > unlimited_before * 0.5,
+        "unlimited endpoint: {unlimited:.0} Mbit/s, {unlimited_before:.0} before"
+    );
+
+    // A live change, then lifting one direction.
+    sb.netbr_ok(&[
+        "endpoint",
+        "limit",
+        &sb.container(1),
+        "--egress-rate",
+        "10mbit",
+    ])
+    .expect("limit");
+    assert_limited("changed", &sb, 1, false, 10.0);
+    assert_limited("changed", &sb, 1, true, 40.0);
+    sb.netbr_ok(&[
+        "endpoint",
+        "limit",
+        &sb.container(1),
+        "--ingress-rate",
+        "none",
+    ])
+    .expect("lift");
+    let lifted = measure(&sb, 1, true, None);
+    assert!(lifted > 200.0, "ingress after none: {lifted:.0} Mbit/s");
+    assert!(ls_endpoint(&sb, 1)["ingress_limit"].is_null());
+
+    // Kept across a re-attach, and across detach --keep-bridge.
+    sb.attach().expect("re-attach");
+    assert_limited("re-attached", &sb, 1, false, 10.0);
+    sb.netbr_ok(&["detach", "--keep-bridge"]).expect("detach");
+    sb.attach().expect("attach again");
+    assert_limited("after detach --keep-bridge", &sb, 1, false, 10.0);
+}
+
+#[test]
+fn bad_rates_are_refused_and_change_nothing() {
+    let sb = support::sandbox();
+    sb.attach().expect("attach");
+    sb.add_container(1).expect("c1");
+    let before = ls_endpoint(&sb, 1);
+    for (rate, needle) in [
+        ("20 mbps", "tc's units"),
+        ("fast", "tc's units"),
+        ("1bit", "out of range"),
+        ("-3mbit", "tc's units"),
+    ] {
+        let flag = format!("--egress-rate={rate}");
+        let o = sb
+            .netbr(&["endpoint", "limit", &sb.container(1), &flag])
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "{rate}: {err}");
+    }
+    let o = sb
+        .netbr(&["endpoint", "limit", "nobody", "--egress-rate", "1mbit"])
+        .expect("run");
+    assert!(!o.status.success());
+    // A refused add leaves no endpoint behind.
+    let o = sb
+        .netbr(&[
+            "endpoint",
+            "add",
+            &sb.container(3),
+            "--ingress-rate",
+            "lots",
+        ])
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(!netbr::netns::exists(&sb.container(3)));
+    assert_eq!(ls_endpoint(&sb, 1), before);
+}
