@@ -96,13 +96,16 @@ impl Harness {
 
     /// Runs `prog` on `frame`; returns the verdict and the output frame.
     fn run(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let p: &mut SchedClassifier = self
-            .ebpf
+        run_on(self.classifier(prog), frame)
+    }
+
+    /// The TC program `prog` of the object.
+    fn classifier(&mut self, prog: &str) -> &mut SchedClassifier {
+        self.ebpf
             .program_mut(prog)
             .expect("program")
             .try_into()
-            .expect("classifier");
-        run_on(p, frame)
+            .expect("classifier")
     }
 
     /// Runs the XDP program on `frame` (loading it first); returns the
@@ -1235,12 +1238,7 @@ fn median_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> u6
             .expect("xdp");
         (0..RUNS).map(|i| run_ns(p, &frames(i))).collect()
     } else {
-        let p: &mut SchedClassifier = h
-            .ebpf
-            .program_mut(prog)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
+        let p = h.classifier(prog);
         (0..RUNS).map(|i| run_ns(p, &frames(i))).collect()
     };
     v.sort_unstable();
@@ -1369,12 +1367,7 @@ fn udp_of_len(src: Ipv4Addr, ip_len: usize) -> Vec<u8> {
 /// Runs a pacing program; returns its verdict and the departure time it
 /// stamped (0: none).
 fn run_paced(h: &mut Harness, prog: &str, frame: &[u8]) -> (u32, u64) {
-    let p: &mut SchedClassifier = h
-        .ebpf
-        .program_mut(prog)
-        .expect("program")
-        .try_into()
-        .expect("classifier");
+    let p = h.classifier(prog);
     if p.fd().is_err() {
         p.load().expect("verifier accepts the pacing program");
     }
