@@ -203,3 +203,62 @@ fn a_dockerd_restart_with_live_restore_keeps_containers_serving() {
     // The restored daemon still drives netbr.
     carries_on_after_restart(&sb, &docker);
 }
+
+#[test]
+fn driver_opts_limit_an_endpoint_and_a_bad_rate_is_refused() {
+    let sb = support::sandbox();
+    let docker = Dockerd::start(&sb, NETBR);
+    network(&docker, "n1");
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        &docker.driver,
+        "--subnet",
+        "172.31.0.0/16",
+        "-o",
+        "netbr.uplink=up0",
+        "n2",
+    ]);
+    for name in ["web", "web2"] {
+        let o = docker.web(name, "n1", &[]);
+        assert!(o.status.success(), "docker run: {}", text(&o));
+    }
+    // Docker 20.10 passes endpoint options only through `network connect`.
+    docker.ok(&[
+        "network",
+        "connect",
+        "--driver-opt",
+        "netbr.egress-rate=10mbit",
+        "--driver-opt",
+        "netbr.ingress-rate=20mbit",
+        "n2",
+        "web",
+    ]);
+    let doc = ls(&sb, &docker, "n2");
+    let ep = &doc["endpoints"][0];
+    assert_eq!(ep["egress_limit"]["rate"], "10mbit", "{doc:#}");
+    assert_eq!(ep["ingress_limit"]["rate"], "20mbit", "{doc:#}");
+    let mode = ep["egress_limit"]["mode"].as_str().unwrap_or("");
+    assert!(mode == "edt" || mode == "police", "{doc:#}");
+    let o = docker.run(&[
+        "network",
+        "connect",
+        "--driver-opt",
+        "netbr.egress-rate=fast",
+        "n2",
+        "web2",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("tc's units"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        ls(&sb, &docker, "n2")["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .len(),
+        1
+    );
+}

@@ -15,7 +15,7 @@ use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT, STATE_COUNT},
     counters::Reason,
     maps::{Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING},
-    pacing::{Pace, PaceKey, PACE_EGRESS, PACE_INGRESS, PACE_STAMP, POLICE_BUCKET_BYTES},
+    pacing::{Pace, PaceKey, PACE_EGRESS, PACE_INGRESS, PACE_STAMP},
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
@@ -1470,7 +1470,8 @@ fn pacing_lets_a_burst_leave_at_once_and_polices_without_fq() {
     h.dp.pacing
         .insert(pace_key(WEB, PACE_INGRESS), police, 0)
         .expect("pacing entry");
-    let bucket = (POLICE_BUCKET_BYTES / 1000) as usize;
+    // The bucket's depth in 1000-byte packets.
+    let bucket = (police.horizon_ns / 1_000_000) as usize;
     let verdicts: Vec<(u32, u64)> = (0..bucket + 20)
         .map(|_| run_paced(&mut h, "nb_pace_in", &to_web))
         .collect();

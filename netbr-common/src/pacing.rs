@@ -28,9 +28,15 @@ pub const PACE_INGRESS: u8 = 1;
 pub const PACE_HORIZON_NS: u64 = 10_000_000;
 
 /// Depth of the token bucket when policing, at least: room for a few 64 KiB
-/// GSO packets, which TCP sends through veths unsegmented, so that TCP
-/// loses one now and then rather than most of them.
+/// GSO packets, which TCP sends through veths unsegmented...
 pub const POLICE_BUCKET_BYTES: u64 = 256 * 1024;
+/// ... and at least a quarter of a second at the rate. TCP at a
+/// microsecond RTT grows its window far past any queue; with a shallow
+/// bucket it loses the whole tail of a burst and waits on its
+/// retransmission timer (measured: 10-50% of the limit with 10-100 ms
+/// buckets), with this one it gets 93-99% (`netbr bench --limits`). The
+/// price: a sender idle that long may send that much at once.
+pub const POLICE_BUCKET_NS: u64 = 250_000_000;
 
 /// Slowest limit accepted: 8 kbit/s (1000 bytes per second).
 pub const RATE_MIN_BPS: u64 = 8_000;
@@ -87,7 +93,7 @@ impl Pace {
             horizon_ns: if mode == PACE_STAMP {
                 PACE_HORIZON_NS
             } else {
-                (POLICE_BUCKET_BYTES * NS_PER_SEC / rate_bytes).max(PACE_HORIZON_NS)
+                (POLICE_BUCKET_BYTES * NS_PER_SEC / rate_bytes).max(POLICE_BUCKET_NS)
             },
             clock_ns: 0,
             dropped: 0,

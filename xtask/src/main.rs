@@ -75,7 +75,9 @@ fn main() -> Result<()> {
                         &[("NETBR_E2E_FAST_PATH", "1"), ("NETBR_E2E_XDP", "1")][..],
                     ),
                 ] {
-                    eprintln!("xtask: end-to-end, reliability and soak tests again with {what}");
+                    eprintln!(
+                        "xtask: end-to-end, reliability, soak and limits tests again with {what}"
+                    );
                     run(
                         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                             .args([
@@ -88,6 +90,8 @@ fn main() -> Result<()> {
                                 "reliability",
                                 "--test",
                                 "soak",
+                                "--test",
+                                "limits",
                             ])
                             .envs(env.iter().copied()),
                     )?;

@@ -8,6 +8,7 @@ pub mod bpf_cost;
 pub mod chart;
 pub mod cni;
 pub mod fwd;
+pub mod limits;
 pub mod load;
 pub mod prefill;
 pub mod rules;
@@ -75,6 +76,13 @@ pub struct Bench {
     pub cni_ports: Vec<u16>,
     #[arg(long, default_value_t = 50)]
     pub cni_containers: u16,
+    /// Instead of the datapath: bandwidth limits. Rate accuracy at 10, 100
+    /// and 1000 Mbit/s each way (TCP, and UDP at twice the limit), ping
+    /// latency while the container's TCP flow fills a 10 Mbit/s limit
+    /// against the seeds' `tc tbf` and no limit, and the cost of a limit.
+    /// Each measurement runs --secs seconds (at least 3).
+    #[arg(long)]
+    pub limits: bool,
 }
 
 /// Metric name, and whether higher is better. `masq_*` run from the
@@ -390,6 +398,15 @@ fn measure_under(
 impl Bench {
     pub async fn exec(self) -> Result<()> {
         catch_interrupts();
+        if self.limits {
+            let exe = std::env::current_exe().context("finding the netbr binary")?;
+            let secs = if self.quick {
+                2
+            } else {
+                self.secs.ceil().max(3.0) as u64
+            };
+            return limits::run(&exe, secs, self.json.as_deref());
+        }
         if self.cni {
             let exe = std::env::current_exe().context("finding the netbr binary")?;
             let containers = if self.quick { 10 } else { self.cni_containers };

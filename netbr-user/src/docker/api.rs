@@ -106,6 +106,23 @@ pub struct PortBinding {
 }
 
 impl EndpointRequest {
+    /// A `--driver-opt` of `docker network connect`: dockerd passes them
+    /// as top-level keys of `Options`.
+    pub fn driver_opts(&self) -> BTreeMap<String, String> {
+        self.options
+            .iter()
+            .filter(|(k, _)| k.starts_with("netbr."))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+            .collect()
+    }
+
     pub fn port_bindings(&self) -> Result<Vec<PortBinding>, String> {
         match self.options.get(PORTMAP) {
             None | Some(Value::Null) => Ok(Vec::new()),

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::api::{self, CreateNetwork, EndpointRequest, NetworkRef, PortBinding};
 use crate::{
     addr::{Cidr, PortRange},
-    store::{self, AttachRequest, NetnsChoice, Owner, State, Store},
+    store::{self, limits::parse_limit, AttachRequest, Limits, NetnsChoice, Owner, State, Store},
 };
 
 /// What the driver was started with.
@@ -157,9 +157,33 @@ pub fn delete_network(body: &[u8]) -> Result<Value> {
     }
 }
 
+/// Endpoint options (`docker network connect --driver-opt KEY=VALUE`).
+const ENDPOINT_OPTS: [&str; 2] = ["netbr.egress-rate", "netbr.ingress-rate"];
+
+/// The limits an endpoint's driver options ask for; unknown `netbr.*` keys
+/// and bad rates are refused.
+fn endpoint_limits(req: &EndpointRequest) -> Result<Limits> {
+    let opts = req.driver_opts();
+    if let Some(k) = opts.keys().find(|k| !ENDPOINT_OPTS.contains(&k.as_str())) {
+        bail!(
+            "unknown endpoint option --driver-opt {k}: netbr takes {}",
+            ENDPOINT_OPTS.join(", ")
+        );
+    }
+    let mut limits = Limits::default();
+    if let Some(r) = opts.get("netbr.egress-rate") {
+        limits.egress = parse_limit(r).context("--driver-opt netbr.egress-rate")?;
+    }
+    if let Some(r) = opts.get("netbr.ingress-rate") {
+        limits.ingress = parse_limit(r).context("--driver-opt netbr.ingress-rate")?;
+    }
+    Ok(limits)
+}
+
 pub fn create_endpoint(body: &[u8]) -> Result<Value> {
     let req: EndpointRequest = parse(body)?;
     let bridge = bridge_of(&req.network_id)?;
+    let limits = endpoint_limits(&req)?;
     let iface = req.interface.unwrap_or_default();
     if !iface.address_ipv6.is_empty() {
         bail!("netbr networks are IPv4 only");
@@ -176,7 +200,7 @@ pub fn create_endpoint(body: &[u8]) -> Result<Value> {
         if let Some(ep) = store.state.docker_endpoint(&req.endpoint_id) {
             return Ok(ep.clone());
         }
-        store
+        let ep = store
             .add_endpoint(&store::EndpointRequest {
                 name: endpoint_name(&req.endpoint_id),
                 ip,
@@ -187,7 +211,14 @@ pub fn create_endpoint(body: &[u8]) -> Result<Value> {
                     endpoint_id: req.endpoint_id.clone(),
                 },
             })
-            .await
+            .await?;
+        if limits != Limits::default() {
+            if let Err(e) = store.set_limits(&ep.name, limits).await {
+                let _ = store.remove_endpoint(&ep.name).await;
+                return Err(e);
+            }
+        }
+        Ok(ep)
     })?;
     // Docker's IPAM chose the address; tell Docker only what it did not say.
     let mut interface = json!({});
@@ -321,6 +352,9 @@ pub fn program_external_connectivity(body: &[u8], cfg: &DriverConfig) -> Result<
         // Docker publishes nothing itself for a remote driver and no proxy
         // holds the ports: netbr holds them (see MAPPING_HOLD).
         store.publish(&name, &wanted, true).await?;
+        // The interface is in the container by now: egress pacing, which
+        // lives there, can be put in place.
+        store.reapply_limits(&name).await?;
         Ok(json!({}))
     })
 }

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use aya::programs::TcAttachType;
 use netbr_common::{
     maps::EP_PACED_INGRESS,
@@ -63,6 +63,19 @@ pub fn format_rate(bits: u64) -> String {
 }
 
 impl Store {
+    /// Applies an endpoint's limits again, as once its interface is in its
+    /// container (Docker's ProgramExternalConnectivity).
+    pub async fn reapply_limits(&mut self, name: &str) -> Result<()> {
+        let ep = self.endpoint(name)?.clone();
+        if ep.limits == Limits::default() {
+            return Ok(());
+        }
+        let mut dp = self.datapath()?;
+        apply(&self.pins, &mut dp, &ep)
+            .await
+            .with_context(|| format!("limiting endpoint {name}"))
+    }
+
     /// Sets an endpoint's limits, both directions at once (`None` lifts
     /// one). Nothing changes unless all of it can be applied.
     pub async fn set_limits(&mut self, name: &str, limits: Limits) -> Result<EndpointState> {
@@ -111,19 +124,15 @@ pub fn forget(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()> 
 
 /// Makes the kernel match `ep.limits`, idempotently.
 async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()> {
-    if ep.limits.egress.is_some() && ep.netns.as_os_str().is_empty() {
-        bail!(
-            "endpoint {} is not in a container yet: set its egress limit once it is",
-            ep.name
-        );
-    }
     // Ingress: the flag last on the way up, first on the way down, so the
     // fast path only ever redirects to a veth that paces.
     let nl = Netlink::connect()?;
     let link = pacing::link_path(pins, &ep.host_ifname, PACE_INGRESS);
+    let mut fq = None;
     match ep.limits.ingress {
         Some(limit) => {
-            let fq = nl.set_fq_root(ep.host_ifindex).await?;
+            let has_fq = nl.set_fq_root(ep.host_ifindex).await?;
+            fq = Some(has_fq);
             pacing::attach(
                 pins,
                 PACE_INGRESS,
@@ -131,7 +140,7 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
                 TcAttachType::Egress,
                 &link,
             )?;
-            set_pace(dp, ep, PACE_INGRESS, limit, fq)?;
+            set_pace(dp, ep, PACE_INGRESS, limit, has_fq)?;
             set_endpoint_flag(dp, ep, true)?;
         }
         None => {
@@ -141,45 +150,56 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
             nl.clear_root_qdisc(ep.host_ifindex).await?;
         }
     }
-    if ep.netns.as_os_str().is_empty() {
-        return Ok(());
-    }
     let link = pacing::link_path(pins, &ep.host_ifname, PACE_EGRESS);
-    match ep.limits.egress {
-        Some(limit) => {
-            let inner = Netlink::connect_in(&ep.netns)?;
-            let index = inner.require_link(&ep.ifname).await?.index;
-            let fq = inner.set_fq_root(index).await?;
-            if fq {
-                let _in = NetnsGuard::enter(&ep.netns)?;
-                pacing::attach(pins, PACE_EGRESS, &ep.ifname, TcAttachType::Egress, &link)?;
-            } else {
-                // Policing drops; dropped on the container's own device a
-                // TCP sender takes it for local congestion and stalls until
-                // a timer fires. On the host side it is a loss the sender
-                // recovers from at once.
-                pacing::attach(
-                    pins,
-                    PACE_EGRESS,
-                    &ep.host_ifname,
-                    TcAttachType::Ingress,
-                    &link,
-                )?;
-            }
-            set_pace(dp, ep, PACE_EGRESS, limit, fq)?;
-        }
-        None => {
-            let _ = dp.pacing.remove(&key(ep, PACE_EGRESS));
-            pacing::detach(&link)?;
-            // The namespace may be gone with the container, its qdisc too.
-            if let Ok(inner) = Netlink::connect_in(&ep.netns) {
-                if let Some(l) = inner.link(&ep.ifname).await? {
-                    inner.clear_root_qdisc(l.index).await?;
-                }
+    let Some(limit) = ep.limits.egress else {
+        let _ = dp.pacing.remove(&key(ep, PACE_EGRESS));
+        pacing::detach(&link)?;
+        // The namespace may be gone with the container, its qdisc too.
+        if let Ok(inner) = Netlink::connect_in(&ep.netns) {
+            if let Some(l) = inner.link(&ep.ifname).await? {
+                inner.clear_root_qdisc(l.index).await?;
             }
         }
+        return Ok(());
+    };
+    let has_fq = match fq {
+        Some(known) => known,
+        None => kernel_has_fq(&nl, ep.host_ifindex).await?,
+    };
+    if !has_fq {
+        // Policing drops. Dropped on the container's own device a TCP
+        // sender takes it for local congestion and stalls until a timer
+        // fires; on the host side it is a loss it recovers from at once.
+        // No need for the container's namespace, either.
+        pacing::attach(
+            pins,
+            PACE_EGRESS,
+            &ep.host_ifname,
+            TcAttachType::Ingress,
+            &link,
+        )?;
+    } else if ep.netns.as_os_str().is_empty() {
+        // Not in its container yet (Docker moves the interface after Join):
+        // `Store::reapply_limits` paces it once it is there.
+        return Ok(());
+    } else {
+        let inner = Netlink::connect_in(&ep.netns)?;
+        let index = inner.require_link(&ep.ifname).await?.index;
+        inner.set_fq_root(index).await?;
+        let _in = NetnsGuard::enter(&ep.netns)?;
+        pacing::attach(pins, PACE_EGRESS, &ep.ifname, TcAttachType::Egress, &link)?;
     }
-    Ok(())
+    set_pace(dp, ep, PACE_EGRESS, limit, has_fq)
+}
+
+/// Whether the kernel has `fq`: tried on the endpoint's host-side veth,
+/// whose root qdisc is put back as it was (none) afterwards.
+async fn kernel_has_fq(nl: &Netlink, host_ifindex: u32) -> Result<bool> {
+    let has = nl.set_fq_root(host_ifindex).await?;
+    if has {
+        nl.clear_root_qdisc(host_ifindex).await?;
+    }
+    Ok(has)
 }
 
 fn key(ep: &EndpointState, dir: u8) -> PaceKey {
