@@ -169,13 +169,18 @@ pub struct Podman {
 
 impl Podman {
     pub fn new(sb: &Sandbox, plugin: &str) -> Self {
+        Self::with_conflist(sb, plugin, &conflist("1.0.0"))
+    }
+
+    /// Podman whose one CNI network is `conflist`.
+    pub fn with_conflist(sb: &Sandbox, plugin: &str, conflist: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("netbr-podman-{}", sb.suffix));
         let _ = std::fs::remove_dir_all(&dir);
         for d in ["plugins", "net", "root", "run", "tmp", "vol"] {
             std::fs::create_dir_all(dir.join(d)).expect("podman dirs");
         }
         std::os::unix::fs::symlink(plugin, dir.join("plugins/netbr-cni")).expect("plugin link");
-        std::fs::write(dir.join("net/nbnet.conflist"), conflist("1.0.0")).expect("conflist");
+        std::fs::write(dir.join("net/nbnet.conflist"), conflist).expect("conflist");
         let d = dir.display();
         std::fs::write(
             dir.join("containers.conf"),

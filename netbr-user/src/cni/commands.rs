@@ -6,7 +6,7 @@ use netbr_common::{pacing::RATE_MIN_BPS, portspec::PortSpec};
 
 use super::{
     ipam,
-    types::{code, result, Bandwidth, CniError, Made, NetConf, PortMapping},
+    types::{code, result, CniError, Made, NetConf, PortMapping},
     Env,
 };
 use crate::{
@@ -59,12 +59,11 @@ fn attach_request(conf: &NetConf) -> Result<AttachRequest, CniError> {
     Ok(req)
 }
 
-/// `runtimeConfig.bandwidth` as limits. A rate of 0 or none sets none, as
-/// the reference `bandwidth` plugin reads it.
-fn bandwidth_limits(bw: Option<Bandwidth>) -> Result<Limits, CniError> {
-    let Some(bw) = bw else {
-        return Ok(Limits::default());
-    };
+/// The limits of a container: `runtimeConfig.bandwidth` if the runtime
+/// sent it, else the configuration's own rates. A rate of 0 or none sets
+/// none, as the reference `bandwidth` plugin reads it.
+fn bandwidth_limits(conf: &NetConf) -> Result<Limits, CniError> {
+    let bw = conf.runtime_config.bandwidth.unwrap_or(conf.bandwidth);
     let limit = |what: &str, rate: Option<u64>, burst: Option<u64>| match rate {
         None | Some(0) => Ok(None),
         Some(r) if r < RATE_MIN_BPS => Err(invalid(format!(
@@ -156,7 +155,7 @@ fn ipam_release(conf: &NetConf, stdin: &[u8], env: &[(&str, &str)]) -> Result<()
 pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     let req = attach_request(conf)?;
     let specs = port_specs(&conf.runtime_config.port_mappings)?;
-    let limits = bandwidth_limits(conf.runtime_config.bandwidth)?;
+    let limits = bandwidth_limits(conf)?;
     block(async {
         let mut store =
             Store::open(conf.bridge()).map_err(|e| datapath("opening the bridge", e))?;

@@ -97,6 +97,7 @@ pub struct RuntimeConfig {
 /// `runtimeConfig.bandwidth`, as the CNI conventions define it: rates in
 /// bits per second, bursts in bits; a rate left out (or 0) sets no limit.
 #[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct Bandwidth {
     pub ingress_rate: Option<u64>,
@@ -130,6 +131,11 @@ pub struct NetConf {
     pub snat_ports: Option<String>,
     pub icc: Option<bool>,
     pub fast_path: Option<bool>,
+    /// Limits for every container of the network, as the reference
+    /// `bandwidth` plugin takes them in its own configuration; a runtime's
+    /// `runtimeConfig.bandwidth` replaces them.
+    #[serde(flatten)]
+    pub bandwidth: Bandwidth,
     /// Delegated addressing; passed whole to the IPAM plugin's stdin.
     pub ipam: Option<Value>,
     #[serde(default)]
@@ -209,6 +215,7 @@ mod tests {
         let conf: NetConf = serde_json::from_str(
             r#"{"cniVersion":"1.0.0","name":"nbnet","type":"netbr-cni","bridge":"nb0",
                 "subnet":"172.30.0.0/16","uplink":"up0","ctMax":4096,"fastPath":true,
+                "egressRate":20000000,
                 "capabilities":{"portMappings":true},
                 "runtimeConfig":{"portMappings":[
                   {"hostPort":8080,"containerPort":80,"protocol":"tcp"},
@@ -221,6 +228,7 @@ mod tests {
         assert_eq!(conf.ct_max, Some(4096));
         assert_eq!(conf.fast_path, Some(true));
         assert_eq!(conf.runtime_config.port_mappings.len(), 2);
+        assert_eq!(conf.bandwidth.egress_rate, Some(20_000_000));
         assert_eq!(
             conf.runtime_config.bandwidth,
             Some(Bandwidth {
