@@ -44,7 +44,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 17] = [
+pub const PINNED: [MapSpec; 18] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
@@ -104,6 +104,14 @@ pub const PINNED: [MapSpec; 17] = [
         Some(FIREWALL_MAX_ENTRIES),
     ),
     spec::<PaceKey, Pace>(MAP_PACING, BPF_MAP_TYPE_HASH, Some(PACING_MAX_ENTRIES)),
+    // A `bpf_timer` (16 bytes) and a word.
+    MapSpec {
+        name: MAP_COLLECTOR,
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 24,
+        max_entries: Some(1),
+    },
 ];
 
 /// Maps of the object that are never pinned: per-CPU scratch space whose

@@ -12,6 +12,11 @@ pub const MAP_CONNTRACK: &str = "NB_CT4";
 /// as netfilter's early_drop evicts only entries that are not ASSURED.
 pub const MAP_CONNTRACK_NEW: &str = "NB_CT4N";
 pub const MAP_LOCAL_ADDRS: &str = "NB_LOCAL";
+/// The assured table's collector: a `bpf_timer` that collects expired
+/// flows apart from any packet. Pinned, so collection goes on without a
+/// netbr process; made afresh by every attach, so its timer runs the
+/// programs that attach loaded.
+pub const MAP_COLLECTOR: &str = "NB_GC";
 pub const MAP_ENDPOINTS: &str = "NB_EP";
 pub const MAP_COUNTERS: &str = "NB_CNT";
 pub const MAP_SOCKETS: &str = "NB_SOCK";

@@ -193,11 +193,9 @@ pub fn admit(now: u64) -> Result<(), Reason> {
     refuse(now)
 }
 
-/// While the assured table is marked full, collects its expired flows (at
-/// most once per interval), which clears the mark once there is room. The
-/// hooks call this where a packet of no known flow may open one, so packets
-/// of tracked flows never pay for it, and from the hook's own frame: deeper
-/// in a call chain the walk's frames would overflow the 512-byte stack.
+/// While the assured table is marked full, collects its expired flows,
+/// which clears the mark once there is room. Called by the collector's
+/// timer (`collector`), once an interval, never by a packet.
 #[inline(always)]
 pub fn collect_if_full(cfg: &Config, now: u64) {
     if full_entries() != 0 {
@@ -250,15 +248,14 @@ struct Collection {
 }
 
 /// Removes the assured table's expired flows (and replies orphaned past the
-/// claim grace), unless a collection ran within the last interval, and
-/// records whether the table has room for another flow. Only a full table
-/// needs this: otherwise `lookup_in` drops dead entries as it meets them.
-/// A BPF function of its own, so its walk's frames stack only on this
-/// rare branch, not on the port search's.
+/// claim grace), and records when, and whether the table has room for
+/// another flow. Only a full table needs this: otherwise `lookup_in` drops
+/// dead entries as it meets them.
 #[inline(never)]
 fn collect(cfg: &Config, now: u64) {
-    if !events::due(EVENT_SLOT_GC, now) {
-        return;
+    if let Some(last) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_GC) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe { *last = now };
     }
     let mut walk = Collection { cfg, now, live: 0 };
     // SAFETY: `CONNTRACK` is a map definition (the helper's first argument)

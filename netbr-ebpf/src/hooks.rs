@@ -56,13 +56,12 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The clock for opening a flow, read after room was made for it if the
-/// assured table is marked full (`conntrack::collect_if_full`).
+/// The clock for opening a flow. The first such packet arms the assured
+/// table's collector, which makes room apart from any packet.
 #[inline(always)]
-fn before_new_flow(cfg: &Config) -> u64 {
-    let now = now();
-    conntrack::collect_if_full(cfg, now);
-    now
+fn before_new_flow() -> u64 {
+    crate::collector::arm();
+    now()
 }
 
 /// Translates a packet of a tracked flow on an uplink hook (every kind but
@@ -139,7 +138,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     if !pkt.may_open_flow() {
         return Err(Reason::PassFragment);
     }
-    let now = before_new_flow(cfg);
+    let now = before_new_flow();
     if cfg.in_subnet(pkt.key.daddr) {
         if !cfg.has(CFG_ALLOW_DIRECT_ROUTING) {
             return Err(Reason::DropDirectRouting);
@@ -181,7 +180,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
         if !nat::host_flow_wanted(pkt, cfg, now()) {
             return Err(Reason::PassNoMatch);
         }
-        let xlat = nat::host_new_flow(ctx, pkt, before_new_flow(cfg))?;
+        let xlat = nat::host_new_flow(ctx, pkt, before_new_flow())?;
         if xlat != pkt.key {
             rewrite(ctx, pkt, &xlat)?;
         }
@@ -190,7 +189,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     if !nat::wants_snat(pkt, cfg) {
         return Err(Reason::PassNoMatch);
     }
-    let now = before_new_flow(cfg);
+    let now = before_new_flow();
     let xlat = nat::snat_new_flow(ctx, pkt, cfg, now)?;
     rewrite(ctx, pkt, &xlat)?;
     Ok(Outcome::pass(Reason::SnatNew))
@@ -244,7 +243,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
         return Err(Reason::PassNoMatch);
     }
     let hairpin = if pkt.may_open_flow() {
-        nat::hairpin_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?
+        nat::hairpin_new_flow(ctx, pkt, cfg, before_new_flow())?
     } else {
         None
     };
@@ -259,7 +258,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
         return Err(Reason::PassNoMatch);
     }
     let hop = fast_masquerade_route(ctx, cfg, pkt)?;
-    let xlat = nat::snat_new_flow(ctx, pkt, cfg, before_new_flow(cfg))?;
+    let xlat = nat::snat_new_flow(ctx, pkt, cfg, before_new_flow())?;
     rewrite(ctx, pkt, &xlat)?;
     Ok(Outcome {
         reason: Reason::SnatNew,

@@ -7,6 +7,7 @@
     reason = "map keys go to the helpers by reference, so no copy lands on the 512-byte BPF stack"
 )]
 
+mod collector;
 mod conntrack;
 mod counters;
 mod events;

@@ -16,9 +16,9 @@ use aya::{
 use netbr_common::{
     layout::PINNED,
     maps::{
-        MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BIND4, PROG_BRIDGE_INGRESS, PROG_CONNECT4,
-        PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
-        PROG_XDP,
+        MAP_COLLECTOR, MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BIND4, PROG_BRIDGE_INGRESS,
+        PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS,
+        PROG_UPLINK_INGRESS, PROG_XDP,
     },
 };
 
@@ -31,6 +31,15 @@ use super::pins::{
 /// already pinned by an earlier attach are reused, so flows and mappings
 /// survive a re-attach.
 pub fn load(pin_dir: Option<&Path>, ct_max: u32) -> Result<Ebpf> {
+    if let Some(dir) = pin_dir {
+        // The collector's timer calls back into the programs that armed
+        // it: a new load gets a new timer. The old one stops once its map
+        // has no pin and no fd left.
+        let old = dir.join(MAP_COLLECTOR);
+        if old.exists() {
+            std::fs::remove_file(&old).with_context(|| format!("replacing {}", old.display()))?;
+        }
+    }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_CONNTRACK, ct_max);
     loader.map_max_entries(MAP_CONNTRACK_NEW, ct_max);

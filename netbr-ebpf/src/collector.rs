@@ -1,0 +1,73 @@
+//! The assured table's collector, on a BPF timer: a packet never walks the
+//! table. The first packet that may open a flow arms the timer; from then
+//! on it fires every `COLLECT_INTERVAL_NS` and, when the table was found
+//! full, collects expired entries (`conntrack::collect`). A timer lives as
+//! long as its map: with the maps pinned, collection goes on with no netbr
+//! process running. It still runs in softirq (hrtimer) context, but apart
+//! from any packet; a BPF workqueue would run it in process context, but is
+//! a kfunc this toolchain cannot call.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::bpf_timer,
+    btf_maps::Array,
+    helpers::{bpf_ktime_get_ns, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start},
+    macros::btf_map,
+};
+
+use crate::{conntrack, maps::CONFIG};
+
+/// How often the collector looks at the table.
+const COLLECT_INTERVAL_NS: u64 = 1_000_000_000;
+/// `CLOCK_MONOTONIC`, the timer's clock.
+const CLOCK_MONOTONIC: u64 = 1;
+
+/// The timer, in a map with BTF as the kernel requires of `bpf_timer`.
+#[repr(C)]
+pub struct Collector {
+    timer: bpf_timer,
+    /// Non-zero once armed.
+    armed: u64,
+}
+
+#[btf_map(name = "NB_GC")]
+static COLLECTOR: Array<Collector, 1> = Array::new();
+
+/// Arms the collector's timer if no packet has yet.
+#[inline(always)]
+pub fn arm() {
+    let Some(c) = COLLECTOR.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a map value pointer, valid for this run; two CPUs arming at
+    // once is harmless: `bpf_timer_init` fails for the second.
+    unsafe {
+        if (*c).armed != 0 {
+            return;
+        }
+        (*c).armed = 1;
+        let timer = &mut (*c).timer as *mut bpf_timer;
+        if bpf_timer_init(
+            timer,
+            &COLLECTOR as *const _ as *mut c_void,
+            CLOCK_MONOTONIC,
+        ) != 0
+        {
+            return;
+        }
+        bpf_timer_set_callback(timer, on_timer as *mut c_void);
+        bpf_timer_start(timer, COLLECT_INTERVAL_NS, 0);
+    }
+}
+
+extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, c: *mut Collector) -> i32 {
+    if let Some(cfg) = CONFIG.get(0) {
+        // SAFETY: the helper has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        conntrack::collect_if_full(cfg, now);
+    }
+    // SAFETY: the timer's own map value, as the kernel passes it.
+    unsafe { bpf_timer_start(&mut (*c).timer, COLLECT_INTERVAL_NS, 0) };
+    0
+}
