@@ -56,9 +56,15 @@ fn assert_limited(step: &str, sb: &Sandbox, n: u32, reverse: bool, limit: f64) {
         .unwrap_or("")
         .to_string();
     assert!(mode == "edt" || mode == "police", "{ep}");
+    // Paced, TCP holds the tolerance. Policed (no `fq`), TCP loses a burst's
+    // tail now and then and waits on its retransmission timer: over 5 s
+    // runs the bench measures 95-98% of the limit, but one 200 ms stall in
+    // this 3 s run costs 7%, so here it must not exceed the limit nor fall
+    // below 80% of it.
     let ideal = limit * TCP_GOODPUT;
+    let below = if mode == "edt" { TOLERANCE } else { 0.2 };
     assert!(
-        (tcp - ideal).abs() <= ideal * TOLERANCE,
+        tcp <= ideal * (1.0 + TOLERANCE) && tcp >= ideal * (1.0 - below),
         "{step}: {what} TCP ({mode}): {tcp:.2} Mbit/s, limit {limit} Mbit/s"
     );
 }

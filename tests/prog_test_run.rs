@@ -1333,6 +1333,29 @@ fn per_packet_cost() {
             }),
         ),
     ];
+    // Pacing: a limited container's packet (a limit too high to drop any)
+    // and an unlimited one's, on the program every limited endpoint runs.
+    h.dp.pacing
+        .insert(
+            pace_key(CLIENT, PACE_EGRESS),
+            Pace::new(1_000_000_000_000, 0, PACE_STAMP),
+            0,
+        )
+        .expect("pacing entry");
+    h.classifier("nb_pace_out")
+        .load()
+        .expect("verifier accepts nb_pace_out");
+    let mut rows = rows;
+    rows.push((
+        "nb_pace_out",
+        "limited endpoint, stamped for fq",
+        median_ns(&mut h, "nb_pace_out", |_| udp_of_len(CLIENT, 1000)),
+    ));
+    rows.push((
+        "nb_pace_out",
+        "unlimited endpoint",
+        median_ns(&mut h, "nb_pace_out", |_| udp_of_len(WEB, 1000)),
+    ));
     // A packet the program leaves unchanged can be repeated in one call,
     // which spreads the test run's own per-call cost over many runs: the
     // difference is what each single-run figure above carries besides the
@@ -1348,9 +1371,9 @@ fn per_packet_cost() {
         repeat_ns(p, &unmatched, 100_000)
     };
     println!("\nper-packet cost under BPF_PROG_TEST_RUN (median ns per run of 2000)");
-    println!("{:<10} {:<44} {:>6}", "PROGRAM", "PACKET", "NS");
+    println!("{:<12} {:<44} {:>6}", "PROGRAM", "PACKET", "NS");
     for (prog, what, ns) in &rows {
-        println!("{prog:<10} {what:<44} {ns:>6}");
+        println!("{prog:<12} {what:<44} {ns:>6}");
     }
     println!(
         "nb_up_in unmatched, 100000 repeats in one call: {amortized} ns per run (the rest of the single-run figure is the test run's own cost)"
