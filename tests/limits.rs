@@ -41,12 +41,20 @@ fn measure(sb: &Sandbox, n: u32, reverse: bool, udp_mbit: Option<u64>) -> f64 {
 /// goodput within the tolerance of what the limit lets each carry.
 fn assert_limited(step: &str, sb: &Sandbox, n: u32, reverse: bool, limit: f64) {
     let what = if reverse { "ingress" } else { "egress" };
-    let udp = measure(sb, n, reverse, Some(2 * limit as u64));
-    let ep = ls_endpoint(sb, n);
     let ideal = limit * UDP_GOODPUT;
+    let near = |got: f64| (got - ideal).abs() <= ideal * TOLERANCE;
+    let first = measure(sb, n, reverse, Some(2 * limit as u64));
+    // Once in a while (three times in some hundred runs, never alone) a run
+    // right after other traffic reads 6% low; a broken limit fails twice.
+    let udp = if near(first) {
+        first
+    } else {
+        measure(sb, n, reverse, Some(2 * limit as u64))
+    };
+    let ep = ls_endpoint(sb, n);
     assert!(
-        (udp - ideal).abs() <= ideal * TOLERANCE,
-        "{step}: {what} UDP: {udp:.2} Mbit/s, limit {limit} Mbit/s (within {}%); {ep}; {}",
+        near(udp),
+        "{step}: {what} UDP: {udp:.2} Mbit/s (first {first:.2}), limit {limit} Mbit/s (within {}%); {ep}; {}",
         TOLERANCE * 100.0,
         sb.netbr_ok(&["stats"]).unwrap_or_default()
     );
@@ -184,6 +192,31 @@ fn bad_rates_are_refused_and_change_nothing() {
         .netbr(&["endpoint", "limit", "nobody", "--egress-rate", "1mbit"])
         .expect("run");
     assert!(!o.status.success());
+    // An operator's own qdisc (the seeds' tbf) is never replaced.
+    let host_veth = netbr::store::veth_names(netbr::sandbox::BRIDGE, &sb.container(1)).0;
+    let tbf = [
+        "qdisc", "add", "dev", &host_veth, "root", "tbf", "rate", "10mbit", "latency", "50ms",
+        "burst", "10000",
+    ];
+    assert!(sb.in_host("tc", &tbf).expect("tc").status.success());
+    let o = sb
+        .netbr(&[
+            "endpoint",
+            "limit",
+            &sb.container(1),
+            "--ingress-rate",
+            "5mbit",
+        ])
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("tbf root qdisc"),
+        "{err}"
+    );
+    let qdisc = sb
+        .in_host("tc", &["qdisc", "show", "dev", &host_veth, "root"])
+        .expect("tc");
+    assert!(String::from_utf8_lossy(&qdisc.stdout).contains("tbf"));
     // A refused add leaves no endpoint behind.
     let o = sb
         .netbr(&[

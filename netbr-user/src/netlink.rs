@@ -285,18 +285,20 @@ impl Netlink {
         }
     }
 
-    /// Whether the interface's root qdisc is `fq`.
-    pub async fn has_fq_root(&self, index: u32) -> Result<bool> {
+    /// The kind of the interface's root qdisc (`noqueue` for a veth's
+    /// default), if it has one.
+    pub async fn root_qdisc(&self, index: u32) -> Result<Option<String>> {
         let mut qdiscs = self.handle.qdisc().get().index(index as i32).execute();
         while let Some(q) = qdiscs.try_next().await.context("listing qdiscs")? {
-            if q.header.index == index as i32
-                && q.header.parent == TcHandle::ROOT
-                && q.attributes.contains(&TcAttribute::Kind("fq".into()))
-            {
-                return Ok(true);
+            if q.header.index != index as i32 || q.header.parent != TcHandle::ROOT {
+                continue;
             }
+            return Ok(q.attributes.iter().find_map(|a| match a {
+                TcAttribute::Kind(k) => Some(k.clone()),
+                _ => None,
+            }));
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Removes the interface's root qdisc, which returns a veth to its

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::programs::TcAttachType;
 use netbr_common::{
     maps::EP_PACED_INGRESS,
@@ -131,6 +131,7 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
     let mut fq = None;
     match ep.limits.ingress {
         Some(limit) => {
+            claim_root_qdisc(&nl, ep.host_ifindex, &ep.host_ifname).await?;
             let has_fq = nl.set_fq_root(ep.host_ifindex).await?;
             fq = Some(has_fq);
             pacing::attach(
@@ -147,7 +148,7 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
             set_endpoint_flag(dp, ep, false)?;
             let _ = dp.pacing.remove(&key(ep, PACE_INGRESS));
             pacing::detach(&link)?;
-            nl.clear_root_qdisc(ep.host_ifindex).await?;
+            release_root_qdisc(&nl, ep.host_ifindex).await?;
         }
     }
     let link = pacing::link_path(pins, &ep.host_ifname, PACE_EGRESS);
@@ -157,14 +158,17 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
         // The namespace may be gone with the container, its qdisc too.
         if let Ok(inner) = Netlink::connect_in(&ep.netns) {
             if let Some(l) = inner.link(&ep.ifname).await? {
-                inner.clear_root_qdisc(l.index).await?;
+                release_root_qdisc(&inner, l.index).await?;
             }
         }
         return Ok(());
     };
     let has_fq = match fq {
         Some(known) => known,
-        None => kernel_has_fq(&nl, ep.host_ifindex).await?,
+        None => {
+            claim_root_qdisc(&nl, ep.host_ifindex, &ep.host_ifname).await?;
+            kernel_has_fq(&nl, ep.host_ifindex).await?
+        }
     };
     if !has_fq {
         // Policing drops. Dropped on the container's own device a TCP
@@ -185,11 +189,32 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
     } else {
         let inner = Netlink::connect_in(&ep.netns)?;
         let index = inner.require_link(&ep.ifname).await?.index;
+        claim_root_qdisc(&inner, index, &ep.ifname).await?;
         inner.set_fq_root(index).await?;
         let _in = NetnsGuard::enter(&ep.netns)?;
         pacing::attach(pins, PACE_EGRESS, &ep.ifname, TcAttachType::Egress, &link)?;
     }
     set_pace(dp, ep, PACE_EGRESS, limit, has_fq)
+}
+
+/// Makes sure netbr may take the interface's root qdisc: none, a veth's
+/// default `noqueue`, or the `fq` netbr puts there. Any other is the
+/// operator's (the seeds' `tbf`, say), and netbr will not replace it.
+async fn claim_root_qdisc(nl: &Netlink, index: u32, ifname: &str) -> Result<()> {
+    match nl.root_qdisc(index).await?.as_deref() {
+        None | Some("noqueue") | Some("fq") => Ok(()),
+        Some(kind) => bail!(
+            "{ifname} has a {kind} root qdisc that a netbr limit would replace: remove it (tc qdisc del dev {ifname} root) and set the limit again"
+        ),
+    }
+}
+
+/// Removes the interface's root qdisc if it is the `fq` netbr put there.
+async fn release_root_qdisc(nl: &Netlink, index: u32) -> Result<()> {
+    if nl.root_qdisc(index).await?.as_deref() == Some("fq") {
+        nl.clear_root_qdisc(index).await?;
+    }
+    Ok(())
 }
 
 /// Whether the kernel has `fq`: tried on the endpoint's host-side veth,
