@@ -67,12 +67,17 @@ fn assert_limited(step: &str, sb: &Sandbox, n: u32, reverse: bool, limit: f64) {
     // Paced, TCP holds the tolerance. Policed (no `fq`), TCP loses a burst's
     // tail now and then and waits on its retransmission timer: over 5 s
     // runs the bench measures 95-98% of the limit, but one 200 ms stall in
-    // this 3 s run costs 7%, so here it must not exceed the limit nor fall
-    // below 80% of it.
+    // this 3 s run costs 7%, and the quarter-second bucket refilled during
+    // a stall lets up to 8% of the run through on top. So policed TCP must
+    // stay within 80% and 113% of what the limit carries.
     let ideal = limit * TCP_GOODPUT;
-    let below = if mode == "edt" { TOLERANCE } else { 0.2 };
+    let (low, high) = if mode == "edt" {
+        (1.0 - TOLERANCE, 1.0 + TOLERANCE)
+    } else {
+        (0.8, 1.0 + TOLERANCE + 0.25 / 3.0)
+    };
     assert!(
-        tcp <= ideal * (1.0 + TOLERANCE) && tcp >= ideal * (1.0 - below),
+        tcp >= ideal * low && tcp <= ideal * high,
         "{step}: {what} TCP ({mode}): {tcp:.2} Mbit/s, limit {limit} Mbit/s"
     );
 }
