@@ -14,7 +14,7 @@ use std::{
 use netbr::{
     netns,
     probe::{self, Server},
-    sandbox::{Sandbox, LAN_IP, UPLINK_IP},
+    sandbox::{Sandbox, UPLINK_IP},
 };
 use serde_json::{json, Value};
 
@@ -478,7 +478,6 @@ fn concurrent_plugin_adds_and_cli_calls_never_collide() {
 
 #[test]
 fn the_bandwidth_capability_limits_the_container_and_del_lifts_it() {
-    use netbr::bench::load::{iperf3, Iperf3Run, Iperf3Server};
     let sb = support::sandbox();
     let c = Container::new(&sb, "bw");
     let mut conf = conf("1.0.0");
@@ -494,19 +493,8 @@ fn the_bandwidth_capability_limits_the_container_and_del_lifts_it() {
     assert_eq!(ep["ingress_limit"]["rate"], "40mbit", "{ep}");
     // What the container sends is held to the limit (UDP offered at twice
     // it measures the limiter alone).
-    let _server = Iperf3Server::start(&sb.lan_path(), 5201).expect("iperf3 server");
-    let run = Iperf3Run {
-        secs: 3,
-        omit: 1,
-        reverse: false,
-        udp_bits: Some(40_000_000),
-    };
-    let to = SocketAddr::from((LAN_IP, 5201));
-    let got = iperf3(&c.path(), to, &run).expect("iperf3") / 1e6;
-    assert!(
-        (got - 20.0).abs() <= 1.0,
-        "egress {got:.2} Mbit/s, limit 20"
-    );
+    let got = support::udp_to_lan_mbit(&sb, &c.path(), 40);
+    support::assert_limited_to_20(got);
     let r = plugin(&sb, "DEL", &conf, "bw000001", &c.path(), "eth0");
     assert!(r.ok, "DEL: {} {}", r.out, r.stderr);
     let pins: Vec<_> = std::fs::read_dir(sb.pin_dir().expect("pins"))

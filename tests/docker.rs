@@ -30,13 +30,17 @@ fn ls(sb: &Sandbox, docker: &Dockerd, net: &str) -> serde_json::Value {
 }
 
 fn network(docker: &Dockerd, name: &str) {
+    network_on(docker, name, "172.30.0.0/16");
+}
+
+fn network_on(docker: &Dockerd, name: &str, subnet: &str) {
     docker.ok(&[
         "network",
         "create",
         "-d",
         &docker.driver,
         "--subnet",
-        "172.30.0.0/16",
+        subnet,
         "-o",
         "netbr.uplink=up0",
         name,
@@ -209,17 +213,7 @@ fn driver_opts_limit_an_endpoint_and_a_bad_rate_is_refused() {
     let sb = support::sandbox();
     let docker = Dockerd::start(&sb, NETBR);
     network(&docker, "n1");
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        &docker.driver,
-        "--subnet",
-        "172.31.0.0/16",
-        "-o",
-        "netbr.uplink=up0",
-        "n2",
-    ]);
+    network_on(&docker, "n2", "172.31.0.0/16");
     for name in ["web", "web2"] {
         let o = docker.web(name, "n1", &[]);
         assert!(o.status.success(), "docker run: {}", text(&o));

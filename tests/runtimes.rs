@@ -186,7 +186,6 @@ fn ctr_run_cni_gets_an_address_reaches_lan_and_its_del_cleans_up() {
 /// `bandwidth` plugin takes them, limit every container on it.
 #[test]
 fn podman_containers_are_limited_by_the_networks_rates() {
-    use netbr::bench::load::{iperf3, Iperf3Run, Iperf3Server};
     let sb = support::sandbox();
     let mut conf: serde_json::Value =
         serde_json::from_str(&support::runtimes::conflist("1.0.0")).expect("conflist");
@@ -202,18 +201,7 @@ fn podman_containers_are_limited_by_the_networks_rates() {
     assert_eq!(ep["egress_limit"]["rate"], "20mbit", "{doc:#}");
     assert_eq!(ep["ingress_limit"]["rate"], "40mbit", "{doc:#}");
     // Held to the limit: UDP offered at twice it, from the container.
-    let _server = Iperf3Server::start(&sb.lan_path(), 5201).expect("iperf3 server");
-    let run = Iperf3Run {
-        secs: 3,
-        omit: 1,
-        reverse: false,
-        udp_bits: Some(40_000_000),
-    };
-    let got =
-        iperf3(&podman.netns("web"), SocketAddr::from((LAN_IP, 5201)), &run).expect("iperf3") / 1e6;
-    assert!(
-        (got - 20.0).abs() <= 1.0,
-        "egress {got:.2} Mbit/s, limit 20"
-    );
+    let got = support::udp_to_lan_mbit(&sb, &podman.netns("web"), 40);
+    support::assert_limited_to_20(got);
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
 }

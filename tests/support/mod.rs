@@ -102,3 +102,35 @@ pub fn assert_no_netfilter_rules(ns: &std::path::Path) {
         "nft ruleset is not empty"
     );
 }
+
+/// Mbit/s that lan receives from namespace `from` when it sends UDP at
+/// `offered_mbit` for 3 s (after a 1 s warm-up), through an iperf3 server
+/// the call starts in lan: what a container's egress limit lets through.
+pub fn udp_to_lan_mbit(
+    sb: &netbr::sandbox::Sandbox,
+    from: &std::path::Path,
+    offered_mbit: u64,
+) -> f64 {
+    use netbr::bench::load::{iperf3, Iperf3Run, Iperf3Server};
+    const PORT: u16 = 5211;
+    let _server = Iperf3Server::start(&sb.lan_path(), PORT).expect("iperf3 server in lan");
+    let run = Iperf3Run {
+        secs: 3,
+        omit: 1,
+        reverse: false,
+        udp_bits: Some(offered_mbit * 1_000_000),
+    };
+    let to = std::net::SocketAddr::from((netbr::sandbox::LAN_IP, PORT));
+    iperf3(from, to, &run).expect("iperf3") / 1e6
+}
+
+/// Asserts UDP offered at 40 Mbit/s came through a 20 Mbit/s limit: near
+/// it, far below the offer. Accuracy is `tests/limits.rs`'s to check; these
+/// runs share two cores with parallel tests, where iperf3's receiver,
+/// descheduled, overflows its socket buffer and reads a few percent low.
+pub fn assert_limited_to_20(got_mbit: f64) {
+    assert!(
+        (16.0..=21.0).contains(&got_mbit),
+        "{got_mbit:.2} Mbit/s through a 20 Mbit/s limit, 40 offered"
+    );
+}
