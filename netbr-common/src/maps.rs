@@ -83,8 +83,9 @@ pub const PROG_GETPEER4: &str = "nb_getpeer4";
 /// cgroup bind4: host sockets may not bind published host ports.
 pub const PROG_BIND4: &str = "nb_bind4";
 /// Pacing of limited endpoints (`netbr_common::pacing`), on TC egress of
-/// the container's interface (what it sends) and of its host-side veth
-/// (what it receives). Pinned by `attach`, attached per endpoint.
+/// the container's interface (what it sends; TC ingress of its host-side
+/// veth when policing) and of its host-side veth (what it receives).
+/// Pinned by `attach`, attached per endpoint.
 pub const PROG_PACE_EGRESS: &str = "nb_pace_out";
 pub const PROG_PACE_INGRESS: &str = "nb_pace_in";
 

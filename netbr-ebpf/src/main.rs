@@ -70,7 +70,8 @@ pub fn nb_br_in(ctx: TcContext) -> i32 {
     verdict(hooks::run(&ctx, HOOK_BRIDGE_INGRESS))
 }
 
-/// Bandwidth limits on what a container sends: TC egress of its interface.
+/// Bandwidth limits on what a container sends: TC egress of its interface
+/// (pacing), or TC ingress of its host-side veth (policing).
 #[classifier]
 pub fn nb_pace_out(ctx: TcContext) -> i32 {
     pacing::run(&ctx, PACE_EGRESS)

@@ -7,7 +7,9 @@
 //! Runs on TC egress, in front of that qdisc: of the container's interface
 //! for what it sends (there the packet still belongs to the container's
 //! socket, so TCP small queues hold the sender back before anything has to
-//! be dropped), of the host-side veth for what it receives.
+//! be dropped), of the host-side veth for what it receives. When policing,
+//! what a container sends is judged at the host-side veth's TC ingress
+//! instead (`store::limits` in netbr-user says why).
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
