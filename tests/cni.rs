@@ -493,7 +493,7 @@ fn the_bandwidth_capability_limits_the_container_and_del_lifts_it() {
     assert_eq!(ep["ingress_limit"]["rate"], "40mbit", "{ep}");
     // What the container sends is held to the limit (UDP offered at twice
     // it measures the limiter alone).
-    let got = support::udp_to_lan_mbit(&sb, &c.path(), 40);
+    let got = support::lan_iperf3(&sb, &c.path(), false, Some(40));
     support::assert_limited_to_20(got);
     let r = plugin(&sb, "DEL", &conf, "bw000001", &c.path(), "eth0");
     assert!(r.ok, "DEL: {} {}", r.out, r.stderr);

@@ -1521,34 +1521,33 @@ fn the_firewall_decides_new_flows_to_published_ports_and_from_containers() {
 
     // Bad input is refused with a clear error, and nothing changes.
     let rules = sb.netbr_ok(&["firewall", "ls", "--json"]).expect("ls");
-    fails_with(
-        &sb,
-        &["firewall", "add", "--deny", "--from", "192.0.2.0/40"],
-        "prefix length",
-    );
-    fails_with(
-        &sb,
-        &["firewall", "add", "--deny", "--from", "lan"],
-        "not an IPv4 address",
-    );
-    fails_with(&sb, &["firewall", "rm", "99"], "no firewall rule 99");
-    fails_with(
-        &sb,
-        &["firewall", "add", "--deny", "--endpoint", "nosuch"],
-        "no endpoint named nosuch",
-    );
-    fails_with(
-        &sb,
-        &["firewall", "add", "--deny", "--to", "10.0.0.0/8"],
-        "--to applies to --out rules",
-    );
-    fails_with(
-        &sb,
-        &[
-            "firewall", "add", "--allow", "--from", &lan_ip, "--port", "8080/tcp",
-        ],
-        &format!("rule {lan_allow}"),
-    );
+    let duplicate = format!("rule {lan_allow}");
+    for (args, needle) in [
+        (
+            &["add", "--deny", "--from", "192.0.2.0/40"][..],
+            "prefix length",
+        ),
+        (&["add", "--deny", "--from", "lan"], "not an IPv4 address"),
+        (&["rm", "99"], "no firewall rule 99"),
+        (
+            &["add", "--deny", "--endpoint", "nosuch"],
+            "no endpoint named nosuch",
+        ),
+        (
+            &["add", "--deny", "--to", "10.0.0.0/8"],
+            "--to applies to --out rules",
+        ),
+        (
+            &["add", "--allow", "--from", &lan_ip, "--port", "8080/tcp"],
+            &duplicate,
+        ),
+    ] {
+        let args: Vec<&str> = ["firewall"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        fails_with(&sb, &args, needle);
+    }
     assert_eq!(
         sb.netbr_ok(&["firewall", "ls", "--json"]).expect("ls"),
         rules

@@ -8,14 +8,8 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use netbr::sandbox::Sandbox;
 
-use netbr::{
-    bench::load::{iperf3, Iperf3Run, Iperf3Server},
-    sandbox::{Sandbox, LAN_IP},
-};
-
-const PORT: u16 = 5201;
 /// The tolerance on rate accuracy.
 const TOLERANCE: f64 = 0.05;
 /// Limits count IP bytes; iperf3 counts payload. What each protocol can
@@ -27,14 +21,7 @@ const UDP_GOODPUT: f64 = 1400.0 / 1428.0;
 /// Goodput of one direction between container `n` and lan, in Mbit/s: TCP,
 /// or UDP offered at `udp_mbit`.
 fn measure(sb: &Sandbox, n: u32, reverse: bool, udp_mbit: Option<u64>) -> f64 {
-    let run = Iperf3Run {
-        secs: 3,
-        omit: 1,
-        reverse,
-        udp_bits: udp_mbit.map(|m| m * 1_000_000),
-    };
-    let to = SocketAddr::from((LAN_IP, PORT));
-    iperf3(&sb.container_path(n), to, &run).expect("iperf3") / 1e6
+    support::lan_iperf3(sb, &sb.container_path(n), reverse, udp_mbit)
 }
 
 /// Checks a direction of container `n` against its limit: UDP and TCP
@@ -100,7 +87,6 @@ fn ls_endpoint(sb: &Sandbox, n: u32) -> serde_json::Value {
 fn limits_hold_in_both_directions_change_live_and_survive_reattach() {
     let sb = support::sandbox();
     sb.attach().expect("attach");
-    let _server = Iperf3Server::start(&sb.lan_path(), PORT).expect("iperf3 server");
     sb.add_container(2).expect("unlimited c2");
     let unlimited_before = measure(&sb, 2, false, None);
     sb.netbr_ok(&[
@@ -130,15 +116,14 @@ fn limits_hold_in_both_directions_change_live_and_survive_reattach() {
     );
 
     // Traffic to another container on the bridge is limited too.
-    let _c2_server = Iperf3Server::start(&sb.container_path(2), PORT).expect("iperf3 in c2");
-    let run = Iperf3Run {
-        secs: 3,
-        omit: 1,
-        reverse: false,
-        udp_bits: Some(40_000_000),
-    };
-    let to_c2 = SocketAddr::from(([172, 30, 0, 3], PORT));
-    let c2c = iperf3(&sb.container_path(1), to_c2, &run).expect("iperf3 to c2") / 1e6;
+    let c2 = std::net::Ipv4Addr::new(172, 30, 0, 3);
+    let c2c = support::iperf3_mbit(
+        &sb.container_path(1),
+        &sb.container_path(2),
+        c2,
+        false,
+        Some(40),
+    );
     assert!(
         (c2c - 20.0 * UDP_GOODPUT).abs() <= 20.0 * TOLERANCE,
         "container to container: {c2c:.2} Mbit/s, egress limit 20"

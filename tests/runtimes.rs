@@ -201,7 +201,7 @@ fn podman_containers_are_limited_by_the_networks_rates() {
     assert_eq!(ep["egress_limit"]["rate"], "20mbit", "{doc:#}");
     assert_eq!(ep["ingress_limit"]["rate"], "40mbit", "{doc:#}");
     // Held to the limit: UDP offered at twice it, from the container.
-    let got = support::udp_to_lan_mbit(&sb, &podman.netns("web"), 40);
+    let got = support::lan_iperf3(&sb, &podman.netns("web"), false, Some(40));
     support::assert_limited_to_20(got);
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
 }

@@ -103,25 +103,43 @@ pub fn assert_no_netfilter_rules(ns: &std::path::Path) {
     );
 }
 
-/// Mbit/s that lan receives from namespace `from` when it sends UDP at
-/// `offered_mbit` for 3 s (after a 1 s warm-up), through an iperf3 server
-/// the call starts in lan: what a container's egress limit lets through.
-pub fn udp_to_lan_mbit(
-    sb: &netbr::sandbox::Sandbox,
+/// Goodput in Mbit/s of a 3 s iperf3 run (after a 1 s warm-up) between
+/// namespace `from` and an iperf3 server the call starts in `server_ns` at
+/// `server_ip`: TCP, or UDP offered at `udp_mbit`; `reverse`, the server
+/// sends. What a container's limits let through.
+pub fn iperf3_mbit(
     from: &std::path::Path,
-    offered_mbit: u64,
+    server_ns: &std::path::Path,
+    server_ip: std::net::Ipv4Addr,
+    reverse: bool,
+    udp_mbit: Option<u64>,
 ) -> f64 {
     use netbr::bench::load::{iperf3, Iperf3Run, Iperf3Server};
     const PORT: u16 = 5211;
-    let _server = Iperf3Server::start(&sb.lan_path(), PORT).expect("iperf3 server in lan");
+    let _server = Iperf3Server::start(server_ns, PORT).expect("iperf3 server");
     let run = Iperf3Run {
         secs: 3,
         omit: 1,
-        reverse: false,
-        udp_bits: Some(offered_mbit * 1_000_000),
+        reverse,
+        udp_bits: udp_mbit.map(|m| m * 1_000_000),
     };
-    let to = std::net::SocketAddr::from((netbr::sandbox::LAN_IP, PORT));
-    iperf3(from, to, &run).expect("iperf3") / 1e6
+    iperf3(from, std::net::SocketAddr::from((server_ip, PORT)), &run).expect("iperf3") / 1e6
+}
+
+/// [`iperf3_mbit`] against lan.
+pub fn lan_iperf3(
+    sb: &netbr::sandbox::Sandbox,
+    from: &std::path::Path,
+    reverse: bool,
+    udp_mbit: Option<u64>,
+) -> f64 {
+    iperf3_mbit(
+        from,
+        &sb.lan_path(),
+        netbr::sandbox::LAN_IP,
+        reverse,
+        udp_mbit,
+    )
 }
 
 /// Asserts UDP offered at 40 Mbit/s came through a 20 Mbit/s limit: near

@@ -9,6 +9,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
+use serde::Serialize;
 use serde_json::json;
 
 use super::load::{iperf3, kernel_cpu_ns, Iperf3Run, Iperf3Server};
@@ -25,20 +26,35 @@ const LATENCY_MBIT: u64 = 10;
 const PINGS: u32 = 200;
 
 /// One row of the accuracy table.
+#[derive(Serialize)]
 struct Accuracy {
-    limit: u64,
+    limit_mbit: u64,
     dir: &'static str,
-    tcp: f64,
-    udp: f64,
+    tcp_mbit: f64,
+    udp_mbit: f64,
 }
 
 /// Ping RTTs under load, for one way of limiting.
+#[derive(Serialize)]
 struct Latency {
     arm: &'static str,
     load: &'static str,
     p50_ms: f64,
     p99_ms: f64,
     lost: u32,
+}
+
+/// What a limit costs: TCP uploads with kernel CPU per gigabit.
+#[derive(Serialize)]
+struct Cost {
+    /// Through a 1 Gbit/s limit.
+    limited_mbit: f64,
+    limited_cpu_ms_per_gbit: f64,
+    /// An unlimited endpoint beside the limited one.
+    unlimited_mbit: f64,
+    unlimited_cpu_ms_per_gbit: f64,
+    /// The same endpoint with no limits anywhere on the bridge.
+    unlimited_mbit_no_limits_anywhere: f64,
 }
 
 pub fn run(netbr: &Path, secs: u64, json_out: Option<&Path>) -> Result<()> {
@@ -90,10 +106,10 @@ pub fn run(netbr: &Path, secs: u64, json_out: Option<&Path>) -> Result<()> {
             let udp = stream(1, reverse, Some(2 * mbit * 1_000_000))?;
             eprintln!("  {rate} {dir}: tcp {tcp:.1} udp {udp:.1} Mbit/s");
             accuracy.push(Accuracy {
-                limit: mbit,
+                limit_mbit: mbit,
                 dir,
-                tcp,
-                udp,
+                tcp_mbit: tcp,
+                udp_mbit: udp,
             });
         }
     }
@@ -152,37 +168,24 @@ pub fn run(netbr: &Path, secs: u64, json_out: Option<&Path>) -> Result<()> {
         let gbits = mbit / 1e3 * (secs + 1) as f64;
         Ok((mbit, spent / 1e6 / gbits.max(1e-9)))
     };
-    let (limited_mbit, limited_cpu) = cpu_per_gbit(1)?;
-    let (neighbour_limited, unlimited_cpu) = cpu_per_gbit(2)?;
+    let (limited_mbit, limited_cpu_ms_per_gbit) = cpu_per_gbit(1)?;
+    let (unlimited_mbit, unlimited_cpu_ms_per_gbit) = cpu_per_gbit(2)?;
     set("none", "none")?;
-    let neighbour_alone = stream(2, false, None)?;
+    let cost = Cost {
+        limited_mbit,
+        limited_cpu_ms_per_gbit,
+        unlimited_mbit,
+        unlimited_cpu_ms_per_gbit,
+        unlimited_mbit_no_limits_anywhere: stream(2, false, None)?,
+    };
 
-    print_report(
-        &accuracy,
-        &mode,
-        &latency,
-        [
-            limited_mbit,
-            limited_cpu,
-            neighbour_limited,
-            unlimited_cpu,
-            neighbour_alone,
-        ],
-    );
+    print_report(&accuracy, &mode, &latency, &cost);
     if let Some(path) = json_out {
         let doc = json!({
             "mode": mode,
-            "accuracy": accuracy.iter().map(|a| json!({
-                "limit_mbit": a.limit, "dir": a.dir, "tcp_mbit": a.tcp, "udp_mbit": a.udp,
-            })).collect::<Vec<_>>(),
-            "latency": latency.iter().map(|l| json!({
-                "arm": l.arm, "load": l.load, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "lost": l.lost,
-            })).collect::<Vec<_>>(),
-            "cost": {
-                "limited_mbit": limited_mbit, "limited_cpu_ms_per_gbit": limited_cpu,
-                "unlimited_mbit": neighbour_limited, "unlimited_cpu_ms_per_gbit": unlimited_cpu,
-                "unlimited_mbit_no_limits_anywhere": neighbour_alone,
-            },
+            "accuracy": accuracy,
+            "latency": latency,
+            "cost": cost,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -190,20 +193,20 @@ pub fn run(netbr: &Path, secs: u64, json_out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn print_report(acc: &[Accuracy], mode: &str, lat: &[Latency], cost: [f64; 5]) {
+fn print_report(acc: &[Accuracy], mode: &str, lat: &[Latency], cost: &Cost) {
     println!("\nRate accuracy (netbr {mode}; iperf3 goodput, UDP offered at twice the limit)");
     println!("| limit | direction | TCP Mbit/s | TCP / limit | UDP Mbit/s | UDP / limit |");
     println!("|---|---|---|---|---|---|");
     for a in acc {
-        let l = a.limit as f64;
+        let l = a.limit_mbit as f64;
         println!(
             "| {} Mbit/s | {} | {:.1} | {:.3} | {:.1} | {:.3} |",
-            a.limit,
+            a.limit_mbit,
             a.dir,
-            a.tcp,
-            a.tcp / l,
-            a.udp,
-            a.udp / l
+            a.tcp_mbit,
+            a.tcp_mbit / l,
+            a.udp_mbit,
+            a.udp_mbit / l
         );
     }
     println!(
@@ -217,13 +220,21 @@ fn print_report(acc: &[Accuracy], mode: &str, lat: &[Latency], cost: [f64; 5]) {
             l.arm, l.load, l.p50_ms, l.p99_ms, l.lost
         );
     }
-    let [limited_mbit, limited_cpu, neighbour, unlimited_cpu, alone] = cost;
     println!("\nCost (TCP upload, kernel CPU of the whole machine)");
     println!("| endpoint | Mbit/s | CPU ms per Gbit |");
     println!("|---|---|---|");
-    println!("| limited to 1 Gbit/s | {limited_mbit:.0} | {limited_cpu:.1} |");
-    println!("| unlimited, beside the limited one | {neighbour:.0} | {unlimited_cpu:.1} |");
-    println!("| unlimited, no limits anywhere | {alone:.0} | |");
+    println!(
+        "| limited to 1 Gbit/s | {:.0} | {:.1} |",
+        cost.limited_mbit, cost.limited_cpu_ms_per_gbit
+    );
+    println!(
+        "| unlimited, beside the limited one | {:.0} | {:.1} |",
+        cost.unlimited_mbit, cost.unlimited_cpu_ms_per_gbit
+    );
+    println!(
+        "| unlimited, no limits anywhere | {:.0} | |",
+        cost.unlimited_mbit_no_limits_anywhere
+    );
 }
 
 /// "edt" or "police", as `ls` reports the endpoint's egress limit.
