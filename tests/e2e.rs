@@ -47,6 +47,12 @@ fn fails_with(sb: &Sandbox, args: &[&str], needle: &str) {
     );
 }
 
+/// Runs `ip ARGS` in the namespace at `ns` and asserts it succeeded.
+fn ip_ok(ns: &std::path::Path, args: &[&str]) {
+    let o = in_netns(ns, "ip", args).expect("ip");
+    assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+}
+
 fn published(port: u16) -> SocketAddr {
     SocketAddr::from((UPLINK_IP, port))
 }
@@ -406,13 +412,10 @@ fn hairpin_reaches_another_container_and_itself_through_the_host_address() {
 fn host_ip_binding_answers_only_on_that_address() {
     let sb = sandbox();
     let extra = "192.0.2.3";
-    let o = in_netns(
+    ip_ok(
         &sb.host_path(),
-        "ip",
         &["addr", "add", &format!("{extra}/24"), "dev", "up0"],
-    )
-    .expect("ip");
-    assert!(o.status.success(), "{}", stderr(&o));
+    );
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
     let c1 = sb.container(1);
@@ -445,13 +448,10 @@ fn host_ip_binding_answers_only_on_that_address() {
     );
     assert!(at(other, 8082).is_err());
     // An address added after attach can be published on at once.
-    let late = in_netns(
+    ip_ok(
         &sb.host_path(),
-        "ip",
         &["addr", "add", "192.0.2.4/24", "dev", "up0"],
-    )
-    .expect("ip");
-    assert!(late.status.success(), "{}", stderr(&late));
+    );
     sb.publish(1, &["192.0.2.4:8084:80"])
         .expect("publish on a new address");
     assert_eq!(
@@ -466,13 +466,10 @@ fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
     let c1 = sb.add_container(1).expect("c1");
     let c2 = sb.add_container(2).expect("c2");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
-    let o = in_netns(
+    ip_ok(
         &sb.lan_path(),
-        "ip",
         &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-    )
-    .expect("ip route");
-    assert!(o.status.success(), "{}", stderr(&o));
+    );
     let direct = SocketAddr::from((c1, 80));
     assert!(
         probe::tcp_request(&sb.lan_path(), direct, b"x").is_err(),
@@ -861,8 +858,7 @@ fn path_mtu_discovery_works_through_a_published_port() {
         (sb.host_path(), host_veth.as_str()),
         (sb.container_path(1), "eth0"),
     ] {
-        let o = in_netns(&ns, "ip", &["link", "set", dev, "mtu", "1400"]).expect("ip");
-        assert!(o.status.success(), "{}", stderr(&o));
+        ip_ok(&ns, &["link", "set", dev, "mtu", "1400"]);
     }
     let mtu = netbr::netns::run_in(&sb.lan_path(), || {
         use std::os::fd::AsRawFd as _;
@@ -1340,13 +1336,10 @@ fn translated_flows_work_whatever_the_forward_policy() {
         // via the host reaches no container, even where netbr allows it.
         sb.attach_with(&["--fast-path", "--allow-direct-routing"])
             .expect("re-attach");
-        let o = in_netns(
+        ip_ok(
             &sb.lan_path(),
-            "ip",
             &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-        )
-        .expect("ip route");
-        assert!(o.status.success(), "{}", stderr(&o));
+        );
         assert!(
             probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 80)), b"x").is_err(),
             "{policy:?}: direct routing got through a dropping forward policy"
