@@ -10,6 +10,7 @@
 mod collector;
 mod conntrack;
 mod counters;
+mod csum;
 mod events;
 mod firewall;
 mod frag;
@@ -20,6 +21,7 @@ mod pacing;
 mod parse;
 mod redirect;
 mod rewrite;
+mod skb;
 mod sockaddr;
 mod xdp;
 

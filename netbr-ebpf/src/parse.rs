@@ -1,6 +1,7 @@
-//! Header parsing through `bpf_skb_load_bytes`, which bounds-checks every
-//! access against the skb (linear or not) and so lets offsets depend on IHL
-//! without a fight with the verifier.
+//! Header parsing with direct packet access (`skb::read`), which falls
+//! back to `bpf_skb_load_bytes` for headers outside the linear area.
+//! Offsets that depend on IHL stay bounded (IHL is 4 bits), which is all
+//! the verifier asks of a variable packet offset.
 
 use aya_ebpf::programs::TcContext;
 use netbr_common::{conntrack::FlowKey, counters::Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
@@ -82,6 +83,7 @@ impl Packet {
 }
 
 /// The IPv4 header without options, as on the wire (network byte order).
+#[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Ipv4Fixed {
     pub vihl: u8,
@@ -97,6 +99,7 @@ pub struct Ipv4Fixed {
 }
 
 /// A TCP header up to its flags.
+#[derive(Clone, Copy)]
 #[repr(C)]
 struct TcpFixed {
     sport: u16,
@@ -108,8 +111,8 @@ struct TcpFixed {
 }
 
 #[inline(always)]
-fn load<T>(ctx: &TcContext, off: usize, short: Reason) -> Result<T, Reason> {
-    ctx.load::<T>(off).map_err(|_| short)
+fn load<T: Copy>(ctx: &TcContext, off: usize, short: Reason) -> Result<T, Reason> {
+    crate::skb::read::<T>(ctx, off).map_err(|_| short)
 }
 
 /// Parses an Ethernet + IPv4 + TCP/UDP/ICMP-echo packet. `Err` carries the
@@ -121,10 +124,9 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     if u16::from_be(ethertype) != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
-    // One helper call for the whole fixed header. Only a packet too short
-    // for it takes the byte-by-byte path, which reports why in the same
-    // order of checks.
-    let Ok(ip) = ctx.load::<Ipv4Fixed>(ETH_LEN) else {
+    // The whole fixed header at once. Only a packet too short for it takes
+    // the byte-by-byte path, which reports why in the same order of checks.
+    let Ok(ip) = crate::skb::read::<Ipv4Fixed>(ctx, ETH_LEN) else {
         let vihl: u8 = load(ctx, ETH_LEN, Reason::DropTruncated)?;
         if vihl >> 4 != 4 || vihl & 0x0f < 5 {
             return Err(Reason::DropBadHeader);

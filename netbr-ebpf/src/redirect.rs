@@ -13,8 +13,10 @@ use netbr_common::{
 };
 
 use crate::{
+    csum,
     maps::{ENDPOINTS, FAST_PATH, FIB},
     parse::{IP_CSUM, IP_TTL},
+    skb,
 };
 
 const AF_INET: u8 = 2;
@@ -28,9 +30,7 @@ pub fn to_endpoint(ctx: &TcContext, daddr: u32, cfg: &Config) -> Result<i32, Rea
     // SAFETY: read-only copy out of the map value.
     let ep = unsafe { ENDPOINTS.get(&daddr) }.ok_or(Reason::DropNoEndpoint)?;
     let (mac, ifindex) = (ep.mac, ep.host_ifindex);
-    ctx.store(0, &mac, 0).map_err(|_| Reason::DropRewrite)?;
-    ctx.store(6, &cfg.bridge_mac, 0)
-        .map_err(|_| Reason::DropRewrite)?;
+    set_macs(ctx, &mac, &cfg.bridge_mac).ok_or(Reason::DropRewrite)?;
     // SAFETY: the helper has no preconditions; it returns TC_ACT_REDIRECT.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
@@ -52,8 +52,7 @@ pub fn into_container(ctx: &TcContext, daddr: u32, cfg: &Config) -> Option<i32> 
         return None;
     }
     decrement_ttl(ctx)?;
-    ctx.store(0, &mac, 0).ok()?;
-    ctx.store(6, &cfg.bridge_mac, 0).ok()?;
+    set_macs(ctx, &mac, &cfg.bridge_mac)?;
     count_fast(FAST_INTO_CONTAINER);
     // SAFETY: the helpers have no preconditions; they return TC_ACT_REDIRECT.
     Some(unsafe {
@@ -159,8 +158,7 @@ pub fn out_uplink(ctx: &TcContext, hop: NextHop, cfg: &Config) -> Result<i32, Re
             let p = FIB.get_ptr(0).ok_or(Reason::DropRewrite)?;
             // SAFETY: per-CPU map value `uplink_next_hop` filled for this packet.
             let (smac, dmac) = unsafe { ((*p).smac, (*p).dmac) };
-            ctx.store(0, &dmac, 0).map_err(|_| Reason::DropRewrite)?;
-            ctx.store(6, &smac, 0).map_err(|_| Reason::DropRewrite)?;
+            set_macs(ctx, &dmac, &smac).ok_or(Reason::DropRewrite)?;
             // SAFETY: the helper has no preconditions; it returns TC_ACT_REDIRECT.
             Ok(unsafe { bpf_redirect(cfg.uplink_ifindex, 0) } as i32)
         }
@@ -179,15 +177,22 @@ pub fn out_uplink(ctx: &TcContext, hop: NextHop, cfg: &Config) -> Result<i32, Re
 #[inline(always)]
 pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {
     // TTL and protocol share a 16-bit word of the header checksum.
-    let word: u16 = ctx.load(IP_TTL).ok()?;
+    let word: u16 = skb::read(ctx, IP_TTL).ok()?;
     let ttl = word.to_ne_bytes()[0];
     if ttl <= 1 {
         return None;
     }
     let new = u16::from_ne_bytes([ttl - 1, word.to_ne_bytes()[1]]);
-    ctx.l3_csum_replace(IP_CSUM, word as u64, new as u64, 2)
-        .ok()?;
-    ctx.store(IP_TTL, &new, 0).ok()
+    let check: u16 = skb::read(ctx, IP_CSUM).ok()?;
+    skb::write(ctx, IP_CSUM, &csum::replace(check, &[word], &[new])).ok()?;
+    skb::write(ctx, IP_TTL, &new).ok()
+}
+
+/// Addresses the frame from `src` to `dst`.
+#[inline(always)]
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Option<()> {
+    skb::write(ctx, 0, dst).ok()?;
+    skb::write(ctx, 6, src).ok()
 }
 
 #[inline(always)]

@@ -1,55 +1,81 @@
 //! Rewriting addresses and ports with checksum fix-ups.
 //!
-//! `bpf_l4_csum_replace` with `BPF_F_PSEUDO_HDR` is what keeps
-//! CHECKSUM_PARTIAL skbs (every packet between namespaces on one host) right:
-//! for those the kernel adjusts only the pseudo-header seed, not a full sum.
+//! Fields are written with direct packet access and the IP header checksum
+//! is computed here: that header always carries a full checksum. The L4
+//! checksum goes through `bpf_l4_csum_replace`, because only the kernel
+//! knows the skb's `ip_summed`: a CHECKSUM_PARTIAL skb (every packet between
+//! namespaces on one host) holds just the pseudo-header's sum there, which
+//! an address change must update and a port change must not, and a
+//! CHECKSUM_COMPLETE skb's `skb->csum` must follow an address change. So at
+//! most two helper calls per packet, one per kind of change, each with the
+//! whole difference (size 0 takes a precomputed diff).
 
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use netbr_common::{conntrack::FlowKey, counters::Reason};
 
-use crate::parse::{Packet, FRAG_LATER, IP_CSUM, IP_DADDR, IP_SADDR};
+use crate::{
+    csum,
+    parse::{Packet, FRAG_LATER, IP_CSUM, IP_DADDR, IP_SADDR},
+    skb,
+};
 
-/// Rewrites the packet's tuple into `to`, field by field where they differ.
+/// Rewrites the packet's tuple into `to`.
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, pkt: &Packet, to: &FlowKey) -> Result<(), Reason> {
     let from = &pkt.key;
-    if from.saddr != to.saddr {
-        set_addr(ctx, pkt, IP_SADDR, from.saddr, to.saddr)?;
-    }
-    if from.daddr != to.daddr {
-        set_addr(ctx, pkt, IP_DADDR, from.daddr, to.daddr)?;
-    }
+    let addr_diff = csum::diff32(from.saddr, to.saddr) + csum::diff32(from.daddr, to.daddr);
     // A later fragment has no L4 header: its first fragment carried the
     // port and checksum changes for the whole datagram.
-    if pkt.frag == FRAG_LATER {
-        return Ok(());
+    let has_l4 = pkt.frag != FRAG_LATER;
+    let port_diff = if has_l4 {
+        csum::diff16(from.sport, to.sport) + csum::diff16(from.dport, to.dport)
+    } else {
+        0
+    };
+    // The helpers first: they may move the packet's data.
+    if addr_diff != 0 && pkt.csum_pseudo {
+        l4_csum_add(ctx, pkt, addr_diff, BPF_F_PSEUDO_HDR as u64)?;
     }
-    if from.sport != to.sport {
-        set_port(ctx, pkt, pkt.sport_off, from.sport, to.sport)?;
+    if port_diff != 0 {
+        l4_csum_add(ctx, pkt, port_diff, 0)?;
     }
-    if from.dport != to.dport {
-        set_port(ctx, pkt, pkt.dport_off, from.dport, to.dport)?;
+    if addr_diff != 0 {
+        let check: u16 = skb::read(ctx, IP_CSUM).map_err(|_| Reason::DropRewrite)?;
+        put(ctx, IP_CSUM, &csum::apply(check, addr_diff))?;
+        if from.saddr != to.saddr {
+            put(ctx, IP_SADDR, &to.saddr)?;
+        }
+        if from.daddr != to.daddr {
+            put(ctx, IP_DADDR, &to.daddr)?;
+        }
+    }
+    if has_l4 {
+        if from.sport != to.sport {
+            put(ctx, pkt.sport_off, &to.sport)?;
+        }
+        if from.dport != to.dport {
+            put(ctx, pkt.dport_off, &to.dport)?;
+        }
     }
     Ok(())
 }
 
+/// Adds `diff` to the L4 checksum as the kernel's state of it requires.
 #[inline(always)]
-fn set_addr(ctx: &TcContext, pkt: &Packet, off: usize, old: u32, new: u32) -> Result<(), Reason> {
-    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
-        .map_err(|_| Reason::DropRewrite)?;
-    if pkt.csum_pseudo {
-        let flags = BPF_F_PSEUDO_HDR as u64 | pkt.csum_flags | 4;
-        ctx.l4_csum_replace(pkt.csum_off, old as u64, new as u64, flags)
-            .map_err(|_| Reason::DropRewrite)?;
-    }
-    ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
+fn l4_csum_add(ctx: &TcContext, pkt: &Packet, diff: u32, flags: u64) -> Result<(), Reason> {
+    ctx.l4_csum_replace(pkt.csum_off, 0, diff as u64, pkt.csum_flags | flags)
+        .map_err(|_| Reason::DropRewrite)
+}
+
+#[inline(always)]
+fn put<T: Copy>(ctx: &TcContext, off: usize, v: &T) -> Result<(), Reason> {
+    skb::write(ctx, off, v).map_err(|_| Reason::DropRewrite)
 }
 
 #[inline(always)]
 fn set_port(ctx: &TcContext, pkt: &Packet, off: usize, old: u16, new: u16) -> Result<(), Reason> {
-    ctx.l4_csum_replace(pkt.csum_off, old as u64, new as u64, pkt.csum_flags | 2)
-        .map_err(|_| Reason::DropRewrite)?;
-    ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
+    l4_csum_add(ctx, pkt, csum::diff16(old, new), 0)?;
+    put(ctx, off, &new)
 }
 
 /// Translates an ICMP error of a tracked flow. `xlat` is what a packet
@@ -65,45 +91,41 @@ fn set_port(ctx: &TcContext, pkt: &Packet, off: usize, old: u16, new: u16) -> Re
 #[inline(always)]
 pub fn icmp_error(ctx: &TcContext, pkt: &Packet, xlat: &FlowKey) -> Result<(), Reason> {
     let key = &pkt.key;
-    if pkt.outer_daddr == key.daddr && xlat.daddr != key.daddr {
-        set_outer(ctx, IP_DADDR, pkt.outer_daddr, xlat.daddr)?;
-    }
-    if pkt.outer_saddr == key.saddr && xlat.saddr != key.saddr {
-        set_outer(ctx, IP_SADDR, pkt.outer_saddr, xlat.saddr)?;
-    }
-    // Quoted packet: its source is the key's destination, and so on.
-    let inner_csum = pkt.inner_ip + 10;
-    if key.daddr != xlat.daddr {
-        set_inner_addr(ctx, inner_csum, pkt.inner_ip + 12, key.daddr, xlat.daddr)?;
-    }
-    if key.saddr != xlat.saddr {
-        set_inner_addr(ctx, inner_csum, pkt.inner_ip + 16, key.saddr, xlat.saddr)?;
-    }
+    // Quoted ports first: the checksum helper may move the packet's data.
     if key.dport != xlat.dport {
         set_port(ctx, pkt, pkt.sport_off, key.dport, xlat.dport)?;
     }
     if key.sport != xlat.sport {
         set_port(ctx, pkt, pkt.dport_off, key.sport, xlat.sport)?;
     }
+    if pkt.outer_daddr == key.daddr && xlat.daddr != key.daddr {
+        set_addr(ctx, IP_CSUM, IP_DADDR, pkt.outer_daddr, xlat.daddr)?;
+    }
+    if pkt.outer_saddr == key.saddr && xlat.saddr != key.saddr {
+        set_addr(ctx, IP_CSUM, IP_SADDR, pkt.outer_saddr, xlat.saddr)?;
+    }
+    // Quoted packet: its source is the key's destination, and so on.
+    let inner_csum = pkt.inner_ip + 10;
+    if key.daddr != xlat.daddr {
+        set_addr(ctx, inner_csum, pkt.inner_ip + 12, key.daddr, xlat.daddr)?;
+    }
+    if key.saddr != xlat.saddr {
+        set_addr(ctx, inner_csum, pkt.inner_ip + 16, key.saddr, xlat.saddr)?;
+    }
     Ok(())
 }
 
+/// Replaces an IPv4 header's address at `off`, fixing the header's own
+/// checksum at `csum_off`.
 #[inline(always)]
-fn set_outer(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), Reason> {
-    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
-        .map_err(|_| Reason::DropRewrite)?;
-    ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
-}
-
-#[inline(always)]
-fn set_inner_addr(
+fn set_addr(
     ctx: &TcContext,
     csum_off: usize,
     off: usize,
     old: u32,
     new: u32,
 ) -> Result<(), Reason> {
-    ctx.l3_csum_replace(csum_off, old as u64, new as u64, 4)
-        .map_err(|_| Reason::DropRewrite)?;
-    ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
+    let check: u16 = skb::read(ctx, csum_off).map_err(|_| Reason::DropRewrite)?;
+    put(ctx, csum_off, &csum::apply(check, csum::diff32(old, new)))?;
+    put(ctx, off, &new)
 }

@@ -26,6 +26,7 @@ use netbr_common::{
 use crate::{
     conntrack,
     counters::count,
+    csum,
     maps::{CONFIG, ENDPOINTS},
     parse::{Ipv4Fixed, ETH_LEN, ETH_P_IP, TCP_CSUM, TCP_FLAGS, TCP_MIN, UDP_CSUM, UDP_MIN},
     redirect::count_fast,
@@ -135,7 +136,7 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
         // TTL and protocol share a 16-bit word of the header checksum.
         let ttl_word = u16::from_ne_bytes([ipv.ttl, ipv.proto]);
         (*ip).ttl = ipv.ttl - 1;
-        ip_sum = csum_replace(
+        ip_sum = csum::replace(
             ip_sum,
             &[ttl_word],
             &[u16::from_ne_bytes([ipv.ttl - 1, ipv.proto])],
@@ -146,13 +147,13 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
         let udp_none = ipv.proto == IPPROTO_UDP && l4_sum == 0;
         if xlat.daddr != key.daddr {
             (*ip).daddr = xlat.daddr;
-            let (old, new) = (halves(key.daddr), halves(xlat.daddr));
-            ip_sum = csum_replace(ip_sum, &old, &new);
-            l4_sum = csum_replace(l4_sum, &old, &new);
+            let (old, new) = (csum::halves(key.daddr), csum::halves(xlat.daddr));
+            ip_sum = csum::replace(ip_sum, &old, &new);
+            l4_sum = csum::replace(l4_sum, &old, &new);
         }
         if xlat.dport != key.dport {
             (l4.add(2) as *mut u16).write_unaligned(xlat.dport);
-            l4_sum = csum_replace(l4_sum, &[key.dport], &[xlat.dport]);
+            l4_sum = csum::replace(l4_sum, &[key.dport], &[xlat.dport]);
         }
         (*ip).csum = ip_sum;
         if !udp_none {
@@ -171,24 +172,4 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: the helper has no preconditions. It returns XDP_REDIRECT, or
     // XDP_ABORTED for flags it does not know, never the case here.
     Some(unsafe { bpf_redirect(ifindex, 0) } as u32)
-}
-
-/// A 32-bit field as the two 16-bit words the Internet checksum adds.
-#[inline(always)]
-fn halves(v: u32) -> [u16; 2] {
-    [v as u16, (v >> 16) as u16]
-}
-
-/// RFC 1624 incremental update: HC' = ~(~HC + ~m + m'). All words in the
-/// byte order they have in the packet, which the ones' complement sum does
-/// not care about.
-#[inline(always)]
-fn csum_replace<const N: usize>(check: u16, old: &[u16; N], new: &[u16; N]) -> u16 {
-    let mut sum = u32::from(!check);
-    for i in 0..N {
-        sum += u32::from(!old[i]) + u32::from(new[i]);
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
