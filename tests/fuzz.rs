@@ -159,6 +159,13 @@ const FAST_SETUP: &[&[&str]] = &[
         "permanent",
     ],
     &["ip", "route", "add", "default", "via", "192.0.2.2"],
+    // The endpoints' host-side veths, for the fast path into containers.
+    &[
+        "ip", "link", "add", "web0", "type", "veth", "peer", "name", "web0c",
+    ],
+    &[
+        "ip", "link", "add", "c20", "type", "veth", "peer", "name", "c20c",
+    ],
     &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"],
 ];
 const UPLINK_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
@@ -250,8 +257,9 @@ impl Fixture {
             cfg.bridge_ifindex = ifindex("br0");
         }
         dp.set_config(&cfg).expect("config");
-        for (ip, mac) in [(WEB, WEB_MAC), (C2, C2_MAC)] {
-            let ep = Endpoint::new(100, mac, 0);
+        for (ip, mac, veth) in [(WEB, WEB_MAC, "web0"), (C2, C2_MAC, "c20")] {
+            let host_ifindex = if fast { ifindex(veth) } else { 100 };
+            let ep = Endpoint::new(host_ifindex, mac, 0);
             dp.endpoints.insert(to_be32(ip), ep, 0).expect("endpoint");
         }
         for a in [HOST, Ipv4Addr::new(172, 30, 0, 1), Ipv4Addr::LOCALHOST] {
@@ -575,7 +583,7 @@ fn check(
     out: &[u8],
     f: &Fixture,
 ) -> Result<(), String> {
-    if let Expect::RedirectOut { inner, macs } = expect {
+    if let Expect::Forward { inner, macs } = expect {
         if verdict != REDIRECT || out.len() != b.len() {
             return Err(format!("expected a redirect out, got verdict {verdict:#x}"));
         }
@@ -727,7 +735,7 @@ fn check(
                 return Err("quoted IP checksum broken".into());
             }
         }
-        Expect::Redirect { .. } | Expect::RedirectOut { .. } => unreachable!("handled above"),
+        Expect::Redirect { .. } | Expect::Forward { .. } => unreachable!("handled above"),
     }
     let _ = hook;
     Ok(())
@@ -751,7 +759,7 @@ fn reason_of(e: &Expect) -> Reason {
         Expect::Untouched(r) | Expect::Drop(r) => *r,
         Expect::Translate { reason, .. } => *reason,
         Expect::IcmpError { .. } => Reason::IcmpErrorTranslated,
-        Expect::Redirect { inner, .. } | Expect::RedirectOut { inner, .. } => reason_of(inner),
+        Expect::Redirect { inner, .. } | Expect::Forward { inner, .. } => reason_of(inner),
     }
 }
 
@@ -797,7 +805,9 @@ fn the_tc_programs_agree_with_the_reference_model() {
 /// The same with the fast path on, in a namespace of the test's own whose
 /// uplink and bridge the programs route through: tracked flows and new
 /// masquerade flows leave the bridge hook translated, TTL decremented and
-/// addressed to the next hop, or for the kernel to resolve it.
+/// addressed to the next hop, or for the kernel to resolve it; packets the
+/// uplink translates towards a container are redirected into it, TTL
+/// decremented and addressed from the bridge.
 #[test]
 fn the_tc_programs_agree_with_the_reference_model_with_the_fast_path_on() {
     struct Namespace(String);
@@ -843,11 +853,16 @@ fn fuzz(fast: bool) {
             continue;
         }
         let mut expect = model::expect(&b, hook, &f);
+        // A new published-port flow, delivered by the stack or forwarded.
+        let dnat = match &expect {
+            Expect::Forward { inner, .. } => inner.as_ref(),
+            e => e,
+        };
         if let Expect::Translate {
             reason: Reason::DnatNew,
             to,
             ..
-        } = &expect
+        } = dnat
         {
             if !claimable(
                 &f,
@@ -857,8 +872,13 @@ fn fuzz(fast: bool) {
                 expect = Expect::Drop(Reason::DropCtInsert);
             }
         }
-        if matches!(expect, Expect::RedirectOut { .. }) {
-            *seen.entry("fast_path_out").or_default() += 1;
+        if matches!(expect, Expect::Forward { .. }) {
+            let way = if hook == Hook::UplinkIngress {
+                "fast_path_in"
+            } else {
+                "fast_path_out"
+            };
+            *seen.entry(way).or_default() += 1;
         }
         let reason = reason_of(&expect);
         let before = counter(&f, reason);
@@ -929,9 +949,11 @@ fn fuzz(fast: bool) {
         );
     }
     if fast {
-        assert!(
-            seen.get("fast_path_out").copied().unwrap_or(0) > 0,
-            "no packet took the fast path out: {seen:?}"
-        );
+        for way in ["fast_path_in", "fast_path_out"] {
+            assert!(
+                seen.get(way).copied().unwrap_or(0) > 0,
+                "no packet took the {way}: {seen:?}"
+            );
+        }
     }
 }

@@ -90,11 +90,11 @@ pub enum Expect {
         inner: Box<Expect>,
         to_mac: [u8; 6],
     },
-    /// The fast path out: translate (as `inner`), decrement the TTL and
-    /// redirect to the uplink, from and to `macs` (source, destination)
-    /// when the next hop is resolved, the MACs untouched when the kernel is
-    /// to resolve it.
-    RedirectOut {
+    /// The fast path forwards: translate (as `inner`), decrement the TTL
+    /// and redirect, from and to `macs` (source, destination), the MACs
+    /// untouched when the kernel is to resolve the next hop. Out of the
+    /// uplink from the bridge hook; into a container from the uplink's.
+    Forward {
         inner: Box<Expect>,
         macs: Option<([u8; 6], [u8; 6])>,
     },
@@ -375,7 +375,11 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             }
         };
         if !hairpin {
-            return Ok(translated);
+            return Ok(if hook == Hook::UplinkIngress {
+                deliver_in(t, &cfg, b, &p, &x, translated)
+            } else {
+                translated
+            });
         }
         let to_mac = t.endpoint_mac(x.daddr).ok_or(Reason::DropNoEndpoint)?;
         return Ok(Expect::Redirect {
@@ -395,7 +399,7 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             if p.ttl <= 1 {
                 return Err(Reason::PassNoMatch);
             }
-            return Ok(Expect::RedirectOut {
+            return Ok(Expect::Forward {
                 inner: Box::new(Expect::Translate {
                     reason: Reason::Translated,
                     to: e.xlat,
@@ -421,7 +425,7 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
         firewall(t, FW_OUT, &p.key, p.key.saddr)?;
         let mut to = p.key;
         to.saddr = cfg.uplink_addr;
-        return Ok(Expect::RedirectOut {
+        return Ok(Expect::Forward {
             inner: Box::new(Expect::Translate {
                 reason: Reason::SnatNew,
                 to,
@@ -464,11 +468,12 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
             let mut to = p.key;
             to.daddr = m.addr;
             to.dport = m.port;
-            Ok(Expect::Translate {
+            let translated = Expect::Translate {
                 reason: Reason::DnatNew,
                 to,
                 any_sport: false,
-            })
+            };
+            Ok(deliver_in(t, &cfg, b, &p, &to, translated))
         }
         Hook::UplinkEgress | Hook::BridgeIngress => {
             if !may_open {
@@ -511,6 +516,36 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables) -> Result<Expect, Reason> {
         }
     }
 }
+
+/// Mirrors `hooks::deliver_in` and `redirect::into_container`: with the
+/// fast path, a packet translated towards a container (not an ICMP error,
+/// not a direct-routed flow's) goes straight into it when its link takes
+/// the frame and its TTL survives the hop; otherwise, translated, to the
+/// host stack.
+fn deliver_in(
+    t: &dyn Tables,
+    cfg: &Config,
+    b: &[u8],
+    p: &Parsed,
+    to: &FlowKey,
+    translated: Expect,
+) -> Expect {
+    let forwards = cfg.flags & CFG_FAST_PATH != 0
+        && p.inner.is_none()
+        && to.daddr != p.key.daddr
+        && b.len() <= ETH_FRAME_MAX
+        && p.ttl > 1;
+    match t.endpoint_mac(to.daddr) {
+        Some(mac) if forwards => Expect::Forward {
+            inner: Box::new(translated),
+            macs: Some((cfg.bridge_mac, mac)),
+        },
+        _ => translated,
+    }
+}
+
+/// The largest frame a 1500-byte-MTU Ethernet link takes (`bpf_check_mtu`).
+const ETH_FRAME_MAX: usize = 1514;
 
 /// Mirrors `nat::wants_snat`.
 fn wants_snat(cfg: &Config, k: &FlowKey) -> bool {
