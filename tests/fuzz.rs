@@ -247,7 +247,7 @@ impl Fixture {
     /// With `fast`, the fast path is on and the programs see this thread's
     /// namespace's `up0` and `br0` (`FAST_SETUP`) as uplink and bridge.
     fn new(fast: bool) -> Self {
-        let mut ebpf = netbr::bpf::attach::load(None, CT_MAX).expect("load");
+        let mut ebpf = netbr::bpf::attach::load(None, CT_MAX, None).expect("load");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         // Nothing expires during a run.
         let mut cfg = test_config((61000, 65535), [86_400; STATE_COUNT]);

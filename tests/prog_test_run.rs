@@ -14,7 +14,7 @@ use netbr::{addr::to_be32, bpf::datapath::Datapath};
 use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT, STATE_COUNT},
     counters::Reason,
-    maps::{Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING},
+    maps::{Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH},
     pacing::{Pace, PaceKey, PACE_EGRESS, PACE_INGRESS, PACE_STAMP},
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
@@ -51,7 +51,13 @@ impl Harness {
     }
 
     fn with_ct_max(snat: (u16, u16), ct_max: u32) -> Self {
-        let mut ebpf = netbr::bpf::attach::load(None, ct_max).expect("load the BPF object");
+        Self::loaded(snat, ct_max, None)
+    }
+
+    /// With `modes`, the `CFG_*` flags fixed at load time as `attach`
+    /// fixes them; without, the programs follow the config map.
+    fn loaded(snat: (u16, u16), ct_max: u32, modes: Option<u32>) -> Self {
+        let mut ebpf = netbr::bpf::attach::load(None, ct_max, modes).expect("load the BPF object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         let mut cfg = test_config(snat, DEFAULT_TIMEOUTS);
         cfg.ct_max = ct_max;
@@ -856,7 +862,7 @@ fn fast_path_delivers_a_published_packet_into_the_container_as_a_router_would() 
     let mut h = Harness::new((61000, 65535));
     h.publish(TCP, 8080, WEB, 80);
     let mut cfg = h.dp.config().expect("config");
-    cfg.flags |= netbr_common::maps::CFG_FAST_PATH;
+    cfg.flags |= CFG_FAST_PATH;
     h.dp.set_config(&cfg).expect("config");
     // The endpoint's veth: loopback, a device that exists here.
     let mut ep = h.dp.endpoints.get(&to_be32(WEB), 0).expect("endpoint");
@@ -892,6 +898,39 @@ fn fast_path_delivers_a_published_packet_into_the_container_as_a_router_would() 
     assert_eq!(parse_checked(&out), seen((LAN, 40001), (WEB, 80)));
 }
 
+/// `attach` fixes the modes when it loads the programs: the verifier prunes
+/// the code of a mode that is off, and a fixed mode holds whatever the
+/// config map's flags say.
+#[test]
+fn modes_fixed_at_load_prune_what_is_off_and_hold_against_the_map() {
+    let verified_size = |modes| {
+        let mut h = Harness::loaded((61000, 65535), 1024, Some(modes));
+        let info = h.classifier(BR_IN).info().expect("program info");
+        info.size_translated().expect("translated size")
+    };
+    let (off, on) = (verified_size(0), verified_size(CFG_FAST_PATH));
+    println!("nb_br_in as verified: {off} bytes with the fast path fixed off, {on} on");
+    assert!(
+        off < on,
+        "nb_br_in with the fast path fixed off ({off} bytes) is smaller than with it on ({on})"
+    );
+    for (fixed, in_map, want) in [(CFG_FAST_PATH, 0, REDIRECT), (0, CFG_FAST_PATH, PASS)] {
+        let mut h = Harness::loaded((61000, 65535), 1024, Some(fixed));
+        h.publish(TCP, 8080, WEB, 80);
+        h.endpoint_on_loopback(WEB);
+        let mut cfg = h.dp.config().expect("config");
+        cfg.flags = in_map;
+        h.dp.set_config(&cfg).expect("config");
+        let frame = Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build();
+        let (verdict, out) = h.run(UP_IN, &frame);
+        assert_eq!(
+            verdict, want,
+            "fixed modes {fixed:#x}, map flags {in_map:#x}"
+        );
+        assert_eq!(parse_checked(&out), seen((LAN, 40000), (WEB, 80)));
+    }
+}
+
 #[test]
 fn fast_path_leaves_too_big_packets_to_the_stack() {
     // bpf_check_mtu looks the endpoint's veth up in the namespace of the
@@ -918,7 +957,7 @@ fn fast_path_leaves_too_big_packets_to_the_stack() {
         let mut h = Harness::new((61000, 65535));
         h.publish(UDP, 5353, WEB, 53);
         let mut cfg = h.dp.config().expect("config");
-        cfg.flags |= netbr_common::maps::CFG_FAST_PATH;
+        cfg.flags |= CFG_FAST_PATH;
         h.dp.set_config(&cfg).expect("config");
         let index = netbr::netlink::block_on(async {
             let nl = netbr::netlink::Netlink::connect()?;
@@ -1070,7 +1109,7 @@ fn the_objects_maps_and_programs_are_exactly_the_layout_the_loader_expects() {
         std::process::id()
     )));
     std::fs::create_dir_all(&dir.0).expect("pin dir");
-    let ebpf = netbr::bpf::attach::load(Some(&dir.0), 1024).expect("load the BPF object");
+    let ebpf = netbr::bpf::attach::load(Some(&dir.0), 1024, None).expect("load the BPF object");
     let mut maps: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();
     maps.sort_unstable();
     let mut want: Vec<&str> = PINNED.iter().map(|s| s.name).chain(UNPINNED).collect();
@@ -1261,7 +1300,11 @@ fn median_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> u6
 #[test]
 #[ignore = "a measurement, not a check: cargo xtask cost"]
 fn per_packet_cost() {
-    let mut h = Harness::new((61000, 65535));
+    // As `attach` loads them by default: the fast path fixed on.
+    let mut h = Harness::loaded((61000, 65535), 1024, Some(CFG_FAST_PATH));
+    let mut cfg = h.dp.config().expect("config");
+    cfg.flags = CFG_FAST_PATH;
+    h.dp.set_config(&cfg).expect("config");
     h.publish(TCP, 8080, WEB, 80);
     h.endpoint_on_loopback(WEB);
     // An established DNAT flow, as lan -> 8080 -> web:80.
@@ -1279,7 +1322,7 @@ fn per_packet_cost() {
     let rows: Vec<(&str, &str, u64)> = vec![
         (
             UP_IN,
-            "tracked TCP, translated (published port)",
+            "tracked TCP, translated, redirected into the container",
             median_ns(&mut h, UP_IN, |_| data((LAN, 40000), (HOST, 8080))),
         ),
         (

@@ -115,8 +115,16 @@ pub const PINNED: [MapSpec; 18] = [
 ];
 
 /// Maps of the object that are never pinned: per-CPU scratch space whose
-/// contents do not outlive one packet.
-pub const UNPINNED: [&str; 5] = ["NB_FIB", "NB_SCRATCH", "NB_PKT", "NB_SEARCH", "NB_FWKEY"];
+/// contents do not outlive one packet, and `.rodata`, the load-time
+/// constants (`maps::GLOBAL_FLAGS`), which each load sets afresh.
+pub const UNPINNED: [&str; 6] = [
+    "NB_FIB",
+    "NB_SCRATCH",
+    "NB_PKT",
+    "NB_SEARCH",
+    "NB_FWKEY",
+    ".rodata",
+];
 
 /// Every program of the object.
 pub const PROGRAMS: [&str; 11] = [

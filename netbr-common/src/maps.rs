@@ -269,6 +269,17 @@ pub const CFG_FAST_PATH: u32 = 4;
 /// `Config::flags`: the uplink runs the XDP fast path (`attach --xdp`).
 pub const CFG_XDP: u32 = 8;
 
+/// The BPF object's load-time constant (`EbpfLoader::override_global`)
+/// holding the `CFG_*` flags `attach` fixed when it loaded the programs:
+/// the verifier then knows them and prunes the code of every mode that is
+/// off (the fast path's redirects and routing lookups, direct routing).
+/// A `u32`.
+pub const GLOBAL_FLAGS: &str = "NB_LOAD_FLAGS";
+/// [`GLOBAL_FLAGS`]'s value when the loader fixed nothing: the programs
+/// read the flags from the config map per packet (tests that change the
+/// mode of one loaded object between runs).
+pub const FLAGS_FROM_MAP: u32 = u32::MAX;
+
 impl Config {
     pub const fn has(&self, flag: u32) -> bool {
         self.flags & flag != 0

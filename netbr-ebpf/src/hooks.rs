@@ -9,12 +9,13 @@
 //! Hairpin flows change both at once on the bridge device, so they bypass
 //! routing with a redirect.
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext, Global};
 use netbr_common::{
     conntrack::{FlowKey, NAT_HAIRPIN, NAT_NONE},
     counters::Reason,
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, FLAGS_FROM_MAP, HOOK_UPLINK_EGRESS,
+        HOOK_UPLINK_INGRESS,
     },
 };
 
@@ -47,6 +48,23 @@ fn config() -> Result<&'static Config, Reason> {
     match CONFIG.get(0) {
         Some(cfg) if cfg.configured != 0 => Ok(cfg),
         _ => Err(Reason::PassNotConfigured),
+    }
+}
+
+/// The modes `attach` fixed at load time (`netbr_common::maps::GLOBAL_FLAGS`).
+#[unsafe(no_mangle)]
+static NB_LOAD_FLAGS: Global<u32> = Global::new(FLAGS_FROM_MAP);
+
+/// Whether the mode `flag` (`CFG_*`) is on. A constant to the verifier
+/// when the loader fixed the flags, so a mode that is off costs nothing,
+/// not even its code.
+#[inline(always)]
+fn mode(cfg: &Config, flag: u32) -> bool {
+    let fixed = NB_LOAD_FLAGS.load();
+    if fixed == FLAGS_FROM_MAP {
+        cfg.has(flag)
+    } else {
+        fixed & flag != 0
     }
 }
 
@@ -140,7 +158,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     }
     let now = before_new_flow();
     if cfg.in_subnet(pkt.key.daddr) {
-        if !cfg.has(CFG_ALLOW_DIRECT_ROUTING) {
+        if !mode(cfg, CFG_ALLOW_DIRECT_ROUTING) {
             return Err(Reason::DropDirectRouting);
         }
         nat::track_direct(pkt, cfg, now)?;
@@ -216,7 +234,7 @@ fn deliver_in(
     xlat: &FlowKey,
     reason: Reason,
 ) -> Outcome {
-    if cfg.has(CFG_FAST_PATH) && !pkt.is_icmp_error() && xlat.daddr != pkt.key.daddr {
+    if mode(cfg, CFG_FAST_PATH) && !pkt.is_icmp_error() && xlat.daddr != pkt.key.daddr {
         if let Some(action) = redirect::into_container(ctx, xlat.daddr, cfg) {
             return Outcome { reason, action };
         }
@@ -254,7 +272,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
             action: redirect::to_endpoint(ctx, xlat.daddr, cfg)?,
         });
     }
-    if !cfg.has(CFG_FAST_PATH) {
+    if !mode(cfg, CFG_FAST_PATH) {
         return Err(Reason::PassNoMatch);
     }
     let hop = fast_masquerade_route(ctx, cfg, pkt)?;
@@ -300,7 +318,7 @@ fn bridge_tracked(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Re
         }
         return redirect::to_endpoint(ctx, xlat.daddr, cfg);
     }
-    if !cfg.has(CFG_FAST_PATH) {
+    if !mode(cfg, CFG_FAST_PATH) {
         return Ok(NO_FLOW);
     }
     // Direct routing's replies are the host firewall's to judge.

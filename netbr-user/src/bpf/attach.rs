@@ -16,9 +16,9 @@ use aya::{
 use netbr_common::{
     layout::PINNED,
     maps::{
-        MAP_COLLECTOR, MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BIND4, PROG_BRIDGE_INGRESS,
-        PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS,
-        PROG_UPLINK_INGRESS, PROG_XDP,
+        FLAGS_FROM_MAP, GLOBAL_FLAGS, MAP_COLLECTOR, MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BIND4,
+        PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4,
+        PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
     },
 };
 
@@ -29,8 +29,10 @@ use super::pins::{
 
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps
 /// already pinned by an earlier attach are reused, so flows and mappings
-/// survive a re-attach.
-pub fn load(pin_dir: Option<&Path>, ct_max: u32) -> Result<Ebpf> {
+/// survive a re-attach. `flags` fixes the `CFG_*` modes in the programs
+/// (`GLOBAL_FLAGS`), so the verifier prunes what is off; without, they
+/// follow the config map.
+pub fn load(pin_dir: Option<&Path>, ct_max: u32, flags: Option<u32>) -> Result<Ebpf> {
     if let Some(dir) = pin_dir {
         // The collector's timer calls back into the programs that armed
         // it: a new load gets a new timer. The old one stops once its map
@@ -43,6 +45,8 @@ pub fn load(pin_dir: Option<&Path>, ct_max: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_CONNTRACK, ct_max);
     loader.map_max_entries(MAP_CONNTRACK_NEW, ct_max);
+    let flags = flags.unwrap_or(FLAGS_FROM_MAP);
+    loader.override_global(GLOBAL_FLAGS, &flags, true);
     let paths: Vec<_> = match pin_dir {
         Some(dir) => PINNED.iter().map(|m| (m.name, dir.join(m.name))).collect(),
         None => Vec::new(),

@@ -207,15 +207,6 @@ impl Store {
         let endpoints = self.state.endpoints.clone();
         let state = self.state.clone();
         let result = async {
-            let mut ebpf = attach::load(Some(&dir), ct_max)?;
-            let mut dp = Datapath::from_ebpf(&mut ebpf)?;
-            let mut timeouts = DEFAULT_TIMEOUTS;
-            if reattach {
-                timeouts = dp.config()?.timeouts;
-            }
-            for (state, secs) in &req.timeouts {
-                timeouts[*state as usize] = *secs;
-            }
             let mut flags = 0;
             if req.allow_direct_routing {
                 flags |= CFG_ALLOW_DIRECT_ROUTING;
@@ -228,6 +219,15 @@ impl Store {
             }
             if req.xdp {
                 flags |= CFG_XDP;
+            }
+            let mut ebpf = attach::load(Some(&dir), ct_max, Some(flags))?;
+            let mut dp = Datapath::from_ebpf(&mut ebpf)?;
+            let mut timeouts = DEFAULT_TIMEOUTS;
+            if reattach {
+                timeouts = dp.config()?.timeouts;
+            }
+            for (state, secs) in &req.timeouts {
+                timeouts[*state as usize] = *secs;
             }
             // Existing endpoints follow a changed --icc at once.
             for ep in &endpoints {
