@@ -129,6 +129,13 @@ impl Harness {
         run_on(p, frame)
     }
 
+    /// Sets the config map's `CFG_*` flags to `flags`.
+    fn set_map_flags(&mut self, flags: u32) {
+        let mut cfg = self.dp.config().expect("config");
+        cfg.flags = flags;
+        self.dp.set_config(&cfg).expect("config");
+    }
+
     /// Points the endpoint at `ip` to an interface that exists here
     /// (loopback), so redirects and MTU checks can resolve it.
     fn endpoint_on_loopback(&mut self, ip: Ipv4Addr) {
@@ -429,9 +436,7 @@ fn direct_routing_to_a_container_is_dropped_unless_allowed() {
     assert_eq!(verdict, SHOT);
     assert_eq!(h.counter(Reason::DropDirectRouting), 1);
 
-    let mut cfg = h.dp.config().expect("config");
-    cfg.flags |= CFG_ALLOW_DIRECT_ROUTING;
-    h.dp.set_config(&cfg).expect("config");
+    h.set_map_flags(CFG_ALLOW_DIRECT_ROUTING);
     let (verdict, out) = h.run(UP_IN, &frame);
     assert_eq!((verdict, out), (PASS, frame));
 }
@@ -861,15 +866,8 @@ fn a_snat_port_is_free_again_once_its_flow_has_timed_out() {
 fn fast_path_delivers_a_published_packet_into_the_container_as_a_router_would() {
     let mut h = Harness::new((61000, 65535));
     h.publish(TCP, 8080, WEB, 80);
-    let mut cfg = h.dp.config().expect("config");
-    cfg.flags |= CFG_FAST_PATH;
-    h.dp.set_config(&cfg).expect("config");
-    // The endpoint's veth: loopback, a device that exists here.
-    let mut ep = h.dp.endpoints.get(&to_be32(WEB), 0).expect("endpoint");
-    ep.host_ifindex = 1;
-    h.dp.endpoints
-        .insert(to_be32(WEB), ep, 0)
-        .expect("endpoint");
+    h.set_map_flags(CFG_FAST_PATH);
+    h.endpoint_on_loopback(WEB);
     let frame = Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build();
     let (verdict, out) = h.run(UP_IN, &frame);
     assert_eq!(
@@ -918,9 +916,7 @@ fn modes_fixed_at_load_prune_what_is_off_and_hold_against_the_map() {
         let mut h = Harness::loaded((61000, 65535), 1024, Some(fixed));
         h.publish(TCP, 8080, WEB, 80);
         h.endpoint_on_loopback(WEB);
-        let mut cfg = h.dp.config().expect("config");
-        cfg.flags = in_map;
-        h.dp.set_config(&cfg).expect("config");
+        h.set_map_flags(in_map);
         let frame = Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build();
         let (verdict, out) = h.run(UP_IN, &frame);
         assert_eq!(
@@ -956,9 +952,7 @@ fn fast_path_leaves_too_big_packets_to_the_stack() {
     let verdicts = netbr::netns::run_in(&path, || {
         let mut h = Harness::new((61000, 65535));
         h.publish(UDP, 5353, WEB, 53);
-        let mut cfg = h.dp.config().expect("config");
-        cfg.flags |= CFG_FAST_PATH;
-        h.dp.set_config(&cfg).expect("config");
+        h.set_map_flags(CFG_FAST_PATH);
         let index = netbr::netlink::block_on(async {
             let nl = netbr::netlink::Netlink::connect()?;
             Ok(nl.require_link("nbt0").await?.index)
@@ -1302,9 +1296,7 @@ fn median_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> u6
 fn per_packet_cost() {
     // As `attach` loads them by default: the fast path fixed on.
     let mut h = Harness::loaded((61000, 65535), 1024, Some(CFG_FAST_PATH));
-    let mut cfg = h.dp.config().expect("config");
-    cfg.flags = CFG_FAST_PATH;
-    h.dp.set_config(&cfg).expect("config");
+    h.set_map_flags(CFG_FAST_PATH);
     h.publish(TCP, 8080, WEB, 80);
     h.endpoint_on_loopback(WEB);
     // An established DNAT flow, as lan -> 8080 -> web:80.
