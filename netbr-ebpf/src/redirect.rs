@@ -183,8 +183,7 @@ pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {
         return None;
     }
     let new = u16::from_ne_bytes([ttl - 1, word.to_ne_bytes()[1]]);
-    let check: u16 = skb::read(ctx, IP_CSUM).ok()?;
-    skb::write(ctx, IP_CSUM, &csum::replace(check, &[word], &[new])).ok()?;
+    skb::csum_add(ctx, IP_CSUM, csum::diff16(word, new)).ok()?;
     skb::write(ctx, IP_TTL, &new).ok()
 }
 

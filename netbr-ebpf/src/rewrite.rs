@@ -40,8 +40,7 @@ pub fn rewrite(ctx: &TcContext, pkt: &Packet, to: &FlowKey) -> Result<(), Reason
         l4_csum_add(ctx, pkt, port_diff, 0)?;
     }
     if addr_diff != 0 {
-        let check: u16 = skb::read(ctx, IP_CSUM).map_err(|_| Reason::DropRewrite)?;
-        put(ctx, IP_CSUM, &csum::apply(check, addr_diff))?;
+        skb::csum_add(ctx, IP_CSUM, addr_diff).map_err(|_| Reason::DropRewrite)?;
         if from.saddr != to.saddr {
             put(ctx, IP_SADDR, &to.saddr)?;
         }
@@ -125,7 +124,6 @@ fn set_addr(
     old: u32,
     new: u32,
 ) -> Result<(), Reason> {
-    let check: u16 = skb::read(ctx, csum_off).map_err(|_| Reason::DropRewrite)?;
-    put(ctx, csum_off, &csum::apply(check, csum::diff32(old, new)))?;
+    skb::csum_add(ctx, csum_off, csum::diff32(old, new)).map_err(|_| Reason::DropRewrite)?;
     put(ctx, off, &new)
 }

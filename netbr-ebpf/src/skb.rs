@@ -19,6 +19,14 @@ const MAX_OFF: usize = 0x1ff;
 /// `len` bytes at `off`, if the linear area holds them.
 #[inline(always)]
 fn at(ctx: &TcContext, off: usize, len: usize) -> Option<*mut u8> {
+    span(ctx.data(), ctx.data_end(), off, len)
+}
+
+/// `len` bytes at `off` of the packet data from `start` to `end`, if it
+/// holds them: the bounds check the verifier needs before a direct access,
+/// for an skb's linear area and an XDP frame alike.
+#[inline(always)]
+pub fn span(start: usize, end: usize, off: usize, len: usize) -> Option<*mut u8> {
     if off > MAX_OFF {
         return None;
     }
@@ -27,8 +35,7 @@ fn at(ctx: &TcContext, off: usize, len: usize) -> Option<*mut u8> {
     // when `p`'s offset is all variable. A single last byte then takes the
     // helper, which is correct, only slower.
     let len = if len < 2 { 2 } else { len };
-    let start = ctx.data();
-    if start + off + len > ctx.data_end() {
+    if start + off + len > end {
         return None;
     }
     Some((start + off) as *mut u8)
@@ -56,4 +63,13 @@ pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: &T) -> Result<(), ()> {
         }
         None => ctx.store(off, v, 0).map_err(|_| ()),
     }
+}
+
+/// Folds `diff` (`csum::diff*`) into the header checksum at `off`: for
+/// checksums the program keeps itself (IPv4 headers), never an L4 one,
+/// whose state only the kernel knows.
+#[inline(always)]
+pub fn csum_add(ctx: &TcContext, off: usize, diff: u32) -> Result<(), ()> {
+    let check: u16 = read(ctx, off)?;
+    write(ctx, off, &crate::csum::apply(check, diff))
 }

@@ -42,11 +42,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 /// A pointer to `len` bytes at `off` of the frame, if the frame has them.
 #[inline(always)]
 fn at(ctx: &XdpContext, off: usize, len: usize) -> Option<*mut u8> {
-    let start = ctx.data();
-    if start + off + len > ctx.data_end() {
-        return None;
-    }
-    Some((start + off) as *mut u8)
+    crate::skb::span(ctx.data(), ctx.data_end(), off, len)
 }
 
 #[inline(always)]
