@@ -1350,6 +1350,17 @@ fn per_packet_cost() {
         ),
         (
             BR_IN,
+            "new flow (hairpin: a container to a published port)",
+            median_ns(&mut h, BR_IN, |i| {
+                Spec::tcp((CLIENT, 1024 + i), (HOST, 8080), SYN).build()
+            }),
+        ),
+        (BR_IN, "tracked TCP, translated (hairpin), redirected", {
+            h.run(BR_IN, &Spec::tcp((CLIENT, 5555), (HOST, 8080), SYN).build());
+            median_ns(&mut h, BR_IN, |_| data((CLIENT, 5555), (HOST, 8080)))
+        }),
+        (
+            BR_IN,
             "unmatched (container to container)",
             median_ns(&mut h, BR_IN, |_| {
                 Spec::udp((CLIENT, 5000), (WEB, 53)).build()
