@@ -96,7 +96,7 @@ pub fn create_named(name: &str) -> Result<PathBuf> {
             path.display()
         );
     }
-    std::fs::create_dir_all(NETNS_RUN_DIR).context("creating /run/netns")?;
+    prepare_run_dir()?;
     File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let target = path.clone();
     let result = std::thread::spawn(move || -> Result<()> {
@@ -123,6 +123,57 @@ pub fn create_named(name: &str) -> Result<PathBuf> {
         })
     })??;
     Ok(path)
+}
+
+/// Makes `/run/netns` a shared mount before a namespace is mounted in it,
+/// as `ip netns add` does: on a fresh boot it is a plain directory, and
+/// the first `ip netns add` after netbr would bind-mount the directory
+/// over itself, hiding what netbr had mounted there (listed, but neither
+/// enterable nor removable). Writers are serialised by a lock on the
+/// directory: two racing bind mounts would stack (Debian bug 949235).
+fn prepare_run_dir() -> Result<()> {
+    std::fs::create_dir_all(NETNS_RUN_DIR).context("creating /run/netns")?;
+    let dir = File::open(NETNS_RUN_DIR).context("opening /run/netns")?;
+    // SAFETY: flock on a descriptor we own; released when `dir` closes.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking /run/netns");
+    }
+    let c = std::ffi::CString::new(NETNS_RUN_DIR)?;
+    let none = std::ffi::CString::new("none")?;
+    let shared = || {
+        // SAFETY: valid NUL-terminated strings.
+        unsafe {
+            libc::mount(
+                none.as_ptr(),
+                c.as_ptr(),
+                none.as_ptr(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        }
+    };
+    if shared() == 0 {
+        return Ok(());
+    }
+    // EINVAL: not a mount point yet. Make it one, then shared.
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(err).context("making /run/netns a shared mount");
+    }
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c.as_ptr(),
+            c.as_ptr(),
+            none.as_ptr(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 || shared() != 0 {
+        return Err(std::io::Error::last_os_error()).context("making /run/netns a shared mount");
+    }
+    Ok(())
 }
 
 fn mount_bind(source: &str, target: &Path) -> Result<()> {
