@@ -71,9 +71,12 @@ pub enum Reason {
     /// A limited endpoint's packet would have waited past the drop horizon
     /// (`netbr_common::pacing`): its backlog is full.
     DropPaceHorizon,
+    /// A report for `netbr monitor` found its ring buffer full: the monitor
+    /// fell behind, and says how many it missed.
+    MonitorLost,
 }
 
-pub const REASON_COUNT: u32 = 28;
+pub const REASON_COUNT: u32 = 29;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -105,6 +108,7 @@ impl Reason {
         Reason::DropFirewallDeny,
         Reason::DropFirewallNotAllowed,
         Reason::DropPaceHorizon,
+        Reason::MonitorLost,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -138,7 +142,20 @@ impl Reason {
             Reason::DropFirewallDeny => "drop_fw_deny",
             Reason::DropFirewallNotAllowed => "drop_fw_not_allowed",
             Reason::DropPaceHorizon => "drop_pace_horizon",
+            Reason::MonitorLost => "monitor_lost",
         }
+    }
+
+    /// Whether the packet opened a tracked flow.
+    pub const fn opens_flow(self) -> bool {
+        matches!(
+            self,
+            Reason::DnatNew
+                | Reason::SnatNew
+                | Reason::HairpinNew
+                | Reason::DirectNew
+                | Reason::HostFlowNew
+        )
     }
 
     pub const fn is_drop(self) -> bool {

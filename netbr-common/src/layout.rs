@@ -10,6 +10,7 @@ use crate::{
     conntrack::{CtEntry, FlowKey},
     firewall::*,
     maps::*,
+    monitor::{MAP_MONITOR, MONITOR_BYTES},
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     snat::SNAT_HISTOGRAM_LEN,
 };
@@ -44,7 +45,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 18] = [
+pub const PINNED: [MapSpec; 19] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
@@ -84,6 +85,13 @@ pub const PINNED: [MapSpec; 18] = [
         max_entries: Some(EVENTS_BYTES),
     },
     spec::<u32, u64>(MAP_EVENT_LAST, BPF_MAP_TYPE_ARRAY, Some(EVENT_SLOTS)),
+    MapSpec {
+        name: MAP_MONITOR,
+        map_type: BPF_MAP_TYPE_RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: Some(MONITOR_BYTES),
+    },
     // The trie's key is the kernel's `bpf_lpm_trie_key` header (a u32
     // prefix length) followed by the data.
     MapSpec {
@@ -166,7 +174,15 @@ mod tests {
     #[test]
     fn slots_are_fixed_numbers() {
         // Changing these moves pinned slots: bump LAYOUT_VERSION with them.
-        assert_eq!((EVENT_SLOT_GC, EVENT_SLOT_FULL, EVENT_SLOTS), (62, 63, 64));
+        assert_eq!(
+            (
+                EVENT_SLOT_MONITOR,
+                EVENT_SLOT_GC,
+                EVENT_SLOT_FULL,
+                EVENT_SLOTS
+            ),
+            (61, 62, 63, 64)
+        );
         assert_eq!(REASON_SLOTS, 62);
         const { assert!(crate::counters::REASON_COUNT <= REASON_SLOTS) };
     }

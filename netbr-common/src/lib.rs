@@ -12,6 +12,7 @@ pub mod counters;
 pub mod firewall;
 pub mod layout;
 pub mod maps;
+pub mod monitor;
 pub mod pacing;
 pub mod portspec;
 pub mod snat;

@@ -45,12 +45,16 @@ pub const MAP_EVENT_LAST: &str = "NB_EVLAST";
 /// added would make a re-attached datapath read the wrong slot (and, for
 /// `EVENT_SLOT_FULL`, silently stop refusing flows when the table is full).
 /// Reasons take slots `0..REASON_SLOTS`.
+/// A running monitor's deadline (`monitor`): reports before it.
+pub const EVENT_SLOT_MONITOR: u32 = 61;
 pub const EVENT_SLOT_GC: u32 = 62;
 pub const EVENT_SLOT_FULL: u32 = 63;
 pub const EVENT_SLOTS: u32 = 64;
 /// Slots of the per-CPU counter array and of the per-reason event slots:
 /// room for reasons yet to come, so adding one changes no map's size.
+/// (Reasons stay below `EVENT_SLOT_MONITOR`, the first slot of another use.)
 pub const REASON_SLOTS: u32 = 62;
+const _: () = assert!(crate::counters::REASON_COUNT <= EVENT_SLOT_MONITOR);
 const _: () = assert!(crate::counters::REASON_COUNT <= REASON_SLOTS);
 /// At most one event per reason, and one collection, per this interval.
 pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
@@ -102,7 +106,7 @@ pub const STATE_ROOT: &str = "/run/netbr";
 
 /// Bumped whenever a pinned map's key or value layout changes, so an `attach`
 /// of a newer binary can tell that pinned maps were written by an older one.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;
@@ -297,6 +301,7 @@ mod pod {
     unsafe impl aya::Pod for super::MappingKey {}
     unsafe impl aya::Pod for super::MappingTarget {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::FragKey {}

@@ -66,6 +66,9 @@ extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, c: *mut Collector) -> 
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         conntrack::collect_if_full(cfg, now);
+        if crate::monitor::listening() {
+            conntrack::collect_new_for_monitor(cfg, now);
+        }
     }
     // SAFETY: the timer's own map value, as the kernel passes it.
     unsafe { bpf_timer_start(&mut (*c).timer, COLLECT_INTERVAL_NS, 0) };

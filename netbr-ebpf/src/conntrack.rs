@@ -28,6 +28,7 @@ use crate::{
     counters::count,
     events,
     maps::{CONNTRACK, CT_NEW, EVENT_LAST, SCRATCH},
+    monitor,
 };
 
 /// What the flow logic needs of either table.
@@ -75,21 +76,32 @@ pub struct Flow {
 /// Finds the live flow `key` belongs to, assured flows first.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
-    lookup_in(&CONNTRACK, true, key, cfg, now).or_else(|| lookup_in(&CT_NEW, false, key, cfg, now))
+    lookup_in::<true>(&CONNTRACK, true, key, cfg, now)
+        .or_else(|| lookup_in::<true>(&CT_NEW, false, key, cfg, now))
+}
+
+/// `lookup` for the paths that open flows, beneath which no stack is left
+/// for telling a monitor of an expired flow met on the way.
+#[inline(always)]
+pub fn lookup_quiet(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
+    lookup_in::<false>(&CONNTRACK, true, key, cfg, now)
+        .or_else(|| lookup_in::<false>(&CT_NEW, false, key, cfg, now))
 }
 
 /// Finds the live flow `key` belongs to among assured flows only: the XDP
 /// fast path leaves flows still being set up to TC.
 #[inline(always)]
 pub fn lookup_assured(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
-    lookup_in(&CONNTRACK, true, key, cfg, now)
+    lookup_in::<true>(&CONNTRACK, true, key, cfg, now)
 }
 
 /// Finds the live flow of `key` in one table. Entries whose partner is gone
 /// (LRU eviction takes one entry at a time) or whose state timed out are
-/// removed here, so expiry needs no garbage collector.
+/// removed here, so expiry needs no garbage collector. `REPORT`: tell a
+/// listening monitor of a flow that ended so; off beneath the SNAT port
+/// search, whose callers have no stack to spare for the report's call.
 #[inline(always)]
-fn lookup_in(
+fn lookup_in<const REPORT: bool>(
     table: &impl Table,
     assured: bool,
     key: &FlowKey,
@@ -126,6 +138,9 @@ fn lookup_in(
         } else {
             (orig_key, *key)
         };
+        if REPORT {
+            monitor::flow_ended(key, e, o, Reason::CtExpired);
+        }
         table.erase(&orig_key);
         table.erase(&reply_key);
         return None;
@@ -173,6 +188,7 @@ pub fn account(
     }
     // Full: mark it so, and new flows are refused until a collection
     // (`collect_if_full`) finds room.
+    monitor::flow_ended(key, e, o, Reason::DropCtFull);
     CT_NEW.erase(&orig_key);
     CT_NEW.erase(&reply_key);
     if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
@@ -239,12 +255,14 @@ fn promote(orig_key: &FlowKey, reply_key: &FlowKey, orig: *mut CtEntry) -> bool 
     true
 }
 
-/// State of one walk of the assured table.
+/// State of one walk of a conntrack table.
 struct Collection {
     cfg: *const Config,
     now: u64,
     /// Entries of the flows found alive.
     live: u32,
+    /// Which table: the assured one, or the one of new flows.
+    assured: u32,
 }
 
 /// Removes the assured table's expired flows (and replies orphaned past the
@@ -257,7 +275,12 @@ fn collect(cfg: &Config, now: u64) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe { *last = now };
     }
-    let mut walk = Collection { cfg, now, live: 0 };
+    let mut walk = Collection {
+        cfg,
+        now,
+        live: 0,
+        assured: 1,
+    };
     // SAFETY: `CONNTRACK` is a map definition (the helper's first argument)
     // and the callback and its context follow the helper's contract.
     // Deleting the visited element is allowed for hash maps (the kernel's
@@ -283,6 +306,29 @@ fn collect(cfg: &Config, now: u64) {
     }
 }
 
+/// While a monitor listens, the collector's timer also walks the table of
+/// new flows, which nothing else collects (LRU eviction is silent), so a
+/// flow's end is reported within a second of its expiry, as `conntrack -E`
+/// reports its destruction.
+#[inline(never)]
+pub fn collect_new_for_monitor(cfg: &Config, now: u64) {
+    let mut walk = Collection {
+        cfg,
+        now,
+        live: 0,
+        assured: 0,
+    };
+    // SAFETY: as in `collect`.
+    unsafe {
+        bpf_for_each_map_elem(
+            &CT_NEW as *const _ as *mut c_void,
+            collect_one as *mut c_void,
+            &mut walk as *mut Collection as *mut c_void,
+            0,
+        )
+    };
+}
+
 extern "C" fn collect_one(
     _map: *mut c_void,
     key: *mut c_void,
@@ -299,19 +345,30 @@ extern "C" fn collect_one(
         )
     };
     let cfg = unsafe { &*walk.cfg };
+    let erase = |k: &FlowKey| {
+        if walk.assured != 0 {
+            CONNTRACK.erase(k)
+        } else {
+            CT_NEW.erase(k)
+        }
+    };
     if e.dir != DIR_ORIG {
         // A reply goes with its original, unless it has none.
-        if CONNTRACK.entry(&e.xlat.reversed()).is_none()
-            && walk.now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS
-        {
-            CONNTRACK.erase(key);
+        let orphan = if walk.assured != 0 {
+            CONNTRACK.entry(&e.xlat.reversed()).is_none()
+        } else {
+            CT_NEW.entry(&e.xlat.reversed()).is_none()
+        };
+        if orphan && walk.now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS {
+            erase(key);
         }
         return 0;
     }
     if expired(&cfg.timeouts, e.state, e.last_seen_ns, walk.now) {
         count(Reason::CtExpired);
-        CONNTRACK.erase(&e.xlat.reversed());
-        CONNTRACK.erase(key);
+        monitor::flow_ended(key, e, e, Reason::CtExpired);
+        erase(&e.xlat.reversed());
+        erase(key);
     } else {
         walk.live += 2;
     }
@@ -372,7 +429,7 @@ pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64)
 /// would run the range dry.
 #[inline(always)]
 fn held(table: &impl Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> bool {
-    let Some(flow) = lookup_in(table, assured, key, cfg, now) else {
+    let Some(flow) = lookup_in::<false>(table, assured, key, cfg, now) else {
         return false;
     };
     // SAFETY: map value pointers from `lookup_in`.

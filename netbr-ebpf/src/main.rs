@@ -16,6 +16,7 @@ mod firewall;
 mod frag;
 mod hooks;
 mod maps;
+mod monitor;
 mod nat;
 mod pacing;
 mod parse;
@@ -31,24 +32,26 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use netbr_common::{
-    counters::Reason,
     maps::{HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
     pacing::{PACE_EGRESS, PACE_INGRESS},
 };
 
-/// Counts the outcome and returns its verdict. Errors that are drops become
-/// `TC_ACT_SHOT`; the rest pass with `TC_ACT_UNSPEC` (TCX_NEXT), so programs
-/// attached after ours still run.
+/// Counts the outcome and returns its verdict; drops and new flows are
+/// reported to a listening monitor. Errors that are drops become
+/// `TC_ACT_SHOT`; the rest pass with
+/// `TC_ACT_UNSPEC` (TCX_NEXT), so programs attached after ours still run.
 #[inline(always)]
-fn verdict(outcome: Result<hooks::Outcome, Reason>) -> i32 {
-    match outcome {
+fn verdict(ctx: &TcContext, hook: u8) -> i32 {
+    match hooks::run(ctx, hook) {
         Ok(o) => {
             counters::count(o.reason);
+            monitor::outcome(ctx, hook, o.reason);
             o.action
         }
         Err(r) => {
             counters::count(r);
             if r.is_drop() {
+                monitor::outcome(ctx, hook, r);
                 TC_ACT_SHOT
             } else {
                 TC_ACT_UNSPEC
@@ -59,17 +62,17 @@ fn verdict(outcome: Result<hooks::Outcome, Reason>) -> i32 {
 
 #[classifier]
 pub fn nb_up_in(ctx: TcContext) -> i32 {
-    verdict(hooks::run(&ctx, HOOK_UPLINK_INGRESS))
+    verdict(&ctx, HOOK_UPLINK_INGRESS)
 }
 
 #[classifier]
 pub fn nb_up_out(ctx: TcContext) -> i32 {
-    verdict(hooks::run(&ctx, HOOK_UPLINK_EGRESS))
+    verdict(&ctx, HOOK_UPLINK_EGRESS)
 }
 
 #[classifier]
 pub fn nb_br_in(ctx: TcContext) -> i32 {
-    verdict(hooks::run(&ctx, HOOK_BRIDGE_INGRESS))
+    verdict(&ctx, HOOK_BRIDGE_INGRESS)
 }
 
 /// Bandwidth limits on what a container sends: TC egress of its interface

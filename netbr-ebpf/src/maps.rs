@@ -75,6 +75,10 @@ pub static FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 #[map(name = "NB_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Reports for `netbr monitor` (`netbr_common::monitor::MonitorEvent`).
+#[map(name = "NB_MON")]
+pub static MONITOR: RingBuf = RingBuf::with_byte_size(netbr_common::monitor::MONITOR_BYTES, 0);
+
 #[map(name = "NB_EVLAST")]
 pub static EVENT_LAST: Array<u64> = Array::with_max_entries(EVENT_SLOTS, 0);
 

@@ -95,7 +95,7 @@ pub fn dnat_new_flow(
     if !conntrack::claim_reply(&xlat.reversed(), reply, cfg, now) {
         // Another CPU may have just created this very flow, or moved it to
         // the assured table between our lookup and our claim: use it.
-        let flow = conntrack::lookup(&pkt.key, cfg, now).ok_or(Reason::DropCtInsert)?;
+        let flow = conntrack::lookup_quiet(&pkt.key, cfg, now).ok_or(Reason::DropCtInsert)?;
         // SAFETY: map value pointer from `lookup`.
         return Ok(unsafe { (*flow.entry).xlat });
     }
@@ -316,7 +316,7 @@ pub fn host_flow_wanted(pkt: &Packet, cfg: &Config, now: u64) -> bool {
             let port = u16::from_be(key.sport);
             (key.proto == IPPROTO_UDP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
                 && !(cfg.host_port_min..=cfg.host_port_max).contains(&port)
-                && conntrack::lookup(&key.reversed(), cfg, now).is_some()
+                && conntrack::lookup_quiet(&key.reversed(), cfg, now).is_some()
         }
         _ => false,
     }

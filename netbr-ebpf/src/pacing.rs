@@ -17,7 +17,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbr_common::{
+    conntrack::FlowKey,
     counters::Reason,
+    monitor::{MON_HOOK_PACE_EGRESS, MON_HOOK_PACE_INGRESS},
     pacing::{charged_bytes, schedule, PaceKey, PACE_EGRESS, PACE_STAMP},
     IPPROTO_TCP,
 };
@@ -71,6 +73,7 @@ pub fn run(ctx: &TcContext, dir: u8) -> i32 {
     let Some(departure) = schedule(pace, now, bytes) else {
         pace.dropped += 1;
         counters::count(Reason::DropPaceHorizon);
+        report_drop(ctx, addr, dir);
         return TC_ACT_SHOT;
     };
     if pace.mode != PACE_STAMP {
@@ -89,6 +92,23 @@ pub fn run(ctx: &TcContext, dir: u8) -> i32 {
     // non-zero monotonic time.
     unsafe { bpf_skb_set_tstamp(ctx.skb.skb, at, CLOCK_MONOTONIC as u32) };
     TC_ACT_UNSPEC
+}
+
+/// Tells a listening monitor of a packet over the limit: the container's
+/// address is all this program reads of it.
+#[inline(never)]
+fn report_drop(ctx: &TcContext, addr: u32, dir: u8) {
+    let mut key = FlowKey::default();
+    let hook = if dir == PACE_EGRESS {
+        key.saddr = addr;
+        MON_HOOK_PACE_EGRESS
+    } else {
+        key.daddr = addr;
+        MON_HOOK_PACE_INGRESS
+    };
+    // SAFETY: reading a context field.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    crate::monitor::paced_drop(hook, &key, ifindex);
 }
 
 /// What the packet counts for against the limit: its IP bytes, and for a

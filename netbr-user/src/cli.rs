@@ -44,6 +44,10 @@ pub enum Command {
     Stats(cmd::stats::Stats),
     /// Show the datapath's log (full conntrack table, exhausted SNAT ports).
     Events(cmd::events::Events),
+    /// Show each dropped packet and each flow opened or ended, live.
+    Monitor(cmd::monitor::Monitor),
+    /// Serve Prometheus metrics for every bridge in this namespace.
+    Metrics(cmd::metrics::Metrics),
     /// Build a sandbox, show netbr at work, and clean up.
     Demo(cmd::demo::Demo),
     /// Measure netbr against the routed path and netfilter, side by side.
@@ -74,6 +78,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Firewall(c) => c.exec().await,
             Command::Stats(c) => c.exec().await,
             Command::Events(c) => c.exec().await,
+            Command::Monitor(c) => c.exec().await,
+            Command::Metrics(c) => c.exec().await,
             Command::Demo(c) => c.exec().await,
             Command::Bench(c) => c.exec().await,
             Command::DockerPlugin(c) => c.exec().await,

@@ -17,3 +17,4 @@ pub mod probe;
 pub mod sandbox;
 pub mod store;
 pub mod sysctl;
+pub mod traffic;

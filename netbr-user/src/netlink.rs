@@ -36,6 +36,21 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     pub is_bridge: bool,
     pub is_veth: bool,
+    /// What the kernel counted on the interface (`IFLA_STATS64`).
+    pub stats: LinkStats,
+    /// A veth's peer in another namespace: that namespace's id as seen
+    /// from this one (`IFLA_LINK_NETNSID`) and the peer's index there.
+    pub peer: Option<(i32, u32)>,
+}
+
+/// A link's traffic as the kernel counts it, from the link's own side:
+/// `rx` is what it received, `tx` what it sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
 }
 
 /// An IPv4 address with its prefix, on an interface.
@@ -95,6 +110,23 @@ impl Netlink {
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// The link at `index` in the namespace this one knows as `netnsid`
+    /// (`IFLA_TARGET_NETNSID`): a veth peer's, read without entering its
+    /// namespace.
+    pub async fn link_in(&self, netnsid: i32, index: u32) -> Result<Option<Link>> {
+        let mut req = self.handle.link().get().match_index(index);
+        req.message_mut()
+            .attributes
+            .push(LinkAttribute::IfNetnsId(netnsid));
+        let mut stream = req.execute();
+        match stream.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(link_from)),
+            // The peer or its namespace is gone.
+            Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
+            Err(e) => Err(anyhow::Error::from(e).context("reading a veth peer")),
+        }
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
@@ -344,11 +376,24 @@ fn link_from(msg: &LinkMessage) -> Link {
         mac: None,
         is_bridge: false,
         is_veth: false,
+        stats: LinkStats::default(),
+        peer: None,
     };
+    let (mut netnsid, mut peer_index) = (None, None);
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::LinkNetNsId(id) => netnsid = Some(*id),
+            LinkAttribute::Link(i) => peer_index = Some(*i),
+            LinkAttribute::Stats64(s) => {
+                link.stats = LinkStats {
+                    rx_bytes: s.rx_bytes,
+                    rx_packets: s.rx_packets,
+                    tx_bytes: s.tx_bytes,
+                    tx_packets: s.tx_packets,
+                }
+            }
             LinkAttribute::Address(a) if a.len() == 6 => {
                 let mut mac = [0; 6];
                 mac.copy_from_slice(a);
@@ -361,6 +406,9 @@ fn link_from(msg: &LinkMessage) -> Link {
             }
             _ => {}
         }
+    }
+    if let (Some(id), Some(i)) = (netnsid, peer_index) {
+        link.peer = Some((id, i));
     }
     link
 }

@@ -76,7 +76,7 @@ fn main() -> Result<()> {
                     ),
                 ] {
                     eprintln!(
-                        "xtask: end-to-end, reliability, soak and limits tests again with {what}"
+                        "xtask: end-to-end, reliability, soak, limits and observability tests again with {what}"
                     );
                     run(
                         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -92,6 +92,8 @@ fn main() -> Result<()> {
                                 "soak",
                                 "--test",
                                 "limits",
+                                "--test",
+                                "observability",
                             ])
                             .envs(env.iter().copied()),
                     )?;

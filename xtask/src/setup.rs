@@ -25,6 +25,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("containerd", "containerd"),
     ("docker.io", "dockerd"),
+    // promtool checks what `netbr metrics` serves; systemd-analyze, the units.
+    ("prometheus", "promtool"),
+    ("systemd", "systemd-analyze"),
 ];
 
 /// Container runtimes the tests drive, with their recommended packages

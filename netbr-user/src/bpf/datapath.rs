@@ -13,10 +13,12 @@ use netbr_common::{
     counters::Reason,
     firewall::{FwKey, FwRule, FwScopeKey, MAP_FIREWALL, MAP_FIREWALL_HITS, MAP_FIREWALL_SCOPES},
     maps::{
-        Config, Endpoint, Event, MappingKey, MappingTarget, FAST_INTO_CONTAINER, FAST_OUT_UPLINK,
-        FAST_XDP, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS,
-        MAP_EVENTS, MAP_FAST_PATH, MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
+        Config, Endpoint, Event, MappingKey, MappingTarget, EVENT_SLOT_MONITOR,
+        FAST_INTO_CONTAINER, FAST_OUT_UPLINK, FAST_XDP, MAP_CONFIG, MAP_CONNTRACK,
+        MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENT_LAST, MAP_FAST_PATH,
+        MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
     },
+    monitor::{MonitorEvent, MAP_MONITOR},
     pacing::{Pace, PaceKey, MAP_PACING},
 };
 
@@ -36,6 +38,11 @@ pub struct Datapath {
     pub fast_path: PerCpuArray<MapData, u64>,
     /// The datapath's rate-limited log (see `drain_events`).
     pub events: RingBuf<MapData>,
+    /// Reports for `netbr monitor` (see `drain_monitor`).
+    pub monitor: RingBuf<MapData>,
+    /// Rate-limit stamps, collector marks and the monitor's deadline
+    /// (`netbr_common::maps::EVENT_SLOT_*`).
+    pub event_last: Array<MapData, u64>,
     pub firewall: LpmTrie<MapData, FwKey, FwRule>,
     pub firewall_scopes: HashMap<MapData, FwScopeKey, u32>,
     pub firewall_hits: PerCpuArray<MapData, u64>,
@@ -81,6 +88,8 @@ impl Datapath {
             snat_histogram: typed(&mut get, MAP_SNAT_HISTOGRAM)?,
             fast_path: typed(&mut get, MAP_FAST_PATH)?,
             events: typed(&mut get, MAP_EVENTS)?,
+            monitor: typed(&mut get, MAP_MONITOR)?,
+            event_last: typed(&mut get, MAP_EVENT_LAST)?,
             firewall: typed(&mut get, MAP_FIREWALL)?,
             firewall_scopes: typed(&mut get, MAP_FIREWALL_SCOPES)?,
             firewall_hits: typed(&mut get, MAP_FIREWALL_HITS)?,
@@ -185,15 +194,20 @@ impl Datapath {
     /// Takes every event the datapath has logged since the last reader took
     /// them: reading consumes, like a socket.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            if item.len() >= std::mem::size_of::<Event>() {
-                // SAFETY: the datapath writes whole `Event`s; the read copes
-                // with the ring's 8-byte alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
-            }
-        }
-        out
+        drain(&mut self.events)
+    }
+
+    /// Takes the monitor's reports (`netbr_common::monitor`), consuming them.
+    pub fn drain_monitor(&mut self) -> Vec<MonitorEvent> {
+        drain(&mut self.monitor)
+    }
+
+    /// Sets how long the datapath keeps reporting to a monitor (monotonic
+    /// ns; 0 stops it).
+    pub fn set_monitor_deadline(&mut self, ns: u64) -> Result<()> {
+        self.event_last
+            .set(EVENT_SLOT_MONITOR, ns, 0)
+            .context("setting the monitor's deadline")
     }
 
     pub fn endpoint_list(&self) -> Result<Vec<(u32, Endpoint)>> {
@@ -209,4 +223,17 @@ impl Datapath {
             .map(|r| r.context("reading mappings"))
             .collect()
     }
+}
+
+/// Takes every record of a ring buffer the datapath fills with whole `T`s.
+fn drain<T: aya::Pod>(ring: &mut RingBuf<MapData>) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<T>() {
+            // SAFETY: the datapath writes whole `T`s (plain data); the read
+            // copes with the ring's 8-byte alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const T) });
+        }
+    }
+    out
 }

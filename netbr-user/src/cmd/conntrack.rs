@@ -72,7 +72,7 @@ impl ListArgs {
     }
 }
 
-fn tuple(k: &FlowKey) -> serde_json::Value {
+pub(crate) fn tuple(k: &FlowKey) -> serde_json::Value {
     json!({
         "src": from_be32(k.saddr).to_string(),
         "dst": from_be32(k.daddr).to_string(),
@@ -81,7 +81,7 @@ fn tuple(k: &FlowKey) -> serde_json::Value {
     })
 }
 
-fn tuple_text(k: &FlowKey) -> String {
+pub(crate) fn tuple_text(k: &FlowKey) -> String {
     format!(
         "src={} dst={} sport={} dport={}",
         from_be32(k.saddr),

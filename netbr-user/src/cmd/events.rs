@@ -78,7 +78,7 @@ pub fn describe(event: &Event) -> String {
 }
 
 /// An event's monotonic timestamp as UTC wall-clock time (RFC 3339).
-fn wall_clock(ts_ns: u64) -> String {
+pub(crate) fn wall_clock(ts_ns: u64) -> String {
     let ago = monotonic_ns().saturating_sub(ts_ns);
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -16,6 +16,7 @@ use crate::{
         limits::{self, format_rate},
         Limit, View,
     },
+    traffic,
 };
 
 #[derive(Args, Debug)]
@@ -33,6 +34,7 @@ impl Ls {
         let (dp, dir) = (&view.dp, &view.pins);
         let cfg = dp.config()?;
         let nl = Netlink::connect()?;
+        let traffic = traffic::of_endpoints(&nl, &view.state.endpoints).await?;
         let ifname = |i: u32| async move { nl_name(&nl, i).await };
         let uplink = ifname(cfg.uplink_ifindex).await;
         let eps: Vec<_> = view
@@ -64,6 +66,7 @@ impl Ls {
                     "netns": ep.netns.display().to_string(),
                     "owner": ep.owner,
                     "container_id": ep.container_id(),
+                    "traffic": traffic.get(&ep.name),
                     "egress_limit": limit(ep.limits.egress, PACE_EGRESS),
                     "ingress_limit": limit(ep.limits.ingress, PACE_INGRESS),
                 })
@@ -157,16 +160,23 @@ impl Ls {
             serde_json::to_string(&doc["timeouts_s"])?
         );
         println!(
-            "\nENDPOINT                         IP               CONTAINER     EGRESS     INGRESS    NETNS"
+            "\nENDPOINT                         IP               CONTAINER     RECEIVED   SENT       EGRESS     INGRESS    NETNS"
         );
         for e in &eps {
             let id = e["container_id"].as_str().unwrap_or("-");
             let rate = |l: &serde_json::Value| l["rate"].as_str().unwrap_or("-").to_string();
+            let bytes = |k: &str| {
+                e["traffic"][k]
+                    .as_u64()
+                    .map_or("-".to_string(), traffic::human_bytes)
+            };
             println!(
-                "{:<32} {:<16} {:<13} {:<10} {:<10} {}",
+                "{:<32} {:<16} {:<13} {:<10} {:<10} {:<10} {:<10} {}",
                 e["name"].as_str().unwrap_or(""),
                 e["ip"].as_str().unwrap_or(""),
                 &id[..id.len().min(12)],
+                bytes("received_bytes"),
+                bytes("sent_bytes"),
                 rate(&e["egress_limit"]),
                 rate(&e["ingress_limit"]),
                 e["netns"].as_str().unwrap_or("")

@@ -8,6 +8,8 @@ pub mod endpoint;
 pub mod events;
 pub mod firewall;
 pub mod ls;
+pub mod metrics;
+pub mod monitor;
 pub mod publish;
 pub mod stats;
 

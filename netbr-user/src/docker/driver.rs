@@ -385,9 +385,15 @@ pub fn endpoint_oper_info(body: &[u8]) -> Result<Value> {
                 })
             })
             .collect();
+        // Docker shows a remote driver's operational data in `docker
+        // network inspect --verbose` and otherwise ignores it: the
+        // endpoint's traffic rides along for whoever asks.
+        let nl = crate::netlink::Netlink::connect()?;
+        let traffic = crate::traffic::of_endpoints(&nl, std::slice::from_ref(ep)).await?;
         Ok(json!({"Value": {
             api::PORTMAP: ports,
             "com.docker.network.endpoint.macaddress": ep.mac_string(),
+            "netbr.traffic": traffic.get(&name),
         }}))
     })
 }
