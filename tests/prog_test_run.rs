@@ -441,6 +441,80 @@ fn direct_routing_to_a_container_is_dropped_unless_allowed() {
     assert_eq!((verdict, out), (PASS, frame));
 }
 
+/// A monitor's deadline far ahead, as `netbr monitor` keeps it.
+fn listen(h: &mut Harness) {
+    h.dp.set_monitor_deadline(u64::MAX).expect("deadline");
+}
+
+#[test]
+fn the_monitor_hears_drops_and_new_flows_only_while_it_listens() {
+    use netbr_common::monitor::{hook_name, MON_DROP, MON_FLOW_NEW};
+    let mut h = Harness::new((61000, 65535));
+    h.publish(TCP, 8080, WEB, 80);
+    let direct = Spec::udp((LAN, 40000), (WEB, 9999)).build();
+    assert_eq!(h.run(UP_IN, &direct).0, SHOT);
+    assert!(h.dp.drain_monitor().is_empty(), "reported with no monitor");
+
+    listen(&mut h);
+    assert_eq!(h.run(UP_IN, &direct).0, SHOT);
+    let mut truncated = Spec::tcp((LAN, 40000), (HOST, 8080), SYN).build();
+    truncated.truncate(14 + 20 + 10);
+    assert_eq!(h.run(UP_IN, &truncated).0, SHOT);
+    h.run(UP_IN, &Spec::tcp((LAN, 40001), (HOST, 8080), SYN).build());
+    // A tracked packet is no report.
+    h.run(UP_IN, &Spec::tcp((LAN, 40001), (HOST, 8080), ACK).build());
+    let reports = h.dp.drain_monitor();
+    assert_eq!(reports.len(), 3, "{reports:#?}");
+
+    let drop = &reports[0];
+    assert_eq!(
+        (drop.kind, hook_name(drop.hook)),
+        (MON_DROP, "uplink_ingress")
+    );
+    assert_eq!(drop.reason, Reason::DropDirectRouting as u32);
+    assert_eq!(
+        (
+            drop.orig.saddr,
+            drop.orig.daddr,
+            u16::from_be(drop.orig.dport),
+            drop.orig.proto
+        ),
+        (to_be32(LAN), to_be32(WEB), 9999, UDP)
+    );
+    let unparsed = &reports[1];
+    assert_eq!(
+        (unparsed.kind, unparsed.reason),
+        (MON_DROP, Reason::DropTruncated as u32)
+    );
+    assert_eq!(
+        unparsed.orig,
+        Default::default(),
+        "a truncated packet has no tuple"
+    );
+    let flow = &reports[2];
+    assert_eq!((flow.kind, flow.nat), (MON_FLOW_NEW, NAT_DNAT));
+    assert_eq!(flow.reason, Reason::DnatNew as u32);
+    assert_eq!(
+        (flow.orig.daddr, u16::from_be(flow.orig.dport)),
+        (to_be32(HOST), 8080)
+    );
+    assert_eq!(
+        (
+            flow.xlat.daddr,
+            u16::from_be(flow.xlat.dport),
+            u16::from_be(flow.xlat.sport)
+        ),
+        (to_be32(WEB), 80, 40001)
+    );
+
+    h.dp.set_monitor_deadline(0).expect("deadline");
+    assert_eq!(h.run(UP_IN, &direct).0, SHOT);
+    assert!(
+        h.dp.drain_monitor().is_empty(),
+        "reported after the monitor left"
+    );
+}
+
 #[test]
 fn loopback_destination_from_outside_is_never_dnated() {
     let mut h = Harness::new((61000, 65535));
@@ -1402,6 +1476,35 @@ fn per_packet_cost() {
         "unlimited endpoint",
         median_ns(&mut h, "nb_pace_out", |_| udp_of_len(WEB, 1000)),
     ));
+    // What a listening monitor costs: a drop and a new flow make a report,
+    // a tracked packet none. Each series is shorter than the ring, which is
+    // emptied before it, as a reading monitor keeps it.
+    let direct = || Spec::udp((LAN, 40000), (WEB, 9999)).build();
+    rows.push((
+        UP_IN,
+        "dropped (direct routing), no monitor",
+        median_ns(&mut h, UP_IN, |_| direct()),
+    ));
+    listen(&mut h);
+    let with_monitor = |h: &mut Harness, prog, what, frames: &dyn Fn(u16) -> Vec<u8>| {
+        h.dp.drain_monitor();
+        let ns = median_ns(h, prog, frames);
+        assert!(!h.dp.drain_monitor().is_empty(), "{what}: no report");
+        ns
+    };
+    let ns = with_monitor(&mut h, UP_IN, "drop", &|_| direct());
+    rows.push((UP_IN, "dropped (direct routing), monitor listening", ns));
+    let ns = with_monitor(&mut h, UP_OUT, "new flow", &|i| {
+        Spec::udp((CLIENT, 30000 + i), (REMOTE, 53)).build()
+    });
+    rows.push((UP_OUT, "new masquerade flow (UDP), monitor listening", ns));
+    h.dp.drain_monitor();
+    rows.push((
+        UP_IN,
+        "tracked TCP, translated, redirected, monitor listening",
+        median_ns(&mut h, UP_IN, |_| data((LAN, 40000), (HOST, 8080))),
+    ));
+    h.dp.set_monitor_deadline(0).expect("deadline");
     // A packet the program leaves unchanged can be repeated in one call,
     // which spreads the test run's own per-call cost over many runs: the
     // difference is what each single-run figure above carries besides the
