@@ -510,3 +510,47 @@ fn the_bandwidth_capability_limits_the_container_and_del_lifts_it() {
     assert!(!r.ok && r.code() == 7, "{} {}", r.out, r.stderr);
     assert!(ls(&sb)["endpoints"].as_array().expect("eps").is_empty());
 }
+
+#[test]
+fn containerd_cri_spellings_publish_limit_and_delete_twice() {
+    let sb = support::sandbox();
+    let c = Container::new(&sb, "cri");
+    // What containerd 1.6's CRI sends for a pod with a hostPort and the
+    // kubernetes.io/egress-bandwidth annotation: go-cni's untagged struct
+    // fields, capitalised; an empty HostIP; no burst given; an unset
+    // direction as rate 0.
+    let mut conf = conf("1.0.0");
+    conf["capabilities"] = json!({"portMappings": true, "bandwidth": true});
+    conf["runtimeConfig"] = json!({
+        "portMappings": [
+            {"HostPort": 8095, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""},
+            {"HostPort": 8095, "ContainerPort": 80, "Protocol": "udp", "HostIP": ""}
+        ],
+        "bandwidth": {"IngressRate": 0, "IngressBurst": 4_294_967_295_u64,
+                      "EgressRate": 20_000_000, "EgressBurst": 4_294_967_295_u64}
+    });
+    let id = "k8s0000000000000000000000000000000000000000000000000000000000001";
+    let result = add(&sb, &conf, id, &c);
+    assert_eq!(result["cniVersion"], "1.0.0");
+    assert_eq!(result["interfaces"][2]["name"], "eth0", "{result}");
+    let eps = ls(&sb)["endpoints"].clone();
+    assert_eq!(eps[0]["egress_limit"]["rate"], "20mbit", "{eps}");
+    assert!(
+        eps[0]["ingress_limit"].is_null(),
+        "rate 0 is no limit: {eps}"
+    );
+    let mappings = ls(&sb)["mappings"].clone();
+    assert_eq!(mappings.as_array().map(Vec::len), Some(2), "{mappings}");
+    let _srv = Server::tcp(&c.path(), 80, probe::echo()).expect("server");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8095)), b"pod")
+            .expect("the hostPort serves"),
+        b"pod"
+    );
+    // StopPodSandbox's DEL, then RemovePodSandbox's with CNI_NETNS empty.
+    let r = plugin(&sb, "DEL", &conf, id, &c.path(), "eth0");
+    assert!(r.ok, "DEL: {} {}", r.out, r.stderr);
+    let r = plugin(&sb, "DEL", &conf, id, Path::new(""), "eth0");
+    assert!(r.ok, "second DEL: {} {}", r.out, r.stderr);
+    support::assert_no_endpoints_or_mappings(&ls(&sb));
+}

@@ -6,7 +6,7 @@ use netbr_common::{pacing::RATE_MIN_BPS, portspec::PortSpec};
 
 use super::{
     ipam,
-    types::{code, result, CniError, Made, NetConf, PortMapping},
+    types::{code, result, CniError, Made, NetConf, PortMapping, BURST_NOT_GIVEN},
     Env,
 };
 use crate::{
@@ -71,7 +71,7 @@ fn bandwidth_limits(conf: &NetConf) -> Result<Limits, CniError> {
         ))),
         Some(r) => Ok(Some(Limit {
             rate: r,
-            burst: burst.unwrap_or(0) / 8,
+            burst: burst.filter(|b| *b != BURST_NOT_GIVEN).unwrap_or(0) / 8,
         })),
     };
     Ok(Limits {

@@ -74,14 +74,20 @@ impl std::fmt::Display for CniError {
 impl std::error::Error for CniError {}
 
 /// One entry of `runtimeConfig.portMappings` (the `portMappings` capability).
+/// Runtimes spell the keys two ways: camelCase (Podman, the CNI
+/// conventions) and capitalised (containerd's CRI, through go-cni, whose
+/// structs carry no JSON tags); Go's decoder, which every reference plugin
+/// uses, ignores case, so both must be read.
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PortMapping {
+    #[serde(alias = "HostPort")]
     pub host_port: u16,
+    #[serde(alias = "ContainerPort")]
     pub container_port: u16,
-    #[serde(default)]
+    #[serde(default, alias = "Protocol")]
     pub protocol: String,
-    #[serde(default, rename = "hostIP")]
+    #[serde(default, rename = "hostIP", alias = "HostIP", alias = "hostIp")]
     pub host_ip: String,
 }
 
@@ -95,16 +101,26 @@ pub struct RuntimeConfig {
 }
 
 /// `runtimeConfig.bandwidth`, as the CNI conventions define it: rates in
-/// bits per second, bursts in bits; a rate left out (or 0) sets no limit.
+/// bits per second, bursts in bits; a rate left out (or 0) sets no limit,
+/// and a burst of `BURST_NOT_GIVEN` is none given. Keys in either spelling,
+/// as for `PortMapping`.
 #[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct Bandwidth {
+    #[serde(alias = "IngressRate")]
     pub ingress_rate: Option<u64>,
+    #[serde(alias = "IngressBurst")]
     pub ingress_burst: Option<u64>,
+    #[serde(alias = "EgressRate")]
     pub egress_rate: Option<u64>,
+    #[serde(alias = "EgressBurst")]
     pub egress_burst: Option<u64>,
 }
+
+/// The burst kubelet passes when a pod's annotations give none
+/// (`math.MaxUint32`, through containerd's CRI).
+pub const BURST_NOT_GIVEN: u64 = u32::MAX as u64;
 
 /// One entry of `cni.dev/valid-attachments` (GC).
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -209,6 +225,31 @@ pub fn result(version: &str, m: &Made) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containerd_cri_capitalised_keys_parse_as_camel_case_ones() {
+        let rc: RuntimeConfig = serde_json::from_str(
+            r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+                "bandwidth":{"IngressRate":0,"IngressBurst":4294967295,
+                             "EgressRate":10000000,"EgressBurst":4294967295}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            rc.port_mappings[0],
+            PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: String::new(),
+            }
+        );
+        let bw = rc.bandwidth.unwrap();
+        assert_eq!(
+            (bw.egress_rate, bw.egress_burst),
+            (Some(10_000_000), Some(BURST_NOT_GIVEN))
+        );
+        assert_eq!(bw.ingress_rate, Some(0));
+    }
 
     #[test]
     fn a_conflist_plugin_entry_parses_with_its_runtime_config() {
