@@ -461,6 +461,49 @@ fn host_ip_binding_answers_only_on_that_address() {
 }
 
 #[test]
+fn every_loopback_address_is_the_hosts_one_port_on_two_of_them() {
+    // As moby's tests do: one host port on two loopback addresses, for two
+    // containers. The kernel takes all of 127.0.0.0/8 as local.
+    let sb = attached();
+    sb.add_container(1).expect("c1");
+    sb.add_container(2).expect("c2");
+    sb.publish(1, &["127.0.0.2:5000:80"])
+        .expect("publish on 127.0.0.2");
+    sb.publish(2, &["127.0.0.3:5000:80"])
+        .expect("the same port on 127.0.0.3");
+    let _one = Server::tcp(
+        &sb.container_path(1),
+        80,
+        std::sync::Arc::new(|_, _| b"one".to_vec()),
+    )
+    .expect("server 1");
+    let _two = Server::tcp(
+        &sb.container_path(2),
+        80,
+        std::sync::Arc::new(|_, _| b"two".to_vec()),
+    )
+    .expect("server 2");
+    let from_host =
+        |ip: [u8; 4]| probe::tcp_request(&sb.host_path(), SocketAddr::from((ip, 5000)), b"x");
+    assert_eq!(from_host([127, 0, 0, 2]).expect("127.0.0.2:5000"), b"one");
+    assert_eq!(from_host([127, 0, 0, 3]).expect("127.0.0.3:5000"), b"two");
+    assert!(
+        from_host([127, 0, 0, 1]).is_err(),
+        "127.0.0.1:5000 answered"
+    );
+    assert!(
+        probe::tcp_request(&sb.lan_path(), published(5000), b"x").is_err(),
+        "a loopback-bound port answered from lan"
+    );
+    // The same address twice is still a clash.
+    fails_with(
+        &sb,
+        &["publish", &sb.container(2), "-p", "127.0.0.2:5000:81"],
+        "already published",
+    );
+}
+
+#[test]
 fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
     let sb = attached();
     let c1 = sb.add_container(1).expect("c1");

@@ -124,7 +124,10 @@ impl Store {
         let mut wanted: Vec<Port> = Vec::new();
         for spec in specs {
             if let Some(ip) = spec.host_ip {
-                if dp.local_addrs.get(&to_be32(ip), 0).is_err() {
+                // The kernel takes all of 127.0.0.0/8 as local (its `local`
+                // route on lo), listed on an interface or not, and so do
+                // Docker and the datapath's host-local hooks.
+                if !ip.is_loopback() && dp.local_addrs.get(&to_be32(ip), 0).is_err() {
                     bail!(
                         "{ip} is not an address of this host: publish on one of its addresses or omit the host IP"
                     );
