@@ -504,6 +504,53 @@ fn every_loopback_address_is_the_hosts_one_port_on_two_of_them() {
 }
 
 #[test]
+fn named_namespaces_live_beside_ip_netns_whichever_comes_first() {
+    // A fresh boot's /run/netns is a plain directory: made here in a
+    // private mount namespace. netbr names a namespace first, then `ip
+    // netns add` makes the directory a mount point of its own; each must
+    // still see, enter and remove the other's.
+    let sb = attached();
+    let (mine, theirs) = (format!("nsm-{}", sb.suffix), format!("nsi-{}", sb.suffix));
+    let script = format!(
+        "set -e
+         exec 3<{host}
+         umount -l /run/netns 2>/dev/null || true
+         ! mountpoint -q /run/netns
+         {netbr} --netns /proc/self/fd/3 endpoint add {mine}
+         mountpoint -q /run/netns
+         ip netns add {theirs}
+         ip netns exec {mine} ip link show eth0 >/dev/null
+         nsenter --net=/run/netns/{theirs} true
+         ip netns list | grep -q '^{mine}'
+         {netbr} --netns /proc/self/fd/3 endpoint rm {mine}
+         ip netns del {theirs}
+         test ! -e /run/netns/{mine}
+         test ! -e /run/netns/{theirs}",
+        host = sb.host_path().display(),
+        netbr = env!("CARGO_BIN_EXE_netbr"),
+    );
+    let out = std::process::Command::new("timeout")
+        .args([
+            "60",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(&script)
+        .output()
+        .expect("unshare");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
     let sb = attached();
     let c1 = sb.add_container(1).expect("c1");
