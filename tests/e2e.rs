@@ -551,6 +551,46 @@ fn named_namespaces_live_beside_ip_netns_whichever_comes_first() {
 }
 
 #[test]
+fn up_attaches_the_bridges_a_file_lists_and_refuses_a_bad_file_whole() {
+    let sb = sandbox();
+    let dir = std::env::temp_dir().join(format!("netbr-up-{}", sb.suffix));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _cleanup = support::RemoveOnDrop(dir.clone());
+    let file = dir.join("bridges.conf");
+    // One bad line: nothing is attached, and the message names the line.
+    let attach = sb.attach_args(&[]).join(" ");
+    let attach = attach.strip_prefix("attach ").expect("attach args");
+    std::fs::write(
+        &file,
+        format!("# test\n{attach}\n--bridge nb2 --uplink up0\n"),
+    )
+    .expect("write");
+    let conf = file.display().to_string();
+    fails_with(&sb, &["up", "--config", &conf], "bridges.conf:3:");
+    fails_with(&sb, &["ls"], "is not attached");
+    // The good line alone: attached, as `netbr attach` would.
+    std::fs::write(
+        &file,
+        format!("# test\n{attach}   # the sandbox's bridge\n"),
+    )
+    .expect("write");
+    sb.netbr_ok(&["up", "--config", &conf]).expect("up");
+    sb.add_container(1).expect("c1");
+    sb.publish(1, &["8080:80"]).expect("publish");
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"up").expect("served"),
+        b"up"
+    );
+    // Again, as at a second boot of the unit: idempotent, flows kept.
+    sb.netbr_ok(&["up", "--config", &conf]).expect("up again");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), published(8080), b"again").expect("served"),
+        b"again"
+    );
+}
+
+#[test]
 fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
     let sb = attached();
     let c1 = sb.add_container(1).expect("c1");

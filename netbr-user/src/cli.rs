@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Create the bridge if needed and attach the datapath to it and the uplink.
     Attach(cmd::attach::Attach),
+    /// Attach every bridge a configuration file lists (at boot).
+    Up(cmd::up::Up),
     /// Remove the datapath, its pins, endpoints and (unless --keep-bridge) the bridge.
     Detach(cmd::detach::Detach),
     /// Add or remove a container endpoint on the bridge.
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Attach(c) => c.exec().await,
+            Command::Up(c) => c.exec().await,
             Command::Detach(c) => c.exec().await,
             Command::Endpoint(c) => c.exec().await,
             Command::Publish(c) => c.exec().await,

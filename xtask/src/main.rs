@@ -1,6 +1,7 @@
-//! `cargo xtask setup|test|demo|bench|lint|fuzz|soak|cost`: everything a fresh machine needs, in
+//! `cargo xtask setup|install|test|demo|bench|lint|fuzz|soak|cost`: everything a fresh machine needs, in
 //! one place. Every step checks before it acts, so re-running is cheap.
 
+mod install;
 mod setup;
 
 use std::process::Command;
@@ -19,6 +20,14 @@ struct Cli {
 enum Task {
     /// Install prerequisites: Debian packages, nightly rust-src, bpf-linker.
     Setup,
+    /// Build in release mode and install the binaries (netbr-cni into
+    /// /opt/cni/bin), the systemd units and an example configuration,
+    /// enabling nothing.
+    Install {
+        /// Install under this root instead of / (packaging, tests).
+        #[arg(long)]
+        destdir: Option<std::path::PathBuf>,
+    },
     /// Set up, then run every test (unit, BPF_PROG_TEST_RUN, end-to-end). Needs root.
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -61,6 +70,10 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::all(),
+        Task::Install { destdir } => {
+            setup::all()?;
+            install::run_install(destdir)
+        }
         Task::Test { args } => {
             setup::all()?;
             require_root("the tests create network namespaces and load BPF programs")?;

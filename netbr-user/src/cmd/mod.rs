@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod publish;
 pub mod stats;
+pub mod up;
 
 pub const DEFAULT_BRIDGE: &str = "netbr0";
 
