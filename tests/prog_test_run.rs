@@ -516,6 +516,46 @@ fn the_monitor_hears_drops_and_new_flows_only_while_it_listens() {
 }
 
 #[test]
+fn while_a_monitor_listens_expired_new_flows_are_collected_and_reported() {
+    use netbr_common::monitor::MON_FLOW_END;
+    let mut h = Harness::new((61000, 65535));
+    // A masqueraded UDP flow nobody answers: it stays in the new-flow table.
+    h.run(UP_OUT, &Spec::udp((CLIENT, 5353), (REMOTE, 53)).build());
+    assert_eq!(h.flows().len(), 1);
+    listen(&mut h);
+    let mut cfg = h.dp.config().expect("config");
+    cfg.timeouts[CtState::UdpUnreplied as usize] = 0;
+    h.dp.set_config(&cfg).expect("config");
+    // The collector's timer (armed by the flow's packet) walks the new-flow
+    // table once a second while the monitor listens: this test only waits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    let mut ends = Vec::new();
+    while ends.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ends.extend(
+            h.dp.drain_monitor()
+                .into_iter()
+                .filter(|r| r.kind == MON_FLOW_END),
+        );
+    }
+    let [end] = ends.as_slice() else {
+        panic!("expected one flow end: {ends:#?}");
+    };
+    assert_eq!(end.reason, Reason::CtExpired as u32);
+    assert_eq!(end.nat, NAT_SNAT);
+    assert_eq!(
+        (end.orig.saddr, u16::from_be(end.orig.sport), end.orig.daddr),
+        (to_be32(CLIENT), 5353, to_be32(REMOTE))
+    );
+    assert_eq!(
+        end.xlat.saddr,
+        to_be32(HOST),
+        "masqueraded to the uplink's address"
+    );
+    assert!(h.flows().is_empty(), "the flow is gone from the table");
+}
+
+#[test]
 fn loopback_destination_from_outside_is_never_dnated() {
     let mut h = Harness::new((61000, 65535));
     h.publish(TCP, 8080, WEB, 80);

@@ -275,25 +275,8 @@ fn collect(cfg: &Config, now: u64) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe { *last = now };
     }
-    let mut walk = Collection {
-        cfg,
-        now,
-        live: 0,
-        assured: 1,
-    };
-    // SAFETY: `CONNTRACK` is a map definition (the helper's first argument)
-    // and the callback and its context follow the helper's contract.
-    // Deleting the visited element is allowed for hash maps (the kernel's
-    // for_each_hash_map_elem selftest does it).
-    unsafe {
-        bpf_for_each_map_elem(
-            &CONNTRACK as *const _ as *mut c_void,
-            collect_one as *mut c_void,
-            &mut walk as *mut Collection as *mut c_void,
-            0,
-        )
-    };
-    let left = walk.live as u64;
+    // SAFETY: `CONNTRACK` is a map definition.
+    let left = unsafe { walk(&CONNTRACK as *const _ as *mut c_void, 1, cfg, now) } as u64;
     if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe {
@@ -312,21 +295,36 @@ fn collect(cfg: &Config, now: u64) {
 /// reports its destruction.
 #[inline(never)]
 pub fn collect_new_for_monitor(cfg: &Config, now: u64) {
+    // SAFETY: `CT_NEW` is a map definition.
+    unsafe { walk(&CT_NEW as *const _ as *mut c_void, 0, cfg, now) };
+}
+
+/// Walks conntrack table `map` (`assured` says which) with `collect_one`;
+/// returns the entries of the flows found alive.
+///
+/// # Safety
+/// `map` is one of the conntrack tables' definitions.
+#[inline(always)]
+unsafe fn walk(map: *mut c_void, assured: u32, cfg: &Config, now: u64) -> u32 {
     let mut walk = Collection {
         cfg,
         now,
         live: 0,
-        assured: 0,
+        assured,
     };
-    // SAFETY: as in `collect`.
+    // SAFETY: the caller passes a map definition (the helper's first
+    // argument), and the callback and its context follow the helper's
+    // contract. Deleting the visited element is allowed for hash maps (the
+    // kernel's for_each_hash_map_elem selftest does it).
     unsafe {
         bpf_for_each_map_elem(
-            &CT_NEW as *const _ as *mut c_void,
+            map,
             collect_one as *mut c_void,
             &mut walk as *mut Collection as *mut c_void,
             0,
         )
     };
+    walk.live
 }
 
 extern "C" fn collect_one(

@@ -138,62 +138,45 @@ fn prepare_run_dir() -> Result<()> {
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error()).context("locking /run/netns");
     }
-    let c = std::ffi::CString::new(NETNS_RUN_DIR)?;
-    let none = std::ffi::CString::new("none")?;
-    let shared = || {
-        // SAFETY: valid NUL-terminated strings.
-        unsafe {
-            libc::mount(
-                none.as_ptr(),
-                c.as_ptr(),
-                none.as_ptr(),
-                libc::MS_SHARED | libc::MS_REC,
-                std::ptr::null(),
-            )
-        }
-    };
-    if shared() == 0 {
-        return Ok(());
+    let shared = || mount("none", NETNS_RUN_DIR, libc::MS_SHARED | libc::MS_REC);
+    match shared() {
+        Ok(()) => return Ok(()),
+        // EINVAL: not a mount point yet. Make it one, then shared.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) => return Err(e).context("making /run/netns a shared mount"),
     }
-    // EINVAL: not a mount point yet. Make it one, then shared.
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EINVAL) {
-        return Err(err).context("making /run/netns a shared mount");
-    }
-    // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            c.as_ptr(),
-            c.as_ptr(),
-            none.as_ptr(),
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 || shared() != 0 {
-        return Err(std::io::Error::last_os_error()).context("making /run/netns a shared mount");
-    }
-    Ok(())
+    mount(NETNS_RUN_DIR, NETNS_RUN_DIR, libc::MS_BIND | libc::MS_REC)
+        .and_then(|()| shared())
+        .context("making /run/netns a shared mount")
 }
 
-fn mount_bind(source: &str, target: &Path) -> Result<()> {
+/// `mount(2)` with no file system type or data: binds and propagation.
+fn mount(source: &str, target: &str, flags: libc::c_ulong) -> std::io::Result<()> {
     let src = std::ffi::CString::new(source)?;
-    let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated strings.
+    let dst = std::ffi::CString::new(target)?;
+    // SAFETY: valid NUL-terminated strings; null type and data are allowed
+    // for these operations.
     let rc = unsafe {
         libc::mount(
             src.as_ptr(),
             dst.as_ptr(),
             std::ptr::null(),
-            libc::MS_BIND,
+            flags,
             std::ptr::null(),
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("bind-mounting {source} on {}", target.display()));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn mount_bind(source: &str, target: &Path) -> Result<()> {
+    let target_str = target
+        .to_str()
+        .context("a namespace path that is not UTF-8")?;
+    mount(source, target_str, libc::MS_BIND)
+        .with_context(|| format!("bind-mounting {source} on {}", target.display()))
 }
 
 /// Deletes a namespace made by [`create_named`] (or `ip netns add`). The
