@@ -25,8 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("containerd", "containerd"),
     ("docker.io", "dockerd"),
-    // promtool checks what `netbr metrics` serves; systemd-analyze, the units.
-    ("prometheus", "promtool"),
+    // systemd-analyze checks the units `cargo xtask install` installs.
     ("systemd", "systemd-analyze"),
 ];
 
@@ -41,8 +40,51 @@ const RUNTIME_PACKAGES: &[(&str, &str)] = &[
 
 pub fn all() -> Result<()> {
     debian_packages()?;
+    promtool()?;
     nightly_rust_src()?;
     bpf_linker()
+}
+
+/// Where the tests find `promtool`, relative to the workspace.
+pub const PROMTOOL: &str = "target/tools/prometheus/usr/bin/promtool";
+
+/// `promtool`, which checks what `netbr metrics` serves, taken out of
+/// Debian's prometheus package rather than installed with it: installing
+/// the package enables a Prometheus server on the machine.
+fn promtool() -> Result<()> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if workspace.join(PROMTOOL).exists() {
+        return Ok(());
+    }
+    let dir = workspace.join("target/tools");
+    std::fs::create_dir_all(&dir).context("creating target/tools")?;
+    eprintln!("xtask: extracting promtool from Debian's prometheus package");
+    if !Command::new("apt-get")
+        .args(["download", "-qq", "prometheus"])
+        .current_dir(&dir)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        // The package lists may not be there yet on a fresh machine.
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["download", "-qq", "prometheus"])
+            .current_dir(&dir))?;
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("prometheus_"))
+        })
+        .context("apt-get download left no prometheus package")?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("prometheus")))?;
+    std::fs::remove_file(&deb)?;
+    Ok(())
 }
 
 fn have(bin: &str) -> bool {
