@@ -256,3 +256,111 @@ fn driver_opts_limit_an_endpoint_and_a_bad_rate_is_refused() {
         1
     );
 }
+
+#[test]
+fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
+    let sb = support::sandbox();
+    let docker = Dockerd::start(&sb, NETBR);
+    let bridge = format!("br{}", sb.suffix);
+    let bridge = &bridge[..bridge.len().min(15)];
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        &docker.driver,
+        "--subnet",
+        "172.30.0.0/16",
+        "-o",
+        "netbr.uplink=up0",
+        "-o",
+        &format!("com.docker.network.bridge.name={bridge}"),
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "-o",
+        "com.docker.network.bridge.host_binding_ipv4=127.0.0.1",
+        "-o",
+        "com.docker.network.driver.mtu=1500",
+        "n1",
+    ]);
+    for (name, publish) in [("web", &["8080:80"][..]), ("web2", &[][..])] {
+        let o = docker.web(name, "n1", publish);
+        assert!(o.status.success(), "docker run: {}", text(&o));
+    }
+    // The bridge has the name asked for, and ICC is off on it.
+    let doc: serde_json::Value = serde_json::from_str(
+        &sb.netbr_ok(&["ls", "--bridge", bridge, "--json"])
+            .expect("ls of the named bridge"),
+    )
+    .expect("json");
+    assert_eq!(doc["icc"], false, "{doc:#}");
+    let web_ip = doc["endpoints"][0]["ip"].as_str().expect("ip").to_string();
+    let o = docker.run(&[
+        "exec",
+        "web2",
+        "sh",
+        "-c",
+        &format!("wget -q -T 2 -O - http://{web_ip}/"),
+    ]);
+    assert!(
+        !o.status.success(),
+        "containers reached each other with enable_icc=false"
+    );
+    // `-p 8080:80` took the network's default host IP: host only.
+    assert!(served(
+        &sb.host_path(),
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    ));
+    assert!(!served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+
+    // What netbr cannot honour fails `network create`, naming the option.
+    for (opt, says) in [
+        (
+            "com.docker.network.bridge.gateway_mode_ipv4=routed",
+            "gateway_mode_ipv4=routed",
+        ),
+        (
+            "com.docker.network.bridge.enable_ip_masquerade=false",
+            "enable_ip_masquerade=false",
+        ),
+        (
+            "com.docker.network.bridge.gateway_mode_ipv4=bogus",
+            "nat, nat-unprotected or routed",
+        ),
+    ] {
+        let o = docker.run(&[
+            "network",
+            "create",
+            "-d",
+            &docker.driver,
+            "--subnet",
+            "172.31.0.0/16",
+            "-o",
+            "netbr.uplink=up0",
+            "-o",
+            opt,
+            "n2",
+        ]);
+        assert!(
+            !o.status.success() && text(&o).contains(says),
+            "{opt}: {}",
+            text(&o)
+        );
+    }
+    let o = docker.run(&[
+        "network",
+        "create",
+        "-d",
+        &docker.driver,
+        "--internal",
+        "--subnet",
+        "172.31.0.0/16",
+        "-o",
+        "netbr.uplink=up0",
+        "n2",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("--internal"),
+        "{}",
+        text(&o)
+    );
+}

@@ -59,8 +59,96 @@ fn flag(opts: &std::collections::BTreeMap<String, String>, key: &str) -> Result<
         .transpose()
 }
 
+/// Docker's own options of `-d bridge` (`docker network create -o`), as
+/// they arrive among the generic ones, and `--internal`.
+mod bridge_opt {
+    pub const NAME: &str = "com.docker.network.bridge.name";
+    pub const ICC: &str = "com.docker.network.bridge.enable_icc";
+    pub const MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
+    pub const GATEWAY_MODE: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+    pub const HOST_BINDING: &str = "com.docker.network.bridge.host_binding_ipv4";
+    pub const MTU: &str = "com.docker.network.driver.mtu";
+    pub const INTERNAL: &str = "com.docker.network.internal";
+}
+
+/// What Docker's bridge options ask of a netbr network, with what they mean
+/// for `-d bridge`; an option netbr cannot honour yet is refused by name
+/// rather than ignored.
+#[derive(Debug, Default, PartialEq)]
+struct DockerOptions {
+    bridge: Option<String>,
+    icc: Option<bool>,
+    allow_direct_routing: Option<bool>,
+    host_ip: Option<Ipv4Addr>,
+}
+
+fn docker_options(
+    opts: &std::collections::BTreeMap<String, String>,
+    internal: bool,
+) -> Result<DockerOptions> {
+    use bridge_opt::*;
+    let cannot =
+        |what: &str| anyhow!("{what}: netbr cannot honour that yet; create the network without it");
+    if internal {
+        return Err(cannot("--internal (no way out, no published ports)"));
+    }
+    let known = [NAME, ICC, MASQUERADE, GATEWAY_MODE, HOST_BINDING, MTU];
+    if let Some(k) = opts
+        .keys()
+        .find(|k| k.starts_with("com.docker.network.") && !known.contains(&k.as_str()))
+    {
+        return Err(cannot(&format!("-o {k}")));
+    }
+    let mut out = DockerOptions {
+        bridge: opts.get(NAME).cloned(),
+        icc: flag(opts, ICC)?,
+        ..DockerOptions::default()
+    };
+    if let Some(name) = &out.bridge {
+        store::validate_ifname(name).with_context(|| format!("-o {NAME}={name}"))?;
+    }
+    if flag(opts, MASQUERADE)? == Some(false) {
+        return Err(cannot(&format!("-o {MASQUERADE}=false")));
+    }
+    match opts.get(GATEWAY_MODE).map(String::as_str) {
+        None | Some("nat") => {}
+        // NAT, without Docker 28's protection against direct routing.
+        Some("nat-unprotected") => out.allow_direct_routing = Some(true),
+        Some("routed") => return Err(cannot(&format!("-o {GATEWAY_MODE}=routed"))),
+        Some(other) => bail!("-o {GATEWAY_MODE}={other}: use nat, nat-unprotected or routed"),
+    }
+    if let Some(ip) = opts.get(HOST_BINDING) {
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| anyhow!("-o {HOST_BINDING}={ip}: not an IPv4 address"))?;
+        out.host_ip = (!ip.is_unspecified()).then_some(ip);
+    }
+    match opts.get(MTU).map(|m| (m, m.parse::<u32>())) {
+        None | Some((_, Ok(0 | 1500))) => {}
+        Some((m, Ok(_))) => return Err(cannot(&format!("-o {MTU}={m} (netbr's links keep 1500)"))),
+        Some((m, Err(_))) => bail!("-o {MTU}={m}: not a number of bytes"),
+    }
+    Ok(out)
+}
+
+/// `a`, unless `b` says otherwise: one setting given two ways must agree.
+fn agree<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    a: Option<T>,
+    b: Option<T>,
+) -> Result<Option<T>> {
+    match (a, b) {
+        (Some(a), Some(b)) if a != b => bail!("{what} is given twice, as {a:?} and {b:?}"),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 pub fn create_network(body: &[u8]) -> Result<Value> {
     let req: CreateNetwork = parse(body)?;
+    let internal = req
+        .options
+        .get(bridge_opt::INTERNAL)
+        .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
     if !req.ipv6_data.is_empty() {
         bail!("netbr networks are IPv4 only: create the network without --ipv6");
     }
@@ -71,6 +159,7 @@ pub fn create_network(body: &[u8]) -> Result<Value> {
         );
     };
     let opts = req.generic();
+    let docker = docker_options(&opts, internal)?;
     let known = [
         "netbr.uplink",
         "netbr.bridge",
@@ -94,7 +183,12 @@ pub fn create_network(body: &[u8]) -> Result<Value> {
     let uplink = opts.get("netbr.uplink").ok_or_else(|| {
         anyhow!("netbr needs its uplink: docker network create -o netbr.uplink=IFACE ...")
     })?;
-    let bridge = opts.get("netbr.bridge").cloned().unwrap_or_else(|| {
+    let bridge = agree(
+        "the bridge's name (netbr.bridge, com.docker.network.bridge.name)",
+        opts.get("netbr.bridge").cloned(),
+        docker.bridge,
+    )?
+    .unwrap_or_else(|| {
         let short: String = req.network_id.chars().take(12).collect();
         format!("nb-{short}")
     });
@@ -108,9 +202,19 @@ pub fn create_network(body: &[u8]) -> Result<Value> {
             .parse()
             .with_context(|| format!("-o netbr.snat-ports={r}"))?;
     }
-    attach.icc = flag(&opts, "netbr.icc")?.unwrap_or(true);
+    attach.icc = agree(
+        "inter-container traffic (netbr.icc, com.docker.network.bridge.enable_icc)",
+        flag(&opts, "netbr.icc")?,
+        docker.icc,
+    )?
+    .unwrap_or(true);
     attach.fast_path = flag(&opts, "netbr.fast-path")?.unwrap_or(true);
-    attach.allow_direct_routing = flag(&opts, "netbr.allow-direct-routing")?.unwrap_or(false);
+    attach.allow_direct_routing = agree(
+        "direct routing (netbr.allow-direct-routing, com.docker.network.bridge.gateway_mode_ipv4)",
+        flag(&opts, "netbr.allow-direct-routing")?,
+        docker.allow_direct_routing,
+    )?
+    .unwrap_or(false);
     crate::netlink::block_on(async {
         let mut store = Store::open(&bridge)?;
         let owner = store
@@ -129,7 +233,7 @@ pub fn create_network(body: &[u8]) -> Result<Value> {
             }
             None => {
                 store.attach(&attach).await?;
-                store.set_docker_network(Some(req.network_id.clone()))
+                store.set_docker_network(Some(req.network_id.clone()), docker.host_ip)
             }
         }
     })?;
@@ -296,8 +400,13 @@ pub fn delete_endpoint(body: &[u8]) -> Result<Value> {
 }
 
 /// `-p` bindings as specs: `HostPort` 0 picks from the driver's range,
-/// `HostPort`-`HostPortEnd` from that range.
-fn specs(bindings: &[PortBinding], cfg: &DriverConfig) -> Result<Vec<PortSpec>> {
+/// `HostPort`-`HostPortEnd` from that range; a binding without a host IP
+/// takes the network's `default_ip` (`host_binding_ipv4`), if it has one.
+fn specs(
+    bindings: &[PortBinding],
+    cfg: &DriverConfig,
+    default_ip: Option<Ipv4Addr>,
+) -> Result<Vec<PortSpec>> {
     let mut out = Vec::new();
     for b in bindings {
         let proto = match b.proto {
@@ -309,7 +418,8 @@ fn specs(bindings: &[PortBinding], cfg: &DriverConfig) -> Result<Vec<PortSpec>> 
             ),
         };
         let host_ip = match b.host_ip.as_str() {
-            "" | "0.0.0.0" => None,
+            "" => default_ip,
+            "0.0.0.0" => None,
             // Docker may add the IPv6 wildcard beside the IPv4 one; netbr
             // publishes on IPv4.
             "::" => continue,
@@ -338,7 +448,8 @@ pub fn program_external_connectivity(body: &[u8], cfg: &DriverConfig) -> Result<
         let have = store.endpoint(&name)?.ports.clone();
         // Called again for a container already served (a dockerd restart):
         // what is published stays as it is.
-        let wanted: Vec<PortSpec> = specs(&bindings, cfg)?
+        let default_ip = store.state.network.as_ref().and_then(|n| n.docker_host_ip);
+        let wanted: Vec<PortSpec> = specs(&bindings, cfg, default_ip)?
             .into_iter()
             .filter(|s| {
                 !have.iter().any(|p| {
@@ -423,6 +534,7 @@ mod tests {
                 b(6, "", 9000, 9009),
             ],
             &cfg,
+            None,
         )
         .unwrap();
         assert_eq!(s.len(), 3);
@@ -430,8 +542,79 @@ mod tests {
         assert!(s[1].picks_host_port() && s[1].host_ports == (20000, 29999));
         assert_eq!(s[1].host_ip, Some(Ipv4Addr::LOCALHOST));
         assert!(s[2].picks_host_port() && s[2].host_ports == (9000, 9009));
-        assert!(specs(&[b(132, "", 1, 1)], &cfg).is_err());
-        assert!(specs(&[b(6, "fe80::1", 1, 1)], &cfg).is_err());
+        assert!(specs(&[b(132, "", 1, 1)], &cfg, None).is_err());
+        assert!(specs(&[b(6, "fe80::1", 1, 1)], &cfg, None).is_err());
         assert_eq!(endpoint_name("0123456789abcdef"), "dk-0123456789ab");
+        // A network's host_binding_ipv4 is the default host IP, never an
+        // override of one given.
+        let host = Some(Ipv4Addr::new(192, 0, 2, 1));
+        let s = specs(&[b(6, "", 80, 80), b(6, "0.0.0.0", 81, 81)], &cfg, host).unwrap();
+        assert_eq!((s[0].host_ip, s[1].host_ip), (host, None));
+    }
+
+    #[test]
+    fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_are_refused_by_name() {
+        use bridge_opt::*;
+        let opts = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let ok = docker_options(
+            &opts(&[
+                (NAME, "br-web"),
+                (ICC, "false"),
+                (MASQUERADE, "true"),
+                (GATEWAY_MODE, "nat-unprotected"),
+                (HOST_BINDING, "127.0.0.1"),
+                (MTU, "1500"),
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            DockerOptions {
+                bridge: Some("br-web".into()),
+                icc: Some(false),
+                allow_direct_routing: Some(true),
+                host_ip: Some(Ipv4Addr::LOCALHOST),
+            }
+        );
+        assert_eq!(
+            docker_options(&opts(&[]), false).unwrap(),
+            DockerOptions::default()
+        );
+        let refused = |kv: &[(&str, &str)], internal: bool| {
+            docker_options(&opts(kv), internal).unwrap_err().to_string()
+        };
+        for (kv, says) in [
+            (
+                &[(MASQUERADE, "false")][..],
+                "enable_ip_masquerade=false: netbr cannot",
+            ),
+            (
+                &[(GATEWAY_MODE, "routed")][..],
+                "gateway_mode_ipv4=routed: netbr cannot",
+            ),
+            (
+                &[(GATEWAY_MODE, "bogus")][..],
+                "use nat, nat-unprotected or routed",
+            ),
+            (&[(MTU, "1400")][..], "mtu=1400 (netbr's links keep 1500)"),
+            (&[(ICC, "maybe")][..], "use true or false"),
+            (&[(HOST_BINDING, "::1")][..], "not an IPv4 address"),
+            (&[(NAME, "a name too long for linux")][..], "bridge.name"),
+            (
+                &[("com.docker.network.bridge.inhibit_ipv4", "true")][..],
+                "inhibit_ipv4: netbr cannot",
+            ),
+        ] {
+            let err = refused(kv, false);
+            assert!(err.contains(says), "{kv:?}: {err}");
+        }
+        assert!(refused(&[], true).contains("--internal"));
+        assert!(agree("x", Some(1), Some(2)).is_err());
+        assert_eq!(agree("x", None, Some(2)).unwrap(), Some(2));
     }
 }

@@ -278,16 +278,16 @@ impl Store {
             }
             return Err(e);
         }
-        let docker_network = self
-            .state
-            .network
-            .as_ref()
-            .and_then(|n| n.docker_network.clone());
+        let (docker_network, docker_host_ip) =
+            self.state.network.as_ref().map_or((None, None), |n| {
+                (n.docker_network.clone(), n.docker_host_ip)
+            });
         self.state.network = Some(Network {
             subnet: subnet.to_string(),
             gateway,
             uplink: req.uplink.clone(),
             docker_network,
+            docker_host_ip,
         });
         self.commit()?;
         Ok(AttachReport {

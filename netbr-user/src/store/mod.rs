@@ -122,10 +122,16 @@ impl Store {
 }
 
 impl Store {
-    /// Marks the bridge as serving Docker network `id` (or no longer).
-    pub fn set_docker_network(&mut self, id: Option<String>) -> Result<()> {
+    /// Marks the bridge as serving Docker network `id` (or no longer), whose
+    /// `-p` without a host IP publishes on `host_ip` (none: everywhere).
+    pub fn set_docker_network(
+        &mut self,
+        id: Option<String>,
+        host_ip: Option<std::net::Ipv4Addr>,
+    ) -> Result<()> {
         if let Some(n) = self.state.network.as_mut() {
             n.docker_network = id;
+            n.docker_host_ip = host_ip;
         }
         self.commit()
     }

@@ -59,6 +59,10 @@ pub struct Network {
     /// attached it.
     #[serde(default)]
     pub docker_network: Option<String>,
+    /// The host IP a Docker network's `-p` without one publishes on
+    /// (`com.docker.network.bridge.host_binding_ipv4`); none: every address.
+    #[serde(default)]
+    pub docker_host_ip: Option<Ipv4Addr>,
 }
 
 /// Who made an endpoint, and so who may remove it.
