@@ -374,14 +374,14 @@ pub fn join(body: &[u8]) -> Result<Value> {
     })
 }
 
-pub fn leave(body: &[u8]) -> Result<Value> {
-    with_endpoint(body, async |store, _, name| {
-        store.set_endpoint_netns(&name, PathBuf::new())?;
-        Ok(json!({}))
-    })
-}
-
-pub fn delete_endpoint(body: &[u8]) -> Result<Value> {
+/// Like [`with_endpoint`], for the calls that take something down: an
+/// endpoint or a network netbr no longer has (gone with a reboot, or
+/// removed after a crash, when dockerd cleans up) is down already, and the
+/// call succeeds.
+fn with_endpoint_or_gone(
+    body: &[u8],
+    f: impl AsyncFnOnce(&mut Store, String) -> Result<()>,
+) -> Result<Value> {
     let req: EndpointRequest = parse(body)?;
     let Ok(bridge) = bridge_of(&req.network_id) else {
         return Ok(json!({}));
@@ -393,9 +393,21 @@ pub fn delete_endpoint(body: &[u8]) -> Result<Value> {
             .docker_endpoint(&req.endpoint_id)
             .map(|e| e.name.clone());
         if let Some(name) = name {
-            store.remove_endpoint(&name).await?;
+            f(&mut store, name).await?;
         }
         Ok(json!({}))
+    })
+}
+
+pub fn leave(body: &[u8]) -> Result<Value> {
+    with_endpoint_or_gone(body, async |store, name| {
+        store.set_endpoint_netns(&name, PathBuf::new())
+    })
+}
+
+pub fn delete_endpoint(body: &[u8]) -> Result<Value> {
+    with_endpoint_or_gone(body, async |store, name| {
+        store.remove_endpoint(&name).await.map(drop)
     })
 }
 
@@ -471,11 +483,11 @@ pub fn program_external_connectivity(body: &[u8], cfg: &DriverConfig) -> Result<
 }
 
 pub fn revoke_external_connectivity(body: &[u8]) -> Result<Value> {
-    with_endpoint(body, async |store, _, name| {
+    with_endpoint_or_gone(body, async |store, name| {
         if !store.endpoint(&name)?.ports.is_empty() {
             store.unpublish(&name, None)?;
         }
-        Ok(json!({}))
+        Ok(())
     })
 }
 
@@ -550,6 +562,25 @@ mod tests {
         let host = Some(Ipv4Addr::new(192, 0, 2, 1));
         let s = specs(&[b(6, "", 80, 80), b(6, "0.0.0.0", 81, 81)], &cfg, host).unwrap();
         assert_eq!((s[0].host_ip, s[1].host_ip), (host, None));
+    }
+
+    #[test]
+    fn taking_down_what_netbr_no_longer_has_succeeds() {
+        // A network and endpoint this namespace has never seen, as after a
+        // reboot or a crash.
+        let body = br#"{"NetworkID":"0badc0ffee","EndpointID":"0badf00d"}"#;
+        let cfg = DriverConfig {
+            host_ports: PortRange(20000, 29999),
+        };
+        for call in [
+            "RevokeExternalConnectivity",
+            "Leave",
+            "DeleteEndpoint",
+            "DeleteNetwork",
+        ] {
+            let (status, v) = super::super::handle(&format!("/NetworkDriver.{call}"), body, &cfg);
+            assert_eq!((status.as_u16(), v), (200, json!({})), "{call}");
+        }
     }
 
     #[test]
