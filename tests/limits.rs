@@ -165,14 +165,7 @@ fn bad_rates_are_refused_and_change_nothing() {
     let sb = support::sandbox();
     sb.attach().expect("attach");
     sb.add_container(1).expect("c1");
-    // What a refused change must leave as it was: the endpoint's settings
-    // (its traffic counters move with any packet, an IPv6 router
-    // solicitation included).
-    let settings = |mut ep: serde_json::Value| {
-        ep.as_object_mut().expect("endpoint").remove("traffic");
-        ep
-    };
-    let before = settings(ls_endpoint(&sb, 1));
+    let before = support::settings(ls_endpoint(&sb, 1));
     for (rate, needle) in [
         ("20 mbps", "tc's units"),
         ("fast", "tc's units"),
@@ -227,5 +220,5 @@ fn bad_rates_are_refused_and_change_nothing() {
         .expect("run");
     assert!(!o.status.success());
     assert!(!netbr::netns::exists(&sb.container(3)));
-    assert_eq!(settings(ls_endpoint(&sb, 1)), before);
+    assert_eq!(support::settings(ls_endpoint(&sb, 1)), before);
 }

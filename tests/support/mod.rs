@@ -17,6 +17,22 @@ pub fn assert_no_endpoints_or_mappings(ls: &serde_json::Value) {
     }
 }
 
+/// An endpoint of `netbr ls --json` (or a list of them) without its
+/// traffic counters, which any packet moves (an IPv6 router solicitation
+/// in the container will): what a refused change must leave as it was.
+pub fn settings(mut endpoints: serde_json::Value) -> serde_json::Value {
+    let strip = |ep: &mut serde_json::Value| {
+        if let Some(o) = ep.as_object_mut() {
+            o.remove("traffic");
+        }
+    };
+    match endpoints.as_array_mut() {
+        Some(list) => list.iter_mut().for_each(strip),
+        None => strip(&mut endpoints),
+    }
+    endpoints
+}
+
 /// Sum of `/proc/net/snmp` counters (`(section, field)`, e.g. `("Tcp:",
 /// "InSegs")`) of the network namespace at `ns`, read from a thread inside it.
 pub fn snmp(ns: &std::path::Path, fields: &'static [(&'static str, &'static str)]) -> u64 {

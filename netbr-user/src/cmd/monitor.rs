@@ -7,7 +7,7 @@
 //! killed stops the reports within the lease. Reading consumes: run one
 //! monitor per bridge at a time.
 
-use std::os::fd::AsRawFd as _;
+use std::{io::Write as _, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -76,17 +76,24 @@ impl Monitor {
                         Ok(mut g) => g.clear_ready(),
                         Err(e) => break Err(e.into()),
                     }
-                    for ev in dp.drain_monitor() {
-                        self.print(&ev, &names);
+                    // A reader that went away (`netbr monitor | head`) ends
+                    // the monitor, which then clears its deadline.
+                    if let Err(e) = dp.drain_monitor().iter().try_for_each(|ev| self.print(ev, &names)) {
+                        break gone(e);
                     }
                 }
                 _ = renew.tick() => {
                     if let Err(e) = dp.set_monitor_deadline(monotonic_ns() + MONITOR_LEASE_NS) {
                         break Err(e);
                     }
-                    let now_lost = dp.counter(Reason::MonitorLost)?;
+                    let now_lost = match dp.counter(Reason::MonitorLost) {
+                        Ok(n) => n,
+                        Err(e) => break Err(e),
+                    };
                     if now_lost > lost {
-                        self.missed(now_lost - lost);
+                        if let Err(e) = self.missed(now_lost - lost) {
+                            break gone(e);
+                        }
                         lost = now_lost;
                     }
                     // Endpoints come and go while a monitor runs.
@@ -111,86 +118,89 @@ impl Monitor {
         }
     }
 
-    fn print(&self, ev: &MonitorEvent, names: &Names) {
+    /// Writes one report, if wanted; fails when stdout is gone.
+    fn print(&self, ev: &MonitorEvent, names: &Names) -> std::io::Result<()> {
         if !self.wants(ev) {
-            return;
+            return Ok(());
         }
         let time = wall_clock(ev.ts_ns);
         let reason = Reason::ALL
             .get(ev.reason as usize)
             .map_or("unknown", |r| r.name());
         let endpoint = names.of(&ev.orig).or_else(|| names.of(&ev.xlat));
+        let at_endpoint = endpoint
+            .map(|e| format!(" endpoint={e}"))
+            .unwrap_or_default();
         let proto = proto_name(ev.orig.proto);
-        if ev.kind == MON_DROP {
+        let line = if ev.kind == MON_DROP {
             let parsed = ev.orig != FlowKey::default();
             if self.json {
-                println!(
-                    "{}",
-                    json!({
-                        "time": time, "event": "drop", "reason": reason,
-                        "hook": hook_name(ev.hook), "ifindex": ev.ifindex,
-                        "proto": parsed.then_some(proto),
-                        "tuple": parsed.then(|| tuple(&ev.orig)),
-                        "endpoint": endpoint,
-                    })
-                );
+                json!({
+                    "time": time, "event": "drop", "reason": reason,
+                    "hook": hook_name(ev.hook), "ifindex": ev.ifindex,
+                    "proto": parsed.then_some(proto),
+                    "tuple": parsed.then(|| tuple(&ev.orig)),
+                    "endpoint": endpoint,
+                })
+                .to_string()
             } else {
                 let what = if parsed {
                     format!("{proto} {}", tuple_text(&ev.orig))
                 } else {
                     "unparsed".to_string()
                 };
-                println!(
-                    "{time} drop {reason} {} ifindex={} {what}{}",
+                format!(
+                    "{time} drop {reason} {} ifindex={} {what}{at_endpoint}",
                     hook_name(ev.hook),
                     ev.ifindex,
-                    endpoint
-                        .map(|e| format!(" endpoint={e}"))
-                        .unwrap_or_default()
-                );
+                )
             }
-            return;
-        }
-        let event = if ev.kind == MON_FLOW_NEW {
-            "new"
         } else {
-            "end"
-        };
-        if self.json {
-            println!(
-                "{}",
+            let opened = ev.kind == MON_FLOW_NEW;
+            let event = if opened { "new" } else { "end" };
+            if self.json {
                 json!({
                     "time": time, "event": event, "nat": nat_name(ev.nat), "proto": proto,
                     "original": tuple(&ev.orig), "translated": tuple(&ev.xlat),
-                    "reason": (ev.kind != MON_FLOW_NEW).then_some(reason),
+                    "reason": (!opened).then_some(reason),
                     "endpoint": endpoint,
                 })
-            );
-        } else {
-            println!(
-                "{time} {event} {} {proto} {} -> {}{}{}",
-                nat_name(ev.nat),
-                tuple_text(&ev.orig),
-                tuple_text(&ev.xlat),
-                if ev.kind == MON_FLOW_NEW {
+                .to_string()
+            } else {
+                let why = if opened {
                     String::new()
                 } else {
                     format!(" reason={reason}")
-                },
-                endpoint
-                    .map(|e| format!(" endpoint={e}"))
-                    .unwrap_or_default()
-            );
-        }
+                };
+                format!(
+                    "{time} {event} {} {proto} {} -> {}{why}{at_endpoint}",
+                    nat_name(ev.nat),
+                    tuple_text(&ev.orig),
+                    tuple_text(&ev.xlat),
+                )
+            }
+        };
+        writeln!(std::io::stdout().lock(), "{line}")
     }
 
     /// Says that the ring was full and `n` reports never reached us.
-    fn missed(&self, n: u64) {
-        if self.json {
-            println!("{}", json!({ "event": "missed", "count": n }));
+    fn missed(&self, n: u64) -> std::io::Result<()> {
+        let line = if self.json {
+            json!({ "event": "missed", "count": n }).to_string()
         } else {
-            println!("missed {n} report(s): the monitor fell behind and the ring buffer was full");
-        }
+            format!("missed {n} report(s): the monitor fell behind and the ring buffer was full")
+        };
+        writeln!(std::io::stdout().lock(), "{line}")
+    }
+}
+
+/// A closed stdout ends the monitor quietly, as a pipe's reader leaving
+/// does; anything else is an error.
+fn gone(e: std::io::Error) -> Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(anyhow::Error::from(e).context("writing to stdout"))
     }
 }
 
