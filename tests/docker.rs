@@ -364,3 +364,72 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
         text(&o)
     );
 }
+
+#[test]
+fn a_netbr_network_and_its_restart_always_containers_survive_a_reboot() {
+    let sb = support::sandbox();
+    let mut docker = Dockerd::start(&sb, NETBR);
+    network(&docker, "n1");
+    let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "n1"]);
+    let bridge = format!("nb-{}", &id.trim()[..12]);
+    docker.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "web",
+        "--network",
+        "n1",
+        "-p",
+        "8080:80",
+        "localhost/busybox:latest",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    docker.reboot(&sb, &[&bridge]);
+    // dockerd restarts the container during its own start, before its
+    // API serves; the driver attaches the network again from its record.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))) {
+        assert!(
+            Instant::now() < until,
+            "web did not come back after the reboot: {}",
+            std::fs::read_to_string(docker.dir.join("plugin.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // It masquerades again, new containers run, and the network goes.
+    let lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    let o = docker.run(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "echo out | nc -w 3 192.0.2.2 9000",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("out"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        lan.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        [UPLINK_IP]
+    );
+    carries_on_after_restart(&sb, &docker);
+    docker.ok(&["rm", "-f", "web2"]);
+    docker.ok(&["network", "rm", "n1"]);
+    assert!(
+        std::fs::read_dir(docker.dir.join("netbr-records"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "the network's record outlived docker network rm"
+    );
+}

@@ -561,6 +561,8 @@ impl Dockerd {
             .arg(&self.host)
             .args(["docker-plugin", "--socket"])
             .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.dir.join("netbr-records"))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -575,6 +577,58 @@ impl Dockerd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A reboot, as far as one namespace can have one: the driver, dockerd,
+    /// its containerd, the shims and every container process killed
+    /// outright; `/run` and bpffs emptied of what they held (netbr's pins,
+    /// state and bridge, through `detach`; dockerd's exec-root); dockerd's
+    /// data-root and the driver's records kept. Then the driver and dockerd
+    /// start again, as their units would at boot (the driver first).
+    pub fn reboot(&mut self, sb: &Sandbox, bridges: &[&str]) {
+        let pids: Vec<i32> = self
+            .run(&["ps", "-q"])
+            .stdout
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|id| !id.is_empty())
+            .filter_map(|id| {
+                let id = String::from_utf8_lossy(id).into_owned();
+                self.ok(&["inspect", "-f", "{{.State.Pid}}", &id])
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        self.kill_plugin();
+        // SAFETY: signalling processes this test started, by PID.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGKILL) };
+        let _ = self.daemon.wait();
+        let exec = self.dir.join("exec");
+        // containerd and the shims name the exec-root on their command lines.
+        let found = timed(
+            20,
+            Command::new("pgrep")
+                .arg("-f")
+                .arg(exec.display().to_string()),
+        );
+        let helpers = String::from_utf8_lossy(&found.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .collect::<Vec<_>>();
+        for pid in pids.into_iter().chain(helpers) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for bridge in bridges {
+            let _ = sb.netbr(&["detach", "--bridge", bridge]);
+        }
+        unmount_below(&exec);
+        let _ = std::fs::remove_dir_all(&exec);
+        let _ = std::fs::remove_file(&self.socket);
+        self.start_plugin();
+        self.daemon = Self::spawn_daemon(&self.dir, &self.host);
+        self.wait_ready();
     }
 
     /// Kills the driver with SIGKILL, as a crash would; its socket stays.

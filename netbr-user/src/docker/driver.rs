@@ -9,7 +9,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use netbr_common::{portspec::PortSpec, IPPROTO_TCP, IPPROTO_UDP};
 use serde_json::{json, Value};
 
-use super::api::{self, CreateNetwork, EndpointRequest, NetworkRef, PortBinding};
+use super::{
+    api::{self, CreateNetwork, EndpointRequest, NetworkRef, PortBinding},
+    records::Records,
+};
 use crate::{
     addr::{Cidr, PortRange},
     store::{self, limits::parse_limit, AttachRequest, Limits, NetnsChoice, Owner, State, Store},
@@ -20,6 +23,8 @@ use crate::{
 pub struct DriverConfig {
     /// Host ports for `HostPort` 0 (`docker run -p 80`, `-P`).
     pub host_ports: PortRange,
+    /// The networks the driver made, kept across reboots.
+    pub records: Records,
 }
 
 /// The bridge serving Docker network `id`, found through the state files.
@@ -36,6 +41,20 @@ fn bridge_of(id: &str) -> Result<String> {
         }
     }
     bail!("netbr knows no Docker network {id}: was it created with this driver?")
+}
+
+/// Like [`bridge_of`], attaching the network again from the driver's
+/// record when netbr no longer has it (after a reboot, or a detach).
+fn bridge_for(id: &str, cfg: &DriverConfig) -> Result<String> {
+    if let Ok(bridge) = bridge_of(id) {
+        return Ok(bridge);
+    }
+    let Some(request) = cfg.records.load(id)? else {
+        return bridge_of(id);
+    };
+    log::info!("attaching Docker network {id} again from the driver's record");
+    attach_network(&request).with_context(|| format!("attaching Docker network {id} again"))?;
+    bridge_of(id)
 }
 
 /// The endpoint's name in netbr: Docker's short ID form.
@@ -143,7 +162,21 @@ fn agree<T: PartialEq + std::fmt::Debug>(
     }
 }
 
-pub fn create_network(body: &[u8]) -> Result<Value> {
+/// Attaches the network a `CreateNetwork` request describes and keeps the
+/// request, so that the network outlives `/run` and bpffs.
+pub fn create_network(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
+    let id = attach_network(body)?;
+    if let Err(e) = cfg.records.save(&id, body) {
+        // Without its record the network would not survive a reboot:
+        // refuse it whole rather than half.
+        let _ = delete_network(&json!({ "NetworkID": id }).to_string().into_bytes(), cfg);
+        return Err(e);
+    }
+    Ok(json!({}))
+}
+
+/// Attaches a network as `CreateNetwork` asks; returns its ID.
+fn attach_network(body: &[u8]) -> Result<String> {
     let req: CreateNetwork = parse(body)?;
     let internal = req
         .options
@@ -237,12 +270,13 @@ pub fn create_network(body: &[u8]) -> Result<Value> {
             }
         }
     })?;
-    Ok(json!({}))
+    Ok(req.network_id)
 }
 
-pub fn delete_network(body: &[u8]) -> Result<Value> {
+pub fn delete_network(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
     let req: NetworkRef = parse(body)?;
     let Ok(bridge) = bridge_of(&req.network_id) else {
+        cfg.records.remove(&req.network_id)?;
         return Ok(json!({}));
     };
     let errors = crate::netlink::block_on(async {
@@ -257,7 +291,10 @@ pub fn delete_network(body: &[u8]) -> Result<Value> {
     })?;
     match errors.into_iter().next() {
         Some(e) => Err(e.context(format!("detaching bridge {bridge}"))),
-        None => Ok(json!({})),
+        None => {
+            cfg.records.remove(&req.network_id)?;
+            Ok(json!({}))
+        }
     }
 }
 
@@ -284,9 +321,9 @@ fn endpoint_limits(req: &EndpointRequest) -> Result<Limits> {
     Ok(limits)
 }
 
-pub fn create_endpoint(body: &[u8]) -> Result<Value> {
+pub fn create_endpoint(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
     let req: EndpointRequest = parse(body)?;
-    let bridge = bridge_of(&req.network_id)?;
+    let bridge = bridge_for(&req.network_id, cfg)?;
     let limits = endpoint_limits(&req)?;
     let iface = req.interface.unwrap_or_default();
     if !iface.address_ipv6.is_empty() {
@@ -336,10 +373,11 @@ pub fn create_endpoint(body: &[u8]) -> Result<Value> {
 /// Runs `f` on the store of the bridge and endpoint a request names.
 fn with_endpoint<T>(
     body: &[u8],
+    cfg: &DriverConfig,
     f: impl AsyncFnOnce(&mut Store, &EndpointRequest, String) -> Result<T>,
 ) -> Result<T> {
     let req: EndpointRequest = parse(body)?;
-    let bridge = bridge_of(&req.network_id)?;
+    let bridge = bridge_for(&req.network_id, cfg)?;
     crate::netlink::block_on(async {
         let mut store = Store::open(&bridge)?;
         let name = store
@@ -357,8 +395,8 @@ fn with_endpoint<T>(
     })
 }
 
-pub fn join(body: &[u8]) -> Result<Value> {
-    with_endpoint(body, async |store, req, name| {
+pub fn join(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
+    with_endpoint(body, cfg, async |store, req, name| {
         store.set_endpoint_netns(&name, PathBuf::from(&req.sandbox_key))?;
         let (_, gateway) = store.network()?;
         let ep = store.endpoint(&name)?;
@@ -455,7 +493,7 @@ fn specs(
 }
 
 pub fn program_external_connectivity(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
-    with_endpoint(body, async |store, req, name| {
+    with_endpoint(body, cfg, async |store, req, name| {
         let bindings = req.port_bindings().map_err(|e| anyhow!(e))?;
         let have = store.endpoint(&name)?.ports.clone();
         // Called again for a container already served (a dockerd restart):
@@ -491,8 +529,8 @@ pub fn revoke_external_connectivity(body: &[u8]) -> Result<Value> {
     })
 }
 
-pub fn endpoint_oper_info(body: &[u8]) -> Result<Value> {
-    with_endpoint(body, async |store, _, name| {
+pub fn endpoint_oper_info(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
+    with_endpoint(body, cfg, async |store, _, name| {
         let ep = store.endpoint(&name)?;
         let ports: Vec<Value> = ep
             .ports
@@ -529,6 +567,7 @@ mod tests {
     fn bindings_become_specs() {
         let cfg = DriverConfig {
             host_ports: PortRange(20000, 29999),
+            records: Records::new(std::env::temp_dir().join("netbr-test-records-unused")),
         };
         let b = |proto, host_ip: &str, host_port, end| PortBinding {
             proto,
@@ -571,6 +610,7 @@ mod tests {
         let body = br#"{"NetworkID":"0badc0ffee","EndpointID":"0badf00d"}"#;
         let cfg = DriverConfig {
             host_ports: PortRange(20000, 29999),
+            records: Records::new(std::env::temp_dir().join("netbr-test-records-unused")),
         };
         for call in [
             "RevokeExternalConnectivity",

@@ -9,6 +9,7 @@
 
 pub mod api;
 mod driver;
+pub mod records;
 
 use std::{convert::Infallible, path::PathBuf};
 
@@ -39,6 +40,11 @@ pub struct DockerPlugin {
     /// sockets get their ports, and netbr's SNAT range (61000-65535).
     #[arg(long, default_value = "20000-29999")]
     pub host_ports: PortRange,
+    /// Where the driver keeps a record of each network it made, to attach
+    /// it again after a reboot (dockerd never recreates a remote driver's
+    /// networks). Not on tmpfs.
+    #[arg(long, default_value = records::DEFAULT_DIR)]
+    pub state_dir: PathBuf,
 }
 
 /// Answers one call: the status and the JSON body.
@@ -48,12 +54,12 @@ pub fn handle(path: &str, body: &[u8], cfg: &DriverConfig) -> (StatusCode, Value
         "/NetworkDriver.GetCapabilities" => {
             Ok(json!({"Scope": "local", "ConnectivityScope": "local"}))
         }
-        "/NetworkDriver.CreateNetwork" => driver::create_network(body),
-        "/NetworkDriver.DeleteNetwork" => driver::delete_network(body),
-        "/NetworkDriver.CreateEndpoint" => driver::create_endpoint(body),
+        "/NetworkDriver.CreateNetwork" => driver::create_network(body, cfg),
+        "/NetworkDriver.DeleteNetwork" => driver::delete_network(body, cfg),
+        "/NetworkDriver.CreateEndpoint" => driver::create_endpoint(body, cfg),
         "/NetworkDriver.DeleteEndpoint" => driver::delete_endpoint(body),
-        "/NetworkDriver.EndpointOperInfo" => driver::endpoint_oper_info(body),
-        "/NetworkDriver.Join" => driver::join(body),
+        "/NetworkDriver.EndpointOperInfo" => driver::endpoint_oper_info(body, cfg),
+        "/NetworkDriver.Join" => driver::join(body, cfg),
         "/NetworkDriver.Leave" => driver::leave(body),
         "/NetworkDriver.ProgramExternalConnectivity" => {
             driver::program_external_connectivity(body, cfg)
@@ -106,6 +112,7 @@ impl DockerPlugin {
     pub async fn exec(self) -> Result<()> {
         let cfg = DriverConfig {
             host_ports: self.host_ports,
+            records: records::Records::new(&self.state_dir),
         };
         let (eph_min, eph_max) = crate::sysctl::local_port_range()?;
         if self.host_ports.0 <= eph_max && eph_min <= self.host_ports.1 {
