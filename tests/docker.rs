@@ -372,38 +372,12 @@ fn a_netbr_network_and_its_restart_always_containers_survive_a_reboot() {
     network(&docker, "n1");
     let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "n1"]);
     let bridge = format!("nb-{}", &id.trim()[..12]);
-    docker.ok(&[
-        "run",
-        "-d",
-        "--restart",
-        "always",
-        "--name",
-        "web",
-        "--network",
-        "n1",
-        "-p",
-        "8080:80",
-        "localhost/busybox:latest",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    run_restart_always(&docker);
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
     docker.reboot(&sb, &[&bridge]);
     // dockerd restarts the container during its own start, before its
     // API serves; the driver attaches the network again from its record.
-    let until = Instant::now() + Duration::from_secs(60);
-    while !served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))) {
-        assert!(
-            Instant::now() < until,
-            "web did not come back after the reboot: {}",
-            std::fs::read_to_string(docker.dir.join("plugin.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    served_again(&sb, &docker, "the reboot");
     // It masquerades again, new containers run, and the network goes.
     let lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
     let o = docker.run(&[
@@ -432,4 +406,119 @@ fn a_netbr_network_and_its_restart_always_containers_survive_a_reboot() {
             == 0,
         "the network's record outlived docker network rm"
     );
+}
+
+/// `docker run -d --restart always` of busybox httpd on `n1`, 8080:80.
+fn run_restart_always(docker: &Dockerd) {
+    docker.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "web",
+        "--network",
+        "n1",
+        "-p",
+        "8080:80",
+        "localhost/busybox:latest",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+}
+
+/// Waits for `web` to serve 8080 again.
+fn served_again(sb: &Sandbox, docker: &Dockerd, after: &str) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))) {
+        assert!(
+            Instant::now() < until,
+            "web did not come back after {after}: {}",
+            std::fs::read_to_string(docker.dir.join("plugin.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_dockerd_restart_without_live_restore_brings_restart_policy_containers_back() {
+    let sb = support::sandbox();
+    let mut docker = Dockerd::start_with(&sb, NETBR, false);
+    network(&docker, "n1");
+    run_restart_always(&docker);
+    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    // Without live-restore dockerd stops its containers as it stops.
+    docker.restart_daemon();
+    served_again(&sb, &docker, "a dockerd restart");
+    carries_on_after_restart(&sb, &docker);
+}
+
+#[test]
+fn docker_compose_brings_a_netbr_network_up_serving_and_down_leaving_nothing() {
+    let sb = support::sandbox();
+    let docker = Dockerd::start(&sb, NETBR);
+    let project = docker.dir.join("compose");
+    std::fs::create_dir_all(&project).expect("project dir");
+    std::fs::write(
+        project.join("docker-compose.yml"),
+        format!(
+            "version: '2.4'
+services:
+  web:
+    image: localhost/busybox:latest
+    command: httpd -f -p 80 -h /www
+    ports: ['8080:80', '5353:53/udp']
+    networks: [front]
+  cache:
+    image: localhost/busybox:latest
+    command: httpd -f -p 80 -h /www
+    ports: ['8081:80']
+    networks: [front]
+networks:
+  front:
+    driver: {driver}
+    driver_opts:
+      netbr.uplink: up0
+      com.docker.network.bridge.enable_icc: 'true'
+    ipam:
+      config:
+        - subnet: 172.30.0.0/16
+",
+            driver = docker.driver
+        ),
+    )
+    .expect("compose file");
+    let compose = |args: &[&str]| {
+        support::runtimes::timed(
+            180,
+            std::process::Command::new("docker-compose")
+                .current_dir(&project)
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}/docker.sock", docker.dir.display()),
+                )
+                .args(["-p", "nbc"])
+                .args(args),
+        )
+    };
+    let o = compose(&["up", "-d"]);
+    assert!(o.status.success(), "docker-compose up: {}", text(&o));
+    for port in [8080, 8081] {
+        assert!(
+            served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, port))),
+            "port {port}"
+        );
+    }
+    let o = compose(&["down"]);
+    assert!(o.status.success(), "docker-compose down: {}", text(&o));
+    // Nothing of the network is left attached in the host namespace.
+    let left = netbr::netns::run_in(&sb.host_path(), netbr::store::bridges)
+        .expect("netns")
+        .expect("bridges");
+    assert!(left.is_empty(), "bridges left: {left:?}");
+    assert!(!served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
 }

@@ -111,6 +111,9 @@ pub fn timed(secs: u32, cmd: &mut Command) -> Output {
             None => full.env_remove(k),
         };
     }
+    if let Some(dir) = cmd.get_current_dir() {
+        full.current_dir(dir);
+    }
     full.output()
         .unwrap_or_else(|e| panic!("running {:?}: {e}", cmd.get_program()))
 }
@@ -447,14 +450,19 @@ const PLUGIN_DIR: &str = "/run/docker/plugins";
 
 impl Dockerd {
     pub fn start(sb: &Sandbox, netbr: &str) -> Self {
+        Self::start_with(sb, netbr, true)
+    }
+
+    /// With `live_restore`, containers outlive a dockerd restart; without,
+    /// dockerd stops them as it stops and starts restart-policy ones again.
+    pub fn start_with(sb: &Sandbox, netbr: &str, live_restore: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("netbr-dockerd-{}", sb.suffix));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dockerd dir");
-        // live-restore: containers outlive a dockerd restart.
         std::fs::write(
             dir.join("daemon.json"),
             format!(
-                "{{\"deprecated-key-path\": \"{}/key.json\", \"live-restore\": true}}",
+                "{{\"deprecated-key-path\": \"{}/key.json\", \"live-restore\": {live_restore}}}",
                 dir.display()
             ),
         )

@@ -36,6 +36,7 @@ const RUNTIME_PACKAGES: &[(&str, &str)] = &[
     ("containernetworking-plugins", "/usr/lib/cni/host-local"),
     ("busybox-static", "busybox"),
     ("runc", "runc"),
+    ("docker-compose", "docker-compose"),
 ];
 
 pub fn all() -> Result<()> {
