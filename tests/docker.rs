@@ -83,23 +83,7 @@ fn docker_run_publishes_masquerades_binds_host_ips_and_cleans_up() {
     ));
 
     // The container reaches lan as the uplink address.
-    let lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
-    let o = docker.run(&[
-        "exec",
-        "web",
-        "sh",
-        "-c",
-        "echo out | nc -w 3 192.0.2.2 9000",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("out"),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(
-        lan.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
-        [UPLINK_IP]
-    );
+    docker.assert_masquerades(&sb, "web");
     support::assert_no_netfilter_rules(&sb.host_path());
 
     // docker rm ends ports and flows; docker network rm leaves no pin.
@@ -379,23 +363,7 @@ fn a_netbr_network_and_its_restart_always_containers_survive_a_reboot() {
     // API serves; the driver attaches the network again from its record.
     served_again(&sb, &docker, "the reboot");
     // It masquerades again, new containers run, and the network goes.
-    let lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
-    let o = docker.run(&[
-        "exec",
-        "web",
-        "sh",
-        "-c",
-        "echo out | nc -w 3 192.0.2.2 9000",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("out"),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(
-        lan.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
-        [UPLINK_IP]
-    );
+    docker.assert_masquerades(&sb, "web");
     carries_on_after_restart(&sb, &docker);
     docker.ok(&["rm", "-f", "web2"]);
     docker.ok(&["network", "rm", "n1"]);
@@ -410,25 +378,8 @@ fn a_netbr_network_and_its_restart_always_containers_survive_a_reboot() {
 
 /// `docker run -d --restart always` of busybox httpd on `n1`, 8080:80.
 fn run_restart_always(docker: &Dockerd) {
-    docker.ok(&[
-        "run",
-        "-d",
-        "--restart",
-        "always",
-        "--name",
-        "web",
-        "--network",
-        "n1",
-        "-p",
-        "8080:80",
-        "localhost/busybox:latest",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    let o = docker.web_restart_always("web", "n1", &["8080:80"]);
+    assert!(o.status.success(), "docker run: {}", text(&o));
 }
 
 /// Waits for `web` to serve 8080 again.

@@ -668,6 +668,36 @@ impl Dockerd {
         self.run(&web_args(name, net, publish))
     }
 
+    /// Like [`Self::web`], with `--restart always`.
+    pub fn web_restart_always(&self, name: &str, net: &str, publish: &[&str]) -> Output {
+        let mut args = web_args(name, net, publish);
+        args.splice(2..2, ["--restart", "always"]);
+        self.run(&args)
+    }
+
+    /// Asserts container `name` reaches a server on lan as the uplink
+    /// address: masquerade.
+    pub fn assert_masquerades(&self, sb: &Sandbox, name: &str) {
+        let lan = netbr::probe::Server::tcp(&sb.lan_path(), 9000, netbr::probe::echo())
+            .expect("lan server");
+        let o = self.run(&[
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "echo out | nc -w 3 192.0.2.2 9000",
+        ]);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("out"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(
+            lan.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+            [netbr::sandbox::UPLINK_IP]
+        );
+    }
+
     /// The network namespace dockerd made for container `name`.
     pub fn netns(&self, name: &str) -> PathBuf {
         PathBuf::from(
