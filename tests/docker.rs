@@ -18,10 +18,24 @@ use support::runtimes::{http_get, served, text, Dockerd};
 
 const NETBR: &str = env!("CARGO_BIN_EXE_netbr");
 
+/// The bridge the driver names after Docker network `net`.
+fn bridge_of(docker: &Dockerd, net: &str) -> String {
+    let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", net]);
+    format!("nb-{}", &id.trim()[..12])
+}
+
+/// Asserts a docker command failed with `needle` in what it printed.
+fn refused(o: &std::process::Output, needle: &str) {
+    assert!(
+        !o.status.success() && text(o).contains(needle),
+        "expected a refusal naming {needle:?}: {}",
+        text(o)
+    );
+}
+
 /// `netbr ls --json` of the bridge serving Docker network `net`.
 fn ls(sb: &Sandbox, docker: &Dockerd, net: &str) -> serde_json::Value {
-    let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", net]);
-    let bridge = format!("nb-{}", &id.trim()[..12]);
+    let bridge = bridge_of(docker, net);
     serde_json::from_str(
         &sb.netbr_ok(&["ls", "--bridge", &bridge, "--json"])
             .expect("ls"),
@@ -227,11 +241,7 @@ fn driver_opts_limit_an_endpoint_and_a_bad_rate_is_refused() {
         "n2",
         "web2",
     ]);
-    assert!(
-        !o.status.success() && text(&o).contains("tc's units"),
-        "{}",
-        text(&o)
-    );
+    refused(&o, "tc's units");
     assert_eq!(
         ls(&sb, &docker, "n2")["endpoints"]
             .as_array()
@@ -324,11 +334,7 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
             opt,
             "n2",
         ]);
-        assert!(
-            !o.status.success() && text(&o).contains(says),
-            "{opt}: {}",
-            text(&o)
-        );
+        refused(&o, says);
     }
     let o = docker.run(&[
         "network",
@@ -342,11 +348,7 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
         "netbr.uplink=up0",
         "n2",
     ]);
-    assert!(
-        !o.status.success() && text(&o).contains("--internal"),
-        "{}",
-        text(&o)
-    );
+    refused(&o, "--internal");
 }
 
 #[test]
@@ -354,8 +356,7 @@ fn a_netbr_network_and_its_restart_always_containers_survive_a_reboot() {
     let sb = support::sandbox();
     let mut docker = Dockerd::start(&sb, NETBR);
     network(&docker, "n1");
-    let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "n1"]);
-    let bridge = format!("nb-{}", &id.trim()[..12]);
+    let bridge = bridge_of(&docker, "n1");
     run_restart_always(&docker);
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
     docker.reboot(&sb, &[&bridge]);
