@@ -14,7 +14,10 @@ use netbr::{addr::to_be32, bpf::datapath::Datapath};
 use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT, STATE_COUNT},
     counters::Reason,
-    maps::{Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH},
+    maps::{
+        Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL,
+        CFG_NO_MASQUERADE, CFG_ROUTED,
+    },
     pacing::{Pace, PaceKey, PACE_EGRESS, PACE_INGRESS, PACE_STAMP},
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
@@ -439,6 +442,71 @@ fn direct_routing_to_a_container_is_dropped_unless_allowed() {
     h.set_map_flags(CFG_ALLOW_DIRECT_ROUTING);
     let (verdict, out) = h.run(UP_IN, &frame);
     assert_eq!((verdict, out), (PASS, frame));
+}
+
+#[test]
+fn destinations_without_masquerade_leave_untranslated_and_their_replies_return() {
+    let mut h = Harness::new((61000, 65535));
+    let pods: netbr::addr::Cidr = "198.51.100.0/24".parse().expect("cidr");
+    h.dp.set_no_masquerade(&[pods]).expect("no-masquerade list");
+    h.set_map_flags(CFG_NO_MASQUERADE | CFG_FAST_PATH);
+    // The fast path leaves it to the host stack, which routes it to the
+    // uplink; there it is tracked as it is.
+    let out = Spec::tcp((WEB, 40000), (REMOTE, 80), SYN).build();
+    assert_eq!(h.run(BR_IN, &out), (PASS, out.clone()));
+    assert_eq!(h.run(UP_OUT, &out), (PASS, out.clone()));
+    assert_eq!(h.counter(Reason::UntranslatedNew), 1);
+    // The reply is the flow's, not direct routing.
+    let reply = Spec::tcp((REMOTE, 80), (WEB, 40000), SYN | ACK).build();
+    assert_eq!(h.run(UP_IN, &reply), (PASS, reply.clone()));
+    assert_eq!(h.counter(Reason::DropDirectRouting), 0);
+    // Other destinations are still masqueraded.
+    let (_, masq) = h.run(UP_OUT, &Spec::udp((WEB, 5000), (LAN, 53)).build());
+    assert_eq!(parse_checked(&masq).src, HOST);
+    assert_eq!(h.counter(Reason::SnatNew), 1);
+}
+
+#[test]
+fn an_internal_bridge_reaches_the_host_and_nothing_beyond() {
+    let mut h = Harness::new((61000, 65535));
+    h.set_map_flags(CFG_INTERNAL | CFG_FAST_PATH);
+    let out = Spec::udp((WEB, 5000), (REMOTE, 53)).build();
+    assert_eq!(h.run(BR_IN, &out).0, SHOT);
+    assert_eq!(h.counter(Reason::DropInternal), 1);
+    for host in [GATEWAY, HOST] {
+        let frame = Spec::udp((WEB, 5000), (host, 53)).build();
+        assert_eq!(h.run(BR_IN, &frame), (PASS, frame.clone()), "to {host}");
+    }
+    let inbound = Spec::tcp((LAN, 40000), (WEB, 80), SYN).build();
+    assert_eq!(h.run(UP_IN, &inbound).0, SHOT);
+    assert_eq!(h.counter(Reason::DropInternal), 2);
+}
+
+#[test]
+fn routed_mode_opens_published_container_ports_and_echo_only() {
+    let mut h = Harness::new((61000, 65535));
+    h.set_map_flags(CFG_ROUTED);
+    // Routed mode publishes at the container's own address.
+    let key = MappingKey {
+        proto: TCP,
+        _pad: 0,
+        port: 80u16.to_be(),
+        addr: to_be32(WEB),
+    };
+    let target = MappingTarget {
+        addr: to_be32(WEB),
+        port: 80u16.to_be(),
+        flags: 0,
+    };
+    h.dp.mappings.insert(key, target, 0).expect("mapping");
+    let open = Spec::tcp((LAN, 40000), (WEB, 80), SYN).build();
+    assert_eq!(h.run(UP_IN, &open), (PASS, open.clone()));
+    assert_eq!(h.counter(Reason::DirectNew), 1);
+    let ping = Spec::echo_request(LAN, WEB, 7).build();
+    assert_eq!(h.run(UP_IN, &ping), (PASS, ping.clone()));
+    let closed = Spec::tcp((LAN, 40000), (WEB, 22), SYN).build();
+    assert_eq!(h.run(UP_IN, &closed).0, SHOT);
+    assert_eq!(h.counter(Reason::DropDirectRouting), 1);
 }
 
 /// A monitor's deadline far ahead, as `netbr monitor` keeps it.

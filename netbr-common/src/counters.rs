@@ -74,9 +74,15 @@ pub enum Reason {
     /// A report for `netbr monitor` found its ring buffer full: the monitor
     /// fell behind, and says how many it missed.
     MonitorLost,
+    /// A container's new flow to a destination it reaches untranslated
+    /// (`--no-masquerade`, routed mode) was tracked, so its replies pass
+    /// the direct-routing protection.
+    UntranslatedNew,
+    /// A packet of an internal bridge (`--internal`) to or from beyond it.
+    DropInternal,
 }
 
-pub const REASON_COUNT: u32 = 29;
+pub const REASON_COUNT: u32 = 31;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -109,6 +115,8 @@ impl Reason {
         Reason::DropFirewallNotAllowed,
         Reason::DropPaceHorizon,
         Reason::MonitorLost,
+        Reason::UntranslatedNew,
+        Reason::DropInternal,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -143,6 +151,8 @@ impl Reason {
             Reason::DropFirewallNotAllowed => "drop_fw_not_allowed",
             Reason::DropPaceHorizon => "drop_pace_horizon",
             Reason::MonitorLost => "monitor_lost",
+            Reason::UntranslatedNew => "untranslated_new",
+            Reason::DropInternal => "drop_internal",
         }
     }
 
@@ -155,6 +165,7 @@ impl Reason {
                 | Reason::HairpinNew
                 | Reason::DirectNew
                 | Reason::HostFlowNew
+                | Reason::UntranslatedNew
         )
     }
 
@@ -174,6 +185,7 @@ impl Reason {
                 | Reason::DropFirewallDeny
                 | Reason::DropFirewallNotAllowed
                 | Reason::DropPaceHorizon
+                | Reason::DropInternal
         )
     }
 }

@@ -45,7 +45,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 19] = [
+pub const PINNED: [MapSpec; 20] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
@@ -111,6 +111,13 @@ pub const PINNED: [MapSpec; 19] = [
         BPF_MAP_TYPE_PERCPU_ARRAY,
         Some(FIREWALL_MAX_ENTRIES),
     ),
+    MapSpec {
+        name: MAP_NO_MASQUERADE,
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: 4 + 4,
+        value_size: 4,
+        max_entries: Some(NO_MASQUERADE_MAX_ENTRIES),
+    },
     spec::<PaceKey, Pace>(MAP_PACING, BPF_MAP_TYPE_HASH, Some(PACING_MAX_ENTRIES)),
     // A `bpf_timer` (16 bytes) and a word.
     MapSpec {

@@ -12,6 +12,11 @@ pub const MAP_CONNTRACK: &str = "NB_CT4";
 /// as netfilter's early_drop evicts only entries that are not ASSURED.
 pub const MAP_CONNTRACK_NEW: &str = "NB_CT4N";
 pub const MAP_LOCAL_ADDRS: &str = "NB_LOCAL";
+/// Destinations containers reach untranslated (`attach --no-masquerade`,
+/// CNI `nonMasqueradeCIDRs`, Docker's `enable_ip_masquerade=false`): an LPM
+/// trie keyed by IPv4 prefix (address in network byte order), value unused.
+pub const MAP_NO_MASQUERADE: &str = "NB_NOMASQ";
+pub const NO_MASQUERADE_MAX_ENTRIES: u32 = 256;
 /// The assured table's collector: a `bpf_timer` that collects expired
 /// flows apart from any packet. Pinned, so collection goes on without a
 /// netbr process; made afresh by every attach, so its timer runs the
@@ -272,6 +277,17 @@ pub const CFG_ICC_DISABLED: u32 = 2;
 pub const CFG_FAST_PATH: u32 = 4;
 /// `Config::flags`: the uplink runs the XDP fast path (`attach --xdp`).
 pub const CFG_XDP: u32 = 8;
+/// `Config::flags`: `MAP_NO_MASQUERADE` holds prefixes; new flows out of
+/// the bridge subnet look their destination up there.
+pub const CFG_NO_MASQUERADE: u32 = 16;
+/// `Config::flags`: the bridge is internal (`docker network create
+/// --internal`): containers reach each other and the gateway, nothing
+/// beyond, and nothing from outside reaches them.
+pub const CFG_INTERNAL: u32 = 32;
+/// `Config::flags`: Docker 28's `gateway_mode_ipv4=routed`: no address
+/// translation; a packet from the uplink may reach a container's published
+/// ports (mappings at the container's own address) and its ICMP echo.
+pub const CFG_ROUTED: u32 = 64;
 
 /// The BPF object's load-time constant (`EbpfLoader::override_global`)
 /// holding the `CFG_*` flags `attach` fixed when it loaded the programs:

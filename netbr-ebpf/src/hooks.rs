@@ -14,14 +14,14 @@ use netbr_common::{
     conntrack::{FlowKey, NAT_HAIRPIN, NAT_NONE},
     counters::Reason,
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, FLAGS_FROM_MAP, HOOK_UPLINK_EGRESS,
-        HOOK_UPLINK_INGRESS,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_NO_MASQUERADE,
+        CFG_ROUTED, FLAGS_FROM_MAP, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
 };
 
 use crate::{
     conntrack, firewall, frag,
-    maps::{CONFIG, PACKET},
+    maps::{CONFIG, LOCAL_ADDRS, PACKET},
     nat,
     parse::{parse, Packet, FRAG_LATER},
     redirect::{self, NextHop},
@@ -158,7 +158,11 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     }
     let now = before_new_flow();
     if cfg.in_subnet(pkt.key.daddr) {
-        if !mode(cfg, CFG_ALLOW_DIRECT_ROUTING) {
+        if mode(cfg, CFG_INTERNAL) {
+            return Err(Reason::DropInternal);
+        }
+        if !mode(cfg, CFG_ALLOW_DIRECT_ROUTING) && !(mode(cfg, CFG_ROUTED) && nat::routed_open(pkt))
+        {
             return Err(Reason::DropDirectRouting);
         }
         nat::track_direct(pkt, cfg, now)?;
@@ -208,9 +212,31 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
         return Err(Reason::PassNoMatch);
     }
     let now = before_new_flow();
+    if leaves_untranslated(cfg, pkt) {
+        // Tracked, so that its replies are known from direct routing.
+        firewall::admit_out(cfg, pkt)?;
+        nat::track_direct(pkt, cfg, now)?;
+        return Ok(Outcome::pass(Reason::UntranslatedNew));
+    }
     let xlat = nat::snat_new_flow(ctx, pkt, cfg, now)?;
     rewrite(ctx, pkt, &xlat)?;
     Ok(Outcome::pass(Reason::SnatNew))
+}
+
+/// Whether a container's new flow out of the subnet keeps its source
+/// address. Costs nothing while no destination is listed.
+#[inline(always)]
+fn leaves_untranslated(cfg: &Config, pkt: &Packet) -> bool {
+    mode(cfg, CFG_NO_MASQUERADE) && nat::unmasqueraded(pkt.key.daddr)
+}
+
+/// An internal bridge's containers reach each other and the host's own
+/// addresses (as Docker's internal networks drop only what the host would
+/// forward), nothing beyond.
+#[inline(always)]
+fn internal_allows(cfg: &Config, pkt: &Packet) -> bool {
+    // SAFETY: read-only lookup.
+    cfg.in_subnet(pkt.key.daddr) || unsafe { LOCAL_ADDRS.get(&pkt.key.daddr) }.is_some()
 }
 
 /// Whether the packet was sent by a socket of this host (it still carries
@@ -250,6 +276,9 @@ fn deliver_in(
 /// per packet (`bridge_tracked`).
 #[inline(always)]
 fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
+    if mode(cfg, CFG_INTERNAL) && !internal_allows(cfg, pkt) {
+        return Err(Reason::DropInternal);
+    }
     let action = bridge_tracked(ctx, cfg, pkt)?;
     if action != NO_FLOW {
         return Ok(Outcome {
@@ -341,7 +370,7 @@ fn bridge_tracked(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Re
 /// beneath this function's frame, the stack exceeds 512 bytes.
 #[inline(never)]
 fn fast_masquerade_route(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<NextHop, Reason> {
-    if !pkt.may_open_flow() || !nat::wants_snat(pkt, cfg) {
+    if !pkt.may_open_flow() || !nat::wants_snat(pkt, cfg) || leaves_untranslated(cfg, pkt) {
         return Err(Reason::PassNoMatch);
     }
     // The route is asked for before the flow exists: its source port does

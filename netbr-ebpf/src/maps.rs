@@ -12,8 +12,8 @@ use netbr_common::{
     maps::{
         Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, SockKey,
         CT_MAX_ENTRIES_DEFAULT, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, EVENT_SLOTS, FAST_COUNT,
-        FRAGMENTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES, REASON_SLOTS,
-        SOCKETS_MAX_ENTRIES,
+        FRAGMENTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES,
+        NO_MASQUERADE_MAX_ENTRIES, REASON_SLOTS, SOCKETS_MAX_ENTRIES,
     },
     snat::SNAT_HISTOGRAM_LEN,
 };
@@ -40,6 +40,12 @@ pub static CT_NEW: LruHashMap<FlowKey, CtEntry> =
 /// "published on every local address" (`-m addrtype --dst-type LOCAL`).
 #[map(name = "NB_LOCAL")]
 pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_ADDRS_MAX_ENTRIES, 0);
+
+/// Destinations containers reach with their own address
+/// (`netbr_common::maps::MAP_NO_MASQUERADE`).
+#[map(name = "NB_NOMASQ")]
+pub static NO_MASQUERADE: LpmTrie<u32, u32> =
+    LpmTrie::with_max_entries(NO_MASQUERADE_MAX_ENTRIES, 0);
 
 #[map(name = "NB_EP")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(ENDPOINTS_MAX_ENTRIES, 0);

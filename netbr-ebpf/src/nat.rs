@@ -24,7 +24,7 @@ use netbr_common::{
 
 use crate::{
     conntrack, firewall,
-    maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, SCRATCH, SEARCH, SNAT_HISTOGRAM},
+    maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, NO_MASQUERADE, SCRATCH, SEARCH, SNAT_HISTOGRAM},
     parse::Packet,
 };
 
@@ -151,6 +151,35 @@ pub fn unmatched_icmp_error(pkt: &Packet, cfg: &Config) -> Reason {
     } else {
         Reason::PassNoMatch
     }
+}
+
+/// Whether a container's flow to `daddr` leaves with the container's own
+/// address (`MAP_NO_MASQUERADE`), as ip-masq-agent's `nonMasqueradeCIDRs`
+/// and Docker's `enable_ip_masquerade=false` have it.
+#[inline(always)]
+pub fn unmasqueraded(daddr: u32) -> bool {
+    NO_MASQUERADE
+        .get(&aya_ebpf::maps::lpm_trie::Key::new(32, daddr))
+        .is_some()
+}
+
+/// Docker's routed gateway mode: whether a new flow from the uplink may
+/// reach the container it addresses. Only its published ports (mappings at
+/// the container's own address) and echo requests may, as Docker 28 opens
+/// them.
+#[inline(always)]
+pub fn routed_open(pkt: &Packet) -> bool {
+    if pkt.key.proto == IPPROTO_ICMP {
+        return pkt.key.sport != 0;
+    }
+    let key = MappingKey {
+        proto: pkt.key.proto,
+        _pad: 0,
+        port: pkt.key.dport,
+        addr: pkt.key.daddr,
+    };
+    // SAFETY: read-only lookup.
+    unsafe { MAPPINGS.get(&key) }.is_some()
 }
 
 /// Whether masquerade applies: from the bridge subnet to outside it. ICMP

@@ -36,6 +36,7 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     pub is_bridge: bool,
     pub is_veth: bool,
+    pub mtu: u32,
     /// What the kernel counted on the interface (`IFLA_STATS64`).
     pub stats: LinkStats,
     /// A veth's peer in another namespace: that namespace's id as seen
@@ -202,6 +203,14 @@ impl Netlink {
         self.set(
             LinkUnspec::new_with_index(index).up().build(),
             "setting link up",
+        )
+        .await
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+            &format!("setting MTU {mtu}"),
         )
         .await
     }
@@ -376,6 +385,7 @@ fn link_from(msg: &LinkMessage) -> Link {
         mac: None,
         is_bridge: false,
         is_veth: false,
+        mtu: 0,
         stats: LinkStats::default(),
         peer: None,
     };
@@ -384,6 +394,7 @@ fn link_from(msg: &LinkMessage) -> Link {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::LinkNetNsId(id) => netnsid = Some(*id),
             LinkAttribute::Link(i) => peer_index = Some(*i),
             LinkAttribute::Stats64(s) => {

@@ -3,9 +3,13 @@
 
 use std::path::Path;
 
+use crate::addr::{from_be32, to_be32, Cidr};
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, Map, MapData, PerCpuArray, RingBuf,
+    },
     Ebpf,
 };
 use netbr_common::{
@@ -16,7 +20,7 @@ use netbr_common::{
         Config, Endpoint, Event, MappingKey, MappingTarget, EVENT_SLOT_MONITOR,
         FAST_INTO_CONTAINER, FAST_OUT_UPLINK, FAST_XDP, MAP_CONFIG, MAP_CONNTRACK,
         MAP_CONNTRACK_NEW, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENT_LAST, MAP_FAST_PATH,
-        MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_SNAT_HISTOGRAM,
+        MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_NO_MASQUERADE, MAP_SNAT_HISTOGRAM,
     },
     monitor::{MonitorEvent, MAP_MONITOR},
     pacing::{Pace, PaceKey, MAP_PACING},
@@ -32,6 +36,8 @@ pub struct Datapath {
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
     pub conntrack_new: HashMap<MapData, FlowKey, CtEntry>,
     pub local_addrs: HashMap<MapData, u32, u32>,
+    /// Destination prefixes containers reach untranslated.
+    pub no_masquerade: LpmTrie<MapData, u32, u32>,
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub counters: PerCpuArray<MapData, u64>,
     pub snat_histogram: PerCpuArray<MapData, u64>,
@@ -83,6 +89,7 @@ impl Datapath {
             conntrack: typed(&mut get, MAP_CONNTRACK)?,
             conntrack_new: typed(&mut get, MAP_CONNTRACK_NEW)?,
             local_addrs: typed(&mut get, MAP_LOCAL_ADDRS)?,
+            no_masquerade: typed(&mut get, MAP_NO_MASQUERADE)?,
             endpoints: typed(&mut get, MAP_ENDPOINTS)?,
             counters: typed(&mut get, MAP_COUNTERS)?,
             snat_histogram: typed(&mut get, MAP_SNAT_HISTOGRAM)?,
@@ -215,6 +222,42 @@ impl Datapath {
             .iter()
             .map(|r| r.context("reading endpoints"))
             .collect()
+    }
+
+    /// The destinations containers reach untranslated, as prefixes.
+    pub fn no_masquerade_list(&self) -> Result<Vec<Cidr>> {
+        let mut list: Vec<Cidr> = self
+            .no_masquerade
+            .keys()
+            .map(|k| {
+                let k = k.context("reading the no-masquerade list")?;
+                Ok(Cidr::new(from_be32(k.data()), k.prefix_len() as u8))
+            })
+            .collect::<Result<_>>()?;
+        list.sort_by_key(|c| (u32::from(c.network()), c.prefix));
+        Ok(list)
+    }
+
+    /// Makes the no-masquerade list exactly `list`.
+    pub fn set_no_masquerade(&mut self, list: &[Cidr]) -> Result<()> {
+        let key = |c: &Cidr| Key::new(u32::from(c.prefix), to_be32(c.network()));
+        let list: Vec<Cidr> = list
+            .iter()
+            .map(|c| Cidr::new(c.network(), c.prefix))
+            .collect();
+        for old in self.no_masquerade_list()? {
+            if !list.contains(&old) {
+                self.no_masquerade
+                    .remove(&key(&old))
+                    .context("updating the no-masquerade list")?;
+            }
+        }
+        for c in &list {
+            self.no_masquerade
+                .insert(&key(c), 1, 0)
+                .with_context(|| format!("adding {c} to the no-masquerade list"))?;
+        }
+        Ok(())
     }
 
     pub fn mapping_list(&self) -> Result<Vec<(MappingKey, MappingTarget)>> {

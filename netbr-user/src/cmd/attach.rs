@@ -58,6 +58,26 @@ pub struct Attach {
     /// tcp_close_wait tcp_time_wait tcp_close udp udp_stream icmp.
     #[arg(long = "timeout", value_name = "NAME=SECONDS", value_parser = parse_timeout)]
     pub timeouts: Vec<(CtState, u32)>,
+    /// Destinations containers reach with their own address as source,
+    /// repeatable (ip-masq-agent's nonMasqueradeCIDRs): other nodes' pod
+    /// subnets, say. 0.0.0.0/0 turns masquerade off. Their replies come
+    /// back untranslated, past the direct-routing protection.
+    #[arg(long = "no-masquerade", value_name = "CIDR")]
+    pub no_masquerade: Vec<Cidr>,
+    /// Containers reach each other and the host, nothing beyond, and
+    /// nothing beyond reaches them; no port may be published (Docker's
+    /// --internal).
+    #[arg(long, conflicts_with_all = ["allow_direct_routing", "routed"])]
+    pub internal: bool,
+    /// No translation at all (Docker 28's gateway_mode_ipv4=routed): the
+    /// containers' traffic leaves with their own addresses, and publishing
+    /// a port opens it at the container's address to hosts that route the
+    /// subnet here.
+    #[arg(long)]
+    pub routed: bool,
+    /// MTU of the bridge and of every endpoint's veth (1500 by default).
+    #[arg(long)]
+    pub mtu: Option<u32>,
 }
 
 fn parse_timeout(s: &str) -> Result<(CtState, u32)> {
@@ -118,6 +138,10 @@ impl Attach {
             xdp: self.xdp,
             icc: self.icc,
             timeouts: self.timeouts.clone(),
+            no_masquerade: self.no_masquerade.clone(),
+            internal: self.internal,
+            routed: self.routed,
+            mtu: self.mtu,
         }
     }
 }

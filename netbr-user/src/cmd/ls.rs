@@ -2,7 +2,10 @@ use anyhow::Result;
 use clap::Args;
 use netbr_common::{
     conntrack::CtState,
-    maps::{CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_XDP},
+    maps::{
+        CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_INTERNAL, CFG_ROUTED,
+        CFG_XDP,
+    },
     pacing::{PACE_EGRESS, PACE_INGRESS},
     proto_name,
 };
@@ -35,8 +38,17 @@ impl Ls {
         let cfg = dp.config()?;
         let nl = Netlink::connect()?;
         let traffic = traffic::of_endpoints(&nl, &view.state.endpoints).await?;
+        let mtu = nl
+            .link_by_index(cfg.bridge_ifindex)
+            .await?
+            .map_or(0, |l| l.mtu);
         let ifname = |i: u32| async move { nl_name(&nl, i).await };
         let uplink = ifname(cfg.uplink_ifindex).await;
+        let no_masquerade: Vec<String> = dp
+            .no_masquerade_list()?
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         let eps: Vec<_> = view
             .state
             .endpoints
@@ -122,6 +134,10 @@ impl Ls {
             "allow_direct_routing": cfg.has(CFG_ALLOW_DIRECT_ROUTING),
             "fast_path": cfg.has(CFG_FAST_PATH),
             "xdp": cfg.has(CFG_XDP),
+            "no_masquerade": no_masquerade,
+            "internal": cfg.has(CFG_INTERNAL),
+            "routed": cfg.has(CFG_ROUTED),
+            "mtu": mtu,
             "host_forward_drop": forward_drop,
             "firewall_rules": view.state.firewall.len(),
             "timeouts_s": timeouts,
@@ -149,6 +165,21 @@ impl Ls {
             view.state.firewall.len(),
             dir.display()
         );
+        let modes: Vec<String> = [
+            (cfg.has(CFG_INTERNAL), "internal".to_string()),
+            (cfg.has(CFG_ROUTED), "routed".to_string()),
+            (
+                !cfg.has(CFG_ROUTED) && !no_masquerade.is_empty(),
+                format!("no masquerade to {}", no_masquerade.join(" ")),
+            ),
+            (mtu != 1500, format!("mtu {mtu}")),
+        ]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect();
+        if !modes.is_empty() {
+            println!("{}", modes.join("  "));
+        }
         if !forward_drop.is_empty() {
             println!(
                 "{}",

@@ -6,8 +6,8 @@ use anyhow::{bail, Context as _, Result};
 use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS},
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_XDP,
-        CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_INTERNAL,
+        CFG_NO_MASQUERADE, CFG_ROUTED, CFG_XDP, CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION,
     },
 };
 
@@ -33,6 +33,18 @@ pub struct AttachRequest {
     pub xdp: bool,
     pub icc: bool,
     pub timeouts: Vec<(CtState, u32)>,
+    /// Destinations containers reach with their own address as source
+    /// (ip-masq-agent's `nonMasqueradeCIDRs`); 0.0.0.0/0 turns masquerade
+    /// off (Docker's `enable_ip_masquerade=false`).
+    pub no_masquerade: Vec<Cidr>,
+    /// No way in or out of the subnet beyond the host (`--internal`).
+    pub internal: bool,
+    /// Docker 28's routed gateway mode: no translation at all; published
+    /// ports are opened at the container's own address.
+    pub routed: bool,
+    /// MTU of the bridge and of every endpoint's veth; the kernel's
+    /// default (1500) when none is given.
+    pub mtu: Option<u32>,
 }
 
 impl AttachRequest {
@@ -49,9 +61,49 @@ impl AttachRequest {
             xdp: false,
             icc: true,
             timeouts: Vec::new(),
+            no_masquerade: Vec::new(),
+            internal: false,
+            routed: false,
+            mtu: None,
         }
     }
+
+    /// The `CFG_*` flags the request fixes, with the destinations that
+    /// leave untranslated: everything when routed.
+    fn modes(&self) -> Result<(u32, Vec<Cidr>)> {
+        if self.internal && (self.allow_direct_routing || self.routed) {
+            bail!("an internal bridge lets nothing in from outside: drop --allow-direct-routing and --routed, or --internal");
+        }
+        if let Some(mtu) = self.mtu {
+            if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
+                bail!("MTU {mtu} is out of range: use {MTU_MIN} to {MTU_MAX}");
+            }
+        }
+        let mut no_masquerade = self.no_masquerade.clone();
+        if self.routed {
+            no_masquerade = vec![Cidr::new(Ipv4Addr::UNSPECIFIED, 0)];
+        }
+        let mut flags = 0;
+        for (on, flag) in [
+            (self.allow_direct_routing, CFG_ALLOW_DIRECT_ROUTING),
+            (!self.icc, CFG_ICC_DISABLED),
+            (self.fast_path, CFG_FAST_PATH),
+            (self.xdp, CFG_XDP),
+            (!no_masquerade.is_empty(), CFG_NO_MASQUERADE),
+            (self.internal, CFG_INTERNAL),
+            (self.routed, CFG_ROUTED),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        Ok((flags, no_masquerade))
+    }
 }
+
+/// IPv4's smallest MTU (RFC 791) and the largest a Linux bridge takes.
+const MTU_MIN: u32 = 68;
+const MTU_MAX: u32 = 65535;
 
 pub struct AttachReport {
     pub reattached: bool,
@@ -91,6 +143,10 @@ impl Store {
     pub async fn attach(&mut self, req: &AttachRequest) -> Result<AttachReport> {
         let bridge_name = self.bridge.clone();
         validate_ifname(&req.uplink)?;
+        let (flags, no_masquerade) = req.modes()?;
+        if req.internal && self.state.ports().next().is_some() {
+            bail!("bridge {bridge_name} has published ports, and an internal bridge publishes none: unpublish them first");
+        }
         let nl = Netlink::connect()?;
         let uplink = nl.link(&req.uplink).await?.with_context(|| {
             format!(
@@ -129,6 +185,12 @@ impl Store {
         if let Some(b) = &bridge {
             if !b.is_bridge {
                 bail!("interface {bridge_name} exists and is not a bridge: pick another --bridge");
+            }
+            if req.mtu.is_some_and(|m| m != b.mtu) && !self.state.endpoints.is_empty() {
+                bail!(
+                    "bridge {bridge_name} has endpoints at MTU {}: remove them (or detach) to change the MTU",
+                    b.mtu
+                );
             }
         }
         if req.xdp && uplink.is_veth {
@@ -195,6 +257,9 @@ impl Store {
             Some(b) => b,
             None => nl.create_bridge(&bridge_name).await?,
         };
+        if let Some(mtu) = req.mtu.filter(|m| *m != bridge.mtu) {
+            nl.set_mtu(bridge.index, mtu).await?;
+        }
         let have = nl.addrs(Some(bridge.index)).await?;
         if !have.iter().any(|a| a.addr == gateway) {
             nl.add_addr(bridge.index, gateway, subnet.prefix).await?;
@@ -207,19 +272,6 @@ impl Store {
         let endpoints = self.state.endpoints.clone();
         let state = self.state.clone();
         let result = async {
-            let mut flags = 0;
-            if req.allow_direct_routing {
-                flags |= CFG_ALLOW_DIRECT_ROUTING;
-            }
-            if !req.icc {
-                flags |= CFG_ICC_DISABLED;
-            }
-            if req.fast_path {
-                flags |= CFG_FAST_PATH;
-            }
-            if req.xdp {
-                flags |= CFG_XDP;
-            }
             let mut ebpf = attach::load(Some(&dir), ct_max, Some(flags))?;
             let mut dp = Datapath::from_ebpf(&mut ebpf)?;
             let mut timeouts = DEFAULT_TIMEOUTS;
@@ -254,6 +306,7 @@ impl Store {
                 firewall_entries: 0,
                 netns_cookie: crate::netns::current_cookie()?,
             })?;
+            dp.set_no_masquerade(&no_masquerade)?;
             sync_local_addrs(&nl, &mut dp).await?;
             super::firewall::install_all(&mut dp, &state)?;
             attach::attach_all(&mut ebpf, &dir, &req.uplink, &bridge_name)?;

@@ -161,6 +161,13 @@ impl Store {
             nl.create_veth(&host_if, &peer_if).await?;
             let host = nl.require_link(&host_if).await?;
             let peer = nl.require_link(&peer_if).await?;
+            // Both ends take the bridge's MTU (`attach --mtu`), as Docker
+            // gives a network's MTU to its containers' interfaces.
+            let mtu = nl.require_link(&self.bridge).await?.mtu;
+            if mtu != 0 && mtu != host.mtu {
+                nl.set_mtu(host.index, mtu).await?;
+                nl.set_mtu(peer.index, mtu).await?;
+            }
             nl.set_master(host.index, cfg.bridge_ifindex).await?;
             if cfg.has(CFG_ICC_DISABLED) {
                 nl.set_port_isolated(host.index, true).await?;

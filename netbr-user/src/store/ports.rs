@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use anyhow::{bail, Result};
 use netbr_common::{
     conntrack::NAT_DNAT,
-    maps::{MappingKey, MappingTarget, MAPPING_HOLD},
+    maps::{MappingKey, MappingTarget, CFG_INTERNAL, CFG_ROUTED, MAPPING_HOLD},
     portspec::PortSpec,
     IPPROTO_TCP,
 };
@@ -42,6 +42,15 @@ fn spec_ports(s: &PortSpec) -> impl Iterator<Item = Port> + '_ {
         host_port: h,
         container_port: c,
     })
+}
+
+/// A port as routed mode opens it: at the container's own address.
+fn routed_port(ip: Ipv4Addr, p: &Port) -> Port {
+    Port {
+        host_ip: Some(ip),
+        host_port: p.container_port,
+        ..*p
+    }
 }
 
 /// Two ports claim the same traffic: same protocol and host port, and the
@@ -119,10 +128,29 @@ impl Store {
     ) -> Result<Vec<Port>> {
         let mut dp = self.datapath()?;
         let ep = self.endpoint(name)?.clone();
+        let cfg = dp.config()?;
+        if cfg.has(CFG_INTERNAL) {
+            bail!(
+                "bridge {} is internal: it publishes no ports, as Docker's --internal networks do not",
+                self.bridge
+            );
+        }
         // Addresses added since attach count too.
         super::attach::sync_local_addrs(&Netlink::connect()?, &mut dp).await?;
+        let routed = cfg.has(CFG_ROUTED);
+        let hold = hold && !routed;
         let mut wanted: Vec<Port> = Vec::new();
         for spec in specs {
+            if routed {
+                // Docker's routed mode opens the container's own port and
+                // ignores the host port: nothing on the host is taken.
+                for p in spec_ports(spec).map(|p| routed_port(ep.ip, &p)) {
+                    if !wanted.contains(&p) && !ep.ports.contains(&p) {
+                        wanted.push(p);
+                    }
+                }
+                continue;
+            }
             if let Some(ip) = spec.host_ip {
                 // The kernel takes all of 127.0.0.0/8 as local (its `local`
                 // route on lo), listed on an interface or not, and so do
