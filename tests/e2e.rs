@@ -625,6 +625,135 @@ fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
     let _ = c2;
 }
 
+/// The MTU of `dev` in the namespace at `ns`, as `ip link` shows it.
+fn mtu_of(ns: &std::path::Path, dev: &str) -> String {
+    let o = in_netns(ns, "ip", &["-o", "link", "show", dev]).expect("ip link");
+    let line = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mtu");
+    words.next().unwrap_or_default().to_string()
+}
+
+/// Who a server on lan saw connecting when container 1 reached it.
+fn source_seen_on_lan(sb: &Sandbox) -> Vec<Ipv4Addr> {
+    let lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    let to = SocketAddr::from((LAN_IP, 9000));
+    assert_eq!(
+        probe::tcp_request(&sb.container_path(1), to, b"out").expect("c1 -> lan"),
+        b"out"
+    );
+    lan.peers()
+        .iter()
+        .map(|p| match p.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            other => panic!("lan saw {other}"),
+        })
+        .collect()
+}
+
+#[test]
+fn destinations_without_masquerade_see_the_container_and_answer_it() {
+    let sb = sandbox();
+    sb.attach_with(&["--no-masquerade", "198.51.100.0/24"])
+        .expect("attach");
+    let c1 = sb.add_container(1).expect("c1");
+    ip_ok(
+        &sb.lan_path(),
+        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
+    );
+    // lan is not on the list: masqueraded as before.
+    assert_eq!(source_seen_on_lan(&sb), [UPLINK_IP]);
+    assert_eq!(
+        ls_json(&sb)["no_masquerade"],
+        serde_json::json!(["198.51.100.0/24"])
+    );
+
+    sb.attach_with(&["--no-masquerade", "192.0.2.0/24"])
+        .expect("re-attach");
+    assert_eq!(source_seen_on_lan(&sb), [c1], "lan saw a translated source");
+    assert!(sb.stats().expect("stats")["untranslated_new"].as_u64() >= Some(1));
+    // Replies pass, but lan still cannot open a connection to a container.
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    assert!(
+        probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 80)), b"x").is_err(),
+        "lan reached a container directly"
+    );
+}
+
+#[test]
+fn an_internal_bridge_reaches_the_host_only_and_publishes_nothing() {
+    let sb = sandbox();
+    sb.attach_with(&["--internal"]).expect("attach");
+    let c1 = sb.add_container(1).expect("c1");
+    let _host = Server::tcp(&sb.host_path(), 9001, probe::echo()).expect("host server");
+    let to_host = SocketAddr::from((Ipv4Addr::new(172, 30, 0, 1), 9001));
+    assert_eq!(
+        probe::tcp_request(&sb.container_path(1), to_host, b"in").expect("c1 -> host"),
+        b"in"
+    );
+    let _lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    assert!(
+        probe::tcp_request(
+            &sb.container_path(1),
+            SocketAddr::from((LAN_IP, 9000)),
+            b"x"
+        )
+        .is_err(),
+        "a container of an internal bridge reached lan"
+    );
+    ip_ok(
+        &sb.lan_path(),
+        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
+    );
+    let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    assert!(
+        probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 80)), b"x").is_err(),
+        "lan reached a container of an internal bridge"
+    );
+    assert!(sb.stats().expect("stats")["drop_internal"].as_u64() >= Some(2));
+    fails_with(
+        &sb,
+        &["publish", &sb.container(1), "-p", "8080:80"],
+        "is internal: it publishes no ports",
+    );
+    assert_eq!(ls_json(&sb)["internal"], true);
+}
+
+#[test]
+fn routed_mode_opens_published_ports_at_the_container_with_no_translation() {
+    let sb = sandbox();
+    sb.attach_with(&["--routed", "--mtu", "1400"])
+        .expect("attach");
+    let c1 = sb.add_container(1).expect("c1");
+    assert_eq!(mtu_of(&sb.container_path(1), "eth0"), "1400");
+    assert_eq!(mtu_of(&sb.host_path(), netbr::sandbox::BRIDGE), "1400");
+    sb.publish(1, &["8080:80"]).expect("publish");
+    ip_ok(
+        &sb.lan_path(),
+        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
+    );
+    let web = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
+    let _other = Server::tcp(&sb.container_path(1), 81, probe::echo()).expect("server");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 80)), b"direct")
+            .expect("lan -> published container port"),
+        b"direct"
+    );
+    assert_eq!(web.peers()[0].ip(), std::net::IpAddr::V4(LAN_IP));
+    assert!(
+        probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 81)), b"x").is_err(),
+        "lan reached an unpublished port in routed mode"
+    );
+    // The host port means nothing in routed mode.
+    assert!(probe::tcp_request(&sb.lan_path(), published(8080), b"x").is_err());
+    assert_eq!(source_seen_on_lan(&sb), [c1]);
+    let doc = ls_json(&sb);
+    assert_eq!(
+        (doc["routed"].clone(), doc["mtu"].clone()),
+        (true.into(), 1400.into())
+    );
+}
+
 #[test]
 fn icc_false_isolates_containers_but_keeps_published_ports_and_masquerade() {
     let sb = sandbox();

@@ -143,7 +143,8 @@ pub struct InterfaceName {
 #[serde(rename_all = "PascalCase")]
 pub struct JoinResponse {
     pub interface_name: InterfaceName,
-    pub gateway: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use netbr_common::{portspec::PortSpec, IPPROTO_TCP, IPPROTO_UDP};
+use netbr_common::{maps::CFG_INTERNAL, portspec::PortSpec, IPPROTO_TCP, IPPROTO_UDP};
 use serde_json::{json, Value};
 
 use super::{
@@ -91,14 +91,18 @@ mod bridge_opt {
 }
 
 /// What Docker's bridge options ask of a netbr network, with what they mean
-/// for `-d bridge`; an option netbr cannot honour yet is refused by name
-/// rather than ignored.
+/// for `-d bridge`; an unknown option or value is refused by name rather
+/// than ignored.
 #[derive(Debug, Default, PartialEq)]
 struct DockerOptions {
     bridge: Option<String>,
     icc: Option<bool>,
     allow_direct_routing: Option<bool>,
     host_ip: Option<Ipv4Addr>,
+    masquerade: bool,
+    routed: bool,
+    internal: bool,
+    mtu: Option<u32>,
 }
 
 fn docker_options(
@@ -106,35 +110,32 @@ fn docker_options(
     internal: bool,
 ) -> Result<DockerOptions> {
     use bridge_opt::*;
-    let cannot =
-        |what: &str| anyhow!("{what}: netbr cannot honour that yet; create the network without it");
-    if internal {
-        return Err(cannot("--internal (no way out, no published ports)"));
-    }
     let known = [NAME, ICC, MASQUERADE, GATEWAY_MODE, HOST_BINDING, MTU];
     if let Some(k) = opts
         .keys()
         .find(|k| k.starts_with("com.docker.network.") && !known.contains(&k.as_str()))
     {
-        return Err(cannot(&format!("-o {k}")));
+        bail!("-o {k}: netbr cannot honour that option; create the network without it");
     }
     let mut out = DockerOptions {
         bridge: opts.get(NAME).cloned(),
         icc: flag(opts, ICC)?,
+        masquerade: flag(opts, MASQUERADE)?.unwrap_or(true),
+        internal,
         ..DockerOptions::default()
     };
     if let Some(name) = &out.bridge {
         store::validate_ifname(name).with_context(|| format!("-o {NAME}={name}"))?;
     }
-    if flag(opts, MASQUERADE)? == Some(false) {
-        return Err(cannot(&format!("-o {MASQUERADE}=false")));
-    }
     match opts.get(GATEWAY_MODE).map(String::as_str) {
         None | Some("nat") => {}
         // NAT, without Docker 28's protection against direct routing.
         Some("nat-unprotected") => out.allow_direct_routing = Some(true),
-        Some("routed") => return Err(cannot(&format!("-o {GATEWAY_MODE}=routed"))),
+        Some("routed") => out.routed = true,
         Some(other) => bail!("-o {GATEWAY_MODE}={other}: use nat, nat-unprotected or routed"),
+    }
+    if internal && (out.routed || out.allow_direct_routing.is_some()) {
+        bail!("--internal lets nothing in from outside: drop -o {GATEWAY_MODE}");
     }
     if let Some(ip) = opts.get(HOST_BINDING) {
         let ip: Ipv4Addr = ip
@@ -143,8 +144,9 @@ fn docker_options(
         out.host_ip = (!ip.is_unspecified()).then_some(ip);
     }
     match opts.get(MTU).map(|m| (m, m.parse::<u32>())) {
-        None | Some((_, Ok(0 | 1500))) => {}
-        Some((m, Ok(_))) => return Err(cannot(&format!("-o {MTU}={m} (netbr's links keep 1500)"))),
+        // 0 is Docker's "the default".
+        None | Some((_, Ok(0))) => {}
+        Some((_, Ok(mtu))) => out.mtu = Some(mtu),
         Some((m, Err(_))) => bail!("-o {MTU}={m}: not a number of bytes"),
     }
     Ok(out)
@@ -248,6 +250,12 @@ fn attach_network(body: &[u8]) -> Result<String> {
         docker.allow_direct_routing,
     )?
     .unwrap_or(false);
+    if !docker.masquerade {
+        attach.no_masquerade = vec![Cidr::new(Ipv4Addr::UNSPECIFIED, 0)];
+    }
+    attach.routed = docker.routed;
+    attach.internal = docker.internal;
+    attach.mtu = docker.mtu;
     crate::netlink::block_on(async {
         let mut store = Store::open(&bridge)?;
         let owner = store
@@ -399,15 +407,18 @@ pub fn join(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
     with_endpoint(body, cfg, async |store, req, name| {
         store.set_endpoint_netns(&name, PathBuf::from(&req.sandbox_key))?;
         let (_, gateway) = store.network()?;
+        let internal = store.datapath()?.config()?.has(CFG_INTERNAL);
         let ep = store.endpoint(&name)?;
         Ok(serde_json::to_value(api::JoinResponse {
             interface_name: api::InterfaceName {
                 src_name: ep.ifname.clone(),
                 dst_prefix: "eth".into(),
             },
-            // Always the gateway: without it dockerd adds a
-            // docker_gwbridge network and publishes through docker-proxy.
-            gateway: gateway.to_string(),
+            // The gateway whenever there is a way out: without it dockerd
+            // adds a docker_gwbridge network and publishes through
+            // docker-proxy. An internal network has none, so its
+            // containers get no default route, as with `-d bridge`.
+            gateway: (!internal).then(|| gateway.to_string()),
         })?)
     })
 }
@@ -638,7 +649,7 @@ mod tests {
                 (MASQUERADE, "true"),
                 (GATEWAY_MODE, "nat-unprotected"),
                 (HOST_BINDING, "127.0.0.1"),
-                (MTU, "1500"),
+                (MTU, "1400"),
             ]),
             false,
         )
@@ -650,41 +661,42 @@ mod tests {
                 icc: Some(false),
                 allow_direct_routing: Some(true),
                 host_ip: Some(Ipv4Addr::LOCALHOST),
+                masquerade: true,
+                mtu: Some(1400),
+                ..DockerOptions::default()
             }
         );
+        let routed = docker_options(
+            &opts(&[(MASQUERADE, "false"), (GATEWAY_MODE, "routed"), (MTU, "0")]),
+            false,
+        )
+        .unwrap();
         assert_eq!(
-            docker_options(&opts(&[]), false).unwrap(),
-            DockerOptions::default()
+            (routed.masquerade, routed.routed, routed.mtu),
+            (false, true, None)
         );
+        assert!(docker_options(&opts(&[]), true).unwrap().internal);
         let refused = |kv: &[(&str, &str)], internal: bool| {
             docker_options(&opts(kv), internal).unwrap_err().to_string()
         };
         for (kv, says) in [
             (
-                &[(MASQUERADE, "false")][..],
-                "enable_ip_masquerade=false: netbr cannot",
-            ),
-            (
-                &[(GATEWAY_MODE, "routed")][..],
-                "gateway_mode_ipv4=routed: netbr cannot",
-            ),
-            (
                 &[(GATEWAY_MODE, "bogus")][..],
                 "use nat, nat-unprotected or routed",
             ),
-            (&[(MTU, "1400")][..], "mtu=1400 (netbr's links keep 1500)"),
+            (&[(MTU, "big")][..], "mtu=big: not a number"),
             (&[(ICC, "maybe")][..], "use true or false"),
             (&[(HOST_BINDING, "::1")][..], "not an IPv4 address"),
             (&[(NAME, "a name too long for linux")][..], "bridge.name"),
             (
                 &[("com.docker.network.bridge.inhibit_ipv4", "true")][..],
-                "inhibit_ipv4: netbr cannot",
+                "inhibit_ipv4: netbr cannot honour",
             ),
         ] {
             let err = refused(kv, false);
             assert!(err.contains(says), "{kv:?}: {err}");
         }
-        assert!(refused(&[], true).contains("--internal"));
+        assert!(refused(&[(GATEWAY_MODE, "routed")], true).contains("--internal"));
         assert!(agree("x", Some(1), Some(2)).is_err());
         assert_eq!(agree("x", None, Some(2)).unwrap(), Some(2));
     }
