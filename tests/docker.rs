@@ -12,7 +12,7 @@ use std::{
 
 use netbr::{
     probe::{self, Server},
-    sandbox::{Sandbox, UPLINK_IP},
+    sandbox::{in_netns, Sandbox, UPLINK_IP},
 };
 use support::runtimes::{http_get, served, text, Dockerd};
 
@@ -253,6 +253,7 @@ fn driver_opts_limit_an_endpoint_and_a_bad_rate_is_refused() {
 
 #[test]
 fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
+    use netbr::docker::bridge_opt::*;
     let sb = support::sandbox();
     let docker = Dockerd::start(&sb, NETBR);
     let bridge = format!("br{}", sb.suffix);
@@ -263,7 +264,7 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
         "-d",
         &docker.driver,
         "--subnet",
-        "172.30.0.0/16",
+        "172.30.0.0/24",
         "-o",
         "netbr.uplink=up0",
         "-o",
@@ -272,8 +273,6 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
         "com.docker.network.bridge.enable_icc=false",
         "-o",
         "com.docker.network.bridge.host_binding_ipv4=127.0.0.1",
-        "-o",
-        "com.docker.network.driver.mtu=1500",
         "n1",
     ]);
     for (name, publish) in [("web", &["8080:80"][..]), ("web2", &[][..])] {
@@ -306,19 +305,93 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
     ));
     assert!(!served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
 
-    // What netbr cannot honour fails `network create`, naming the option.
+    // Masquerade off, and the MTU: containers leave with their own
+    // address, which lan routes back through the host.
+    assert!(in_netns(
+        &sb.lan_path(),
+        "ip",
+        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"]
+    )
+    .expect("ip route")
+    .status
+    .success());
+    network_with(
+        &docker,
+        "n2",
+        "172.30.1.0/24",
+        &[&format!("{MASQUERADE}=false"), &format!("{MTU}=1400")],
+    );
+    assert!(docker.web("out", "n2", &[]).status.success());
+    docker.assert_seen_on_lan_as(&sb, "out", ip_of(&docker, "out"));
+    assert_eq!(
+        docker
+            .ok(&["exec", "out", "cat", "/sys/class/net/eth0/mtu"])
+            .trim(),
+        "1400"
+    );
+
+    // Routed: no translation; a published port is opened at the
+    // container's own address, and its host port means nothing.
+    network_with(
+        &docker,
+        "n3",
+        "172.30.2.0/24",
+        &[&format!("{GATEWAY_MODE}=routed")],
+    );
+    assert!(docker.web("routed", "n3", &["8082:80"]).status.success());
+    let routed = ip_of(&docker, "routed");
+    assert!(served(&sb.lan_path(), SocketAddr::from((routed, 80))));
+    assert!(!served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8082))));
+    docker.assert_seen_on_lan_as(&sb, "routed", routed);
+
+    // Internal: no default route, no way out, nothing in.
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        &docker.driver,
+        "--internal",
+        "--subnet",
+        "172.30.3.0/24",
+        "-o",
+        "netbr.uplink=up0",
+        "n4",
+    ]);
+    assert!(docker.web("inside", "n4", &[]).status.success());
+    let routes = docker.ok(&["exec", "inside", "cat", "/proc/net/route"]);
+    assert!(
+        !routes
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some("00000000")),
+        "a container of an internal network has a default route: {routes}"
+    );
+    let _lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    let o = docker.run(&[
+        "exec",
+        "inside",
+        "sh",
+        "-c",
+        "echo x | nc -w 2 192.0.2.2 9000",
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains('x'),
+        "an internal container reached lan"
+    );
+    assert!(!served(
+        &sb.lan_path(),
+        SocketAddr::from((ip_of(&docker, "inside"), 80))
+    ));
+
+    // What netbr does not know fails `network create`, naming the option.
     for (opt, says) in [
-        (
-            "com.docker.network.bridge.gateway_mode_ipv4=routed",
-            "gateway_mode_ipv4=routed",
-        ),
-        (
-            "com.docker.network.bridge.enable_ip_masquerade=false",
-            "enable_ip_masquerade=false",
-        ),
         (
             "com.docker.network.bridge.gateway_mode_ipv4=bogus",
             "nat, nat-unprotected or routed",
+        ),
+        (
+            "com.docker.network.bridge.inhibit_ipv4=true",
+            "inhibit_ipv4: netbr cannot honour",
         ),
     ] {
         let o = docker.run(&[
@@ -327,28 +400,48 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
             "-d",
             &docker.driver,
             "--subnet",
-            "172.31.0.0/16",
+            "172.30.9.0/24",
             "-o",
             "netbr.uplink=up0",
             "-o",
             opt,
-            "n2",
+            "n9",
         ]);
         refused(&o, says);
     }
-    let o = docker.run(&[
+}
+
+/// A network on `subnet` with Docker's bridge options `opts` (`KEY=VALUE`).
+fn network_with(docker: &Dockerd, name: &str, subnet: &str, opts: &[&str]) {
+    let mut args = vec![
         "network",
         "create",
         "-d",
         &docker.driver,
-        "--internal",
         "--subnet",
-        "172.31.0.0/16",
+        subnet,
         "-o",
         "netbr.uplink=up0",
-        "n2",
-    ]);
-    refused(&o, "--internal");
+    ];
+    for o in opts {
+        args.extend(["-o", o]);
+    }
+    args.push(name);
+    docker.ok(&args);
+}
+
+/// Container `name`'s address on its one network.
+fn ip_of(docker: &Dockerd, name: &str) -> std::net::Ipv4Addr {
+    docker
+        .ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            name,
+        ])
+        .trim()
+        .parse()
+        .expect("container address")
 }
 
 #[test]

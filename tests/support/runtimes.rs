@@ -678,6 +678,12 @@ impl Dockerd {
     /// Asserts container `name` reaches a server on lan as the uplink
     /// address: masquerade.
     pub fn assert_masquerades(&self, sb: &Sandbox, name: &str) {
+        self.assert_seen_on_lan_as(sb, name, netbr::sandbox::UPLINK_IP);
+    }
+
+    /// Asserts container `name` reaches a server on lan, which sees it
+    /// connect from `source`.
+    pub fn assert_seen_on_lan_as(&self, sb: &Sandbox, name: &str, source: std::net::Ipv4Addr) {
         let lan = netbr::probe::Server::tcp(&sb.lan_path(), 9000, netbr::probe::echo())
             .expect("lan server");
         let o = self.run(&[
@@ -694,7 +700,7 @@ impl Dockerd {
         );
         assert_eq!(
             lan.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
-            [netbr::sandbox::UPLINK_IP]
+            [source]
         );
     }
 

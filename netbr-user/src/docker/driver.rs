@@ -80,7 +80,8 @@ fn flag(opts: &std::collections::BTreeMap<String, String>, key: &str) -> Result<
 
 /// Docker's own options of `-d bridge` (`docker network create -o`), as
 /// they arrive among the generic ones, and `--internal`.
-mod bridge_opt {
+/// Docker's bridge driver options, by the names dockerd passes them.
+pub mod bridge_opt {
     pub const NAME: &str = "com.docker.network.bridge.name";
     pub const ICC: &str = "com.docker.network.bridge.enable_icc";
     pub const MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";

@@ -9,6 +9,7 @@
 
 pub mod api;
 mod driver;
+pub use driver::bridge_opt;
 pub mod records;
 
 use std::{convert::Infallible, path::PathBuf};
