@@ -557,3 +557,52 @@ fn containerd_cri_spellings_publish_limit_and_delete_twice() {
     assert!(r.ok, "second DEL: {} {}", r.out, r.stderr);
     support::assert_no_endpoints_or_mappings(&ls(&sb));
 }
+
+#[test]
+fn kubernetes_keys_leave_pod_traffic_untranslated_both_ways() {
+    let sb = support::sandbox();
+    let c = Container::new(&sb, "k8s");
+    // The other node's side of the cluster: lan routes the pod subnet via
+    // this node, and is itself "another node's pod CIDR".
+    let route = netbr::sandbox::in_netns(
+        &sb.lan_path(),
+        "ip",
+        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
+    )
+    .expect("ip route");
+    assert!(route.status.success());
+    let mut conf = conf("1.0.0");
+    conf["nonMasqueradeCIDRs"] = json!(["192.0.2.0/24"]);
+    conf["allowDirectRouting"] = json!(true);
+    conf["mtu"] = json!(1450);
+    let id = "k8s0000000000000000000000000000000000000000000000000000000000002";
+    let pod = result_ip(&add(&sb, &conf, id, &c));
+    let doc = ls(&sb);
+    assert_eq!(
+        doc["no_masquerade"],
+        json!(["169.254.0.0/16", "192.0.2.0/24"]),
+        "{doc:#}"
+    );
+    assert_eq!(doc["mtu"], 1450);
+    // Pod to the other node: the peer sees the pod's own address.
+    let lan = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan server");
+    let to_lan = SocketAddr::from((netbr::sandbox::LAN_IP, 9000));
+    assert_eq!(
+        probe::tcp_request(&c.path(), to_lan, b"pod").expect("pod -> lan"),
+        b"pod"
+    );
+    assert_eq!(lan.peers()[0].ip(), std::net::IpAddr::V4(pod));
+    // The other node to the pod, directly, seen as itself.
+    let srv = Server::tcp(&c.path(), 80, probe::echo()).expect("pod server");
+    assert_eq!(
+        probe::tcp_request(&sb.lan_path(), SocketAddr::from((pod, 80)), b"node")
+            .expect("lan -> pod"),
+        b"node"
+    );
+    assert_eq!(
+        srv.peers()[0].ip(),
+        std::net::IpAddr::V4(netbr::sandbox::LAN_IP)
+    );
+    let r = plugin(&sb, "DEL", &conf, id, &c.path(), "eth0");
+    assert!(r.ok, "DEL: {} {}", r.out, r.stderr);
+}

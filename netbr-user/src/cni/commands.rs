@@ -56,6 +56,23 @@ fn attach_request(conf: &NetConf) -> Result<AttachRequest, CniError> {
     }
     req.icc = conf.icc.unwrap_or(true);
     req.fast_path = conf.fast_path.unwrap_or(true);
+    req.allow_direct_routing = conf.allow_direct_routing.unwrap_or(false);
+    req.mtu = conf.mtu;
+    if let Some(cidrs) = &conf.non_masquerade_cidrs {
+        for c in cidrs {
+            req.no_masquerade.push(
+                c.parse()
+                    .map_err(|e| invalid(format!("\"nonMasqueradeCIDRs\": {c}: {e:#}")))?,
+            );
+        }
+        // As ip-masq-agent (masqLinkLocal false): link-local destinations,
+        // a cloud's metadata service among them, see the pod itself.
+        req.no_masquerade
+            .push(Cidr::new(std::net::Ipv4Addr::new(169, 254, 0, 0), 16));
+    }
+    if conf.ip_masq == Some(false) {
+        req.no_masquerade = vec![Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0)];
+    }
     Ok(req)
 }
 

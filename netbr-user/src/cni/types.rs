@@ -147,6 +147,15 @@ pub struct NetConf {
     pub snat_ports: Option<String>,
     pub icc: Option<bool>,
     pub fast_path: Option<bool>,
+    /// Destinations pods reach with their own address (ip-masq-agent's
+    /// key): the cluster's pod CIDR, say.
+    #[serde(rename = "nonMasqueradeCIDRs")]
+    pub non_masquerade_cidrs: Option<Vec<String>>,
+    /// The reference `bridge` plugin's key: `false` masquerades nothing.
+    pub ip_masq: Option<bool>,
+    pub allow_direct_routing: Option<bool>,
+    /// MTU of the bridge and the pods' interfaces (the `bridge` plugin's key).
+    pub mtu: Option<u32>,
     /// Limits for every container of the network, as the reference
     /// `bandwidth` plugin takes them in its own configuration; a runtime's
     /// `runtimeConfig.bandwidth` replaces them.
