@@ -15,8 +15,8 @@ use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT, STATE_COUNT},
     counters::Reason,
     maps::{
-        Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL,
-        CFG_NO_MASQUERADE, CFG_ROUTED,
+        Endpoint, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_HOST_NAT,
+        CFG_INTERNAL, CFG_NO_MASQUERADE, CFG_ROUTED,
     },
     pacing::{Pace, PaceKey, PACE_EGRESS, PACE_INGRESS, PACE_STAMP},
 };
@@ -507,6 +507,29 @@ fn routed_mode_opens_published_container_ports_and_echo_only() {
     let closed = Spec::tcp((LAN, 40000), (WEB, 22), SYN).build();
     assert_eq!(h.run(UP_IN, &closed).0, SHOT);
     assert_eq!(h.counter(Reason::DropDirectRouting), 1);
+}
+
+#[test]
+fn beside_the_hosts_nat_masquerade_takes_the_stack_and_published_ports_the_fast_path() {
+    let mut h = Harness::new((61000, 65535));
+    h.set_map_flags(CFG_FAST_PATH | CFG_HOST_NAT);
+    h.endpoint_on_loopback(WEB);
+    // A pod's new flow is left to netfilter, which may give it a
+    // Service's endpoint; the uplink masquerades what leaves.
+    let out = Spec::tcp((WEB, 40000), (REMOTE, 80), SYN).build();
+    assert_eq!(h.run(BR_IN, &out), (PASS, out.clone()));
+    let (verdict, masq) = h.run(UP_OUT, &out);
+    let masq = parse_checked(&masq);
+    assert_eq!((verdict, masq.src), (PASS, HOST));
+    // Its reply is translated back but handed to the stack, not redirected.
+    let reply = Spec::tcp((REMOTE, 80), (HOST, masq.sport), SYN | ACK).build();
+    let (verdict, back) = h.run(UP_IN, &reply);
+    assert_eq!(verdict, PASS);
+    assert_eq!(parse_checked(&back), seen((REMOTE, 80), (WEB, 40000)));
+    // A published port keeps the fast path.
+    h.publish(TCP, 8080, WEB, 80);
+    let syn = Spec::tcp((LAN, 40001), (HOST, 8080), SYN).build();
+    assert_eq!(h.run(UP_IN, &syn).0, REDIRECT);
 }
 
 /// A monitor's deadline far ahead, as `netbr monitor` keeps it.

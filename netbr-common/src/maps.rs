@@ -288,6 +288,12 @@ pub const CFG_INTERNAL: u32 = 32;
 /// translation; a packet from the uplink may reach a container's published
 /// ports (mappings at the container's own address) and its ICMP echo.
 pub const CFG_ROUTED: u32 = 64;
+/// `Config::flags`: the host's netfilter translates forwarded traffic too
+/// (kube-proxy's Services). A masquerade flow's first packet may have been
+/// given a Service's endpoint by netfilter, which must see every packet of
+/// the flow to reverse that: such flows take the host stack both ways, and
+/// only published-port and hairpin flows keep the fast path.
+pub const CFG_HOST_NAT: u32 = 128;
 
 /// The BPF object's load-time constant (`EbpfLoader::override_global`)
 /// holding the `CFG_*` flags `attach` fixed when it loaded the programs:

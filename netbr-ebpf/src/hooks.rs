@@ -11,11 +11,11 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext, Global};
 use netbr_common::{
-    conntrack::{FlowKey, NAT_HAIRPIN, NAT_NONE},
+    conntrack::{FlowKey, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
     counters::Reason,
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_NO_MASQUERADE,
-        CFG_ROUTED, FLAGS_FROM_MAP, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_HOST_NAT, CFG_INTERNAL,
+        CFG_NO_MASQUERADE, CFG_ROUTED, FLAGS_FROM_MAP, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
 };
 
@@ -84,34 +84,54 @@ fn before_new_flow() -> u64 {
 
 /// Translates a packet of a tracked flow on an uplink hook (every kind but
 /// hairpin flows, which are the bridge's: `bridge_tracked`); returns the
-/// tuple it now has, or `None` if the packet belongs to no such flow.
+/// container the fast path may deliver it to (`fast_target`), or
+/// `NOT_TRACKED` if the packet belongs to no such flow.
 /// A BPF function of its own: its stack frame then does not add to the
-/// SNAT port search's, which must fit beside it in 512 bytes.
+/// SNAT port search's, which must fit beside it in 512 bytes. It returns a
+/// bare address: with `Option<u32>` the `None` path left the payload's
+/// register unwritten, and the verifier refused the shift that packs it
+/// ("R9 pointer arithmetic with <<= operator prohibited").
 #[inline(never)]
 /// It reads the clock itself: BPF functions take at most five arguments,
 /// and the returned `Result` already uses one.
-fn translate_tracked(
-    ctx: &TcContext,
-    pkt: &Packet,
-    cfg: &Config,
-) -> Result<Option<FlowKey>, Reason> {
+fn translate_tracked(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<u32, Reason> {
     let now = now();
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
-        return Ok(None);
+        return Ok(NOT_TRACKED);
     };
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
     if nat == NAT_HAIRPIN {
-        return Ok(None);
+        return Ok(NOT_TRACKED);
     }
     if pkt.is_icmp_error() {
-        // Errors translate but do not advance the flow's state.
+        // Errors translate but do not advance the flow's state, and the
+        // host stack delivers them.
         icmp_error(ctx, pkt, &xlat)?;
-        return Ok(Some(xlat));
+        return Ok(HOST_STACK);
     }
     rewrite(ctx, pkt, &xlat)?;
     conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
-    Ok(Some(xlat))
+    Ok(fast_target(cfg, pkt, &xlat, nat))
+}
+
+/// `fast_target`'s answer when the host stack delivers the packet.
+const HOST_STACK: u32 = 0;
+/// `translate_tracked`'s answer for a packet of no flow it translates
+/// (255.255.255.255 is never a container's address).
+const NOT_TRACKED: u32 = u32::MAX;
+
+/// The container the fast path may deliver a translated packet from the
+/// uplink to: the one its destination became. Direct routing's packets
+/// (destination unchanged) are the host firewall's to judge; beside the
+/// host's own NAT, a masquerade flow's replies are netfilter's to reverse.
+#[inline(always)]
+fn fast_target(cfg: &Config, pkt: &Packet, xlat: &FlowKey, nat: u8) -> u32 {
+    if xlat.daddr == pkt.key.daddr || (nat == NAT_SNAT && mode(cfg, CFG_HOST_NAT)) {
+        HOST_STACK
+    } else {
+        xlat.daddr
+    }
 }
 
 fn translated(pkt: &Packet) -> Reason {
@@ -147,8 +167,9 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
 /// Uplink ingress: replies of masqueraded flows, and published ports.
 #[inline(always)]
 fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
-    if let Some(xlat) = translate_tracked(ctx, pkt, cfg)? {
-        return Ok(deliver_in(ctx, cfg, pkt, &xlat, translated(pkt)));
+    let target = translate_tracked(ctx, pkt, cfg)?;
+    if target != NOT_TRACKED {
+        return Ok(deliver_in(ctx, cfg, pkt, target, translated(pkt)));
     }
     if pkt.is_icmp_error() {
         return Err(nat::unmatched_icmp_error(pkt, cfg));
@@ -174,7 +195,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     firewall::admit_in(cfg, pkt, &xlat)?;
     let xlat = nat::dnat_new_flow(pkt, &xlat, cfg, now)?;
     rewrite(ctx, pkt, &xlat)?;
-    Ok(deliver_in(ctx, cfg, pkt, &xlat, Reason::DnatNew))
+    Ok(deliver_in(ctx, cfg, pkt, xlat.daddr, Reason::DnatNew))
 }
 
 /// Uplink egress: replies of published-port flows, and masquerade.
@@ -190,7 +211,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     if pkt.key.saddr == cfg.uplink_addr && !from_local_socket(ctx) {
         return Err(Reason::PassNoMatch);
     }
-    if translate_tracked(ctx, pkt, cfg)?.is_some() {
+    if translate_tracked(ctx, pkt, cfg)? != NOT_TRACKED {
         return Ok(Outcome::pass(translated(pkt)));
     }
     // The host's own errors (and those of untracked traffic) leave as they
@@ -249,19 +270,12 @@ fn from_local_socket(ctx: &TcContext) -> bool {
 }
 
 /// Hands a packet translated on uplink ingress to the fast path when it is
-/// on and the packet is bound for a container; otherwise to the host stack.
-/// A direct-routed flow's packets (tracked, destination unchanged) are not
-/// netbr's to deliver: the host's forward path and firewall judge them.
+/// on and the packet may go straight to container `target`; otherwise
+/// (`HOST_STACK`) to the host stack.
 #[inline(always)]
-fn deliver_in(
-    ctx: &TcContext,
-    cfg: &Config,
-    pkt: &Packet,
-    xlat: &FlowKey,
-    reason: Reason,
-) -> Outcome {
-    if mode(cfg, CFG_FAST_PATH) && !pkt.is_icmp_error() && xlat.daddr != pkt.key.daddr {
-        if let Some(action) = redirect::into_container(ctx, xlat.daddr, cfg) {
+fn deliver_in(ctx: &TcContext, cfg: &Config, pkt: &Packet, target: u32, reason: Reason) -> Outcome {
+    if mode(cfg, CFG_FAST_PATH) && !pkt.is_icmp_error() && target != HOST_STACK {
+        if let Some(action) = redirect::into_container(ctx, target, cfg) {
             return Outcome { reason, action };
         }
     }
@@ -301,7 +315,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
             action: redirect::to_endpoint(ctx, xlat.daddr, cfg)?,
         });
     }
-    if !mode(cfg, CFG_FAST_PATH) {
+    if !mode(cfg, CFG_FAST_PATH) || mode(cfg, CFG_HOST_NAT) {
         return Err(Reason::PassNoMatch);
     }
     let hop = fast_masquerade_route(ctx, cfg, pkt)?;
@@ -350,8 +364,9 @@ fn bridge_tracked(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Re
     if !mode(cfg, CFG_FAST_PATH) {
         return Ok(NO_FLOW);
     }
-    // Direct routing's replies are the host firewall's to judge.
-    if nat == NAT_NONE || pkt.is_icmp_error() {
+    // Direct routing's replies are the host firewall's to judge; beside
+    // the host's own NAT, masquerade flows are netfilter's to see.
+    if nat == NAT_NONE || pkt.is_icmp_error() || (nat == NAT_SNAT && mode(cfg, CFG_HOST_NAT)) {
         return Err(Reason::PassNoMatch);
     }
     let hop = redirect::route_out(ctx, &xlat, pkt.len, cfg)?;

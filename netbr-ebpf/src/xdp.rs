@@ -17,9 +17,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use netbr_common::{
-    conntrack::FlowKey,
+    conntrack::{FlowKey, NAT_SNAT},
     counters::Reason,
-    maps::{Config, EP_PACED_INGRESS, FAST_XDP},
+    maps::{Config, CFG_HOST_NAT, EP_PACED_INGRESS, FAST_XDP},
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -98,12 +98,14 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = conntrack::lookup_assured(&key, cfg, now)?;
     // SAFETY: map value pointer from the lookup, valid for this run.
-    let xlat = unsafe { (*flow.entry).xlat };
+    let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
     // Only flows whose packets from here change destination only, towards
     // a container: published ports and masquerade replies. Direct routing
     // (tracked, destination unchanged) stays with the host's forward path
-    // and its firewall.
-    if xlat.daddr == key.daddr
+    // and its firewall, and so do masquerade replies beside the host's own
+    // NAT (`CFG_HOST_NAT`).
+    if (nat == NAT_SNAT && cfg.has(CFG_HOST_NAT))
+        || xlat.daddr == key.daddr
         || xlat.saddr != key.saddr
         || xlat.sport != key.sport
         || !cfg.in_subnet(xlat.daddr)

@@ -21,21 +21,80 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// `iptables-legacy` is installed to ask.
 pub fn restrictive_forward_chains() -> Vec<String> {
     let mut found = Vec::new();
-    if let Some(out) = tool_output("nft", &["-j", "list", "ruleset"]) {
-        if let Ok(doc) = serde_json::from_str::<Value>(&out) {
-            found.extend(dropping_forward_chains(&doc));
-        }
+    if let Some(doc) = nft_ruleset() {
+        found.extend(dropping_forward_chains(&doc));
     }
-    // Legacy iptables keeps its tables out of nftables' sight; its filter
-    // table exists in this namespace only if this file lists it (asking
-    // `iptables-legacy` otherwise would create it).
-    let legacy_filter = std::fs::read_to_string("/proc/thread-self/net/ip_tables_names")
-        .is_ok_and(|names| names.lines().any(|l| l.trim() == "filter"));
-    if legacy_filter {
+    if legacy_table("filter") {
         if let Some(out) = tool_output("iptables-legacy", &["-S", "FORWARD"]) {
             if out.lines().any(|l| l.trim() == "-P FORWARD DROP") {
                 found.push("iptables-legacy table filter chain FORWARD (policy drop)".into());
             }
+        }
+    }
+    found
+}
+
+/// kube-proxy's rules in this network namespace, each described as
+/// `TOOL table FAMILY NAME [chain CHAIN] (mode)`: its nftables table
+/// (`table ip kube-proxy`, nftables mode) or its `KUBE-SERVICES` chain
+/// (iptables mode, through iptables-nft or iptables-legacy). Their
+/// presence means the host's netfilter gives Services' packets new
+/// destinations, which netbr must let it see (`CFG_HOST_NAT`).
+pub fn service_nat() -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(doc) = nft_ruleset() {
+        found.extend(kube_proxy_objects(&doc));
+    }
+    if legacy_table("nat")
+        && tool_output("iptables-legacy", &["-t", "nat", "-S", "KUBE-SERVICES"]).is_some()
+    {
+        found.push(
+            "iptables-legacy table nat chain KUBE-SERVICES (kube-proxy, iptables mode)".into(),
+        );
+    }
+    found
+}
+
+/// What finding kube-proxy's rules means, for `attach` and `netbr ls`.
+pub fn service_nat_note(found: &[String], bridge: &str) -> String {
+    format!(
+        "note: kube-proxy's rules are here ({}). Masquerade flows on {bridge} take the host stack \
+         both ways so that netfilter sees every packet of a Service's flow; published ports and \
+         hairpin keep the fast path",
+        found.join("; ")
+    )
+}
+
+/// `nft -j list ruleset`, parsed; `None` without `nft`.
+fn nft_ruleset() -> Option<Value> {
+    serde_json::from_str(&tool_output("nft", &["-j", "list", "ruleset"])?).ok()
+}
+
+/// Whether legacy iptables has `table` in this namespace. Legacy iptables
+/// keeps its tables out of nftables' sight, and a table exists only if
+/// this file lists it (asking `iptables-legacy` otherwise would create it).
+fn legacy_table(table: &str) -> bool {
+    std::fs::read_to_string("/proc/thread-self/net/ip_tables_names")
+        .is_ok_and(|names| names.lines().any(|l| l.trim() == table))
+}
+
+fn kube_proxy_objects(doc: &Value) -> Vec<String> {
+    let items = doc["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let name = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let mut found = Vec::new();
+    for item in items {
+        if let Some(t) = item.get("table").filter(|t| t["name"] == "kube-proxy") {
+            found.push(format!(
+                "nftables table {} kube-proxy (kube-proxy, nftables mode)",
+                name(&t["family"])
+            ));
+        }
+        if let Some(c) = item.get("chain").filter(|c| c["name"] == "KUBE-SERVICES") {
+            found.push(format!(
+                "nftables table {} {} chain KUBE-SERVICES (kube-proxy, iptables mode)",
+                name(&c["family"]),
+                name(&c["table"])
+            ));
         }
     }
     found
@@ -160,6 +219,21 @@ mod tests {
             dropping_forward_chains(&d),
             ["nftables table inet firewalld chain filter_FORWARD (ends in reject)"]
         );
+    }
+
+    #[test]
+    fn kube_proxys_tables_and_chains_are_found_in_either_mode() {
+        let d = doc(r#"{"table":{"family":"ip","name":"kube-proxy","handle":1}},
+               {"chain":{"family":"ip","table":"nat","name":"KUBE-SERVICES","handle":2}},
+               {"chain":{"family":"ip","table":"nat","name":"DOCKER","handle":3}}"#);
+        assert_eq!(
+            kube_proxy_objects(&d),
+            [
+                "nftables table ip kube-proxy (kube-proxy, nftables mode)",
+                "nftables table ip nat chain KUBE-SERVICES (kube-proxy, iptables mode)"
+            ]
+        );
+        assert!(kube_proxy_objects(&doc(r#"{"table":{"family":"ip","name":"nat"}}"#)).is_empty());
     }
 
     #[test]

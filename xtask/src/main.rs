@@ -89,7 +89,7 @@ fn main() -> Result<()> {
                     ),
                 ] {
                     eprintln!(
-                        "xtask: end-to-end, reliability, soak, limits and observability tests again with {what}"
+                        "xtask: end-to-end, reliability, soak, limits, observability and kube-proxy tests again with {what}"
                     );
                     run(
                         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -107,6 +107,8 @@ fn main() -> Result<()> {
                                 "limits",
                                 "--test",
                                 "observability",
+                                "--test",
+                                "kube_proxy",
                             ])
                             .envs(env.iter().copied()),
                     )?;

@@ -78,6 +78,11 @@ pub struct Attach {
     /// MTU of the bridge and of every endpoint's veth (1500 by default).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Let the host's netfilter see every packet of masquerade flows, as
+    /// kube-proxy's Services need; attach turns this on by itself when it
+    /// finds kube-proxy's rules.
+    #[arg(long)]
+    pub host_nat: bool,
 }
 
 fn parse_timeout(s: &str) -> Result<(CtState, u32)> {
@@ -116,6 +121,12 @@ impl Attach {
             report.uplink_addr,
             store.pins.display()
         );
+        if !report.service_nat.is_empty() {
+            eprintln!(
+                "{}",
+                host_firewall::service_nat_note(&report.service_nat, &self.bridge)
+            );
+        }
         let chains = host_firewall::restrictive_forward_chains();
         if !chains.is_empty() {
             eprintln!(
@@ -142,6 +153,7 @@ impl Attach {
             internal: self.internal,
             routed: self.routed,
             mtu: self.mtu,
+            host_nat: self.host_nat,
         }
     }
 }

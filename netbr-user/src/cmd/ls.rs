@@ -3,8 +3,8 @@ use clap::Args;
 use netbr_common::{
     conntrack::CtState,
     maps::{
-        CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_INTERNAL, CFG_ROUTED,
-        CFG_XDP,
+        CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_HOST_NAT, CFG_ICC_DISABLED, CFG_INTERNAL,
+        CFG_ROUTED, CFG_XDP,
     },
     pacing::{PACE_EGRESS, PACE_INGRESS},
     proto_name,
@@ -121,6 +121,7 @@ impl Ls {
             })
             .collect();
         let forward_drop = host_firewall::restrictive_forward_chains();
+        let service_nat = host_firewall::service_nat();
         let mask_bits = u32::from(from_be32(cfg.subnet_mask)).count_ones();
         let doc = json!({
             "bridge": self.bridge,
@@ -139,6 +140,8 @@ impl Ls {
             "routed": cfg.has(CFG_ROUTED),
             "mtu": mtu,
             "host_forward_drop": forward_drop,
+            "host_nat": cfg.has(CFG_HOST_NAT),
+            "kube_proxy_rules": service_nat,
             "firewall_rules": view.state.firewall.len(),
             "timeouts_s": timeouts,
             "pins": dir.display().to_string(),
@@ -179,6 +182,18 @@ impl Ls {
         .collect();
         if !modes.is_empty() {
             println!("{}", modes.join("  "));
+        }
+        if !service_nat.is_empty() {
+            println!(
+                "{}",
+                host_firewall::service_nat_note(&service_nat, &self.bridge)
+            );
+            if !cfg.has(CFG_HOST_NAT) {
+                println!(
+                    "warning: {} was attached before they were: attach it again",
+                    self.bridge
+                );
+            }
         }
         if !forward_drop.is_empty() {
             println!(

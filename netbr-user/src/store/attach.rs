@@ -6,8 +6,9 @@ use anyhow::{bail, Context as _, Result};
 use netbr_common::{
     conntrack::{CtState, DEFAULT_TIMEOUTS},
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_ICC_DISABLED, CFG_INTERNAL,
-        CFG_NO_MASQUERADE, CFG_ROUTED, CFG_XDP, CT_MAX_ENTRIES_DEFAULT, LAYOUT_VERSION,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_HOST_NAT, CFG_ICC_DISABLED,
+        CFG_INTERNAL, CFG_NO_MASQUERADE, CFG_ROUTED, CFG_XDP, CT_MAX_ENTRIES_DEFAULT,
+        LAYOUT_VERSION,
     },
 };
 
@@ -45,6 +46,9 @@ pub struct AttachRequest {
     /// MTU of the bridge and of every endpoint's veth; the kernel's
     /// default (1500) when none is given.
     pub mtu: Option<u32>,
+    /// Treat the host as translating Services (`CFG_HOST_NAT`) even when
+    /// `attach` finds no kube-proxy rules (which it looks for itself).
+    pub host_nat: bool,
 }
 
 impl AttachRequest {
@@ -65,12 +69,13 @@ impl AttachRequest {
             internal: false,
             routed: false,
             mtu: None,
+            host_nat: false,
         }
     }
 
     /// The `CFG_*` flags the request fixes, with the destinations that
     /// leave untranslated: everything when routed.
-    fn modes(&self) -> Result<(u32, Vec<Cidr>)> {
+    fn modes(&self, service_nat_found: bool) -> Result<(u32, Vec<Cidr>)> {
         if self.internal && (self.allow_direct_routing || self.routed) {
             bail!("an internal bridge lets nothing in from outside: drop --allow-direct-routing and --routed, or --internal");
         }
@@ -92,6 +97,7 @@ impl AttachRequest {
             (!no_masquerade.is_empty(), CFG_NO_MASQUERADE),
             (self.internal, CFG_INTERNAL),
             (self.routed, CFG_ROUTED),
+            (self.host_nat || service_nat_found, CFG_HOST_NAT),
         ] {
             if on {
                 flags |= flag;
@@ -110,6 +116,8 @@ pub struct AttachReport {
     pub gateway: Ipv4Addr,
     pub prefix: u8,
     pub uplink_addr: Ipv4Addr,
+    /// kube-proxy's rules found (`host_firewall::service_nat`).
+    pub service_nat: Vec<String>,
 }
 
 impl Store {
@@ -135,6 +143,11 @@ impl Store {
                 req.uplink
             );
         }
+        // kube-proxy may write its rules after a node's first pod: the
+        // datapath must then let netfilter see Services' flows.
+        if !cfg.has(CFG_HOST_NAT) && !crate::host_firewall::service_nat().is_empty() {
+            self.attach(req).await?;
+        }
         Ok(())
     }
 
@@ -143,7 +156,8 @@ impl Store {
     pub async fn attach(&mut self, req: &AttachRequest) -> Result<AttachReport> {
         let bridge_name = self.bridge.clone();
         validate_ifname(&req.uplink)?;
-        let (flags, no_masquerade) = req.modes()?;
+        let service_nat = crate::host_firewall::service_nat();
+        let (flags, no_masquerade) = req.modes(!service_nat.is_empty())?;
         if req.internal && self.state.ports().next().is_some() {
             bail!("bridge {bridge_name} has published ports, and an internal bridge publishes none: unpublish them first");
         }
@@ -348,6 +362,7 @@ impl Store {
             gateway,
             prefix: subnet.prefix,
             uplink_addr: uplink_addr.addr,
+            service_nat,
         })
     }
 
