@@ -606,3 +606,40 @@ fn kubernetes_keys_leave_pod_traffic_untranslated_both_ways() {
     let r = plugin(&sb, "DEL", &conf, id, &c.path(), "eth0");
     assert!(r.ok, "DEL: {} {}", r.out, r.stderr);
 }
+
+#[test]
+fn host_ports_bind_where_kubernetes_host_ip_says() {
+    let sb = support::sandbox();
+    let c = Container::new(&sb, "hip");
+    let mut conf = conf("1.0.0");
+    conf["capabilities"] = json!({"portMappings": true});
+    // hostIP empty (every address), the node's address, and 127.0.0.1,
+    // in containerd's spelling.
+    conf["runtimeConfig"] = json!({"portMappings": [
+        {"HostPort": 8101, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""},
+        {"HostPort": 8102, "ContainerPort": 80, "Protocol": "tcp", "HostIP": "192.0.2.1"},
+        {"HostPort": 8103, "ContainerPort": 80, "Protocol": "tcp", "HostIP": "127.0.0.1"}
+    ]});
+    let id = "k8s0000000000000000000000000000000000000000000000000000000000003";
+    add(&sb, &conf, id, &c);
+    let _srv = Server::tcp(&c.path(), 80, probe::echo()).expect("server");
+    let lan = sb.lan_path();
+    let host = sb.host_path();
+    for (ns, to, serves) in [
+        (&lan, SocketAddr::from((UPLINK_IP, 8101)), true),
+        (&lan, SocketAddr::from((UPLINK_IP, 8102)), true),
+        (&lan, SocketAddr::from((UPLINK_IP, 8103)), false),
+        (&host, SocketAddr::from(([127, 0, 0, 1], 8103)), true),
+        (&host, SocketAddr::from(([127, 0, 0, 1], 8102)), false),
+    ] {
+        assert_eq!(
+            probe::tcp_request(ns, to, b"hp").is_ok(),
+            serves,
+            "{to} from {}",
+            ns.display()
+        );
+    }
+    let r = plugin(&sb, "DEL", &conf, id, &c.path(), "eth0");
+    assert!(r.ok, "DEL: {} {}", r.out, r.stderr);
+    support::assert_no_endpoints_or_mappings(&ls(&sb));
+}
