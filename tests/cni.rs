@@ -564,13 +564,7 @@ fn kubernetes_keys_leave_pod_traffic_untranslated_both_ways() {
     let c = Container::new(&sb, "k8s");
     // The other node's side of the cluster: lan routes the pod subnet via
     // this node, and is itself "another node's pod CIDR".
-    let route = netbr::sandbox::in_netns(
-        &sb.lan_path(),
-        "ip",
-        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-    )
-    .expect("ip route");
-    assert!(route.status.success());
+    sb.route_lan_to_subnet().expect("route");
     let mut conf = conf("1.0.0");
     conf["nonMasqueradeCIDRs"] = json!(["192.0.2.0/24"]);
     conf["allowDirectRouting"] = json!(true);

@@ -12,7 +12,7 @@ use std::{
 
 use netbr::{
     probe::{self, Server},
-    sandbox::{in_netns, Sandbox, UPLINK_IP},
+    sandbox::{Sandbox, UPLINK_IP},
 };
 use support::runtimes::{http_get, served, text, Dockerd};
 
@@ -307,14 +307,7 @@ fn dockers_bridge_options_mean_what_they_mean_for_bridge_or_fail_by_name() {
 
     // Masquerade off, and the MTU: containers leave with their own
     // address, which lan routes back through the host.
-    assert!(in_netns(
-        &sb.lan_path(),
-        "ip",
-        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"]
-    )
-    .expect("ip route")
-    .status
-    .success());
+    sb.route_lan_to_subnet().expect("route");
     network_with(
         &docker,
         "n2",

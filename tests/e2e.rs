@@ -596,10 +596,7 @@ fn direct_routing_from_lan_reaches_no_container_unless_allowed() {
     let c1 = sb.add_container(1).expect("c1");
     let c2 = sb.add_container(2).expect("c2");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
-    ip_ok(
-        &sb.lan_path(),
-        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-    );
+    sb.route_lan_to_subnet().expect("route");
     let direct = SocketAddr::from((c1, 80));
     assert!(
         probe::tcp_request(&sb.lan_path(), direct, b"x").is_err(),
@@ -657,10 +654,7 @@ fn destinations_without_masquerade_see_the_container_and_answer_it() {
     sb.attach_with(&["--no-masquerade", "198.51.100.0/24"])
         .expect("attach");
     let c1 = sb.add_container(1).expect("c1");
-    ip_ok(
-        &sb.lan_path(),
-        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-    );
+    sb.route_lan_to_subnet().expect("route");
     // lan is not on the list: masqueraded as before.
     assert_eq!(source_seen_on_lan(&sb), [UPLINK_IP]);
     assert_eq!(
@@ -701,10 +695,7 @@ fn an_internal_bridge_reaches_the_host_only_and_publishes_nothing() {
         .is_err(),
         "a container of an internal bridge reached lan"
     );
-    ip_ok(
-        &sb.lan_path(),
-        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-    );
+    sb.route_lan_to_subnet().expect("route");
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     assert!(
         probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 80)), b"x").is_err(),
@@ -728,10 +719,7 @@ fn routed_mode_opens_published_ports_at_the_container_with_no_translation() {
     assert_eq!(mtu_of(&sb.container_path(1), "eth0"), "1400");
     assert_eq!(mtu_of(&sb.host_path(), netbr::sandbox::BRIDGE), "1400");
     sb.publish(1, &["8080:80"]).expect("publish");
-    ip_ok(
-        &sb.lan_path(),
-        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-    );
+    sb.route_lan_to_subnet().expect("route");
     let web = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     let _other = Server::tcp(&sb.container_path(1), 81, probe::echo()).expect("server");
     assert_eq!(
@@ -1595,10 +1583,7 @@ fn translated_flows_work_whatever_the_forward_policy() {
         // via the host reaches no container, even where netbr allows it.
         sb.attach_with(&["--fast-path", "--allow-direct-routing"])
             .expect("re-attach");
-        ip_ok(
-            &sb.lan_path(),
-            &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-        );
+        sb.route_lan_to_subnet().expect("route");
         assert!(
             probe::tcp_request(&sb.lan_path(), SocketAddr::from((c1, 80)), b"x").is_err(),
             "{policy:?}: direct routing got through a dropping forward policy"

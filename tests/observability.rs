@@ -18,7 +18,7 @@ use std::{
 use netbr::{
     cmd::metrics::sample,
     probe::{self, Server},
-    sandbox::{in_netns, Sandbox, BRIDGE, LAN_IP, UPLINK_IP},
+    sandbox::{Sandbox, BRIDGE, LAN_IP, UPLINK_IP},
 };
 
 /// A long-running `netbr --netns HOST ...` (exporter or monitor), under a
@@ -351,22 +351,12 @@ fn events(lines: &[String], pred: impl Fn(&serde_json::Value) -> bool) -> Vec<se
         .collect()
 }
 
-fn route_lan_to_subnet(sb: &Sandbox) {
-    let o = in_netns(
-        &sb.lan_path(),
-        "ip",
-        &["route", "add", "172.30.0.0/16", "via", "192.0.2.1"],
-    )
-    .expect("ip");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
 #[test]
 fn monitor_shows_a_direct_routing_drop_and_a_published_flow_with_both_tuples() {
     let (sb, web) = attached_with_web();
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
     let monitor = Running::start(&sb, &["monitor", "--json"]);
-    route_lan_to_subnet(&sb);
+    sb.route_lan_to_subnet().expect("route");
     netbr::netns::run_in(&sb.lan_path(), || {
         let s = UdpSocket::bind("0.0.0.0:0").expect("udp");
         s.send_to(b"direct", "172.30.0.2:9999").expect("send");
@@ -415,7 +405,7 @@ fn monitor_shows_a_direct_routing_drop_and_a_published_flow_with_both_tuples() {
 fn a_flood_of_drops_stalls_neither_the_datapath_nor_the_monitor() {
     let (sb, _) = attached_with_web();
     let _srv = Server::tcp(&sb.container_path(1), 80, probe::echo()).expect("server");
-    route_lan_to_subnet(&sb);
+    sb.route_lan_to_subnet().expect("route");
     let dropped = |sb: &Sandbox| {
         sb.stats().expect("stats")["drop_direct_routing"]
             .as_u64()

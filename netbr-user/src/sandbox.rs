@@ -211,6 +211,23 @@ impl Sandbox {
         Ok(serde_json::from_str(&self.netbr_ok(&["stats", "--json"])?)?)
     }
 
+    /// Has lan route the bridge subnet via the host, as a LAN router (or
+    /// another node) that knows where the containers are would.
+    pub fn route_lan_to_subnet(&self) -> Result<()> {
+        let o = in_netns(
+            &self.lan_path(),
+            "ip",
+            &["route", "add", SUBNET, "via", &UPLINK_IP.to_string()],
+        )?;
+        if !o.status.success() {
+            anyhow::bail!(
+                "ip route add on lan: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Runs a command in the host namespace through setns (nsenter keeps the
     /// mount namespace; `ip netns exec` would not).
     pub fn in_host(&self, cmd: &str, args: &[&str]) -> Result<Output> {
