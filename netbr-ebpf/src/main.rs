@@ -20,6 +20,7 @@ mod monitor;
 mod nat;
 mod pacing;
 mod parse;
+mod port_search;
 mod redirect;
 mod rewrite;
 mod skb;

@@ -126,7 +126,8 @@ pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_ent
 /// Per-CPU state of the SNAT port search (`nat::probe_port` says why it is
 /// not on the stack). Not pinned.
 #[map(name = "NB_SEARCH")]
-pub static SEARCH: PerCpuArray<crate::nat::PortSearch> = PerCpuArray::with_max_entries(1, 0);
+pub static SEARCH: PerCpuArray<crate::port_search::PortSearch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Limits of paced endpoints and their departure clocks
 /// (`netbr_common::pacing`).

@@ -26,6 +26,7 @@ use crate::{
     conntrack, firewall,
     maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, NO_MASQUERADE, SCRATCH, SEARCH, SNAT_HISTOGRAM},
     parse::Packet,
+    port_search::PortSearch,
 };
 
 /// The published mapping for a packet addressed to the host: an exact
@@ -190,30 +191,6 @@ pub fn wants_snat(pkt: &Packet, cfg: &Config) -> bool {
     cfg.in_subnet(pkt.key.saddr)
         && !cfg.in_subnet(pkt.key.daddr)
         && (pkt.key.proto != IPPROTO_ICMP || pkt.key.sport != 0)
-}
-
-/// The port search's state, in a per-CPU map rather than on the caller's
-/// stack (see `probe_port`).
-#[repr(C)]
-pub struct PortSearch {
-    /// The translated tuple; `sport` is the candidate.
-    xlat: FlowKey,
-    seed: u32,
-    /// The packet's own source port (host order), tried first when it may be kept.
-    own_port: u16,
-    found: u16,
-    /// Probes made so far; the one that found the port is `attempt`.
-    next: u32,
-    /// Which probe found the port: 0 for the own port.
-    attempt: u32,
-    /// 1: the own port is tried whatever its range (the host's own flows).
-    keep_own: u16,
-    /// 1: candidates a host socket would take the peer's replies for are
-    /// skipped (container flows; a host flow's own socket is not a clash).
-    check_sockets: u16,
-    /// The socket lookup's tuple: here, not on the callback's stack, whose
-    /// frame with its callers' must fit in 512 bytes.
-    tuple: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
 }
 
 /// Whether a host socket would receive what the peer sends back to

@@ -106,6 +106,8 @@ pub fn create_named(name: &str) -> Result<PathBuf> {
                 return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
             }
         }
+        // A new namespace's loopback is down; containers expect it up.
+        loopback_up().context("setting lo up in the new namespace")?;
         mount_bind("/proc/thread-self/ns/net", &target)
     })
     .join()
@@ -114,15 +116,35 @@ pub fn create_named(name: &str) -> Result<PathBuf> {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
-    // A new namespace's loopback is down; containers expect it up.
-    run_in(&path, || {
-        crate::netlink::block_on(async {
-            let nl = crate::netlink::Netlink::connect()?;
-            let lo = nl.require_link("lo").await?;
-            nl.set_up(lo.index).await
-        })
-    })??;
     Ok(path)
+}
+
+/// Sets `lo` up in the calling thread's namespace with the interface
+/// ioctls: the one link change this module makes, so it needs no netlink
+/// (which itself enters namespaces through this module).
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: plain syscalls on a socket this function owns and closes;
+    // `ifreq` is zeroed, so its name "lo" is NUL-terminated.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        let mut result = Ok(());
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            result = Err(std::io::Error::last_os_error());
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                result = Err(std::io::Error::last_os_error());
+            }
+        }
+        libc::close(fd);
+        result
+    }
 }
 
 /// Makes `/run/netns` a shared mount before a namespace is mounted in it,
