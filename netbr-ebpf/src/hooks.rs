@@ -9,19 +9,20 @@
 //! Hairpin flows change both at once on the bridge device, so they bypass
 //! routing with a redirect.
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext, Global};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext};
 use netbr_common::{
-    conntrack::{FlowKey, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
+    conntrack::{FlowKey, NAT_HAIRPIN, NAT_SNAT},
     counters::Reason,
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_HOST_NAT, CFG_INTERNAL,
-        CFG_NO_MASQUERADE, CFG_ROUTED, FLAGS_FROM_MAP, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_NO_MASQUERADE,
+        CFG_ROUTED, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
 };
 
 use crate::{
     conntrack, firewall, frag,
     maps::{CONFIG, LOCAL_ADDRS, PACKET},
+    modes::{fast_path_carries, mode},
     nat,
     parse::{parse, Packet, FRAG_LATER},
     redirect::{self, NextHop},
@@ -48,23 +49,6 @@ fn config() -> Result<&'static Config, Reason> {
     match CONFIG.get(0) {
         Some(cfg) if cfg.configured != 0 => Ok(cfg),
         _ => Err(Reason::PassNotConfigured),
-    }
-}
-
-/// The modes `attach` fixed at load time (`netbr_common::maps::GLOBAL_FLAGS`).
-#[unsafe(no_mangle)]
-static NB_LOAD_FLAGS: Global<u32> = Global::new(FLAGS_FROM_MAP);
-
-/// Whether the mode `flag` (`CFG_*`) is on. A constant to the verifier
-/// when the loader fixed the flags, so a mode that is off costs nothing,
-/// not even its code.
-#[inline(always)]
-fn mode(cfg: &Config, flag: u32) -> bool {
-    let fixed = NB_LOAD_FLAGS.load();
-    if fixed == FLAGS_FROM_MAP {
-        cfg.has(flag)
-    } else {
-        fixed & flag != 0
     }
 }
 
@@ -122,12 +106,11 @@ const HOST_STACK: u32 = 0;
 const NOT_TRACKED: u32 = u32::MAX;
 
 /// The container the fast path may deliver a translated packet from the
-/// uplink to: the one its destination became. Direct routing's packets
-/// (destination unchanged) are the host firewall's to judge; beside the
-/// host's own NAT, a masquerade flow's replies are netfilter's to reverse.
+/// uplink to: the one its destination became, if the flow is the fast
+/// path's to carry (`fast_path_carries`).
 #[inline(always)]
 fn fast_target(cfg: &Config, pkt: &Packet, xlat: &FlowKey, nat: u8) -> u32 {
-    if xlat.daddr == pkt.key.daddr || (nat == NAT_SNAT && mode(cfg, CFG_HOST_NAT)) {
+    if !fast_path_carries(cfg, nat) || xlat.daddr == pkt.key.daddr {
         HOST_STACK
     } else {
         xlat.daddr
@@ -315,7 +298,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
             action: redirect::to_endpoint(ctx, xlat.daddr, cfg)?,
         });
     }
-    if !mode(cfg, CFG_FAST_PATH) || mode(cfg, CFG_HOST_NAT) {
+    if !mode(cfg, CFG_FAST_PATH) || !fast_path_carries(cfg, NAT_SNAT) {
         return Err(Reason::PassNoMatch);
     }
     let hop = fast_masquerade_route(ctx, cfg, pkt)?;
@@ -364,9 +347,7 @@ fn bridge_tracked(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Re
     if !mode(cfg, CFG_FAST_PATH) {
         return Ok(NO_FLOW);
     }
-    // Direct routing's replies are the host firewall's to judge; beside
-    // the host's own NAT, masquerade flows are netfilter's to see.
-    if nat == NAT_NONE || pkt.is_icmp_error() || (nat == NAT_SNAT && mode(cfg, CFG_HOST_NAT)) {
+    if pkt.is_icmp_error() || !fast_path_carries(cfg, nat) {
         return Err(Reason::PassNoMatch);
     }
     let hop = redirect::route_out(ctx, &xlat, pkt.len, cfg)?;

@@ -16,6 +16,7 @@ mod firewall;
 mod frag;
 mod hooks;
 mod maps;
+mod modes;
 mod monitor;
 mod nat;
 mod pacing;

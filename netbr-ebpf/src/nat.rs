@@ -29,30 +29,35 @@ use crate::{
     port_search::PortSearch,
 };
 
-/// The published mapping for a packet addressed to the host: an exact
-/// `HOSTIP:PORT` mapping first, then a wildcard one when the destination is
-/// one of the host's addresses.
+/// The target of mapping `(proto, addr, port)` (network byte order; `addr`
+/// 0 for a wildcard one), if there is one.
 #[inline(always)]
-pub fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
-    let mut key = MappingKey {
+fn mapped(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
+    let key = MappingKey {
         proto,
         _pad: 0,
         port,
         addr,
     };
     // SAFETY: read-only copy out of the map value.
-    if let Some(t) = unsafe { MAPPINGS.get(&key) } {
-        return Some((t.addr, t.port));
+    unsafe { MAPPINGS.get(&key) }.map(|t| (t.addr, t.port))
+}
+
+/// The published mapping for a packet addressed to the host: an exact
+/// `HOSTIP:PORT` mapping first, then a wildcard one when the destination is
+/// one of the host's addresses.
+#[inline(always)]
+pub fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
+    if let Some(t) = mapped(proto, addr, port) {
+        return Some(t);
     }
     // Every 127.0.0.0/8 address is the host's, listed or not. (Uplink
     // ingress never gets here with one: see `dnat_new_flow`.)
-    // SAFETY: as above.
+    // SAFETY: read-only lookup.
     if !is_loopback(addr) && unsafe { LOCAL_ADDRS.get(&addr) }.is_none() {
         return None;
     }
-    key.addr = 0;
-    // SAFETY: as above.
-    unsafe { MAPPINGS.get(&key) }.map(|t| (t.addr, t.port))
+    mapped(proto, 0, port)
 }
 
 /// The packet's tuple with its destination replaced by the published
@@ -173,14 +178,7 @@ pub fn routed_open(pkt: &Packet) -> bool {
     if pkt.key.proto == IPPROTO_ICMP {
         return pkt.key.sport != 0;
     }
-    let key = MappingKey {
-        proto: pkt.key.proto,
-        _pad: 0,
-        port: pkt.key.dport,
-        addr: pkt.key.daddr,
-    };
-    // SAFETY: read-only lookup.
-    unsafe { MAPPINGS.get(&key) }.is_some()
+    mapped(pkt.key.proto, pkt.key.daddr, pkt.key.dport).is_some()
 }
 
 /// Whether masquerade applies: from the bridge subnet to outside it. ICMP

@@ -17,9 +17,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use netbr_common::{
-    conntrack::{FlowKey, NAT_SNAT},
+    conntrack::FlowKey,
     counters::Reason,
-    maps::{Config, CFG_HOST_NAT, EP_PACED_INGRESS, FAST_XDP},
+    maps::{Config, EP_PACED_INGRESS, FAST_XDP},
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -28,6 +28,7 @@ use crate::{
     counters::count,
     csum,
     maps::{CONFIG, ENDPOINTS},
+    modes::fast_path_carries,
     parse::{Ipv4Fixed, ETH_LEN, ETH_P_IP, TCP_CSUM, TCP_FLAGS, TCP_MIN, UDP_CSUM, UDP_MIN},
     redirect::count_fast,
 };
@@ -99,12 +100,10 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     let flow = conntrack::lookup_assured(&key, cfg, now)?;
     // SAFETY: map value pointer from the lookup, valid for this run.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
-    // Only flows whose packets from here change destination only, towards
-    // a container: published ports and masquerade replies. Direct routing
-    // (tracked, destination unchanged) stays with the host's forward path
-    // and its firewall, and so do masquerade replies beside the host's own
-    // NAT (`CFG_HOST_NAT`).
-    if (nat == NAT_SNAT && cfg.has(CFG_HOST_NAT))
+    // Only flows the fast path carries whose packets from here change
+    // destination only, towards a container: published ports and
+    // masquerade replies.
+    if !fast_path_carries(cfg, nat)
         || xlat.daddr == key.daddr
         || xlat.saddr != key.saddr
         || xlat.sport != key.sport
