@@ -5,10 +5,9 @@
 mod support;
 
 use std::{
-    io::Write as _,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use netbr::{
@@ -92,26 +91,18 @@ fn plugin(sb: &Sandbox, cmd: &str, conf: &Value, id: &str, ns: &Path, ifname: &s
 }
 
 fn plugin_env(sb: &Sandbox, conf: &Value, env: &[(&str, &str)]) -> Reply {
-    let mut child = Command::new("timeout")
-        .arg("60")
-        .arg("nsenter")
-        .arg(format!("--net={}", sb.host_path().display()))
-        .arg(PLUGIN)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run netbr-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("write config");
-    let out = child.wait_with_output().expect("wait for netbr-cni");
+    let out = netbr::sandbox::run_with_input(
+        Command::new("timeout")
+            .arg("60")
+            .arg("nsenter")
+            .arg(format!("--net={}", sb.host_path().display()))
+            .arg(PLUGIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied()),
+        conf.to_string().as_bytes(),
+    )
+    .expect("run netbr-cni");
     let text = String::from_utf8_lossy(&out.stdout);
     Reply {
         ok: out.status.success(),

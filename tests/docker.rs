@@ -48,17 +48,7 @@ fn network(docker: &Dockerd, name: &str) {
 }
 
 fn network_on(docker: &Dockerd, name: &str, subnet: &str) {
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        &docker.driver,
-        "--subnet",
-        subnet,
-        "-o",
-        "netbr.uplink=up0",
-        name,
-    ]);
+    network_with(docker, name, subnet, &[]);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use netbr::{
     probe::{self, Server},
-    sandbox::{in_netns, Sandbox, LAN_IP, UPLINK_IP},
+    sandbox::{in_netns, run_with_input, Sandbox, LAN_IP, UPLINK_IP},
 };
 
 /// `web`: ClusterIP 198.51.100.10, TCP 80 and UDP 53, endpoint c1 on this
@@ -140,25 +140,17 @@ const NFTABLES_RULES: &str = r#"table ip kube-proxy {
 /// Feeds `rules` to `tool` (`iptables-nft-restore`, `nft -f -`) in the
 /// sandbox's host namespace.
 fn install_rules(sb: &Sandbox, tool: &[&str], rules: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("timeout")
-        .args([
-            "60",
-            "nsenter",
-            &format!("--net={}", sb.host_path().display()),
-        ])
-        .args(tool)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the rule loader");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(rules.as_bytes())
-        .expect("write rules");
-    let out = child.wait_with_output().expect("wait");
+    let out = run_with_input(
+        std::process::Command::new("timeout")
+            .args([
+                "60",
+                "nsenter",
+                &format!("--net={}", sb.host_path().display()),
+            ])
+            .args(tool),
+        rules.as_bytes(),
+    )
+    .expect("run the rule loader");
     assert!(
         out.status.success(),
         "{tool:?}: {}",

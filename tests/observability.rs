@@ -162,22 +162,14 @@ fn promtool_accepts(text: &str) {
     // Taken out of Debian's prometheus package by `cargo xtask setup`.
     let promtool =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/prometheus/usr/bin/promtool");
-    let mut child = Command::new("timeout")
-        .arg("60")
-        .arg(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (cargo xtask setup extracts it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let out = child.wait_with_output().expect("promtool");
+    let out = netbr::sandbox::run_with_input(
+        Command::new("timeout")
+            .arg("60")
+            .arg(&promtool)
+            .args(["check", "metrics"]),
+        text.as_bytes(),
+    )
+    .expect("promtool (cargo xtask setup extracts it)");
     assert!(
         out.status.success() && out.stdout.is_empty(),
         "promtool: {}{}",

@@ -257,6 +257,25 @@ pub fn in_netns(ns: &Path, cmd: &str, args: &[&str]) -> Result<Output> {
         .with_context(|| format!("running {cmd} in {}", ns.display()))
 }
 
+/// Runs `cmd` with `input` on its standard input; returns what it printed
+/// and how it ended. The caller puts it under a timeout.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<Output> {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input)
+        .context("writing standard input")?;
+    child.wait_with_output().context("waiting for the command")
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // Detach removes pins, endpoints and the namespaces netbr made for
