@@ -6,6 +6,7 @@ pub mod addr;
 pub mod bench;
 pub mod bpf;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod cni;
 pub mod docker;

@@ -240,7 +240,7 @@ impl Sandbox {
 pub const COMMAND_TIMEOUT: &str = "120";
 
 /// `timeout COMMAND_TIMEOUT program`.
-fn timeout_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub fn timeout_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("timeout");
     c.args(["--kill-after=5", COMMAND_TIMEOUT]).arg(program);
     c

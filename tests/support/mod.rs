@@ -5,6 +5,8 @@ pub mod model;
 pub mod packet;
 
 pub mod config;
+pub mod cri;
+pub mod kube;
 pub mod runtimes;
 
 /// Asserts a `netbr ls --json` document lists no endpoint and no mapping.

@@ -279,7 +279,7 @@ impl Drop for Podman {
 }
 
 /// Unmounts whatever a runtime left mounted under `dir`.
-fn unmount_below(dir: &Path) {
+pub fn unmount_below(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let prefix = dir.display().to_string();
     let mut points: Vec<&str> = mounts

@@ -25,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("containerd", "containerd"),
     ("docker.io", "dockerd"),
+    // protoc, for the k8s-cri crate the CRI suite's client is built on.
+    ("protobuf-compiler", "protoc"),
     // systemd-analyze checks the units `cargo xtask install` installs.
     ("systemd", "systemd-analyze"),
 ];
