@@ -345,3 +345,33 @@ fn five_pods_start_at_once_with_their_limits_and_all_go_cleanly() {
     let netns: Vec<&Path> = sandboxes.iter().map(|s| s.netns.as_path()).collect();
     fx.assert_nothing_left(0, &ips, &netns);
 }
+
+#[test]
+fn the_pod_to_pod_bench_measures_every_metric_for_every_arm() {
+    // Not a speed check (the bench's job): a short `bench --pods` builds
+    // its own two-node clusters and gives each figure for each arm.
+    let out_file = std::env::temp_dir().join(format!(
+        "netbr-bench-pods-{}.json",
+        netbr::sandbox::unique_suffix()
+    ));
+    let out = support::runtimes::timed(
+        300,
+        std::process::Command::new(env!("CARGO_BIN_EXE_netbr"))
+            .args(["bench", "--pods", "--rounds", "1", "--secs", "1", "--json"])
+            .arg(&out_file),
+    );
+    assert!(out.status.success(), "{}", support::runtimes::text(&out));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_file).expect("json")).expect("parse");
+    let _ = std::fs::remove_file(&out_file);
+    let rows = doc["results"].as_array().expect("results");
+    let arms = netbr::bench::pods::PodArm::ALL.len();
+    assert_eq!(
+        rows.len(),
+        arms * netbr::bench::pods::METRICS.len(),
+        "{doc:#}"
+    );
+    for r in rows {
+        assert!(r["median"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+}

@@ -33,7 +33,7 @@ impl CniArm {
     }
 }
 
-const REFERENCE_DIR: &str = "/usr/lib/cni";
+pub(crate) const REFERENCE_DIR: &str = "/usr/lib/cni";
 
 /// ADD and DEL times of each container, in order.
 pub struct Timings {
@@ -74,7 +74,7 @@ fn chain(arm: CniArm, data_dir: &Path) -> Vec<Value> {
 }
 
 /// Runs one plugin; fails with its error object.
-fn exec(plugin: &Path, cmd: &str, conf: &Value, id: &str, ns: &Path) -> Result<Value> {
+pub(crate) fn exec(plugin: &Path, cmd: &str, conf: &Value, id: &str, ns: &Path) -> Result<Value> {
     let dir = plugin.parent().unwrap_or(Path::new("/"));
     let cni_path = format!("{}:{REFERENCE_DIR}", dir.display());
     let mut child = Command::new(plugin)

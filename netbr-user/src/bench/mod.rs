@@ -10,6 +10,7 @@ pub mod cni;
 pub mod fwd;
 pub mod limits;
 pub mod load;
+pub mod pods;
 pub mod prefill;
 pub mod rules;
 
@@ -83,6 +84,11 @@ pub struct Bench {
     /// Each measurement runs --secs seconds (at least 3).
     #[arg(long)]
     pub limits: bool,
+    /// Instead of the datapath: pod to pod across two nodes (TCP stream,
+    /// request/response), netbr-cni against the reference bridge plugin
+    /// with host-local (ipMasq off) and against plain routing.
+    #[arg(long)]
+    pub pods: bool,
 }
 
 /// Metric name, and whether higher is better. `masq_*` run from the
@@ -406,6 +412,20 @@ impl Bench {
                 self.secs.ceil().max(3.0) as u64
             };
             return limits::run(&exe, secs, self.json.as_deref());
+        }
+        if self.pods {
+            let exe = std::env::current_exe().context("finding the netbr binary")?;
+            let (rounds, secs) = if self.quick {
+                (3, 1.0)
+            } else {
+                (self.rounds, self.secs.max(1.0))
+            };
+            let doc = pods::run(&exe, rounds, secs)?;
+            if let Some(path) = &self.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            return Ok(());
         }
         if self.cni {
             let exe = std::env::current_exe().context("finding the netbr binary")?;
