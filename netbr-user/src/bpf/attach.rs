@@ -23,7 +23,7 @@ use netbr_common::{
 };
 
 use super::pins::{
-    cgroup2_root, LINKS, LINK_BIND4, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4,
+    cgroup2_root, unpin_link, LINKS, LINK_BIND4, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4,
     LINK_RECVMSG4, LINK_SENDMSG4, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
 };
 
@@ -196,24 +196,6 @@ pub fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink_index: u32) -> Result<()> 
 /// Removes the uplink's XDP program, if attached.
 pub fn detach_xdp(dir: &Path) -> Result<()> {
     unpin_link(&dir.join(LINK_XDP))
-}
-
-/// Removes a pinned link so that its program is detached when this returns.
-/// Unlinking the pin alone drops the link's last reference in bpffs's RCU
-/// callback, and `bpf_link_put` then frees (detaches) it from a workqueue
-/// (since v6.5, commit ab5d47bd41b1 "bpf: Remove in_atomic() from
-/// bpf_link_put()"): `detach` could return with the program still attached
-/// (seen with XDP). Holding an fd across the unlink moves the last reference
-/// to our `close`, which frees the link before the syscall returns.
-pub(super) fn unpin_link(path: &Path) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let removed = match PinnedLink::from_pin(path) {
-        Ok(link) => link.unpin().map(drop),
-        Err(_) => std::fs::remove_file(path),
-    };
-    removed.with_context(|| format!("removing {}", path.display()))
 }
 
 /// Removes links (which detaches the programs), map pins but those in

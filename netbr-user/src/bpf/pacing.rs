@@ -76,7 +76,7 @@ pub fn attach(pins: &Path, dir: u8, ifname: &str, hook: TcAttachType, link: &Pat
                 return Ok(());
             }
             // The device went away (and the link with it): start afresh.
-            Err(_) => super::attach::unpin_link(link)?,
+            Err(_) => super::pins::unpin_link(link)?,
         }
     }
     let id = program
@@ -93,5 +93,5 @@ pub fn attach(pins: &Path, dir: u8, ifname: &str, hook: TcAttachType, link: &Pat
 
 /// Detaches an endpoint's pacing in one direction, if attached.
 pub fn detach(link: &Path) -> Result<()> {
-    super::attach::unpin_link(link)
+    super::pins::unpin_link(link)
 }

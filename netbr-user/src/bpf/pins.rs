@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 pub use crate::store::pin_dir;
 
 use anyhow::{Context as _, Result};
+use aya::programs::links::PinnedLink;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS: &str = "/sys/fs/bpf";
@@ -96,4 +97,22 @@ pub fn cgroup2_root() -> Result<PathBuf> {
                 "no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) and attach again"
             )
         })
+}
+
+/// Removes a pinned link so that its program is detached when this returns.
+/// Unlinking the pin alone drops the link's last reference in bpffs's RCU
+/// callback, and `bpf_link_put` then frees (detaches) it from a workqueue
+/// (since v6.5, commit ab5d47bd41b1 "bpf: Remove in_atomic() from
+/// bpf_link_put()"): `detach` could return with the program still attached
+/// (seen with XDP). Holding an fd across the unlink moves the last reference
+/// to our `close`, which frees the link before the syscall returns.
+pub fn unpin_link(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let removed = match PinnedLink::from_pin(path) {
+        Ok(link) => link.unpin().map(drop),
+        Err(_) => std::fs::remove_file(path),
+    };
+    removed.with_context(|| format!("removing {}", path.display()))
 }

@@ -12,7 +12,10 @@ use netbr_common::{
     },
 };
 
-use super::{endpoint::remove_endpoint_objects, state::Network, validate_ifname, Store};
+use super::{
+    endpoint::remove_endpoint_objects, local_addrs::sync_local_addrs, state::Network,
+    validate_ifname, Store,
+};
 use crate::{
     addr::{to_be32, Cidr, PortRange},
     bpf::{attach, datapath::Datapath, layout, pins},
@@ -420,28 +423,4 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// Mirrors the namespace's IPv4 addresses into the datapath, for ports
-/// published on every local address. Re-run `attach` after adding one.
-pub async fn sync_local_addrs(nl: &Netlink, dp: &mut Datapath) -> Result<()> {
-    let now: Vec<u32> = nl
-        .addrs(None)
-        .await?
-        .iter()
-        .map(|a| to_be32(a.addr))
-        .collect();
-    let stale: Vec<u32> = dp
-        .local_addrs
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !now.contains(k))
-        .collect();
-    for k in stale {
-        dp.local_addrs.remove(&k)?;
-    }
-    for a in now {
-        dp.local_addrs.insert(a, 1, 0)?;
-    }
-    Ok(())
 }

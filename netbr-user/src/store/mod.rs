@@ -12,6 +12,7 @@ mod attach;
 mod endpoint;
 pub mod firewall;
 pub mod limits;
+mod local_addrs;
 pub mod lock;
 mod ports;
 pub mod state;

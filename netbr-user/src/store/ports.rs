@@ -136,7 +136,7 @@ impl Store {
             );
         }
         // Addresses added since attach count too.
-        super::attach::sync_local_addrs(&Netlink::connect()?, &mut dp).await?;
+        super::local_addrs::sync_local_addrs(&Netlink::connect()?, &mut dp).await?;
         let routed = cfg.has(CFG_ROUTED);
         let hold = hold && !routed;
         let mut wanted: Vec<Port> = Vec::new();
