@@ -18,11 +18,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
     Ebpf,
 };
-use netbr::{
-    addr::{monotonic_ns, to_be32},
-    bpf::datapath::Datapath,
-    probe::inet_checksum,
-};
+use netbr::{addr::to_be32, bpf::datapath::Datapath, probe::inet_checksum};
 use netbr_common::{
     conntrack::{CtEntry, CtState, FlowKey, DIR_ORIG, STATE_COUNT},
     counters::Reason,
@@ -284,6 +280,7 @@ impl Fixture {
             };
             dp.mappings.insert(key, target, 0).expect("mapping");
         }
+        dp.set_published_ports(&[]).expect("published ports");
         let frags = ebpf
             .take_map(MAP_FRAGMENTS)
             .expect("frag map")
@@ -770,30 +767,24 @@ fn hex(b: &[u8]) -> String {
 /// Mirrors `conntrack::claim_reply`: whether a new flow whose reply tuple is
 /// `reply_key` can be created, so the model knows a DnatNew from a drop.
 fn claimable(f: &Fixture, reply_key: &FlowKey, reply_xlat: &FlowKey) -> bool {
-    // A finished TCP flow gives its tuple up (conntrack::held).
+    // A finished TCP flow gives its tuple up (conntrack::held); the
+    // original entry's state decides, a lone entry's own copy otherwise.
     let finished = |e: &CtEntry, assured: bool| {
-        let state = if e.dir == DIR_ORIG {
-            Some(e.state)
-        } else {
-            f.ct_in(&e.xlat.reversed(), assured).map(|o| o.state)
+        let state = match f.ct_in(&e.xlat.reversed(), assured) {
+            Some(o) if e.dir != DIR_ORIG => o.state,
+            _ => e.state,
         };
-        matches!(state, Some(s) if s == CtState::TimeWait as u8 || s == CtState::Close as u8)
+        state == CtState::TimeWait as u8 || state == CtState::Close as u8
     };
     if let Some(e) = f.ct_in(reply_key, true) {
-        let live = e.dir == DIR_ORIG || f.ct_in(&e.xlat.reversed(), true).is_some();
-        if live && !finished(&e, true) {
+        if !finished(&e, true) {
             return false;
         }
     }
     match f.ct_in(reply_key, false) {
         None => true,
         Some(e) if e.xlat == *reply_xlat => true,
-        Some(e) if finished(&e, false) => true,
-        Some(e) if e.dir == DIR_ORIG => false,
-        Some(e) => {
-            f.ct_in(&e.xlat.reversed(), false).is_none()
-                && monotonic_ns().saturating_sub(e.created_ns) > 1_000_000_000
-        }
+        Some(e) => finished(&e, false),
     }
 }
 

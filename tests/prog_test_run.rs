@@ -101,6 +101,7 @@ impl Harness {
             flags: 0,
         };
         self.dp.mappings.insert(key, target, 0).expect("mapping");
+        self.dp.set_published_ports(&[]).expect("published ports");
     }
 
     /// Runs `prog` on `frame`; returns the verdict and the output frame.
@@ -158,7 +159,7 @@ impl Harness {
         &self,
     ) -> Vec<(
         netbr_common::conntrack::FlowKey,
-        netbr_common::conntrack::CtEntry,
+        netbr_common::conntrack::FlowView,
     )> {
         self.dp.flows().expect("flows")
     }
@@ -377,6 +378,89 @@ fn expired_flow_is_forgotten_on_lookup() {
     assert_eq!(
         out, frame,
         "the reply of an expired flow must not be translated"
+    );
+    assert_eq!(h.counter(Reason::CtExpired), 1);
+    assert_eq!(h.entries(), 0);
+}
+
+/// The raw entry of tuple `key` in the table of new flows.
+fn new_entry(
+    h: &Harness,
+    key: &netbr_common::conntrack::FlowKey,
+) -> netbr_common::conntrack::CtEntry {
+    h.dp.conntrack_new.get(key, 0).expect("entry")
+}
+
+#[test]
+fn a_tracked_packet_touches_only_its_own_entry_until_the_state_changes() {
+    let mut h = Harness::new((61000, 65535));
+    h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
+    let (orig_key, flow) = h.flows()[0];
+    let reply_key = flow.xlat.reversed();
+    let before = new_entry(&h, &orig_key);
+    // More datagrams out: the state stays UNREPLIED, the reply entry is
+    // neither read for state nor written.
+    let reply_before = new_entry(&h, &reply_key);
+    h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
+    let orig = new_entry(&h, &orig_key);
+    assert_eq!(orig.packets, before.packets + 1);
+    assert!(orig.last_seen_ns > before.last_seen_ns);
+    assert_eq!(new_entry(&h, &reply_key), reply_before);
+    // The first reply changes the state: both entries carry the new one,
+    // and the flow moves to the assured table.
+    h.run(UP_IN, &Spec::udp((REMOTE, 53), (HOST, 5000)).build());
+    let (o, r) = (
+        h.dp.conntrack.get(&orig_key, 0).expect("assured original"),
+        h.dp.conntrack.get(&reply_key, 0).expect("assured reply"),
+    );
+    assert_eq!(
+        (o.state, r.state),
+        (CtState::UdpReplied as u8, CtState::UdpReplied as u8)
+    );
+    assert_eq!(
+        (o.packets, r.packets),
+        (2, 1),
+        "each entry counts its direction"
+    );
+    // A later reply leaves the original entry as it was.
+    h.run(UP_IN, &Spec::udp((REMOTE, 53), (HOST, 5000)).build());
+    assert_eq!(h.dp.conntrack.get(&orig_key, 0).expect("original"), o);
+    let (_, merged) = h.flows()[0];
+    assert_eq!(merged.packets, [2, 2]);
+}
+
+#[test]
+fn a_direction_idle_past_its_timeout_lives_while_the_other_is_seen() {
+    let mut h = Harness::new((61000, 65535));
+    h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
+    let (orig_key, flow) = h.flows()[0];
+    let reply_key = flow.xlat.reversed();
+    // The replies' direction last seen long ago (past UNREPLIED's 30 s),
+    // the original one just now: a reply still finds the flow.
+    let mut r = new_entry(&h, &reply_key);
+    r.last_seen_ns = r.last_seen_ns.saturating_sub(100_000_000_000);
+    h.dp.conntrack_new
+        .insert(reply_key, r, 0)
+        .expect("age the reply");
+    let (_, out) = h.run(UP_IN, &Spec::udp((REMOTE, 53), (HOST, 5000)).build());
+    assert_eq!(parse_checked(&out), seen((REMOTE, 53), (WEB, 5000)));
+    assert_eq!(h.counter(Reason::CtExpired), 0);
+    // Both directions idle: the flow is gone, both entries with it.
+    for key in [orig_key, reply_key] {
+        let table = if h.dp.conntrack.get(&key, 0).is_ok() {
+            &mut h.dp.conntrack
+        } else {
+            &mut h.dp.conntrack_new
+        };
+        let mut e = table.get(&key, 0).expect("entry");
+        e.last_seen_ns = e.last_seen_ns.saturating_sub(1_000_000_000_000);
+        table.insert(key, e, 0).expect("age");
+    }
+    let frame = Spec::udp((REMOTE, 53), (HOST, 5000)).build();
+    let (_, out) = h.run(UP_IN, &frame);
+    assert_eq!(
+        out, frame,
+        "the reply of a flow idle both ways is not translated"
     );
     assert_eq!(h.counter(Reason::CtExpired), 1);
     assert_eq!(h.entries(), 0);
@@ -662,6 +746,7 @@ fn loopback_destination_from_outside_is_never_dnated() {
         flags: 0,
     };
     h.dp.mappings.insert(key, target, 0).expect("mapping");
+    h.dp.set_published_ports(&[]).expect("published ports");
     for port in [8080, 8081] {
         let frame = Spec::tcp((LAN, 40000), (Ipv4Addr::LOCALHOST, port), SYN).build();
         let (verdict, out) = h.run(UP_IN, &frame);
@@ -1321,7 +1406,7 @@ fn the_objects_maps_and_programs_are_exactly_the_layout_the_loader_expects() {
     assert_eq!(progs, want_progs, "the object's programs");
     // Every pinned map has exactly the type, sizes and entries of its spec,
     // checked by the same code every command runs on open.
-    netbr::bpf::layout::check_maps(&dir.0, "layout-test", 1024).expect("layout");
+    netbr::bpf::layout::check_maps(&dir.0, "layout-test", 1024, &[]).expect("layout");
     let mut pinned: Vec<String> = std::fs::read_dir(&dir.0)
         .expect("read pins")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -1331,7 +1416,7 @@ fn the_objects_maps_and_programs_are_exactly_the_layout_the_loader_expects() {
     want_pinned.sort_unstable();
     assert_eq!(pinned, want_pinned, "what the loader pins");
     // A spec that disagrees with the pins is refused with the fix.
-    let err = netbr::bpf::layout::check_maps(&dir.0, "layout-test", 2048)
+    let err = netbr::bpf::layout::check_maps(&dir.0, "layout-test", 2048, &[])
         .expect_err("a conntrack size other than the pinned one is refused")
         .to_string();
     assert!(err.contains("netbr detach"), "{err}");

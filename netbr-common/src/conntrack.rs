@@ -1,14 +1,22 @@
 //! Connection tracking: the flow tuple, the table entry and the TCP state
 //! machine, as pure functions the BPF programs and host tests share.
 //!
-//! A translated flow owns two entries, both in one of two tables: `NB_CT4N`
-//! (LRU) while it is new, `NB_CT4` (a plain hash) once assured. The *original* entry is
-//! keyed by the tuple of the first packet and holds state, timestamps and
-//! counters. The *reply* entry is keyed by the tuple replies carry. Each entry
-//! stores the tuple its packets are rewritten to (`xlat`), and the two are
-//! mirror images: `reply key = orig.xlat.reversed()` and
-//! `reply.xlat = orig key.reversed()`, so either entry finds its partner
-//! without storing it.
+//! A tracked flow owns two entries, both in one of two tables: `NB_CT4N`
+//! (LRU) while it is new, `NB_CT4` (a plain hash) once assured. The
+//! *original* entry is keyed by the tuple of the first packet, the *reply*
+//! entry by the tuple replies carry. Each stores the tuple its packets are
+//! rewritten to (`xlat`), and the two are mirror images: `reply key =
+//! orig.xlat.reversed()` and `reply.xlat = orig key.reversed()`, so either
+//! entry finds its partner without storing it.
+//!
+//! Each entry holds everything a packet of its direction needs: the
+//! translation, the flow's state, and its own direction's last-seen time
+//! and counters. A packet of a tracked flow so makes one conntrack lookup
+//! in steady state. The partner is read or written only when the packet
+//! changes the flow's state (the original entry's state decides, and the
+//! new state is copied to both) or when the packet's own direction has
+//! been idle past its state's timeout (the flow lives while either
+//! direction is seen). [`merge`] gives the flow as one record.
 
 /// A flow tuple as it appears in a packet. Network byte order. For ICMP echo
 /// the identifier stands in for a port: a request carries it as `sport`
@@ -67,23 +75,64 @@ pub const fn nat_name(nat: u8) -> &'static str {
     }
 }
 
-/// One conntrack table entry. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
-/// Only the original entry's state, times and counters are maintained; the
-/// reply entry forwards to it.
+/// One conntrack table entry. Times are `bpf_ktime_get_ns`
+/// (CLOCK_MONOTONIC). `state` is the flow's, copied into both entries on
+/// every change; the original entry's copy is the one that decides.
+/// `last_seen_ns`, `packets` and `bytes` are this entry's direction's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
     pub xlat: FlowKey,
     pub created_ns: u64,
     pub last_seen_ns: u64,
-    /// Indexed by direction: `[DIR_ORIG]`, `[DIR_REPLY]`.
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
+    pub packets: u64,
+    pub bytes: u64,
     pub dir: u8,
     /// A [`CtState`] value.
     pub state: u8,
     pub nat: u8,
     pub _pad: [u8; 5],
+}
+
+/// A flow as one record, from its two entries ([`merge`]): what `netbr
+/// conntrack list`, flushes and tests read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowView {
+    pub xlat: FlowKey,
+    pub created_ns: u64,
+    /// The later of the two directions' last packets.
+    pub last_seen_ns: u64,
+    /// Indexed by direction: `[DIR_ORIG]`, `[DIR_REPLY]`.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub state: u8,
+    pub nat: u8,
+}
+
+/// The flow of original entry `orig` and its reply entry, if that is
+/// still there.
+pub const fn merge(orig: &CtEntry, reply: Option<&CtEntry>) -> FlowView {
+    let (last, packets, bytes) = match reply {
+        Some(r) => (
+            if r.last_seen_ns > orig.last_seen_ns {
+                r.last_seen_ns
+            } else {
+                orig.last_seen_ns
+            },
+            r.packets,
+            r.bytes,
+        ),
+        None => (orig.last_seen_ns, 0, 0),
+    };
+    FlowView {
+        xlat: orig.xlat,
+        created_ns: orig.created_ns,
+        last_seen_ns: last,
+        packets: [orig.packets, packets],
+        bytes: [orig.bytes, bytes],
+        state: orig.state,
+        nat: orig.nat,
+    }
 }
 
 /// Flow states. One numbering for every protocol so a single timeout table
@@ -352,6 +401,34 @@ mod tests {
         assert!(expired(&t, UdpUnreplied as u8, 0, 31 * s));
         assert!(!expired(&t, Established as u8, 0, 31 * s));
         assert!(expired(&t, 200, 0, 1));
+    }
+
+    #[test]
+    fn a_flow_is_alive_and_counted_by_both_directions() {
+        let orig = CtEntry {
+            last_seen_ns: 5,
+            packets: 3,
+            bytes: 300,
+            state: Established as u8,
+            ..CtEntry::default()
+        };
+        let reply = CtEntry {
+            last_seen_ns: 9,
+            packets: 2,
+            bytes: 100,
+            dir: DIR_REPLY,
+            // A copy the original's state overrides.
+            state: SynRecv as u8,
+            ..CtEntry::default()
+        };
+        let f = merge(&orig, Some(&reply));
+        assert_eq!(
+            (f.last_seen_ns, f.packets, f.bytes),
+            (9, [3, 2], [300, 100])
+        );
+        assert_eq!(f.state, Established as u8);
+        let alone = merge(&orig, None);
+        assert_eq!((alone.last_seen_ns, alone.packets), (5, [3, 0]));
     }
 
     #[test]

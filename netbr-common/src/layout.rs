@@ -12,6 +12,7 @@ use crate::{
     maps::*,
     monitor::{MAP_MONITOR, MONITOR_BYTES},
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
+    ports::{PortSet, MAP_PORTS, PORT_SETS},
     snat::SNAT_HISTOGRAM_LEN,
 };
 
@@ -45,7 +46,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 20] = [
+pub const PINNED: [MapSpec; 21] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
@@ -119,6 +120,7 @@ pub const PINNED: [MapSpec; 20] = [
         max_entries: Some(NO_MASQUERADE_MAX_ENTRIES),
     },
     spec::<PaceKey, Pace>(MAP_PACING, BPF_MAP_TYPE_HASH, Some(PACING_MAX_ENTRIES)),
+    spec::<u32, PortSet>(MAP_PORTS, BPF_MAP_TYPE_ARRAY, Some(PORT_SETS)),
     // A `bpf_timer` (16 bytes) and a word.
     MapSpec {
         name: MAP_COLLECTOR,

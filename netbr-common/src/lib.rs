@@ -14,6 +14,7 @@ pub mod layout;
 pub mod maps;
 pub mod monitor;
 pub mod pacing;
+pub mod ports;
 pub mod portspec;
 pub mod snat;
 

@@ -111,7 +111,7 @@ pub const STATE_ROOT: &str = "/run/netbr";
 
 /// Bumped whenever a pinned map's key or value layout changes, so an `attach`
 /// of a newer binary can tell that pinned maps were written by an older one.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 pub const CT_MAX_ENTRIES_DEFAULT: u32 = 131_072;
 pub const MAPPINGS_MAX_ENTRIES: u32 = 65_536;

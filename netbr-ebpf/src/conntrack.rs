@@ -59,17 +59,11 @@ macro_rules! impl_table {
 impl_table!(HashMap);
 impl_table!(LruHashMap);
 
-/// How long a freshly claimed reply entry may wait for its original entry
-/// before `lookup` treats it as garbage. Far longer than the few instructions
-/// between the two inserts, far shorter than any timeout.
-const CLAIM_GRACE_NS: u64 = 1_000_000_000;
-
-/// A tracked flow as seen by one packet: the entry its tuple matched, the
-/// original entry that holds the flow's state (the same one for DIR_ORIG),
-/// and whether they sit in the assured table.
+/// A tracked flow as seen by one packet: the entry its tuple matched
+/// (which holds all the packet needs), and whether it sits in the assured
+/// table.
 pub struct Flow {
     pub entry: *mut CtEntry,
-    pub orig: *mut CtEntry,
     pub assured: bool,
 }
 
@@ -95,11 +89,25 @@ pub fn lookup_assured(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
     lookup_in::<true>(&CONNTRACK, true, key, cfg, now)
 }
 
-/// Finds the live flow of `key` in one table. Entries whose partner is gone
-/// (LRU eviction takes one entry at a time) or whose state timed out are
-/// removed here, so expiry needs no garbage collector. `REPORT`: tell a
-/// listening monitor of a flow that ended so; off beneath the SNAT port
-/// search, whose callers have no stack to spare for the report's call.
+/// The partner of `entry`, in the table its flow sits in (`assured`).
+#[inline(always)]
+fn partner_of(assured: bool, entry: &CtEntry) -> Option<*mut CtEntry> {
+    let key = entry.xlat.reversed();
+    if assured {
+        CONNTRACK.entry(&key)
+    } else {
+        CT_NEW.entry(&key)
+    }
+}
+
+/// Finds the live flow of `key` in one table: one lookup while the
+/// entry's own direction is active. Once that direction has been idle past
+/// the state's timeout, the partner says whether the other direction kept
+/// the flow alive (its time is then taken over, so the next packet needs
+/// one lookup again); a flow idle both ways is removed here, so expiry
+/// needs no garbage collector. `REPORT`: tell a listening monitor of a flow
+/// that ended so; off beneath the SNAT port search, whose callers have no
+/// stack to spare for the report's call.
 #[inline(always)]
 fn lookup_in<const REPORT: bool>(
     table: &impl Table,
@@ -110,50 +118,34 @@ fn lookup_in<const REPORT: bool>(
 ) -> Option<Flow> {
     let entry = table.entry(key)?;
     // SAFETY: a map value pointer stays valid for the program's run.
-    let e = unsafe { &*entry };
-    let orig_key = e.xlat.reversed();
-    let orig = if e.dir == DIR_ORIG {
-        entry
-    } else {
-        match table.entry(&orig_key) {
-            Some(orig) => orig,
-            None => {
-                // A reply entry without its original: LRU evicted the
-                // original, or another CPU claimed this reply a moment ago
-                // and has not inserted the original yet. Only the first is
-                // garbage; taking the second would give its port to two flows.
-                if now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS {
-                    table.erase(key);
-                }
-                return None;
-            }
-        }
-    };
-    // SAFETY: as above.
-    let o = unsafe { &*orig };
-    if expired(&cfg.timeouts, o.state, o.last_seen_ns, now) {
-        count(Reason::CtExpired);
-        let (orig_key, reply_key) = if e.dir == DIR_ORIG {
-            (*key, e.xlat.reversed())
-        } else {
-            (orig_key, *key)
-        };
-        if REPORT {
-            monitor::flow_ended(key, e, o, Reason::CtExpired);
-        }
-        table.erase(&orig_key);
-        table.erase(&reply_key);
-        return None;
+    let e = unsafe { &mut *entry };
+    if !expired(&cfg.timeouts, e.state, e.last_seen_ns, now) {
+        return Some(Flow { entry, assured });
     }
-    Some(Flow {
-        entry,
-        orig,
-        assured,
-    })
+    if let Some(partner) = partner_of(assured, e) {
+        // SAFETY: as above.
+        let p = unsafe { &*partner };
+        let state = if e.dir == DIR_ORIG { e.state } else { p.state };
+        if !expired(&cfg.timeouts, state, p.last_seen_ns, now) {
+            e.last_seen_ns = p.last_seen_ns;
+            e.state = state;
+            return Some(Flow { entry, assured });
+        }
+    }
+    // Idle both ways, or the partner is gone (LRU eviction takes one
+    // entry at a time) and this direction idle.
+    count(Reason::CtExpired);
+    if REPORT {
+        monitor::flow_ended(key, e, Reason::CtExpired);
+    }
+    table.erase(&e.xlat.reversed());
+    table.erase(key);
+    None
 }
 
-/// Records a packet of a tracked flow whose tuple is `key`: state
-/// transition, counters, last seen; promotes the flow once it is assured.
+/// Records a packet of a tracked flow whose tuple is `key`: its
+/// direction's counters and time, and the flow's state transition, which
+/// alone touches the partner entry; promotes the flow once it is assured.
 /// Fails only when the flow cannot be promoted because the assured table is
 /// full: the flow is then gone and its packet must be dropped.
 #[inline(always)]
@@ -165,30 +157,47 @@ pub fn account(
     cfg: &Config,
     now: u64,
 ) -> Result<(), Reason> {
-    // SAFETY: map value pointers from `lookup`, valid for this run. Two CPUs
-    // may race on the counters; they are statistics, not accounting.
-    let (e, o) = unsafe { (&*flow.entry, &mut *flow.orig) };
+    // SAFETY: a map value pointer from `lookup`, valid for this run. Two
+    // CPUs may race on the counters; they are statistics, not accounting.
+    let e = unsafe { &mut *flow.entry };
+    e.last_seen_ns = now;
+    e.packets += 1;
+    e.bytes += len as u64;
     let dir = e.dir;
-    let state = next_state(key.proto, CtState::from_u8(o.state), dir, tcp_flags);
-    o.state = state as u8;
-    o.last_seen_ns = now;
-    let d = (dir & 1) as usize;
-    o.packets[d] += 1;
-    o.bytes[d] += len as u64;
+    let known = CtState::from_u8(e.state);
+    if next_state(key.proto, known, dir, tcp_flags) == known {
+        return Ok(());
+    }
+    let Some(partner) = partner_of(flow.assured, e) else {
+        // The partner is gone: this entry is all the flow has left.
+        e.state = next_state(key.proto, known, dir, tcp_flags) as u8;
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let p = unsafe { &mut *partner };
+    // The original entry's state decides; the copy each entry carries is
+    // read back from it after the write, so CPUs changing the state at
+    // once leave both entries with the last state written.
+    let orig = if dir == DIR_ORIG { &mut *e } else { &mut *p };
+    let state = next_state(key.proto, CtState::from_u8(orig.state), dir, tcp_flags);
+    orig.state = state as u8;
+    let written = orig.state;
+    e.state = written;
+    p.state = written;
     if flow.assured || !is_assured(state) {
         return Ok(());
     }
     let (orig_key, reply_key) = if dir == DIR_ORIG {
-        (*key, o.xlat.reversed())
+        (*key, e.xlat.reversed())
     } else {
         (e.xlat.reversed(), *key)
     };
-    if promote(&orig_key, &reply_key, flow.orig) {
+    if promote(&orig_key, &reply_key) {
         return Ok(());
     }
     // Full: mark it so, and new flows are refused until a collection
     // (`collect_if_full`) finds room.
-    monitor::flow_ended(key, e, o, Reason::DropCtFull);
+    monitor::flow_ended(key, e, Reason::DropCtFull);
     CT_NEW.erase(&orig_key);
     CT_NEW.erase(&reply_key);
     if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
@@ -234,8 +243,8 @@ fn refuse(now: u64) -> Result<(), Reason> {
 /// Moves both entries of a flow into the assured table; false if it is
 /// full. The values are copied map to map, never onto the stack.
 #[inline(always)]
-fn promote(orig_key: &FlowKey, reply_key: &FlowKey, orig: *mut CtEntry) -> bool {
-    let Some(reply) = CT_NEW.entry(reply_key) else {
+fn promote(orig_key: &FlowKey, reply_key: &FlowKey) -> bool {
+    let (Some(orig), Some(reply)) = (CT_NEW.entry(orig_key), CT_NEW.entry(reply_key)) else {
         // Another CPU promoted it a moment ago.
         return true;
     };
@@ -350,21 +359,25 @@ extern "C" fn collect_one(
             CT_NEW.erase(k)
         }
     };
+    let partner = partner_of(walk.assured != 0, e);
     if e.dir != DIR_ORIG {
-        // A reply goes with its original, unless it has none.
-        let orphan = if walk.assured != 0 {
-            CONNTRACK.entry(&e.xlat.reversed()).is_none()
-        } else {
-            CT_NEW.entry(&e.xlat.reversed()).is_none()
-        };
-        if orphan && walk.now.saturating_sub(e.created_ns) > CLAIM_GRACE_NS {
-            erase(key);
+        // A reply goes with its original. Alone (LRU evicted the
+        // original), it lives while its own direction is seen.
+        if partner.is_none() {
+            if expired(&cfg.timeouts, e.state, e.last_seen_ns, walk.now) {
+                erase(key);
+            } else {
+                walk.live += 1;
+            }
         }
         return 0;
     }
-    if expired(&cfg.timeouts, e.state, e.last_seen_ns, walk.now) {
+    // The flow lives while either direction is seen.
+    // SAFETY: a map value pointer, valid for this callback.
+    let last = partner.map_or(e.last_seen_ns, |r| unsafe { (*r).last_seen_ns });
+    if expired(&cfg.timeouts, e.state, e.last_seen_ns.max(last), walk.now) {
         count(Reason::CtExpired);
-        monitor::flow_ended(key, e, e, Reason::CtExpired);
+        monitor::flow_ended(key, e, Reason::CtExpired);
         erase(&e.xlat.reversed());
         erase(key);
     } else {
@@ -389,8 +402,8 @@ pub fn reply_entry(
     e.xlat = orig.reversed();
     e.created_ns = now;
     e.last_seen_ns = now;
-    e.packets = [0, 0];
-    e.bytes = [0, 0];
+    e.packets = 0;
+    e.bytes = 0;
     e.dir = DIR_REPLY;
     e.state = state as u8;
     e.nat = nat;
@@ -431,7 +444,14 @@ fn held(table: &impl Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64
         return false;
     };
     // SAFETY: map value pointers from `lookup_in`.
-    let (e, state) = unsafe { (&*flow.entry, (*flow.orig).state) };
+    let e = unsafe { &*flow.entry };
+    // The original entry's state decides (a reply's copy may lag a change
+    // another CPU is making).
+    let state = match partner_of(assured, e) {
+        // SAFETY: as above.
+        Some(p) if e.dir != DIR_ORIG => unsafe { (*p).state },
+        _ => e.state,
+    };
     if !matches!(CtState::from_u8(state), CtState::TimeWait | CtState::Close) {
         return true;
     }
@@ -457,8 +477,8 @@ pub fn insert_orig(
 ) -> Result<(), Reason> {
     entry.xlat = *xlat;
     entry.dir = DIR_ORIG;
-    entry.packets = [1, 0];
-    entry.bytes = [len as u64, 0];
+    entry.packets = 1;
+    entry.bytes = len as u64;
     if CT_NEW.put(orig, entry, BPF_ANY).is_err() {
         CT_NEW.erase(&xlat.reversed());
         return Err(Reason::DropCtInsert);

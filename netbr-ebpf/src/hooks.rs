@@ -27,6 +27,7 @@ use crate::{
     parse::{parse, Packet, FRAG_LATER},
     redirect::{self, NextHop},
     rewrite::{icmp_error, rewrite},
+    uplink_ports,
 };
 
 pub struct Outcome {
@@ -150,6 +151,16 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
 /// Uplink ingress: replies of masqueraded flows, and published ports.
 #[inline(always)]
 fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
+    // The first test: a packet to a host port no flow and no mapping can
+    // claim is the host's, with no lookup paid. The bridge's subnet is
+    // always looked at (direct routing, routed mode), and so is an ICMP
+    // error, whose tuple is the one it quotes.
+    if !cfg.in_subnet(pkt.key.daddr)
+        && !pkt.is_icmp_error()
+        && !uplink_ports::may_be_ours(pkt.key.proto, pkt.key.dport)
+    {
+        return Err(Reason::PassNoMatch);
+    }
     let target = translate_tracked(ctx, pkt, cfg)?;
     if target != NOT_TRACKED {
         return Ok(deliver_in(ctx, cfg, pkt, target, translated(pkt)));
@@ -192,6 +203,15 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     // the same tuple: past this point, the uplink's source means a host
     // socket.
     if pkt.key.saddr == cfg.uplink_addr && !from_local_socket(ctx) {
+        return Err(Reason::PassNoMatch);
+    }
+    // The host's own packet from a port no set marks: no flow of it is
+    // tracked, and no other flow (a masquerade flow's reply, a published
+    // port's) holds its tuple (`NAT_HOST`).
+    if pkt.key.saddr == cfg.uplink_addr
+        && !pkt.is_icmp_error()
+        && !uplink_ports::may_be_ours(pkt.key.proto, pkt.key.sport)
+    {
         return Err(Reason::PassNoMatch);
     }
     if translate_tracked(ctx, pkt, cfg)? != NOT_TRACKED {
@@ -275,6 +295,17 @@ fn deliver_in(ctx: &TcContext, cfg: &Config, pkt: &Packet, target: u32, reason: 
 fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
     if mode(cfg, CFG_INTERNAL) && !internal_allows(cfg, pkt) {
         return Err(Reason::DropInternal);
+    }
+    // Container to container: no flow has such a tuple (a hairpin flow's
+    // packets are addressed to a host address, its replies to the
+    // gateway), so no lookup is paid. Routed mode publishes at container
+    // addresses, so it looks.
+    if cfg.in_subnet(pkt.key.daddr)
+        && pkt.key.daddr != cfg.gateway_addr
+        && !pkt.is_icmp_error()
+        && !mode(cfg, CFG_ROUTED)
+    {
+        return Err(Reason::PassNoMatch);
     }
     let action = bridge_tracked(ctx, cfg, pkt)?;
     if action != NO_FLOW {

@@ -26,6 +26,7 @@ mod redirect;
 mod rewrite;
 mod skb;
 mod sockaddr;
+mod uplink_ports;
 mod xdp;
 
 use aya_ebpf::{

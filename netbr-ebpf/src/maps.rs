@@ -134,3 +134,8 @@ pub static SEARCH: PerCpuArray<crate::port_search::PortSearch> =
 #[map(name = "NB_PACE")]
 pub static PACING: HashMap<netbr_common::pacing::PaceKey, netbr_common::pacing::Pace> =
     HashMap::with_max_entries(netbr_common::pacing::PACING_MAX_ENTRIES, 0);
+
+/// The uplink's port sets (`netbr_common::ports`): flows' and published.
+#[map(name = "NB_PORTS")]
+pub static PORTS: Array<netbr_common::ports::PortSet> =
+    Array::with_max_entries(netbr_common::ports::PORT_SETS, 0);

@@ -54,11 +54,12 @@ fn emit(head: u32, reason: u32, orig: Option<&FlowKey>, xlat: Option<&FlowKey>, 
     slot.submit(0);
 }
 
-/// `emit` for a flow that ended, from its entries: `entry` is the one
-/// tuple `key` found, `orig` the flow's original entry. The original
-/// tuple is worked out in the ring, not on the caller's stack.
+/// `emit` for a flow that ended, from the entry tuple `key` found; its
+/// partner's tuple and translation follow from it (the two are mirror
+/// images). The tuples are worked out in the ring, not on the caller's
+/// stack.
 #[inline(never)]
-fn emit_end(key: &FlowKey, entry: &CtEntry, orig: &CtEntry, reason: u32) {
+fn emit_end(key: &FlowKey, entry: &CtEntry, reason: u32) {
     let Some(mut slot) = MONITOR.reserve::<MonitorEvent>(0) else {
         count(Reason::MonitorLost);
         return;
@@ -66,13 +67,14 @@ fn emit_end(key: &FlowKey, entry: &CtEntry, orig: &CtEntry, reason: u32) {
     let ev = slot.as_mut_ptr();
     // SAFETY: as in `emit`.
     unsafe {
-        (*ev).orig = if entry.dir == DIR_ORIG {
-            *key
+        if entry.dir == DIR_ORIG {
+            (*ev).orig = *key;
+            (*ev).xlat = entry.xlat;
         } else {
-            entry.xlat.reversed()
-        };
-        (*ev).xlat = orig.xlat;
-        fill(ev, head(MON_FLOW_END, MON_HOOK_NONE, orig.nat), reason, 0);
+            (*ev).orig = entry.xlat.reversed();
+            (*ev).xlat = key.reversed();
+        }
+        fill(ev, head(MON_FLOW_END, MON_HOOK_NONE, entry.nat), reason, 0);
     }
     slot.submit(0);
 }
@@ -137,14 +139,13 @@ fn report(hook: u8, reason: u32, drop: bool, ifindex: u32) {
 
 /// A flow ended (timed out, gave its tuple to a new flow, or found no room
 /// in the assured table) for `reason`: `entry` is the entry tuple `key`
-/// found, `orig` the flow's original entry (the same for an original
-/// tuple). Taking the entries rather than the tuples keeps the callers,
-/// which sit beneath the SNAT port search, from building tuples on the
-/// stack for it.
+/// found. Taking the entry rather than the tuples keeps the callers, which
+/// sit beneath the SNAT port search, from building tuples on the stack for
+/// it.
 #[inline(always)]
-pub fn flow_ended(key: &FlowKey, entry: &CtEntry, orig: &CtEntry, reason: Reason) {
+pub fn flow_ended(key: &FlowKey, entry: &CtEntry, reason: Reason) {
     if listening() {
-        emit_end(key, entry, orig, reason as u32);
+        emit_end(key, entry, reason as u32);
     }
 }
 

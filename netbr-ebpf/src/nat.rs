@@ -27,6 +27,7 @@ use crate::{
     maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, NO_MASQUERADE, SCRATCH, SEARCH, SNAT_HISTOGRAM},
     parse::Packet,
     port_search::PortSearch,
+    uplink_ports,
 };
 
 /// The target of mapping `(proto, addr, port)` (network byte order; `addr`
@@ -419,6 +420,15 @@ fn new_source_flow(
     if search.found == 0 {
         crate::events::log(Reason::DropSnatExhausted, 0, now);
         return Err(Reason::DropSnatExhausted);
+    }
+    // The ports the flow's packets arrive on at the uplink, marked before
+    // the flow is complete: replies at the translated port, and the host's
+    // own packets at their socket's.
+    if nat != NAT_HAIRPIN {
+        uplink_ports::mark_flow(search.xlat.proto, search.xlat.sport);
+    }
+    if nat == NAT_HOST {
+        uplink_ports::mark_flow(pkt.key.proto, pkt.key.sport);
     }
     // SAFETY: the scratch entry, not aliased while the search is over.
     conntrack::insert_orig(&pkt.key, &search.xlat, reply, pkt.len)?;

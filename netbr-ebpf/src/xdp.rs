@@ -31,6 +31,7 @@ use crate::{
     modes::fast_path_carries,
     parse::{Ipv4Fixed, ETH_LEN, ETH_P_IP, TCP_CSUM, TCP_FLAGS, TCP_MIN, UDP_CSUM, UDP_MIN},
     redirect::count_fast,
+    uplink_ports,
 };
 
 const IP_LEN: usize = core::mem::size_of::<Ipv4Fixed>();
@@ -85,6 +86,11 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
         )
     };
     if flags & TCP_SYN_FIN_RST != 0 {
+        return None;
+    }
+    // The TC program's first test, so a packet no flow can claim costs no
+    // lookup here either.
+    if !cfg.in_subnet(ipv.daddr) && !uplink_ports::may_be_ours(ipv.proto, dport) {
         return None;
     }
     let key = FlowKey {

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use netbr_common::{
-    conntrack::{CtEntry, FlowKey, DIR_ORIG, NAT_HAIRPIN, NAT_NONE, TCP_ACK, TCP_SYN},
+    conntrack::{CtEntry, FlowKey, NAT_HAIRPIN, NAT_NONE, TCP_ACK, TCP_SYN},
     counters::Reason,
     firewall::{verdict, FlowFacts, RuleSpec, FW_IN, FW_OUT},
     maps::{
@@ -294,13 +294,10 @@ fn is_loopback(a: u32) -> bool {
 }
 
 /// Mirrors `conntrack::lookup` (with nothing expired: the fuzzer's timeouts
-/// are long): the live flow of `key`, if its partner is there.
+/// are long): the entry of `key` holds all its packet needs, whether or not
+/// its partner is still there.
 fn flow(t: &dyn Tables, key: &FlowKey) -> Option<CtEntry> {
-    let (e, assured) = t.ct(key)?;
-    if e.dir == DIR_ORIG {
-        return Some(e);
-    }
-    t.ct_in(&e.xlat.reversed(), assured).map(|_| e)
+    t.ct(key).map(|(e, _)| e)
 }
 
 fn published(t: &dyn Tables, proto: u8, addr: u32, port: u16) -> Option<MappingTarget> {

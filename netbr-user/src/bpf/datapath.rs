@@ -13,7 +13,7 @@ use aya::{
     Ebpf,
 };
 use netbr_common::{
-    conntrack::{CtEntry, FlowKey},
+    conntrack::{merge, CtEntry, FlowKey, FlowView, DIR_ORIG},
     counters::Reason,
     firewall::{FwKey, FwRule, FwScopeKey, MAP_FIREWALL, MAP_FIREWALL_HITS, MAP_FIREWALL_SCOPES},
     maps::{
@@ -24,6 +24,7 @@ use netbr_common::{
     },
     monitor::{MonitorEvent, MAP_MONITOR},
     pacing::{Pace, PaceKey, MAP_PACING},
+    ports::{PortSet, MAP_PORTS, PORTS_PUBLISHED},
 };
 
 /// `BPF_NOEXIST`: an update that fails instead of overwriting an entry.
@@ -53,6 +54,8 @@ pub struct Datapath {
     pub firewall_scopes: HashMap<MapData, FwScopeKey, u32>,
     pub firewall_hits: PerCpuArray<MapData, u64>,
     pub pacing: HashMap<MapData, PaceKey, Pace>,
+    /// The uplink's port sets (`netbr_common::ports`).
+    pub ports: Array<MapData, PortSet>,
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -101,6 +104,7 @@ impl Datapath {
             firewall_scopes: typed(&mut get, MAP_FIREWALL_SCOPES)?,
             firewall_hits: typed(&mut get, MAP_FIREWALL_HITS)?,
             pacing: typed(&mut get, MAP_PACING)?,
+            ports: typed(&mut get, MAP_PORTS)?,
         })
     }
 
@@ -167,23 +171,44 @@ impl Datapath {
             .sum())
     }
 
-    /// Original-direction entries, one per flow, from both tables.
-    pub fn flows(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
+    /// Rewrites the set of published host ports from the mappings, plus
+    /// `adding` (mappings about to be inserted: their ports are marked
+    /// first, so no packet for them skips the lookups). Called after every
+    /// change of the mappings; the programs only read this set.
+    pub fn set_published_ports(&mut self, adding: &[MappingKey]) -> Result<()> {
+        let mut set = Box::new(PortSet::EMPTY);
+        let keys: Vec<MappingKey> = self
+            .mappings
+            .keys()
+            .collect::<Result<_, _>>()
+            .context("reading the mappings")?;
+        for k in keys.iter().chain(adding) {
+            set.mark(k.proto, k.port);
+        }
+        self.ports
+            .set(PORTS_PUBLISHED, &*set, 0)
+            .context("writing the published ports' set")
+    }
+
+    /// Every flow of both tables, keyed by its original tuple, its two
+    /// entries merged.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowView)>> {
         let mut out = Vec::new();
         for table in [&self.conntrack, &self.conntrack_new] {
             for item in table.iter() {
                 let (k, v) = item.context("reading conntrack")?;
-                if v.dir == netbr_common::conntrack::DIR_ORIG {
-                    out.push((k, v));
+                if v.dir == DIR_ORIG {
+                    let reply = table.get(&v.xlat.reversed(), 0).ok();
+                    out.push((k, merge(&v, reply.as_ref())));
                 }
             }
         }
         Ok(out)
     }
 
-    /// Removes every flow for which `pred(orig key, orig entry)` holds, both
+    /// Removes every flow for which `pred(orig key, flow)` holds, both
     /// entries, from whichever table holds it. Returns how many flows went.
-    pub fn remove_flows(&mut self, pred: impl Fn(&FlowKey, &CtEntry) -> bool) -> Result<usize> {
+    pub fn remove_flows(&mut self, pred: impl Fn(&FlowKey, &FlowView) -> bool) -> Result<usize> {
         let doomed: Vec<_> = self
             .flows()?
             .into_iter()

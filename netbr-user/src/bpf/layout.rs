@@ -112,19 +112,19 @@ pub fn ct_max(dir: &Path, bridge: &str) -> Result<u32> {
 /// tables' size. The error names the fix.
 pub fn check(dir: &Path, bridge: &str) -> Result<u32> {
     let ct_max = ct_max(dir, bridge)?;
-    check_maps(dir, bridge, ct_max)?;
+    check_maps(dir, bridge, ct_max, &[])?;
     if let Some(why) = link_mismatch(dir, &program_names())? {
         return Err(refusal(bridge, &why));
     }
     Ok(ct_max)
 }
 
-/// Checks the pinned maps (all that `attach` reuses: it replaces links).
-/// Maps not pinned yet pass: a first attach, or one after `detach
-/// --keep-bridge`, pins them.
-pub fn check_maps(dir: &Path, bridge: &str, ct_max: u32) -> Result<()> {
+/// Checks the pinned maps (all that `attach` reuses: it replaces links)
+/// but those in `upgraded` (an upgrade replaces them). Maps not pinned yet
+/// pass: a first attach, or one after `detach --keep-bridge`, pins them.
+pub fn check_maps(dir: &Path, bridge: &str, ct_max: u32, upgraded: &[&str]) -> Result<()> {
     for spec in &PINNED {
-        if dir.join(spec.name).exists() {
+        if dir.join(spec.name).exists() && !upgraded.contains(&spec.name) {
             if let Some(why) = map_mismatch(dir, spec, ct_max)? {
                 return Err(refusal(bridge, &why));
             }

@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod layout;
 pub mod pacing;
 pub mod pins;
+pub mod upgrade;
 
 /// The compiled programs, built by `build.rs` through aya-build.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbr-bpf"));

@@ -121,6 +121,13 @@ impl Attach {
             report.uplink_addr,
             store.pins.display()
         );
+        if let Some(flows) = report.upgraded_flows {
+            println!(
+                "upgraded bridge {} from map layout {}: {flows} flow(s) carried over",
+                self.bridge,
+                crate::bpf::upgrade::PREVIOUS_LAYOUT
+            );
+        }
         if !report.service_nat.is_empty() {
             eprintln!(
                 "{}",

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     addr::{to_be32, Cidr, PortRange},
-    bpf::{attach, datapath::Datapath, layout, pins},
+    bpf::{attach, datapath::Datapath, layout, pins, upgrade},
     netlink::Netlink,
     sysctl,
 };
@@ -121,6 +121,9 @@ pub struct AttachReport {
     pub uplink_addr: Ipv4Addr,
     /// kube-proxy's rules found (`host_firewall::service_nat`).
     pub service_nat: Vec<String>,
+    /// Flows carried over from the previous release's tables, when this
+    /// attach upgraded them (`bpf::upgrade`).
+    pub upgraded_flows: Option<usize>,
 }
 
 impl Store {
@@ -235,15 +238,28 @@ impl Store {
                 }
             }
         }
+        // The previous release's layout is upgraded in place, its flows
+        // carried over (`bpf::upgrade`); any other must match exactly.
+        let upgrading = reattach && upgrade::is_previous_layout(&dir);
         let ct_max = if reattach {
             // Links are replaced below, so only the maps must match: a
             // newer netbr may attach programs the older one did not have.
             let pinned = layout::ct_max(&dir, &bridge_name)?;
-            layout::check_maps(&dir, &bridge_name, pinned)?;
-            let cfg = Datapath::from_pins(&dir)
-                .and_then(|dp| dp.config())
-                .map_err(|e| layout::refusal(&bridge_name, &format!("{e:#}")))?;
-            layout::check_version(&bridge_name, cfg.layout_version)?;
+            let changed: &[&str] = if upgrading {
+                &upgrade::CHANGED_MAPS
+            } else {
+                &[]
+            };
+            layout::check_maps(&dir, &bridge_name, pinned, changed)?;
+            let cfg = if upgrading {
+                upgrade::pinned_config(&dir)
+            } else {
+                Datapath::from_pins(&dir).and_then(|dp| dp.config())
+            }
+            .map_err(|e| layout::refusal(&bridge_name, &format!("{e:#}")))?;
+            if !upgrading {
+                layout::check_version(&bridge_name, cfg.layout_version)?;
+            }
             if cfg.subnet_addr != to_be32(subnet.network())
                 || cfg.subnet_mask != to_be32(Ipv4Addr::from(subnet.mask()))
                 || cfg.uplink_ifindex != uplink.index
@@ -264,7 +280,7 @@ impl Store {
                 bail!("--ct-max {n} is too small: use at least 64");
             }
             // Maps a `detach --keep-bridge` left must be of this layout too.
-            layout::check_maps(&dir, &bridge_name, n)?;
+            layout::check_maps(&dir, &bridge_name, n, &[])?;
             n
         };
         let (host_min, host_max) = sysctl::local_port_range()?;
@@ -288,6 +304,11 @@ impl Store {
 
         let endpoints = self.state.endpoints.clone();
         let state = self.state.clone();
+        let upgrade = if upgrading {
+            Some(upgrade::Upgrade::begin(&dir)?)
+        } else {
+            None
+        };
         let result = async {
             let mut ebpf = attach::load(Some(&dir), ct_max, Some(flags))?;
             let mut dp = Datapath::from_ebpf(&mut ebpf)?;
@@ -324,8 +345,13 @@ impl Store {
                 netns_cookie: crate::netns::current_cookie()?,
             })?;
             dp.set_no_masquerade(&no_masquerade)?;
+            dp.set_published_ports(&[])?;
             sync_local_addrs(&nl, &mut dp).await?;
             super::firewall::install_all(&mut dp, &state)?;
+            let carried = match &upgrade {
+                Some(u) => Some(u.restore(&mut dp, false)?),
+                None => None,
+            };
             attach::attach_all(&mut ebpf, &dir, &req.uplink, &bridge_name)?;
             crate::bpf::pacing::pin_programs(&mut ebpf, &dir)?;
             super::limits::install_all(&dir, &mut dp, &endpoints).await?;
@@ -333,21 +359,32 @@ impl Store {
                 for ep in &endpoints {
                     super::endpoint::accept_xdp_frames(ep)?;
                 }
-                attach::attach_xdp(&mut ebpf, &dir, uplink.index)
+                attach::attach_xdp(&mut ebpf, &dir, uplink.index)?;
             } else {
-                attach::detach_xdp(&dir)
+                attach::detach_xdp(&dir)?;
             }
+            if let Some(u) = &upgrade {
+                // Flows the old programs opened while the first copy ran.
+                u.restore(&mut dp, true)?;
+            }
+            anyhow::Ok(carried)
         }
         .await;
-        if let Err(e) = result {
-            if !reattach {
-                // Pins a `detach --keep-bridge` left are the user's; keep them.
-                for err in attach::remove_pins(&dir, &kept) {
-                    log::warn!("{err:#}");
+        let upgraded_flows = match result {
+            Ok(carried) => carried,
+            Err(e) => {
+                if let Some(u) = upgrade {
+                    u.abandon();
                 }
+                if !reattach {
+                    // Pins a `detach --keep-bridge` left are the user's; keep them.
+                    for err in attach::remove_pins(&dir, &kept) {
+                        log::warn!("{err:#}");
+                    }
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let (docker_network, docker_host_ip) =
             self.state.network.as_ref().map_or((None, None), |n| {
                 (n.docker_network.clone(), n.docker_host_ip)
@@ -366,6 +403,7 @@ impl Store {
             prefix: subnet.prefix,
             uplink_addr: uplink_addr.addr,
             service_nat,
+            upgraded_flows,
         })
     }
 

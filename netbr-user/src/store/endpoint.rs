@@ -244,6 +244,7 @@ impl Store {
             for p in &ep.ports {
                 let _ = dp.mappings.remove(&super::ports::mapping_key(p));
             }
+            dp.set_published_ports(&[])?;
             let ip = to_be32(ep.ip);
             dp.remove_flows(|k, v| k.saddr == ip || v.xlat.daddr == ip)?;
             let _ = dp.endpoints.remove(&ip);

@@ -116,7 +116,7 @@ impl Store {
     /// Removes the flows `pred` selects. Returns how many went.
     pub fn remove_flows(
         &self,
-        pred: impl Fn(&netbr_common::conntrack::FlowKey, &netbr_common::conntrack::CtEntry) -> bool,
+        pred: impl Fn(&netbr_common::conntrack::FlowKey, &netbr_common::conntrack::FlowView) -> bool,
     ) -> Result<usize> {
         self.datapath()?.remove_flows(pred)
     }

@@ -179,6 +179,8 @@ impl Store {
                 }
             }
         }
+        let keys: Vec<MappingKey> = wanted.iter().map(mapping_key).collect();
+        dp.set_published_ports(&keys)?;
         let mut written = Vec::new();
         for p in &wanted {
             let key = mapping_key(p);
@@ -189,6 +191,7 @@ impl Store {
                 for k in &written {
                     let _ = dp.mappings.remove(k);
                 }
+                let _ = dp.set_published_ports(&[]);
                 bail!(
                     "the datapath already maps host port {} ({e})",
                     p.host_side()
@@ -206,6 +209,7 @@ impl Store {
             if let Some(e) = self.state.endpoint_mut(name) {
                 e.ports.retain(|p| !wanted.contains(p));
             }
+            let _ = dp.set_published_ports(&[]);
             return Err(e);
         }
         Ok(wanted)
@@ -247,6 +251,7 @@ impl Store {
         for p in &doomed {
             let _ = dp.mappings.remove(&mapping_key(p));
         }
+        dp.set_published_ports(&[])?;
         if let Some(e) = self.state.endpoint_mut(name) {
             e.ports.retain(|p| !doomed.contains(p));
         }
