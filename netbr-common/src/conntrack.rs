@@ -427,7 +427,7 @@ mod tests {
             (9, [3, 2], [300, 100])
         );
         assert_eq!(f.state, Established as u8);
-        let alone = merge(&orig, None);
+        let alone = merge(&orig, Option::None);
         assert_eq!((alone.last_seen_ns, alone.packets), (5, [3, 0]));
     }
 
