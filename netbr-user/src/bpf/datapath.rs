@@ -185,8 +185,10 @@ impl Datapath {
         for k in keys.iter().chain(adding) {
             set.mark(k.proto, k.port);
         }
+        // By reference: the set is 128 KiB, too big to pass by value.
+        let set: &PortSet = &set;
         self.ports
-            .set(PORTS_PUBLISHED, &*set, 0)
+            .set(PORTS_PUBLISHED, set, 0)
             .context("writing the published ports' set")
     }
 

@@ -161,8 +161,10 @@ impl Upgrade {
                 ports.mark(key.proto, key.sport);
             }
         }
+        // By reference: the set is 128 KiB, too big to pass by value.
+        let ports: &PortSet = &ports;
         dp.ports
-            .set(PORTS_RESTORED, &*ports, 0)
+            .set(PORTS_RESTORED, ports, 0)
             .context("writing the restored flows' ports")?;
         Ok(copied)
     }
