@@ -109,6 +109,13 @@ impl Harness {
         run_on(self.classifier(prog), frame)
     }
 
+    /// Runs `frame` through `prog` and asserts it passed unchanged; `what`
+    /// names the case in the failure.
+    fn assert_passes_untouched(&mut self, prog: &str, frame: &[u8], what: &str) {
+        let (verdict, out) = self.run(prog, frame);
+        assert_eq!((verdict, out.as_slice()), (PASS, frame), "{what}");
+    }
+
     /// The TC program `prog` of the object.
     fn classifier(&mut self, prog: &str) -> &mut SchedClassifier {
         self.ebpf
@@ -331,10 +338,7 @@ fn packet_matching_nothing_is_untouched() {
         (UP_IN, Spec::udp((LAN, 40000), (HOST, 8080))),
         (UP_OUT, Spec::tcp((HOST, 40000), (LAN, 80), SYN)),
     ] {
-        let frame = spec.build();
-        let (verdict, out) = h.run(prog, &frame);
-        assert_eq!(verdict, PASS);
-        assert_eq!(out, frame, "{spec:?} was modified");
+        h.assert_passes_untouched(prog, &spec.build(), &format!("{spec:?}"));
     }
     assert_eq!(h.counter(Reason::PassNoMatch), 3);
     assert_eq!(h.entries(), 0);
@@ -373,12 +377,15 @@ fn expired_flow_is_forgotten_on_lookup() {
     h.dp.set_config(&cfg).expect("config");
     h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
     std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_reply_finds_the_flow_expired(&mut h);
+}
+
+/// Sends the reply of the flow (WEB, 5000) -> (REMOTE, 53) masqueraded to
+/// (HOST, 5000), and asserts the flow had expired: the reply passes
+/// untranslated, the expiry is counted, and both entries are gone.
+fn assert_reply_finds_the_flow_expired(h: &mut Harness) {
     let frame = Spec::udp((REMOTE, 53), (HOST, 5000)).build();
-    let (_, out) = h.run(UP_IN, &frame);
-    assert_eq!(
-        out, frame,
-        "the reply of an expired flow must not be translated"
-    );
+    h.assert_passes_untouched(UP_IN, &frame, "the reply of an expired flow");
     assert_eq!(h.counter(Reason::CtExpired), 1);
     assert_eq!(h.entries(), 0);
 }
@@ -456,14 +463,7 @@ fn a_direction_idle_past_its_timeout_lives_while_the_other_is_seen() {
         e.last_seen_ns = e.last_seen_ns.saturating_sub(1_000_000_000_000);
         table.insert(key, e, 0).expect("age");
     }
-    let frame = Spec::udp((REMOTE, 53), (HOST, 5000)).build();
-    let (_, out) = h.run(UP_IN, &frame);
-    assert_eq!(
-        out, frame,
-        "the reply of a flow idle both ways is not translated"
-    );
-    assert_eq!(h.counter(Reason::CtExpired), 1);
-    assert_eq!(h.entries(), 0);
+    assert_reply_finds_the_flow_expired(&mut h);
 }
 
 #[test]
@@ -493,7 +493,7 @@ fn the_port_sets_mark_published_ports_and_the_ports_flows_arrive_on() {
     // A datagram to a port no set marks is the host's, untouched.
     let frame = Spec::udp((LAN, 40000), (HOST, 9999)).build();
     let before = h.counter(Reason::PassNoMatch);
-    assert_eq!(h.run(UP_IN, &frame), (PASS, frame.clone()));
+    h.assert_passes_untouched(UP_IN, &frame, "an unmarked port");
     assert_eq!(h.counter(Reason::PassNoMatch), before + 1);
 }
 
@@ -541,9 +541,7 @@ fn bridge_ingress_leaves_uplink_flows_to_routing() {
     // before routing and must reach the uplink untranslated.
     h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
     let frame = Spec::udp((WEB, 5000), (REMOTE, 53)).build();
-    let (verdict, out) = h.run(BR_IN, &frame);
-    assert_eq!(verdict, PASS);
-    assert_eq!(out, frame);
+    h.assert_passes_untouched(BR_IN, &frame, "a masquerade flow on the bridge");
 }
 
 #[test]
@@ -1160,8 +1158,7 @@ fn bridge_ingress_never_masquerades_a_container_packet_to_a_host_address() {
         Spec::echo_request(WEB, HOST, 22).build(),
     ] {
         h.run(UP_OUT, &frame);
-        let (verdict, out) = h.run(BR_IN, &frame);
-        assert_eq!((verdict, out), (PASS, frame.clone()));
+        h.assert_passes_untouched(BR_IN, &frame, "to a host address");
     }
 }
 

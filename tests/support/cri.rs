@@ -7,8 +7,8 @@ use std::{
     collections::HashMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Child, Command},
+    time::Duration,
 };
 
 use hyper_util::rt::TokioIo;
@@ -20,7 +20,7 @@ use k8s_cri::v1::{
 use netbr::cluster::Node;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::runtimes::{busybox_tar, text, tidy_runtime_dirs, timed, unmount_below};
+use super::runtimes::{busybox_tar, spawn_containerd, stop_containerd, text, timed};
 
 /// The sandbox ("pause") image every node imports.
 pub const PAUSE_IMAGE: &str = "localhost/netbr-pause:1";
@@ -125,26 +125,12 @@ impl CriNode {
         });
         std::fs::write(dir.join("netd/10-netbr.conflist"), conflist.to_string()).expect("conflist");
         std::fs::write(dir.join("config.toml"), config_toml(&dir)).expect("config.toml");
-        let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net={}", node.path().display()))
-            .args(["setsid", "containerd", "--config"])
-            .arg(dir.join("config.toml"))
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start containerd");
+        let daemon = spawn_containerd(&node.path(), &dir);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
         let sock = dir.join("containerd.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let channel = rt
             .block_on(
                 Endpoint::try_from("http://[::]:0")
@@ -349,35 +335,7 @@ impl CriNode {
 impl Drop for CriNode {
     fn drop(&mut self) {
         self.remove_all_quietly();
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.daemon.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        // Shims (and the sandbox processes under them) of pods a failing
-        // test left name this node's socket on their command lines.
-        let found = timed(
-            20,
-            Command::new("pgrep")
-                .arg("-f")
-                .arg(self.dir.display().to_string()),
-        );
-        for pid in String::from_utf8_lossy(&found.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: as above, processes this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        unmount_below(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
-        tidy_runtime_dirs();
+        stop_containerd(&mut self.daemon, &self.dir);
     }
 }
 

@@ -334,18 +334,7 @@ impl Containerd {
         // ctr reads only the first file of /etc/cni/net.d.
         std::fs::write(dir.join("netd/10-nbnet.conflist"), conflist("1.0.0")).expect("conflist");
         std::os::unix::fs::symlink(plugin, dir.join("bin/netbr-cni")).expect("plugin link");
-        let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net={}", sb.host_path().display()))
-            .arg("setsid")
-            .arg("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start containerd");
+        let daemon = spawn_containerd(&sb.host_path(), &dir);
         let created_netd = !Path::new("/etc/cni/net.d").exists();
         let ctd = Self {
             dir,
@@ -353,15 +342,6 @@ impl Containerd {
             daemon,
             created_netd,
         };
-        let sock = ctd.dir.join("containerd.sock");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "containerd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let o = ctd.ctr(&["images", "import", &image.display().to_string()]);
         assert!(o.status.success(), "ctr images import: {}", text(&o));
         ctd
@@ -409,24 +389,97 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.daemon.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        unmount_below(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop_containerd(&mut self.daemon, &self.dir);
         if self.created_netd {
             let _ = std::fs::remove_dir("/etc/cni/net.d");
         }
-        tidy_runtime_dirs();
     }
+}
+
+/// The init processes of the containers runc keeps state for under `root`
+/// (`root/<namespace>/<container>/state.json`).
+fn runc_init_pids(root: &Path) -> Vec<i32> {
+    let dirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    dirs(root)
+        .iter()
+        .flat_map(|ns| dirs(ns))
+        .filter_map(|c| std::fs::read_to_string(c.join("state.json")).ok())
+        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .filter_map(|state| state["init_process_pid"].as_i64())
+        .filter_map(|pid| i32::try_from(pid).ok())
+        .collect()
+}
+
+/// Starts containerd in the namespace at `ns` with `dir/config.toml`,
+/// logging to `dir/containerd.log`, and waits for its socket
+/// `dir/containerd.sock`.
+pub fn spawn_containerd(ns: &Path, dir: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
+    let daemon = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["setsid", "containerd", "--config"])
+        .arg(dir.join("config.toml"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start containerd");
+    let sock = dir.join("containerd.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon
+}
+
+/// Stops containerd by its PID, then what it left under `dir`: shims (and
+/// the processes under them) of containers a failing test left, which name
+/// `dir` on their command lines, mounts, and the directory itself.
+pub fn stop_containerd(daemon: &mut Child, dir: &Path) {
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = daemon.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // The containers' own processes outlive a killed shim: runc's state
+    // under `dir` (the CRI runtime's private `Root`) names each one.
+    for pid in runc_init_pids(&dir.join("runc")) {
+        // SAFETY: processes this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let found = timed(
+        20,
+        Command::new("pgrep")
+            .arg("-f")
+            .arg(dir.display().to_string()),
+    );
+    for pid in String::from_utf8_lossy(&found.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: processes this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    unmount_below(dir);
+    let _ = std::fs::remove_dir_all(dir);
+    tidy_runtime_dirs();
 }
 
 /// `/usr/bin/docker`: a newer client may shadow it on PATH.
