@@ -8,7 +8,7 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged): passed untouched.
+    /// Neither IPv4 nor IPv6 (ARP, VLAN-tagged): passed untouched.
     PassNotIpv4 = 0,
     /// Protocol netbr does not translate (or an ICMP type it does not track).
     PassUntrackedProto,
@@ -80,9 +80,12 @@ pub enum Reason {
     UntranslatedNew,
     /// A packet of an internal bridge (`--internal`) to or from beyond it.
     DropInternal,
+    /// IPv6, which netbr routes untranslated (`netbr_common::net6`):
+    /// passed untouched.
+    PassIpv6,
 }
 
-pub const REASON_COUNT: u32 = 31;
+pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -117,6 +120,7 @@ impl Reason {
         Reason::MonitorLost,
         Reason::UntranslatedNew,
         Reason::DropInternal,
+        Reason::PassIpv6,
     ];
 
     /// Stable name for `netbr stats` and its JSON.
@@ -153,6 +157,7 @@ impl Reason {
             Reason::MonitorLost => "monitor_lost",
             Reason::UntranslatedNew => "untranslated_new",
             Reason::DropInternal => "drop_internal",
+            Reason::PassIpv6 => "pass_ipv6",
         }
     }
 

@@ -11,6 +11,7 @@ use crate::{
     firewall::*,
     maps::*,
     monitor::{MAP_MONITOR, MONITOR_BYTES},
+    net6::{Net6, MAP_NET6},
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     ports::{PortSet, MAP_PORTS, PORT_SETS},
     snat::SNAT_HISTOGRAM_LEN,
@@ -46,8 +47,9 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 21] = [
+pub const PINNED: [MapSpec; 22] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
+    spec::<u32, Net6>(MAP_NET6, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK_NEW, BPF_MAP_TYPE_LRU_HASH, None),

@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod layout;
 pub mod maps;
 pub mod monitor;
+pub mod net6;
 pub mod pacing;
 pub mod ports;
 pub mod portspec;

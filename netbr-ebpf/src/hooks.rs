@@ -135,7 +135,10 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
     let pkt = PACKET.get_ptr_mut(0).ok_or(Reason::DropRewrite)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
-    parse(ctx, pkt)?;
+    match parse(ctx, pkt) {
+        Err(Reason::PassNotIpv4) => return Err(crate::ipv6::judge(ctx, cfg, hook)),
+        r => r?,
+    }
     if pkt.frag == FRAG_LATER {
         frag::recall(pkt, hook)?;
     }

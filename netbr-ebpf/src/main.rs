@@ -15,6 +15,7 @@ mod events;
 mod firewall;
 mod frag;
 mod hooks;
+mod ipv6;
 mod maps;
 mod modes;
 mod monitor;

@@ -15,11 +15,16 @@ use netbr_common::{
         FRAGMENTS_MAX_ENTRIES, LOCAL_ADDRS_MAX_ENTRIES, MAPPINGS_MAX_ENTRIES,
         NO_MASQUERADE_MAX_ENTRIES, REASON_SLOTS, SOCKETS_MAX_ENTRIES,
     },
+    net6::Net6,
     snat::SNAT_HISTOGRAM_LEN,
 };
 
 #[map(name = "NB_CFG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The bridge's IPv6 subnet (`netbr_common::net6`).
+#[map(name = "NB_NET6")]
+pub static NET6: Array<Net6> = Array::with_max_entries(1, 0);
 
 #[map(name = "NB_MAPS")]
 pub static MAPPINGS: HashMap<MappingKey, MappingTarget> =
