@@ -19,6 +19,8 @@ pub struct PortSpec {
 pub enum SpecError {
     MissingContainerPort,
     BadHostIp,
+    /// `[IPV6]:HOSTPORT:...`: netbr does not translate IPv6 yet.
+    Ipv6HostIp,
     BadPort,
     ZeroPort,
     ReversedRange,
@@ -34,6 +36,9 @@ impl fmt::Display for SpecError {
                 "expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], e.g. 8080:80/tcp"
             }
             SpecError::BadHostIp => "the host IP is not an IPv4 address",
+            SpecError::Ipv6HostIp => {
+                "ports cannot be published on IPv6 yet (netbr routes IPv6 untranslated): give an IPv4 host IP, or none"
+            }
             SpecError::BadPort => "a port is not a number between 1 and 65535",
             SpecError::ZeroPort => "port 0 cannot be published",
             SpecError::ReversedRange => "a port range ends before it starts",
@@ -41,6 +46,13 @@ impl fmt::Display for SpecError {
             SpecError::RangeMismatch => "host and container port ranges must have the same length",
         })
     }
+}
+
+/// Docker's way of giving an IPv6 host IP: `[2001:db8::1]`, `[::]`.
+fn is_bracketed_ipv6(ip: &str) -> bool {
+    ip.strip_prefix('[')
+        .and_then(|ip| ip.strip_suffix(']'))
+        .is_some_and(|ip| ip.parse::<core::net::Ipv6Addr>().is_ok())
 }
 
 impl FromStr for PortSpec {
@@ -57,6 +69,7 @@ impl FromStr for PortSpec {
             .rsplit_once(':')
             .ok_or(SpecError::MissingContainerPort)?;
         let (host_ip, host) = match host.rsplit_once(':') {
+            Some((ip, _)) if is_bracketed_ipv6(ip) => return Err(SpecError::Ipv6HostIp),
             Some((ip, host)) => (Some(ip.parse().map_err(|_| SpecError::BadHostIp)?), host),
             None => (None, host),
         };
@@ -191,6 +204,9 @@ mod tests {
         assert_eq!(p("8080:+80"), Err(SpecError::BadPort));
         assert_eq!(p("0:80"), Err(SpecError::ZeroPort));
         assert_eq!(p("::1:8080:80"), Err(SpecError::BadHostIp));
+        assert_eq!(p("[::]:8081:80"), Err(SpecError::Ipv6HostIp));
+        assert_eq!(p("[2001:db8::1]:8083:80/udp"), Err(SpecError::Ipv6HostIp));
+        assert_eq!(p("[300.1.1.1]:8080:80"), Err(SpecError::BadHostIp));
         assert_eq!(p("300.1.1.1:8080:80"), Err(SpecError::BadHostIp));
         assert_eq!(p("9000-8000:80"), Err(SpecError::ReversedRange));
         assert_eq!(p("8000-8001:80-82"), Err(SpecError::RangeMismatch));

@@ -1,7 +1,12 @@
-//! IPv4 helpers: CIDR blocks, port ranges, and the byte-order conversions
-//! between `Ipv4Addr` and the network-order `u32`s stored in maps.
+//! Address helpers: CIDR blocks of both families, port ranges, and the
+//! byte-order conversions between `Ipv4Addr` and the network-order `u32`s
+//! stored in maps.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use anyhow::{anyhow, bail, Result};
 
@@ -85,6 +90,162 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// An IPv6 block, for a bridge's IPv6 subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr6 {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Cidr6 {
+    fn mask(&self) -> u128 {
+        u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0)
+    }
+
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) & self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.network())
+    }
+
+    pub fn overlaps(&self, other: &Cidr6) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+
+    /// A usable host address: inside, and not the subnet-router anycast
+    /// address (the network's own, RFC 4291 2.6.1).
+    pub fn is_host(&self, ip: Ipv6Addr) -> bool {
+        self.contains(ip) && ip != self.network()
+    }
+
+    /// Host addresses in order from the network's first, as IPAM hands
+    /// them out; the walk stops after 2^16 of them, more than a bridge
+    /// has endpoints.
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        let first = u128::from(self.network()) + 1;
+        (first..first.saturating_add(1 << 16))
+            .map(Ipv6Addr::from)
+            .take_while(|ip| self.contains(*ip))
+    }
+}
+
+impl FromStr for Cidr6 {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| anyhow!("{s:?} is not a CIDR block like fd00:30::/64"))?;
+        let addr: Ipv6Addr = a
+            .parse()
+            .map_err(|_| anyhow!("{a:?} is not an IPv6 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| anyhow!("{p:?} is not a prefix length"))?;
+        if !(16..=124).contains(&prefix) {
+            bail!("prefix /{prefix} is out of range for IPv6: use /16 to /124");
+        }
+        if addr.segments()[0] & 0xffc0 == 0xfe80 || addr.is_multicast() || addr.is_loopback() {
+            bail!("{s} is not a unicast block for containers: use a global or unique local one (fd00::/8)");
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// What address assignment asks of a subnet of either family.
+pub trait HostBlock: fmt::Display + Copy {
+    type Addr: Copy + PartialEq + fmt::Display;
+    fn is_host(&self, ip: Self::Addr) -> bool;
+    /// Host addresses in the order they are handed out.
+    fn host_addrs(&self) -> Box<dyn Iterator<Item = Self::Addr> + '_>;
+}
+
+impl HostBlock for Cidr {
+    type Addr = Ipv4Addr;
+    fn is_host(&self, ip: Ipv4Addr) -> bool {
+        Cidr::is_host(self, ip)
+    }
+    fn host_addrs(&self) -> Box<dyn Iterator<Item = Ipv4Addr> + '_> {
+        Box::new(self.hosts())
+    }
+}
+
+impl HostBlock for Cidr6 {
+    type Addr = Ipv6Addr;
+    fn is_host(&self, ip: Ipv6Addr) -> bool {
+        Cidr6::is_host(self, ip)
+    }
+    fn host_addrs(&self) -> Box<dyn Iterator<Item = Ipv6Addr> + '_> {
+        Box::new(self.hosts())
+    }
+}
+
+/// `--subnet` of either family, as `docker network create --subnet`
+/// takes it: an IPv6 block when it holds a colon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyCidr {
+    V4(Cidr),
+    V6(Cidr6),
+}
+
+impl FromStr for AnyCidr {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s.contains(':') {
+            s.parse().map(Self::V6)
+        } else {
+            s.parse().map(Self::V4)
+        }
+    }
+}
+
+/// At most one value of each family from a repeatable option: `--subnet`,
+/// `--gateway`, `--ip`.
+pub fn one_per_family<T: Copy, U: Copy>(
+    what: &str,
+    values: impl IntoIterator<Item = std::result::Result<T, U>>,
+) -> Result<(Option<T>, Option<U>)> {
+    let (mut v4, mut v6) = (None, None);
+    for v in values {
+        match v {
+            Ok(a) if v4.replace(a).is_some() => {
+                bail!("{what} is given twice for IPv4: give one per family")
+            }
+            Err(b) if v6.replace(b).is_some() => {
+                bail!("{what} is given twice for IPv6: give one per family")
+            }
+            _ => {}
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// An address of either family as [`one_per_family`] takes it.
+pub fn by_family(ip: IpAddr) -> std::result::Result<Ipv4Addr, Ipv6Addr> {
+    match ip {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(a) => Err(a),
+    }
+}
+
+impl AnyCidr {
+    pub fn by_family(self) -> std::result::Result<Cidr, Cidr6> {
+        match self {
+            Self::V4(c) => Ok(c),
+            Self::V6(c) => Err(c),
+        }
+    }
+}
+
 /// An inclusive port range, `MIN-MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange(pub u16, pub u16);
@@ -140,6 +301,28 @@ mod tests {
         assert!(lan.overlaps(&"192.0.0.0/16".parse().unwrap()));
         assert!("172.30.0.0".parse::<Cidr>().is_err());
         assert!("172.30.0.0/31".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn ipv6_blocks() {
+        let c: Cidr6 = "fd00:30::77/64".parse().unwrap();
+        assert_eq!(c.network(), "fd00:30::".parse::<Ipv6Addr>().unwrap());
+        assert!(c.is_host("fd00:30::1".parse().unwrap()));
+        assert!(!c.is_host("fd00:30::".parse().unwrap()));
+        assert!(!c.contains("fd00:31::1".parse().unwrap()));
+        let hosts: Vec<_> = c.hosts().take(2).collect();
+        assert_eq!(hosts[1], "fd00:30::2".parse::<Ipv6Addr>().unwrap());
+        let small: Cidr6 = "fd00:30::/124".parse().unwrap();
+        assert_eq!(small.hosts().count(), 15);
+        assert!("fe80::/64".parse::<Cidr6>().is_err());
+        assert!("fd00::/8".parse::<Cidr6>().is_err());
+        assert!(matches!("fd00::/64".parse::<AnyCidr>(), Ok(AnyCidr::V6(_))));
+        assert!(matches!(
+            "172.30.0.0/16".parse::<AnyCidr>(),
+            Ok(AnyCidr::V4(_))
+        ));
+        let two = ["fd00::/64", "fd01::/64"].map(|s| s.parse::<AnyCidr>().unwrap().by_family());
+        assert!(one_per_family("--subnet", two).is_err());
     }
 
     #[test]

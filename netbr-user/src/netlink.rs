@@ -4,7 +4,7 @@
 //! A `Netlink` talks to the network namespace its socket was opened in, so
 //! open it after entering the namespace you mean.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, Context as _, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -13,7 +13,7 @@ use rtnetlink::{
         NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
     },
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags, AddressScope},
         link::{
             InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo,
             LinkMessage,
@@ -188,6 +188,56 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding address {addr}/{prefix}"))
+    }
+
+    /// Adds an IPv6 address without duplicate address detection, as Docker
+    /// and the CNI bridge plugin add containers' addresses: netbr hands
+    /// out each address once, and an address tentative for a second after
+    /// a container starts would fail its first connections.
+    pub async fn add_addr6(&self, index: u32, addr: Ipv6Addr, prefix: u8) -> Result<()> {
+        let mut req = self.handle.address().add(index, addr.into(), prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
+            .await
+            .with_context(|| format!("adding address {addr}/{prefix}"))
+    }
+
+    /// The IPv6 addresses of global scope on link `index`.
+    pub async fn addrs6(&self, index: u32) -> Result<Vec<(Ipv6Addr, u8)>> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+            if msg.header.scope != AddressScope::Universe {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(a)) = attr {
+                    out.push((*a, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds the IPv6 default route via `gateway`.
+    pub async fn add_default_route6(&self, gateway: Ipv6Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .gateway(gateway)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("adding IPv6 default route via {gateway}"))
     }
 
     async fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {

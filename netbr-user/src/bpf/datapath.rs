@@ -23,6 +23,7 @@ use netbr_common::{
         MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_NO_MASQUERADE, MAP_SNAT_HISTOGRAM,
     },
     monitor::{MonitorEvent, MAP_MONITOR},
+    net6::{Net6, MAP_NET6},
     pacing::{Pace, PaceKey, MAP_PACING},
     ports::{PortSet, MAP_PORTS, PORTS_PUBLISHED},
 };
@@ -32,6 +33,8 @@ pub const BPF_NOEXIST: u64 = 1;
 
 pub struct Datapath {
     pub config: Array<MapData, Config>,
+    /// The bridge's IPv6 subnet (`netbr_common::net6`).
+    pub net6: Array<MapData, Net6>,
     pub mappings: HashMap<MapData, MappingKey, MappingTarget>,
     /// Assured flows; `conntrack_new` holds the ones being set up.
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
@@ -88,6 +91,7 @@ impl Datapath {
     fn from_source(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
             config: typed(&mut get, MAP_CONFIG)?,
+            net6: typed(&mut get, MAP_NET6)?,
             mappings: typed(&mut get, MAP_MAPPINGS)?,
             conntrack: typed(&mut get, MAP_CONNTRACK)?,
             conntrack_new: typed(&mut get, MAP_CONNTRACK_NEW)?,
@@ -121,6 +125,12 @@ impl Datapath {
     }
 
     /// Counter totals over all CPUs, in [`Reason::ALL`] order.
+    pub fn set_net6(&mut self, net: &Net6) -> Result<()> {
+        self.net6
+            .set(0, net, 0)
+            .context("writing the datapath's IPv6 subnet")
+    }
+
     pub fn counter_totals(&self) -> Result<Vec<(Reason, u64)>> {
         Reason::ALL
             .iter()

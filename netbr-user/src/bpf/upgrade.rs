@@ -4,7 +4,8 @@
 //! From layout 7 to 8 only the conntrack tables changed shape (each entry
 //! now holds its own direction's time and counters, `netbr_common::
 //! conntrack`); every other pinned map keeps its layout and is reused as
-//! `attach` always reuses pins. The old tables are opened with their old
+//! `attach` always reuses pins, and the new `NB_NET6` (the IPv6 subnet) is
+//! pinned by the load as any map not pinned yet. The old tables are opened with their old
 //! entry type and unpinned, so the load pins fresh ones; the old programs
 //! keep using the old tables until their links are swapped. The flows are
 //! copied into the new tables before the swap, so no packet of an

@@ -1,11 +1,11 @@
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 use netbr_common::conntrack::{CtState, STATE_COUNT};
 
 use crate::{
-    addr::{Cidr, PortRange},
+    addr::{by_family, one_per_family, AnyCidr, Cidr, PortRange},
     host_firewall,
     store::{AttachRequest, Store},
 };
@@ -14,15 +14,17 @@ use crate::{
 pub struct Attach {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
-    /// The containers' subnet, e.g. 172.30.0.0/16.
-    #[arg(long)]
-    pub subnet: Cidr,
+    /// The containers' subnet, e.g. 172.30.0.0/16; once more with an IPv6
+    /// block (fd00:30::/64) for a dual-stack bridge.
+    #[arg(long, required = true)]
+    pub subnet: Vec<AnyCidr>,
     /// Interface that leads to the outside world.
     #[arg(long)]
     pub uplink: String,
     /// Bridge address; the first host address of the subnet by default.
+    /// Once per family.
     #[arg(long)]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Vec<IpAddr>,
     /// Entries per conntrack table (each flow takes two; assured and new
     /// flows have a table each). Fixed while attached; 131072 by default.
     #[arg(long)]
@@ -106,7 +108,7 @@ fn parse_timeout(s: &str) -> Result<(CtState, u32)> {
 impl Attach {
     pub async fn exec(self) -> Result<()> {
         let mut store = Store::open(&self.bridge)?;
-        let report = store.attach(&self.request()).await?;
+        let report = store.attach(&self.request()?).await?;
         println!(
             "{} bridge {} ({}/{}) with uplink {} ({}); pins in {}",
             if report.reattached {
@@ -121,6 +123,9 @@ impl Attach {
             report.uplink_addr,
             store.pins.display()
         );
+        if let Some((gateway, prefix)) = report.gateway6 {
+            println!("IPv6 gateway {gateway}/{prefix}");
+        }
         if let Some(flows) = report.upgraded_flows {
             println!(
                 "upgraded bridge {} from map layout {}: {flows} flow(s) carried over",
@@ -144,11 +149,23 @@ impl Attach {
         Ok(())
     }
 
-    fn request(&self) -> AttachRequest {
-        AttachRequest {
-            subnet: self.subnet,
+    fn request(&self) -> Result<AttachRequest> {
+        let (subnet, subnet6) =
+            one_per_family("--subnet", self.subnet.iter().map(|s| s.by_family()))?;
+        let (gateway, gateway6) =
+            one_per_family("--gateway", self.gateway.iter().map(|ip| by_family(*ip)))?;
+        let subnet = subnet.context(
+            "IPv6-only bridges are not supported yet: add an IPv4 --subnet (172.30.0.0/16, say) beside the IPv6 one",
+        )?;
+        if gateway6.is_some() && subnet6.is_none() {
+            anyhow::bail!("an IPv6 --gateway needs an IPv6 --subnet");
+        }
+        Ok(AttachRequest {
+            subnet,
+            subnet6,
+            gateway6,
             uplink: self.uplink.clone(),
-            gateway: self.gateway,
+            gateway,
             ct_max: self.ct_max,
             snat_ports: self.snat_ports,
             allow_direct_routing: self.allow_direct_routing,
@@ -161,6 +178,6 @@ impl Attach {
             routed: self.routed,
             mtu: self.mtu,
             host_nat: self.host_nat,
-        }
+        })
     }
 }

@@ -1,9 +1,10 @@
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use crate::{
+    addr::{by_family, one_per_family},
     netns,
     store::{
         limits::{format_rate, parse_limit},
@@ -38,9 +39,11 @@ pub struct Add {
     pub name: String,
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
-    /// Address in the bridge subnet; the first free one by default.
+    /// Address in the bridge subnet; the first free one by default. Once
+    /// per family: on a dual-stack bridge the endpoint gets an address of
+    /// each.
     #[arg(long)]
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Vec<IpAddr>,
     /// An existing network namespace (name or path) to connect.
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
@@ -117,11 +120,13 @@ impl Add {
     pub async fn exec(self) -> Result<()> {
         // Refused before anything is made.
         let limits = self.limits.apply_to(Limits::default())?;
+        let (ip, ip6) = one_per_family("--ip", self.ip.iter().map(|ip| by_family(*ip)))?;
         let mut store = Store::open(&self.bridge)?;
         let ep = store
             .add_endpoint(&EndpointRequest {
                 name: self.name.clone(),
-                ip: self.ip,
+                ip,
+                ip6,
                 netns: match &self.netns {
                     Some(ns) => NetnsChoice::Existing(netns::resolve(ns)),
                     None => NetnsChoice::CreateNamed,
@@ -137,8 +142,12 @@ impl Add {
             }
         }
         let (subnet, _) = store.network()?;
+        let v6 = match (ep.ip6, store.network6()) {
+            (Some(ip6), Some((subnet6, _))) => format!(" {ip6}/{}", subnet6.prefix),
+            _ => String::new(),
+        };
         println!(
-            "endpoint {} {}/{} in {} (veth {} on {})",
+            "endpoint {} {}/{}{v6} in {} (veth {} on {})",
             ep.name,
             ep.ip,
             subnet.prefix,

@@ -1,3 +1,5 @@
+use std::net::Ipv6Addr;
+
 use anyhow::Result;
 use clap::Args;
 use netbr_common::{
@@ -71,6 +73,7 @@ impl Ls {
                 json!({
                     "name": ep.name,
                     "ip": ep.ip.to_string(),
+                    "ip6": ep.ip6.map(|ip| ip.to_string()),
                     "mac": ep.mac_string(),
                     "host_ifname": ep.host_ifname,
                     "host_ifindex": ep.host_ifindex,
@@ -123,10 +126,26 @@ impl Ls {
         let forward_drop = host_firewall::restrictive_forward_chains();
         let service_nat = host_firewall::service_nat();
         let mask_bits = u32::from(from_be32(cfg.subnet_mask)).count_ones();
+        // What the datapath holds, as for IPv4.
+        let net6 = dp.net6.get(&0, 0)?;
+        let (subnet6, gateway6) = if net6.configured() {
+            (
+                Some(format!(
+                    "{}/{}",
+                    Ipv6Addr::from(net6.network()),
+                    net6.prefix
+                )),
+                Some(Ipv6Addr::from(net6.gateway).to_string()),
+            )
+        } else {
+            (None, None)
+        };
         let doc = json!({
             "bridge": self.bridge,
             "subnet": format!("{}/{mask_bits}", from_be32(cfg.subnet_addr)),
             "gateway": from_be32(cfg.gateway_addr).to_string(),
+            "subnet6": subnet6,
+            "gateway6": gateway6,
             "uplink": uplink,
             "uplink_ip": from_be32(cfg.uplink_addr).to_string(),
             "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
@@ -160,6 +179,10 @@ impl Ls {
             doc["uplink"].as_str().unwrap_or(""),
             doc["uplink_ip"].as_str().unwrap_or("")
         );
+        let dual_stack = subnet6.is_some();
+        if let (Some(subnet6), Some(gateway6)) = (&subnet6, &gateway6) {
+            println!("ipv6 subnet {subnet6} gateway {gateway6} (routed, not translated)");
+        }
         println!(
             "snat ports {}  fast path {}  xdp {}  firewall rules {}  pins {}",
             doc["snat_ports"].as_str().unwrap_or(""),
@@ -206,7 +229,8 @@ impl Ls {
             serde_json::to_string(&doc["timeouts_s"])?
         );
         println!(
-            "\nENDPOINT                         IP               CONTAINER     RECEIVED   SENT       EGRESS     INGRESS    NETNS"
+            "\nENDPOINT                         IP               {}CONTAINER     RECEIVED   SENT       EGRESS     INGRESS    NETNS",
+            if dual_stack { format!("{:<26}", "IPV6") } else { String::new() }
         );
         for e in &eps {
             let id = e["container_id"].as_str().unwrap_or("-");
@@ -216,8 +240,13 @@ impl Ls {
                     .as_u64()
                     .map_or("-".to_string(), traffic::human_bytes)
             };
+            let ip6 = if dual_stack {
+                format!("{:<26}", e["ip6"].as_str().unwrap_or("-"))
+            } else {
+                String::new()
+            };
             println!(
-                "{:<32} {:<16} {:<13} {:<10} {:<10} {:<10} {:<10} {}",
+                "{:<32} {:<16} {ip6}{:<13} {:<10} {:<10} {:<10} {:<10} {}",
                 e["name"].as_str().unwrap_or(""),
                 e["ip"].as_str().unwrap_or(""),
                 &id[..id.len().min(12)],

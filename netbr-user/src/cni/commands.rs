@@ -218,6 +218,7 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<serde_json::Value,
             .add_endpoint(&EndpointRequest {
                 name: name.clone(),
                 ip,
+                ip6: None,
                 netns: NetnsChoice::Existing(PathBuf::from(&env.netns)),
                 ifname: env.ifname.clone(),
                 owner: cni_owner(conf, env),

@@ -354,6 +354,7 @@ pub fn create_endpoint(body: &[u8], cfg: &DriverConfig) -> Result<Value> {
             .add_endpoint(&store::EndpointRequest {
                 name: endpoint_name(&req.endpoint_id),
                 ip,
+                ip6: None,
                 netns: NetnsChoice::HostSide,
                 ifname: "eth0".into(),
                 owner: Owner::Docker {

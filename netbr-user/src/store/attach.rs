@@ -1,6 +1,6 @@
 //! Attaching a bridge's datapath and detaching it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context as _, Result};
 use netbr_common::{
@@ -10,6 +10,7 @@ use netbr_common::{
         CFG_INTERNAL, CFG_NO_MASQUERADE, CFG_ROUTED, CFG_XDP, CT_MAX_ENTRIES_DEFAULT,
         LAYOUT_VERSION,
     },
+    net6::Net6,
 };
 
 use super::{
@@ -17,7 +18,7 @@ use super::{
     validate_ifname, Store,
 };
 use crate::{
-    addr::{to_be32, Cidr, PortRange},
+    addr::{to_be32, Cidr, Cidr6, PortRange},
     bpf::{attach, datapath::Datapath, layout, pins, upgrade},
     netlink::Netlink,
     sysctl,
@@ -28,6 +29,10 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AttachRequest {
     pub subnet: Cidr,
+    /// The bridge's IPv6 subnet, for a dual-stack bridge.
+    pub subnet6: Option<Cidr6>,
+    /// The bridge's IPv6 address; the subnet's first by default.
+    pub gateway6: Option<Ipv6Addr>,
     pub uplink: String,
     pub gateway: Option<Ipv4Addr>,
     pub ct_max: Option<u32>,
@@ -59,6 +64,8 @@ impl AttachRequest {
     pub fn new(subnet: Cidr, uplink: &str) -> Self {
         Self {
             subnet,
+            subnet6: None,
+            gateway6: None,
             uplink: uplink.to_string(),
             gateway: None,
             ct_max: None,
@@ -110,6 +117,20 @@ impl AttachRequest {
     }
 }
 
+/// Lets the host route IPv6 between the uplink and the bridge. Forwarding
+/// makes the kernel ignore router advertisements on interfaces whose
+/// `accept_ra` is 1, so an uplink configured by SLAAC would lose its
+/// default route when it expired: such an uplink is moved to 2 (accept
+/// even while forwarding) first, as a router that keeps its upstream
+/// configuration by RA needs.
+fn forward_ipv6(uplink: &str) -> Result<()> {
+    let accept_ra = format!("net.ipv6.conf.{uplink}.accept_ra");
+    if sysctl::read(&accept_ra)?.trim() == "1" {
+        sysctl::write(&accept_ra, "2")?;
+    }
+    sysctl::write("net.ipv6.conf.all.forwarding", "1")
+}
+
 /// IPv4's smallest MTU (RFC 791) and the largest a Linux bridge takes.
 const MTU_MIN: u32 = 68;
 const MTU_MAX: u32 = 65535;
@@ -118,6 +139,8 @@ pub struct AttachReport {
     pub reattached: bool,
     pub gateway: Ipv4Addr,
     pub prefix: u8,
+    /// The bridge's IPv6 address and prefix, on a dual-stack bridge.
+    pub gateway6: Option<(Ipv6Addr, u8)>,
     pub uplink_addr: Ipv4Addr,
     /// kube-proxy's rules found (`host_firewall::service_nat`).
     pub service_nat: Vec<String>,
@@ -198,6 +221,7 @@ impl Store {
         if !subnet.is_host(gateway) {
             bail!("gateway {gateway} is not a host address of {subnet}");
         }
+        let net6 = self.ipv6_network(req, &nl, uplink.index).await?;
         if bridge_name == req.uplink {
             bail!("the bridge and the uplink must be different interfaces");
         }
@@ -229,9 +253,14 @@ impl Store {
         if !reattach {
             // Endpoints kept by `detach --keep-bridge` must fit the subnet.
             for ep in &self.state.endpoints {
-                if !subnet.is_host(ep.ip) {
+                let outside6 = match (ep.ip6, net6) {
+                    (Some(ip), Some((subnet6, _))) => !subnet6.is_host(ip),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if !subnet.is_host(ep.ip) || outside6 {
                     bail!(
-                        "bridge {bridge_name} kept endpoint {} at {}, outside {subnet}: attach with its old subnet, or run netbr detach --bridge {bridge_name} without --keep-bridge",
+                        "bridge {bridge_name} kept endpoint {} at {}, outside the subnets asked for: attach with its old subnets, or run netbr detach --bridge {bridge_name} without --keep-bridge",
                         ep.name,
                         ep.ip
                     );
@@ -297,8 +326,20 @@ impl Store {
         if !have.iter().any(|a| a.addr == gateway) {
             nl.add_addr(bridge.index, gateway, subnet.prefix).await?;
         }
+        if let Some((subnet6, gateway6)) = net6 {
+            if !nl
+                .addrs6(bridge.index)
+                .await?
+                .contains(&(gateway6, subnet6.prefix))
+            {
+                nl.add_addr6(bridge.index, gateway6, subnet6.prefix).await?;
+            }
+        }
         nl.set_up(bridge.index).await?;
         sysctl::write("net.ipv4.ip_forward", "1")?;
+        if net6.is_some() && req.allow_direct_routing {
+            forward_ipv6(&req.uplink)?;
+        }
         pins::ensure_bpffs()?;
         pins::create_pin_dir(&dir)?;
 
@@ -344,6 +385,13 @@ impl Store {
                 firewall_entries: 0,
                 netns_cookie: crate::netns::current_cookie()?,
             })?;
+            dp.set_net6(&net6.map_or_else(Net6::default, |(subnet6, gateway6)| {
+                Net6::new(
+                    &subnet6.network().octets(),
+                    subnet6.prefix,
+                    &gateway6.octets(),
+                )
+            }))?;
             dp.set_no_masquerade(&no_masquerade)?;
             dp.set_published_ports(&[])?;
             sync_local_addrs(&nl, &mut dp).await?;
@@ -392,6 +440,8 @@ impl Store {
         self.state.network = Some(Network {
             subnet: subnet.to_string(),
             gateway,
+            subnet6: net6.map(|(s, _)| s.to_string()),
+            gateway6: net6.map(|(_, g)| g),
             uplink: req.uplink.clone(),
             docker_network,
             docker_host_ip,
@@ -401,10 +451,58 @@ impl Store {
             reattached: reattach,
             gateway,
             prefix: subnet.prefix,
+            gateway6: net6.map(|(s, g)| (g, s.prefix)),
             uplink_addr: uplink_addr.addr,
             service_nat,
             upgraded_flows,
         })
+    }
+
+    /// The IPv6 subnet and gateway the bridge is to have: the request's,
+    /// else (a re-attach that names none) the ones it was attached with.
+    /// A re-attach may not change them, as it may not change IPv4's.
+    async fn ipv6_network(
+        &self,
+        req: &AttachRequest,
+        nl: &Netlink,
+        uplink_index: u32,
+    ) -> Result<Option<(Cidr6, Ipv6Addr)>> {
+        let attached = self.state.network.as_ref().and_then(|n| {
+            let subnet: Cidr6 = n.subnet6.as_deref()?.parse().ok()?;
+            Some((subnet, n.gateway6?))
+        });
+        let Some(asked) = req.subnet6 else {
+            return Ok(attached);
+        };
+        let subnet = Cidr6 {
+            addr: asked.network(),
+            prefix: asked.prefix,
+        };
+        let gateway = req
+            .gateway6
+            .unwrap_or_else(|| Ipv6Addr::from(u128::from(subnet.network()) + 1));
+        if !subnet.is_host(gateway) {
+            bail!("gateway {gateway} is not a host address of {subnet}");
+        }
+        if let Some((s, g)) = attached.filter(|a| *a != (subnet, gateway)) {
+            if self.is_attached() {
+                bail!(
+                    "bridge {} is already attached with IPv6 subnet {s} (gateway {g}): run netbr detach --bridge {} first to change it",
+                    self.bridge,
+                    self.bridge
+                );
+            }
+        }
+        for (addr, prefix) in nl.addrs6(uplink_index).await? {
+            let net = Cidr6 { addr, prefix };
+            if net.overlaps(&subnet) {
+                bail!(
+                    "subnet {subnet} overlaps uplink {}'s {net}: choose another IPv6 --subnet",
+                    req.uplink
+                );
+            }
+        }
+        Ok(Some((subnet, gateway)))
     }
 
     /// Removes the datapath, and unless `keep_bridge` the endpoints, the

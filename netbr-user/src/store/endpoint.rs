@@ -1,17 +1,20 @@
 //! Adding and removing endpoints: a veth pair, the container side configured
 //! inside its namespace, and the datapath's entry for redirects to it.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use netbr_common::maps::{Endpoint, CFG_ICC_DISABLED, CFG_XDP};
+use netbr_common::maps::{Endpoint, CFG_ALLOW_DIRECT_ROUTING, CFG_ICC_DISABLED, CFG_XDP};
 
 use super::{
     state::{EndpointState, Limits, Owner},
     validate_ifname, Store,
 };
 use crate::{
-    addr::{from_be32, to_be32, Cidr},
+    addr::{from_be32, to_be32, Cidr, Cidr6, HostBlock},
     netlink::Netlink,
     netns::{self, NetnsGuard},
 };
@@ -36,6 +39,8 @@ pub enum NetnsChoice {
 pub struct EndpointRequest {
     pub name: String,
     pub ip: Option<Ipv4Addr>,
+    /// On a dual-stack bridge; the first free address when none is asked.
+    pub ip6: Option<Ipv6Addr>,
     pub netns: NetnsChoice,
     /// Interface name inside the container.
     pub ifname: String,
@@ -69,29 +74,44 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Picks an endpoint's address: the one asked for if it is a free host
-/// address, else the first free one. The bridge's lock makes "first free"
-/// safe among concurrent callers.
-pub fn choose_ip(
-    endpoints: &[EndpointState],
-    want: Option<Ipv4Addr>,
-    subnet: Cidr,
-    gateway: Ipv4Addr,
-) -> Result<Ipv4Addr> {
-    let owner = |ip: Ipv4Addr| endpoints.iter().find(|e| e.ip == ip);
+/// Picks an endpoint's address of one family: the one asked for if it is
+/// a free host address, else the first free one. `owner` names the
+/// endpoint holding an address. The bridge's lock makes "first free" safe
+/// among concurrent callers.
+pub fn choose_ip<'a, B: HostBlock>(
+    owner: impl Fn(B::Addr) -> Option<&'a str>,
+    want: Option<B::Addr>,
+    subnet: B,
+    gateway: B::Addr,
+) -> Result<B::Addr> {
     match want {
         Some(ip) if !subnet.is_host(ip) || ip == gateway => {
             bail!("{ip} is not a free host address of {subnet} (the gateway is {gateway})")
         }
         Some(ip) => match owner(ip) {
-            Some(e) => bail!("{ip} is already used by endpoint {}", e.name),
+            Some(name) => bail!("{ip} is already used by endpoint {name}"),
             None => Ok(ip),
         },
         None => subnet
-            .hosts()
+            .host_addrs()
             .find(|ip| *ip != gateway && owner(*ip).is_none())
             .with_context(|| format!("subnet {subnet} has no free address left")),
     }
+}
+
+/// The endpoint holding IPv4 address `ip`, by name.
+fn owner4(endpoints: &[EndpointState], ip: Ipv4Addr) -> Option<&str> {
+    endpoints
+        .iter()
+        .find(|e| e.ip == ip)
+        .map(|e| e.name.as_str())
+}
+
+fn owner6(endpoints: &[EndpointState], ip: Ipv6Addr) -> Option<&str> {
+    endpoints
+        .iter()
+        .find(|e| e.ip6 == Some(ip))
+        .map(|e| e.name.as_str())
 }
 
 impl Store {
@@ -103,6 +123,12 @@ impl Store {
             u32::from(from_be32(cfg.subnet_mask)).count_ones() as u8,
         );
         Ok((subnet, from_be32(cfg.gateway_addr)))
+    }
+
+    /// The bridge's IPv6 subnet and gateway, on a dual-stack bridge.
+    pub fn network6(&self) -> Option<(Cidr6, Ipv6Addr)> {
+        let n = self.state.network.as_ref()?;
+        Some((n.subnet6.as_deref()?.parse().ok()?, n.gateway6?))
     }
 
     /// Connects a container namespace to the bridge. Validates everything
@@ -120,7 +146,19 @@ impl Store {
                 self.bridge
             );
         }
-        let ip = choose_ip(&self.state.endpoints, req.ip, subnet, gateway)?;
+        let eps = &self.state.endpoints;
+        let ip = choose_ip(|ip| owner4(eps, ip), req.ip, subnet, gateway)?;
+        let net6 = self.network6();
+        let ip6 = match (net6, req.ip6) {
+            (Some((subnet6, gateway6)), want) => {
+                Some(choose_ip(|ip| owner6(eps, ip), want, subnet6, gateway6)?)
+            }
+            (None, Some(ip6)) => bail!(
+                "bridge {} has no IPv6 subnet for {ip6}: attach it with an IPv6 --subnet too",
+                self.bridge
+            ),
+            (None, None) => None,
+        };
         let nl = Netlink::connect()?;
         let (host_if, peer_if) = veth_names(&self.bridge, &req.name);
         if nl.link(&host_if).await?.is_some() {
@@ -176,7 +214,12 @@ impl Store {
             let (ifname, mac) = match &ns_path {
                 Some(ns) => {
                     nl.move_to_netns(peer.index, &netns::open(ns)?).await?;
-                    configure_inside(ns, &peer_if, &req.ifname, ip, subnet.prefix, gateway).await?
+                    let inside = Inside {
+                        ip: (ip, subnet.prefix, gateway),
+                        ip6: ip6.zip(net6).map(|(ip, (s, g))| (ip, s.prefix, g)),
+                        route6: cfg.has(CFG_ALLOW_DIRECT_ROUTING),
+                    };
+                    configure_inside(ns, &peer_if, &req.ifname, &inside).await?
                 }
                 // The runtime moves the peer into the container and sets
                 // it up itself (Docker's Join answers with its name).
@@ -185,6 +228,7 @@ impl Store {
             let ep = EndpointState {
                 name: req.name.clone(),
                 ip,
+                ip6,
                 netns: ns_path.clone().unwrap_or_default(),
                 owns_netns: owns,
                 host_ifname: host_if.clone(),
@@ -265,23 +309,40 @@ impl Store {
 /// its address, loopback, and a default route via the gateway unless a
 /// first network already gave one (as the reference bridge plugin does).
 /// Returns the interface's name and MAC.
+/// A container interface's addresses: `(address, prefix, gateway)` per
+/// family.
+struct Inside {
+    ip: (Ipv4Addr, u8, Ipv4Addr),
+    ip6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
+    /// An IPv6 default route via the gateway. Only with direct routing:
+    /// netbr does not translate IPv6 yet, so without it nothing beyond the
+    /// host could answer, and a container is better told at once that the
+    /// network is unreachable than left waiting.
+    route6: bool,
+}
+
 async fn configure_inside(
     ns: &std::path::Path,
     peer_if: &str,
     ifname: &str,
-    ip: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
+    inside: &Inside,
 ) -> Result<(String, [u8; 6])> {
     let inner = Netlink::connect_in(ns)?;
     let eth = inner.require_link(peer_if).await?;
     inner.rename(eth.index, ifname).await?;
+    let (ip, prefix, gateway) = inside.ip;
     inner.add_addr(eth.index, ip, prefix).await?;
+    if let Some((ip6, prefix6, _)) = inside.ip6 {
+        inner.add_addr6(eth.index, ip6, prefix6).await?;
+    }
     inner.set_up(eth.index).await?;
     let lo = inner.require_link("lo").await?;
     inner.set_up(lo.index).await?;
     if inner.default_gateway().await?.is_none() {
         inner.add_default_route(gateway).await?;
+    }
+    if let (Some((_, _, gateway6)), true) = (inside.ip6, inside.route6) {
+        inner.add_default_route6(gateway6).await?;
     }
     let mac = inner.require_link(ifname).await?.mac.unwrap_or_default();
     Ok((ifname.to_string(), mac))
@@ -326,6 +387,7 @@ mod tests {
         EndpointState {
             name: name.into(),
             ip: Ipv4Addr::from(ip),
+            ip6: None,
             netns: "/run/netns/x".into(),
             owns_netns: false,
             host_ifname: "nb0".into(),
@@ -343,6 +405,9 @@ mod tests {
         let subnet: Cidr = "172.30.0.0/29".parse().unwrap();
         let gw = Ipv4Addr::new(172, 30, 0, 1);
         let mut eps = vec![ep("a", [172, 30, 0, 2]), ep("b", [172, 30, 0, 4])];
+        let choose_ip = |eps: &[EndpointState], want, subnet, gw| {
+            choose_ip(|ip| owner4(eps, ip), want, subnet, gw)
+        };
         assert_eq!(
             choose_ip(&eps, None, subnet, gw).unwrap(),
             Ipv4Addr::new(172, 30, 0, 3)
@@ -364,6 +429,24 @@ mod tests {
         }
         let err = choose_ip(&eps, None, subnet, gw).unwrap_err();
         assert!(err.to_string().contains("no free address"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_addresses_skip_the_gateway_and_taken_ones() {
+        let subnet: Cidr6 = "fd00:30::/64".parse().unwrap();
+        let gw: Ipv6Addr = "fd00:30::1".parse().unwrap();
+        let mut a = ep("a", [172, 30, 0, 2]);
+        a.ip6 = Some("fd00:30::2".parse().unwrap());
+        let eps = [a];
+        let pick = |want| choose_ip(|ip| owner6(&eps, ip), want, subnet, gw);
+        assert_eq!(
+            pick(None).unwrap(),
+            "fd00:30::3".parse::<Ipv6Addr>().unwrap()
+        );
+        let err = pick(Some("fd00:30::2".parse().unwrap())).unwrap_err();
+        assert!(err.to_string().contains("endpoint a"), "{err}");
+        assert!(pick(Some(gw)).is_err());
+        assert!(pick(Some("fd00:31::2".parse().unwrap())).is_err());
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
         Some((a, l)) => (a, l.parse::<u8>().ok().filter(|l| *l <= 32)),
         None => (s, Some(32)),
     };
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        anyhow::bail!(
+            "{s:?} is IPv6, and netbr tracks and filters only IPv4 flows so far (it routes IPv6 untranslated): give an IPv4 address or block"
+        );
+    }
     let len = len.ok_or_else(|| anyhow!("{s:?} has no prefix length from 0 to 32"))?;
     let addr: Ipv4Addr = addr
         .parse()
@@ -384,6 +389,8 @@ mod tests {
         for bad in ["192.0.2.0/33", "192.0.2/24", "x", "10.0.0.0/"] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
+        let v6 = parse_cidr("2001:db8::/64").unwrap_err().to_string();
+        assert!(v6.contains("is IPv6"), "{v6}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -54,6 +54,11 @@ pub struct Network {
     /// `a.b.c.d/len`.
     pub subnet: String,
     pub gateway: Ipv4Addr,
+    /// The IPv6 subnet (`addr/len`) and gateway of a dual-stack bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     pub uplink: String,
     /// The Docker network this bridge serves, when the Docker driver
     /// attached it.
@@ -87,6 +92,9 @@ pub enum Owner {
 pub struct EndpointState {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The container's network namespace.
     pub netns: PathBuf,
     /// netbr created the named namespace and removes it with the endpoint.
@@ -260,6 +268,7 @@ mod tests {
         EndpointState {
             name: name.into(),
             ip: Ipv4Addr::new(172, 30, 0, 2),
+            ip6: None,
             netns: "/run/netns/x".into(),
             owns_netns: false,
             host_ifname: "nb1".into(),
