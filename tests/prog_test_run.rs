@@ -22,7 +22,7 @@ use netbr_common::{
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
-    fragment, parse_checked, parse_quoted, reassemble, Seen, Spec, ACK, SYN, TCP, UDP,
+    fragment, ipv6_frame, parse_checked, parse_quoted, reassemble, Seen, Spec, ACK, SYN, TCP, UDP,
 };
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -555,6 +555,57 @@ fn direct_routing_to_a_container_is_dropped_unless_allowed() {
     h.set_map_flags(CFG_ALLOW_DIRECT_ROUTING);
     let (verdict, out) = h.run(UP_IN, &frame);
     assert_eq!((verdict, out), (PASS, frame));
+}
+
+#[test]
+fn ipv6_to_the_bridge_subnet_is_refused_unless_direct_routing_is_allowed() {
+    use netbr_common::net6::Net6;
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    let mut h = Harness::new((61000, 65535));
+    let net = Net6::new(&v6("fd00:30::").octets(), 64, &v6("fd00:30::1").octets());
+    h.dp.set_net6(&net).expect("net6");
+    let mut syn = vec![0u8; 20];
+    syn[2..4].copy_from_slice(&80u16.to_be_bytes());
+    syn[12] = 5 << 4;
+    syn[13] = SYN;
+    let lan = v6("2001:db8:1::2");
+    let to_container = ipv6_frame(lan, v6("fd00:30::2"), TCP, &syn);
+    assert_eq!(h.run(UP_IN, &to_container).0, SHOT);
+    assert_eq!(h.counter(Reason::DropDirectRouting), 1);
+    // Neighbour discovery, the host's own addresses and other subnets are
+    // not netbr's to judge.
+    let solicit = [135u8, 0, 0, 0, 0, 0, 0, 0];
+    for (frame, what) in [
+        (
+            ipv6_frame(lan, v6("ff02::1:ff00:2"), 58, &solicit),
+            "a neighbour solicitation",
+        ),
+        (
+            ipv6_frame(lan, v6("2001:db8:1::1"), TCP, &syn),
+            "the host's address",
+        ),
+        (
+            ipv6_frame(lan, v6("fd00:31::2"), TCP, &syn),
+            "another subnet",
+        ),
+    ] {
+        h.assert_passes_untouched(UP_IN, &frame, what);
+    }
+    // From containers nothing is refused: without a route out they only
+    // reach the bridge.
+    h.assert_passes_untouched(
+        BR_IN,
+        &ipv6_frame(v6("fd00:30::2"), lan, TCP, &syn),
+        "outbound",
+    );
+    assert_eq!(h.counter(Reason::PassIpv6), 4, "IPv6 is counted as such");
+    h.set_map_flags(CFG_ALLOW_DIRECT_ROUTING);
+    h.assert_passes_untouched(UP_IN, &to_container, "direct routing allowed");
+    h.set_map_flags(CFG_INTERNAL);
+    assert_eq!(h.run(UP_IN, &to_container).0, SHOT);
+    assert_eq!(h.counter(Reason::DropInternal), 1);
+    assert_eq!(h.counter(Reason::DropDirectRouting), 1);
 }
 
 #[test]
@@ -1710,6 +1761,26 @@ fn per_packet_cost() {
         .load()
         .expect("verifier accepts nb_pace_out");
     let mut rows = rows;
+    // IPv6 is routed, not translated: one read of the subnet, and the
+    // uplink refuses it into the subnet.
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6");
+    let net6 =
+        netbr_common::net6::Net6::new(&v6("fd00:30::").octets(), 64, &v6("fd00:30::1").octets());
+    h.dp.set_net6(&net6).expect("net6");
+    let udp6 = |dst: &str| {
+        let udp = [0x9c, 0x40, 0, 53, 0, 8, 0, 0];
+        ipv6_frame(v6("2001:db8:1::2"), v6(dst), UDP, &udp)
+    };
+    rows.push((
+        UP_IN,
+        "IPv6, passed (routed, not translated)",
+        median_ns(&mut h, UP_IN, |_| udp6("2001:db8:1::1")),
+    ));
+    rows.push((
+        UP_IN,
+        "IPv6 to the subnet, dropped (direct routing)",
+        median_ns(&mut h, UP_IN, |_| udp6("fd00:30::2")),
+    ));
     rows.push((
         "nb_pace_out",
         "limited endpoint, stamped for fq",

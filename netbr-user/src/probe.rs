@@ -40,7 +40,12 @@ impl Server {
     /// request split over several segments would otherwise be answered in
     /// part, and closing with unread data makes the kernel reset.
     pub fn tcp(ns: &Path, port: u16, respond: Responder) -> Result<Self> {
-        Self::tcp_with(ns, port, move |mut s, peer| {
+        Self::tcp_on(ns, (Ipv4Addr::UNSPECIFIED, port).into(), respond)
+    }
+
+    /// Like [`Self::tcp`], listening on `bind` (an IPv6 address, say).
+    pub fn tcp_on(ns: &Path, bind: SocketAddr, respond: Responder) -> Result<Self> {
+        Self::tcp_with(ns, bind, move |mut s, peer| {
             s.set_read_timeout(Some(IO_TIMEOUT))?;
             let mut request = Vec::new();
             let _ = s.read_to_end(&mut request);
@@ -52,7 +57,7 @@ impl Server {
     /// A TCP echo server for long-lived connections: each connection gets a
     /// thread that echoes until the peer closes.
     pub fn tcp_stream(ns: &Path, port: u16) -> Result<Self> {
-        Self::tcp_with(ns, port, |mut s, _| {
+        Self::tcp_with(ns, (Ipv4Addr::UNSPECIFIED, port).into(), |mut s, _| {
             std::thread::spawn(move || {
                 let mut buf = vec![0; 65536];
                 while let Ok(n) = s.read(&mut buf) {
@@ -65,15 +70,15 @@ impl Server {
         })
     }
 
-    /// Accepts connections on `port` in `ns`, recording each peer and
+    /// Accepts connections on `bind` in `ns`, recording each peer and
     /// handing the connection (blocking) to `handle`.
     fn tcp_with(
         ns: &Path,
-        port: u16,
+        bind: SocketAddr,
         handle: impl Fn(TcpStream, SocketAddr) -> std::io::Result<()> + Send + 'static,
     ) -> Result<Self> {
         Self::start(ns, move |stop, peers, ready| {
-            let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+            let l = match TcpListener::bind(bind) {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));

@@ -98,17 +98,19 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// The namespace at `ns` has no iptables rule and an empty nftables ruleset:
+/// The namespace at `ns` has no iptables or ip6tables rule and an empty nftables ruleset:
 /// netbr installs none.
 pub fn assert_no_netfilter_rules(ns: &std::path::Path) {
     use netbr::sandbox::in_netns;
-    let ipt = in_netns(ns, "iptables-save", &[]).expect("iptables-save");
-    let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
-        .lines()
-        .filter(|l| l.starts_with('-'))
-        .map(str::to_string)
-        .collect();
-    assert!(rules.is_empty(), "iptables rules found: {rules:?}");
+    for save in ["iptables-save", "ip6tables-save"] {
+        let ipt = in_netns(ns, save, &[]).expect(save);
+        let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
+            .lines()
+            .filter(|l| l.starts_with('-'))
+            .map(str::to_string)
+            .collect();
+        assert!(rules.is_empty(), "{save}: rules found: {rules:?}");
+    }
     let nft = in_netns(ns, "nft", &["list", "ruleset"]).expect("nft");
     assert!(
         nft.status.success(),

@@ -290,3 +290,25 @@ pub fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
     hdr[10..12].copy_from_slice(&c.to_be_bytes());
     [&first[..14], &hdr, &payload].concat()
 }
+
+/// An Ethernet + IPv6 frame carrying `payload` as protocol `next`, hop
+/// limit 64. The payload's checksum is left as given: the datapath does
+/// not translate IPv6, so tests compare frames byte for byte.
+pub fn ipv6_frame(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0u8; 14];
+    f[0..6].copy_from_slice(&[0x02, 0xaa, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[0x02, 0xbb, 0, 0, 0, 2]);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(payload);
+    f
+}

@@ -89,7 +89,7 @@ fn main() -> Result<()> {
                     ),
                 ] {
                     eprintln!(
-                        "xtask: end-to-end, reliability, soak, limits, observability and kube-proxy tests again with {what}"
+                        "xtask: end-to-end, reliability, soak, limits, observability, kube-proxy and IPv6 tests again with {what}"
                     );
                     run(
                         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -109,6 +109,8 @@ fn main() -> Result<()> {
                                 "observability",
                                 "--test",
                                 "kube_proxy",
+                                "--test",
+                                "ipv6",
                             ])
                             .envs(env.iter().copied()),
                     )?;

@@ -1,0 +1,337 @@
+//! Dual-stack bridges: IPv6 addresses for the bridge and its endpoints,
+//! containers talking over IPv6, direct routing refused for IPv6 as for
+//! IPv4 (and routed, untranslated, once allowed). netbr does not translate
+//! IPv6 yet: these tests pin down what it does do, in every datapath mode.
+
+mod support;
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    path::Path,
+};
+
+use netbr::{
+    probe::{self, Server},
+    sandbox::{in_netns, Sandbox, UPLINK},
+};
+
+const SUBNET6: &str = "fd00:30::/64";
+const GATEWAY6: &str = "fd00:30::1";
+/// The uplink link's IPv6 addresses: the host's and lan's.
+const UPLINK6: &str = "2001:db8:1::1";
+const LAN6: &str = "2001:db8:1::2";
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("IPv6 address")
+}
+
+fn ip(ns: &Path, args: &[&str]) {
+    let o = in_netns(ns, "ip", args).expect("ip");
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The sandbox with IPv6 on the uplink link, attached dual-stack with
+/// `extra`, with containers 1 and 2.
+fn dual_stack(extra: &[&str]) -> Sandbox {
+    let sb = support::sandbox();
+    ip(
+        &sb.host_path(),
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{UPLINK6}/64"),
+            "dev",
+            UPLINK,
+            "nodad",
+        ],
+    );
+    ip(
+        &sb.lan_path(),
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{LAN6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    let mut args = vec!["--subnet", SUBNET6];
+    args.extend_from_slice(extra);
+    let out = sb.attach_with(&args).expect("attach dual-stack");
+    assert!(
+        out.contains(&format!("IPv6 gateway {GATEWAY6}/64")),
+        "{out}"
+    );
+    for n in [1, 2] {
+        sb.add_container(n).expect("container");
+    }
+    sb
+}
+
+/// Container `n`'s IPv6 address: endpoints get the subnet's addresses in
+/// order after the gateway's.
+fn container6(n: u32) -> Ipv6Addr {
+    v6(&format!("fd00:30::{}", n + 1))
+}
+
+fn ls(sb: &Sandbox) -> serde_json::Value {
+    serde_json::from_str(&sb.netbr_ok(&["ls", "--json"]).expect("ls")).expect("ls json")
+}
+
+fn counter(sb: &Sandbox, reason: &str) -> u64 {
+    sb.stats().expect("stats")[reason].as_u64().unwrap_or(0)
+}
+
+/// A TCP echo server on port `port` of every IPv6 address of `ns`.
+fn server6(ns: &Path, port: u16) -> Server {
+    Server::tcp_on(ns, (Ipv6Addr::UNSPECIFIED, port).into(), probe::echo()).expect("server")
+}
+
+fn to6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    (ip, port).into()
+}
+
+#[test]
+fn dual_stack_containers_talk_over_ipv6_and_outsiders_cannot_reach_them() {
+    let sb = dual_stack(&[]);
+    let doc = ls(&sb);
+    assert_eq!(doc["subnet6"], SUBNET6);
+    assert_eq!(doc["gateway6"], GATEWAY6);
+    let eps = doc["endpoints"].as_array().expect("endpoints");
+    for (n, ep) in [1, 2].into_iter().zip(eps) {
+        assert_eq!(ep["ip6"], container6(n).to_string(), "{ep}");
+    }
+    // Usable at once: no duplicate address detection left the address
+    // tentative, and the first connection goes through.
+    let addrs = in_netns(
+        &sb.container_path(1),
+        "ip",
+        &["-6", "addr", "show", "dev", "eth0"],
+    )
+    .expect("ip addr");
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    let global = addrs
+        .lines()
+        .find(|l| l.contains(&format!("{}/64", container6(1))))
+        .unwrap_or_else(|| panic!("no {} in {addrs}", container6(1)));
+    assert!(!global.contains("tentative"), "{addrs}");
+    let srv = server6(&sb.container_path(2), 8080);
+    let got = probe::tcp_request(&sb.container_path(1), to6(container6(2), 8080), b"over v6")
+        .expect("container to container over IPv6");
+    assert_eq!(got, b"over v6");
+    assert_eq!(srv.peers()[0].ip(), container6(1));
+    let ping = in_netns(
+        &sb.container_path(1),
+        "ping",
+        &["-6", "-c1", "-W2", GATEWAY6],
+    )
+    .expect("ping");
+    assert!(ping.status.success(), "the IPv6 gateway answers ping");
+
+    // Without direct routing nothing beyond the host can answer a
+    // container's IPv6 (no NAT66 yet): it has no route there and is told
+    // so at once.
+    let err = probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9), b"x")
+        .expect_err("no IPv6 route out");
+    assert!(format!("{err:#}").contains("unreachable"), "{err:#}");
+
+    // A LAN host that routes the subnet via this host is refused, as for
+    // IPv4.
+    ip(
+        &sb.lan_path(),
+        &["-6", "route", "add", SUBNET6, "via", UPLINK6],
+    );
+    let outside = server6(&sb.container_path(1), 8081);
+    let before = counter(&sb, "drop_direct_routing");
+    assert!(probe::tcp_request(&sb.lan_path(), to6(container6(1), 8081), b"in").is_err());
+    assert!(
+        outside.peers().is_empty(),
+        "a directly routed IPv6 connection arrived"
+    );
+    assert!(counter(&sb, "drop_direct_routing") > before);
+    support::assert_no_netfilter_rules(&sb.host_path());
+}
+
+#[test]
+fn with_direct_routing_ipv6_is_routed_untranslated_both_ways() {
+    let sb = dual_stack(&["--allow-direct-routing"]);
+    ip(
+        &sb.lan_path(),
+        &["-6", "route", "add", SUBNET6, "via", UPLINK6],
+    );
+    let lan = server6(&sb.lan_path(), 9090);
+    let got = probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9090), b"out")
+        .expect("container to the LAN over IPv6");
+    assert_eq!(got, b"out");
+    assert_eq!(
+        lan.peers()[0].ip(),
+        container6(1),
+        "IPv6 is not masqueraded"
+    );
+    let inside = server6(&sb.container_path(2), 8080);
+    let got = probe::tcp_request(&sb.lan_path(), to6(container6(2), 8080), b"in")
+        .expect("LAN to container over IPv6");
+    assert_eq!(got, b"in");
+    assert_eq!(inside.peers()[0].ip(), v6(LAN6));
+    support::assert_no_netfilter_rules(&sb.host_path());
+}
+
+#[test]
+fn ipv6_addresses_are_chosen_checked_and_kept_across_reattach() {
+    let sb = dual_stack(&["--icc", "false"]);
+    // ICC off isolates the bridge ports, so IPv6 too.
+    let _srv = server6(&sb.container_path(2), 8080);
+    assert!(
+        probe::tcp_request(&sb.container_path(1), to6(container6(2), 8080), b"x").is_err(),
+        "containers reached each other over IPv6 with ICC off"
+    );
+    let c3 = sb.container(3);
+    sb.netbr_ok(&[
+        "endpoint",
+        "add",
+        &c3,
+        "--ip",
+        "172.30.0.9",
+        "--ip",
+        "fd00:30::99",
+    ])
+    .expect("endpoint with an address of each family");
+    let doc = ls(&sb);
+    let ep = doc["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["name"] == c3.as_str()))
+        .expect("endpoint 3");
+    assert_eq!(
+        (ep["ip"].as_str(), ep["ip6"].as_str()),
+        (Some("172.30.0.9"), Some("fd00:30::99"))
+    );
+    for (args, needle) in [
+        (vec!["--ip", "fd00:30::2"], "already used by endpoint"),
+        (
+            vec!["--ip", "fd00:31::2"],
+            "not a free host address of fd00:30::/64",
+        ),
+        (
+            vec!["--ip", "fd00:30::5", "--ip", "fd00:30::6"],
+            "given twice for IPv6",
+        ),
+    ] {
+        let mut cmd = vec!["endpoint", "add", "c9-refused"];
+        cmd.extend(args);
+        let o = sb.netbr(&cmd).expect("netbr");
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{cmd:?}: {o:?}"
+        );
+    }
+    let c1 = sb.container(1);
+    for (cmd, needle) in [
+        (
+            vec!["publish", c1.as_str(), "-p", "[::]:8081:80"],
+            "cannot be published on IPv6 yet",
+        ),
+        (
+            vec!["publish", c1.as_str(), "-p", "[2001:db8:1::1]:8083:80"],
+            "cannot be published on IPv6 yet",
+        ),
+        (
+            vec!["conntrack", "flush", "--from", "fd00:30::/64"],
+            "is IPv6",
+        ),
+    ] {
+        let o = sb.netbr(&cmd).expect("netbr");
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{cmd:?}: {o:?}"
+        );
+    }
+    let doc = ls(&sb);
+    assert_eq!(
+        doc["endpoints"].as_array().map(Vec::len),
+        Some(3),
+        "refusals changed nothing"
+    );
+    assert_eq!(doc["mappings"].as_array().map(Vec::len), Some(0));
+
+    // A re-attach that names no IPv6 subnet keeps it; one naming another
+    // is refused.
+    sb.netbr_ok(&sb.attach_args(&["--icc", "false"]))
+        .expect("re-attach");
+    assert_eq!(ls(&sb)["subnet6"], SUBNET6);
+    let o = sb
+        .netbr(&sb.attach_args(&["--subnet", "fd00:99::/64"]))
+        .expect("netbr");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("already attached with IPv6 subnet fd00:30::/64"));
+    assert_eq!(ls(&sb)["subnet6"], SUBNET6);
+}
+
+#[test]
+fn ipv6_only_bridges_and_malformed_subnets_are_refused() {
+    let sb = support::sandbox();
+    for (args, needle) in [
+        (
+            vec!["attach", "--subnet", SUBNET6, "--uplink", UPLINK],
+            "IPv6-only bridges are not supported yet",
+        ),
+        (
+            vec![
+                "attach",
+                "--subnet",
+                "172.30.0.0/16",
+                "--subnet",
+                "fd00:30::/64",
+                "--subnet",
+                "fd00:31::/64",
+                "--uplink",
+                UPLINK,
+            ],
+            "given twice for IPv6",
+        ),
+        (
+            vec![
+                "attach",
+                "--subnet",
+                "172.30.0.0/16",
+                "--subnet",
+                "fe80::/64",
+                "--uplink",
+                UPLINK,
+            ],
+            "not a unicast block",
+        ),
+        (
+            vec![
+                "attach",
+                "--subnet",
+                "172.30.0.0/16",
+                "--subnet",
+                SUBNET6,
+                "--gateway",
+                "fd00:31::1",
+                "--uplink",
+                UPLINK,
+            ],
+            "not a host address of fd00:30::/64",
+        ),
+    ] {
+        let o = sb.netbr(&args).expect("netbr");
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{args:?}: {o:?}"
+        );
+    }
+    let o = sb.netbr(&["ls"]).expect("netbr");
+    assert!(!o.status.success(), "a refused attach left a bridge behind");
+}
