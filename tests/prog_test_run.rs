@@ -1841,6 +1841,11 @@ fn per_packet_cost() {
         (UP_OUT, data((HOST, 40000), (REMOTE, 80))),
         (BR_IN, Spec::udp((CLIENT, 5000), (WEB, 53)).build()),
         ("nb_xdp", Spec::udp((LAN, 40000), (HOST, 9999)).build()),
+        (UP_IN, udp6("2001:db8:1::1")),
+        (
+            BR_IN,
+            ipv6_frame(v6("fd00:30::2"), v6("fd00:30::3"), UDP, &[0; 8]),
+        ),
     ]
     .map(|(prog, frame)| {
         let ns = if prog == "nb_xdp" {
@@ -1861,13 +1866,15 @@ fn per_packet_cost() {
     for (prog, what, ns) in &rows {
         println!("{prog:<12} {what:<44} {ns:>6}");
     }
-    println!("\nunmatched packets, 100000 repeats in one call (the rest of a single-run figure is the test run's own cost)");
+    println!("\nunchanged packets, 100000 repeats in one call (the rest of a single-run figure is the test run's own cost)");
     let what = [
         "unmatched",
         "unmatched, port marked: 5 lookups that miss",
         "unmatched",
         "unmatched (container to container)",
         "unmatched",
+        "IPv6, passed (routed, not translated)",
+        "IPv6, container to container",
     ];
     for ((prog, ns), what) in repeated.iter().zip(what) {
         println!("{prog:<12} {what:<44} {ns:>6}");
