@@ -128,6 +128,11 @@ impl Harness {
     /// Runs the XDP program on `frame` (loading it first); returns the
     /// action and the output frame.
     fn run_xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        run_on(self.xdp(), frame)
+    }
+
+    /// The XDP program, loaded.
+    fn xdp(&mut self) -> &mut Xdp {
         let p: &mut Xdp = self
             .ebpf
             .program_mut("nb_xdp")
@@ -137,7 +142,7 @@ impl Harness {
         if p.fd().is_err() {
             p.load().expect("verifier accepts the XDP program");
         }
-        run_on(p, frame)
+        p
     }
 
     /// Sets the config map's `CFG_*` flags to `flags`.
@@ -390,6 +395,19 @@ fn assert_reply_finds_the_flow_expired(h: &mut Harness) {
     assert_eq!(h.entries(), 0);
 }
 
+/// A harness with one masqueraded datagram's flow, web:5000 to
+/// remote:53, and its two tuples: original and reply.
+fn with_masqueraded_dns() -> (
+    Harness,
+    netbr_common::conntrack::FlowKey,
+    netbr_common::conntrack::FlowKey,
+) {
+    let mut h = Harness::new((61000, 65535));
+    h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
+    let (orig_key, flow) = h.flows()[0];
+    (h, orig_key, flow.xlat.reversed())
+}
+
 /// The raw entry of tuple `key` in the table of new flows.
 fn new_entry(
     h: &Harness,
@@ -400,10 +418,7 @@ fn new_entry(
 
 #[test]
 fn a_tracked_packet_touches_only_its_own_entry_until_the_state_changes() {
-    let mut h = Harness::new((61000, 65535));
-    h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
-    let (orig_key, flow) = h.flows()[0];
-    let reply_key = flow.xlat.reversed();
+    let (mut h, orig_key, reply_key) = with_masqueraded_dns();
     let before = new_entry(&h, &orig_key);
     // More datagrams out: the state stays UNREPLIED, the reply entry is
     // neither read for state nor written.
@@ -438,10 +453,7 @@ fn a_tracked_packet_touches_only_its_own_entry_until_the_state_changes() {
 
 #[test]
 fn a_direction_idle_past_its_timeout_lives_while_the_other_is_seen() {
-    let mut h = Harness::new((61000, 65535));
-    h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
-    let (orig_key, flow) = h.flows()[0];
-    let reply_key = flow.xlat.reversed();
+    let (mut h, orig_key, reply_key) = with_masqueraded_dns();
     // The replies' direction last seen long ago (past UNREPLIED's 30 s),
     // the original one just now: a reply still finds the flow.
     let mut r = new_entry(&h, &reply_key);
@@ -1641,13 +1653,7 @@ where
 fn median_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> u64 {
     const RUNS: u16 = 2000;
     let mut v: Vec<u64> = if prog == "nb_xdp" {
-        h.run_xdp(&frames(0));
-        let p: &mut Xdp = h
-            .ebpf
-            .program_mut(prog)
-            .expect("program")
-            .try_into()
-            .expect("xdp");
+        let p = h.xdp();
         (0..RUNS).map(|i| run_ns(p, &frames(i))).collect()
     } else {
         let p = h.classifier(prog);
@@ -1849,13 +1855,7 @@ fn per_packet_cost() {
     ]
     .map(|(prog, frame)| {
         let ns = if prog == "nb_xdp" {
-            let p: &mut Xdp = h
-                .ebpf
-                .program_mut(prog)
-                .expect("program")
-                .try_into()
-                .expect("xdp");
-            repeat_ns(p, &frame, 100_000)
+            repeat_ns(h.xdp(), &frame, 100_000)
         } else {
             repeat_ns(h.classifier(prog), &frame, 100_000)
         };

@@ -19,6 +19,20 @@ pub fn from_be32(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v.to_ne_bytes())
 }
 
+/// `ADDR/LEN` of one family, split and parsed; `example` shows a good one.
+fn split_block<A: FromStr>(s: &str, example: &str, family: &str) -> Result<(A, u8)> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("{s:?} is not a CIDR block like {example}"))?;
+    let addr = a
+        .parse()
+        .map_err(|_| anyhow!("{a:?} is not an {family} address"))?;
+    let prefix = p
+        .parse()
+        .map_err(|_| anyhow!("{p:?} is not a prefix length"))?;
+    Ok((addr, prefix))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
     pub addr: Ipv4Addr,
@@ -68,15 +82,7 @@ impl FromStr for Cidr {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| anyhow!("{s:?} is not a CIDR block like 172.30.0.0/16"))?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| anyhow!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p
-            .parse()
-            .map_err(|_| anyhow!("{p:?} is not a prefix length"))?;
+        let (addr, prefix) = split_block::<Ipv4Addr>(s, "172.30.0.0/16", "IPv4")?;
         if !(8..=30).contains(&prefix) {
             bail!("prefix /{prefix} is out of range: use /8 to /30");
         }
@@ -135,15 +141,7 @@ impl FromStr for Cidr6 {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| anyhow!("{s:?} is not a CIDR block like fd00:30::/64"))?;
-        let addr: Ipv6Addr = a
-            .parse()
-            .map_err(|_| anyhow!("{a:?} is not an IPv6 address"))?;
-        let prefix: u8 = p
-            .parse()
-            .map_err(|_| anyhow!("{p:?} is not a prefix length"))?;
+        let (addr, prefix) = split_block::<Ipv6Addr>(s, "fd00:30::/64", "IPv6")?;
         if !(16..=124).contains(&prefix) {
             bail!("prefix /{prefix} is out of range for IPv6: use /16 to /124");
         }

@@ -226,20 +226,6 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds the IPv6 default route via `gateway`.
-    pub async fn add_default_route6(&self, gateway: Ipv6Addr) -> Result<()> {
-        self.handle
-            .route()
-            .add(
-                RouteMessageBuilder::<Ipv6Addr>::new()
-                    .gateway(gateway)
-                    .build(),
-            )
-            .execute()
-            .await
-            .with_context(|| format!("adding IPv6 default route via {gateway}"))
-    }
-
     async fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {
         self.handle
             .link()
@@ -312,14 +298,16 @@ impl Netlink {
         .await
     }
 
-    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+    /// Adds the default route of `gateway`'s family via it.
+    pub async fn add_default_route(&self, gateway: impl Into<IpAddr>) -> Result<()> {
+        let gateway = gateway.into();
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .gateway(gateway)
+            .map_err(|e| anyhow!("a route via {gateway}: {e:?}"))?
+            .build();
         self.handle
             .route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gateway)
-                    .build(),
-            )
+            .add(route)
             .execute()
             .await
             .with_context(|| format!("adding default route via {gateway}"))

@@ -20,7 +20,7 @@ use k8s_cri::v1::{
 use netbr::cluster::Node;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::runtimes::{busybox_tar, spawn_containerd, stop_containerd, text, timed};
+use super::runtimes::{busybox_tar, spawn_containerd, stop_containerd, tar_of, text, timed};
 
 /// The sandbox ("pause") image every node imports.
 pub const PAUSE_IMAGE: &str = "localhost/netbr-pause:1";
@@ -405,16 +405,9 @@ pub fn pause_image(dir: &Path) -> PathBuf {
         "Layers": ["layer.tar"],
     }]);
     std::fs::write(image.join("manifest.json"), manifest.to_string()).expect("manifest");
-    let tar = dir.join("pause.tar");
-    let o = timed(
-        60,
-        Command::new("tar")
-            .arg("-C")
-            .arg(&image)
-            .arg("-cf")
-            .arg(&tar)
-            .args(["manifest.json", "config.json", "layer.tar"]),
-    );
-    assert!(o.status.success(), "tar: {}", text(&o));
-    tar
+    tar_of(
+        &image,
+        &["manifest.json", "config.json", "layer.tar"],
+        &dir.join("pause.tar"),
+    )
 }

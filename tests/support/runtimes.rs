@@ -149,18 +149,22 @@ pub fn busybox_tar(dir: &Path) -> PathBuf {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
     std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
     std::fs::write(root.join("www/index.html"), "hello from netbr\n").expect("index");
-    let tar = dir.join("busybox.tar");
+    tar_of(&root, &["."], &dir.join("busybox.tar"))
+}
+
+/// Packs `entries` of directory `from` into the tar file `to`.
+pub fn tar_of(from: &Path, entries: &[&str], to: &Path) -> PathBuf {
     let o = timed(
         60,
         Command::new("tar")
             .arg("-C")
-            .arg(&root)
+            .arg(from)
             .arg("-cf")
-            .arg(&tar)
-            .arg("."),
+            .arg(to)
+            .args(entries),
     );
     assert!(o.status.success(), "tar: {}", text(&o));
-    tar
+    to.to_path_buf()
 }
 
 /// Podman 4.3 with private storage and configuration, run inside the

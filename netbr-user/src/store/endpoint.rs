@@ -342,7 +342,7 @@ async fn configure_inside(
         inner.add_default_route(gateway).await?;
     }
     if let (Some((_, _, gateway6)), true) = (inside.ip6, inside.route6) {
-        inner.add_default_route6(gateway6).await?;
+        inner.add_default_route(gateway6).await?;
     }
     let mac = inner.require_link(ifname).await?.mac.unwrap_or_default();
     Ok((ifname.to_string(), mac))
