@@ -253,16 +253,21 @@ impl Store {
         if !reattach {
             // Endpoints kept by `detach --keep-bridge` must fit the subnet.
             for ep in &self.state.endpoints {
-                let outside6 = match (ep.ip6, net6) {
-                    (Some(ip), Some((subnet6, _))) => !subnet6.is_host(ip),
-                    (Some(_), None) => true,
-                    (None, _) => false,
+                let outside = if !subnet.is_host(ep.ip) {
+                    Some((ep.ip.to_string(), subnet.to_string()))
+                } else {
+                    match (ep.ip6, net6) {
+                        (Some(ip), Some((subnet6, _))) if !subnet6.is_host(ip) => {
+                            Some((ip.to_string(), subnet6.to_string()))
+                        }
+                        (Some(ip), None) => Some((ip.to_string(), "an IPv4-only bridge".into())),
+                        _ => None,
+                    }
                 };
-                if !subnet.is_host(ep.ip) || outside6 {
+                if let Some((ip, net)) = outside {
                     bail!(
-                        "bridge {bridge_name} kept endpoint {} at {}, outside the subnets asked for: attach with its old subnets, or run netbr detach --bridge {bridge_name} without --keep-bridge",
+                        "bridge {bridge_name} kept endpoint {} at {ip}, outside {net}: attach with its old subnets, or run netbr detach --bridge {bridge_name} without --keep-bridge",
                         ep.name,
-                        ep.ip
                     );
                 }
             }
