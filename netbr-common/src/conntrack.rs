@@ -18,22 +18,29 @@
 //! been idle past its state's timeout (the flow lives while either
 //! direction is seen). [`merge`] gives the flow as one record.
 
-/// A flow tuple as it appears in a packet. Network byte order. For ICMP echo
-/// the identifier stands in for a port: a request carries it as `sport`
-/// (`dport` 0), a reply as `dport` (`sport` 0), so a request's reversed tuple
-/// is its reply's.
+/// A flow tuple as it appears in a packet, of either address family
+/// (`A`: [`FlowKey`]'s `u32`, [`FlowKey6`]'s four words). Network byte
+/// order. For ICMP echo the identifier stands in for a port: a request
+/// carries it as `sport` (`dport` 0), a reply as `dport` (`sport` 0), so a
+/// request's reversed tuple is its reply's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct FlowKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 
-impl FlowKey {
+/// An IPv4 flow tuple: 16 bytes.
+pub type FlowKey = FlowKeyOf<u32>;
+/// An IPv6 flow tuple: each address as four words holding its bytes in
+/// network order (`net6::halves` reads them the same way), 40 bytes.
+pub type FlowKey6 = FlowKeyOf<[u32; 4]>;
+
+impl<A: Copy> FlowKeyOf<A> {
     pub const fn reversed(&self) -> Self {
         Self {
             saddr: self.daddr,
@@ -75,14 +82,15 @@ pub const fn nat_name(nat: u8) -> &'static str {
     }
 }
 
-/// One conntrack table entry. Times are `bpf_ktime_get_ns`
-/// (CLOCK_MONOTONIC). `state` is the flow's, copied into both entries on
-/// every change; the original entry's copy is the one that decides.
-/// `last_seen_ns`, `packets` and `bytes` are this entry's direction's.
+/// One conntrack table entry, of either family. Times are
+/// `bpf_ktime_get_ns` (CLOCK_MONOTONIC). `state` is the flow's, copied
+/// into both entries on every change; the original entry's copy is the one
+/// that decides. `last_seen_ns`, `packets` and `bytes` are this entry's
+/// direction's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CtEntry {
-    pub xlat: FlowKey,
+pub struct CtEntryOf<A> {
+    pub xlat: FlowKeyOf<A>,
     pub created_ns: u64,
     pub last_seen_ns: u64,
     pub packets: u64,
@@ -94,11 +102,14 @@ pub struct CtEntry {
     pub _pad: [u8; 5],
 }
 
+pub type CtEntry = CtEntryOf<u32>;
+pub type CtEntry6 = CtEntryOf<[u32; 4]>;
+
 /// A flow as one record, from its two entries ([`merge`]): what `netbr
 /// conntrack list`, flushes and tests read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlowView {
-    pub xlat: FlowKey,
+pub struct FlowViewOf<A> {
+    pub xlat: FlowKeyOf<A>,
     pub created_ns: u64,
     /// The later of the two directions' last packets.
     pub last_seen_ns: u64,
@@ -109,9 +120,11 @@ pub struct FlowView {
     pub nat: u8,
 }
 
+pub type FlowView = FlowViewOf<u32>;
+
 /// The flow of original entry `orig` and its reply entry, if that is
 /// still there.
-pub const fn merge(orig: &CtEntry, reply: Option<&CtEntry>) -> FlowView {
+pub const fn merge<A: Copy>(orig: &CtEntryOf<A>, reply: Option<&CtEntryOf<A>>) -> FlowViewOf<A> {
     let (last, packets, bytes) = match reply {
         Some(r) => (
             if r.last_seen_ns > orig.last_seen_ns {
@@ -124,7 +137,7 @@ pub const fn merge(orig: &CtEntry, reply: Option<&CtEntry>) -> FlowView {
         ),
         None => (orig.last_seen_ns, 0, 0),
     };
-    FlowView {
+    FlowViewOf {
         xlat: orig.xlat,
         created_ns: orig.created_ns,
         last_seen_ns: last,
@@ -429,6 +442,15 @@ mod tests {
         assert_eq!(f.state, Established as u8);
         let alone = merge(&orig, Option::None);
         assert_eq!((alone.last_seen_ns, alone.packets), (5, [3, 0]));
+    }
+
+    #[test]
+    fn both_families_lay_out_without_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<FlowKey6>(), 40);
+        assert_eq!(size_of::<CtEntry>(), 16 + 4 * 8 + 8);
+        assert_eq!(size_of::<CtEntry6>(), 40 + 4 * 8 + 8);
     }
 
     #[test]

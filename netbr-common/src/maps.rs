@@ -330,6 +330,8 @@ mod pod {
     unsafe impl aya::Pod for super::FragVal {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey {}
     unsafe impl aya::Pod for crate::conntrack::CtEntry {}
+    unsafe impl aya::Pod for crate::conntrack::FlowKey6 {}
+    unsafe impl aya::Pod for crate::conntrack::CtEntry6 {}
 }
 
 #[cfg(test)]

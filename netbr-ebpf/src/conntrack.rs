@@ -19,7 +19,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use netbr_common::{
-    conntrack::{expired, is_assured, next_state, CtEntry, CtState, FlowKey, DIR_ORIG, DIR_REPLY},
+    conntrack::{
+        expired, is_assured, next_state, CtEntry, CtEntryOf, CtState, FlowKey, FlowKeyOf, DIR_ORIG,
+        DIR_REPLY,
+    },
     counters::Reason,
     maps::{Config, EVENT_SLOT_FULL, EVENT_SLOT_GC},
 };
@@ -31,26 +34,57 @@ use crate::{
     monitor,
 };
 
+/// What the flow logic needs of an address family: its two tables, the
+/// scratch entry new flows are built in, and how a flow's end is reported.
+/// Implemented by the family's address type, so that a tuple's type picks
+/// the tables and every function here is written once for both families.
+pub trait Family: Copy + PartialEq + 'static {
+    fn assured() -> &'static HashMap<FlowKeyOf<Self>, CtEntryOf<Self>>;
+    fn fresh() -> &'static LruHashMap<FlowKeyOf<Self>, CtEntryOf<Self>>;
+    fn scratch() -> Option<*mut CtEntryOf<Self>>;
+    /// Tells a listening monitor that the flow of `key` ended.
+    fn report_end(key: &FlowKeyOf<Self>, e: &CtEntryOf<Self>, why: Reason);
+}
+
+impl Family for u32 {
+    #[inline(always)]
+    fn assured() -> &'static HashMap<FlowKey, CtEntry> {
+        &CONNTRACK
+    }
+    #[inline(always)]
+    fn fresh() -> &'static LruHashMap<FlowKey, CtEntry> {
+        &CT_NEW
+    }
+    #[inline(always)]
+    fn scratch() -> Option<*mut CtEntry> {
+        SCRATCH.get_ptr_mut(0)
+    }
+    #[inline(always)]
+    fn report_end(key: &FlowKey, e: &CtEntry, why: Reason) {
+        monitor::flow_ended(key, e, why);
+    }
+}
+
 /// What the flow logic needs of either table.
-trait Table {
-    fn entry(&self, key: &FlowKey) -> Option<*mut CtEntry>;
-    fn put(&self, key: &FlowKey, value: &CtEntry, flags: u32) -> Result<(), i32>;
-    fn erase(&self, key: &FlowKey);
+trait Table<A> {
+    fn entry(&self, key: &FlowKeyOf<A>) -> Option<*mut CtEntryOf<A>>;
+    fn put(&self, key: &FlowKeyOf<A>, value: &CtEntryOf<A>, flags: u32) -> Result<(), i32>;
+    fn erase(&self, key: &FlowKeyOf<A>);
 }
 
 macro_rules! impl_table {
     ($map:ident) => {
-        impl Table for $map<FlowKey, CtEntry> {
+        impl<A> Table<A> for $map<FlowKeyOf<A>, CtEntryOf<A>> {
             #[inline(always)]
-            fn entry(&self, key: &FlowKey) -> Option<*mut CtEntry> {
+            fn entry(&self, key: &FlowKeyOf<A>) -> Option<*mut CtEntryOf<A>> {
                 self.get_ptr_mut(key)
             }
             #[inline(always)]
-            fn put(&self, key: &FlowKey, value: &CtEntry, flags: u32) -> Result<(), i32> {
+            fn put(&self, key: &FlowKeyOf<A>, value: &CtEntryOf<A>, flags: u32) -> Result<(), i32> {
                 self.insert(key, value, flags as u64)
             }
             #[inline(always)]
-            fn erase(&self, key: &FlowKey) {
+            fn erase(&self, key: &FlowKeyOf<A>) {
                 let _ = self.remove(key);
             }
         }
@@ -62,41 +96,41 @@ impl_table!(LruHashMap);
 /// A tracked flow as seen by one packet: the entry its tuple matched
 /// (which holds all the packet needs), and whether it sits in the assured
 /// table.
-pub struct Flow {
-    pub entry: *mut CtEntry,
+pub struct Flow<A> {
+    pub entry: *mut CtEntryOf<A>,
     pub assured: bool,
 }
 
 /// Finds the live flow `key` belongs to, assured flows first.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
-    lookup_in::<true>(&CONNTRACK, true, key, cfg, now)
-        .or_else(|| lookup_in::<true>(&CT_NEW, false, key, cfg, now))
+pub fn lookup<A: Family>(key: &FlowKeyOf<A>, cfg: &Config, now: u64) -> Option<Flow<A>> {
+    lookup_in::<true, A>(A::assured(), true, key, cfg, now)
+        .or_else(|| lookup_in::<true, A>(A::fresh(), false, key, cfg, now))
 }
 
 /// `lookup` for the paths that open flows, beneath which no stack is left
 /// for telling a monitor of an expired flow met on the way.
 #[inline(always)]
-pub fn lookup_quiet(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
-    lookup_in::<false>(&CONNTRACK, true, key, cfg, now)
-        .or_else(|| lookup_in::<false>(&CT_NEW, false, key, cfg, now))
+pub fn lookup_quiet<A: Family>(key: &FlowKeyOf<A>, cfg: &Config, now: u64) -> Option<Flow<A>> {
+    lookup_in::<false, A>(A::assured(), true, key, cfg, now)
+        .or_else(|| lookup_in::<false, A>(A::fresh(), false, key, cfg, now))
 }
 
 /// Finds the live flow `key` belongs to among assured flows only: the XDP
 /// fast path leaves flows still being set up to TC.
 #[inline(always)]
-pub fn lookup_assured(key: &FlowKey, cfg: &Config, now: u64) -> Option<Flow> {
-    lookup_in::<true>(&CONNTRACK, true, key, cfg, now)
+pub fn lookup_assured<A: Family>(key: &FlowKeyOf<A>, cfg: &Config, now: u64) -> Option<Flow<A>> {
+    lookup_in::<true, A>(A::assured(), true, key, cfg, now)
 }
 
 /// The partner of `entry`, in the table its flow sits in (`assured`).
 #[inline(always)]
-fn partner_of(assured: bool, entry: &CtEntry) -> Option<*mut CtEntry> {
+fn partner_of<A: Family>(assured: bool, entry: &CtEntryOf<A>) -> Option<*mut CtEntryOf<A>> {
     let key = entry.xlat.reversed();
     if assured {
-        CONNTRACK.entry(&key)
+        A::assured().entry(&key)
     } else {
-        CT_NEW.entry(&key)
+        A::fresh().entry(&key)
     }
 }
 
@@ -109,13 +143,13 @@ fn partner_of(assured: bool, entry: &CtEntry) -> Option<*mut CtEntry> {
 /// that ended so; off beneath the SNAT port search, whose callers have no
 /// stack to spare for the report's call.
 #[inline(always)]
-fn lookup_in<const REPORT: bool>(
-    table: &impl Table,
+fn lookup_in<const REPORT: bool, A: Family>(
+    table: &impl Table<A>,
     assured: bool,
-    key: &FlowKey,
+    key: &FlowKeyOf<A>,
     cfg: &Config,
     now: u64,
-) -> Option<Flow> {
+) -> Option<Flow<A>> {
     let entry = table.entry(key)?;
     // SAFETY: a map value pointer stays valid for the program's run.
     let e = unsafe { &mut *entry };
@@ -136,7 +170,7 @@ fn lookup_in<const REPORT: bool>(
     // entry at a time) and this direction idle.
     count(Reason::CtExpired);
     if REPORT {
-        monitor::flow_ended(key, e, Reason::CtExpired);
+        A::report_end(key, e, Reason::CtExpired);
     }
     table.erase(&e.xlat.reversed());
     table.erase(key);
@@ -149,9 +183,9 @@ fn lookup_in<const REPORT: bool>(
 /// Fails only when the flow cannot be promoted because the assured table is
 /// full: the flow is then gone and its packet must be dropped.
 #[inline(always)]
-pub fn account(
-    flow: &Flow,
-    key: &FlowKey,
+pub fn account<A: Family>(
+    flow: &Flow<A>,
+    key: &FlowKeyOf<A>,
     tcp_flags: u8,
     len: u32,
     cfg: &Config,
@@ -197,9 +231,9 @@ pub fn account(
     }
     // Full: mark it so, and new flows are refused until a collection
     // (`collect_if_full`) finds room.
-    monitor::flow_ended(key, e, Reason::DropCtFull);
-    CT_NEW.erase(&orig_key);
-    CT_NEW.erase(&reply_key);
+    A::report_end(key, e, Reason::DropCtFull);
+    A::fresh().erase(&orig_key);
+    A::fresh().erase(&reply_key);
     if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe { *full = (*full).max(cfg.ct_max as u64) };
@@ -243,8 +277,9 @@ fn refuse(now: u64) -> Result<(), Reason> {
 /// Moves both entries of a flow into the assured table; false if it is
 /// full. The values are copied map to map, never onto the stack.
 #[inline(always)]
-fn promote(orig_key: &FlowKey, reply_key: &FlowKey) -> bool {
-    let (Some(orig), Some(reply)) = (CT_NEW.entry(orig_key), CT_NEW.entry(reply_key)) else {
+fn promote<A: Family>(orig_key: &FlowKeyOf<A>, reply_key: &FlowKeyOf<A>) -> bool {
+    let (fresh, assured) = (A::fresh(), A::assured());
+    let (Some(orig), Some(reply)) = (fresh.entry(orig_key), fresh.entry(reply_key)) else {
         // Another CPU promoted it a moment ago.
         return true;
     };
@@ -252,15 +287,15 @@ fn promote(orig_key: &FlowKey, reply_key: &FlowKey) -> bool {
     let (orig, reply) = unsafe { (&*orig, &*reply) };
     // The original first: from the moment it is in, a lookup of the flow's
     // first tuple finds it, whichever table it tries first.
-    if CONNTRACK.put(orig_key, orig, BPF_ANY).is_err() {
+    if assured.put(orig_key, orig, BPF_ANY).is_err() {
         return false;
     }
-    if CONNTRACK.put(reply_key, reply, BPF_ANY).is_err() {
-        CONNTRACK.erase(orig_key);
+    if assured.put(reply_key, reply, BPF_ANY).is_err() {
+        assured.erase(orig_key);
         return false;
     }
-    CT_NEW.erase(orig_key);
-    CT_NEW.erase(reply_key);
+    fresh.erase(orig_key);
+    fresh.erase(reply_key);
     true
 }
 
@@ -284,8 +319,7 @@ fn collect(cfg: &Config, now: u64) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe { *last = now };
     }
-    // SAFETY: `CONNTRACK` is a map definition.
-    let left = unsafe { walk(&CONNTRACK as *const _ as *mut c_void, 1, cfg, now) } as u64;
+    let left = walk::<u32, _>(u32::assured(), 1, cfg, now) as u64;
     if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe {
@@ -304,31 +338,27 @@ fn collect(cfg: &Config, now: u64) {
 /// reports its destruction.
 #[inline(never)]
 pub fn collect_new_for_monitor(cfg: &Config, now: u64) {
-    // SAFETY: `CT_NEW` is a map definition.
-    unsafe { walk(&CT_NEW as *const _ as *mut c_void, 0, cfg, now) };
+    walk::<u32, _>(u32::fresh(), 0, cfg, now);
 }
 
-/// Walks conntrack table `map` (`assured` says which) with `collect_one`;
-/// returns the entries of the flows found alive.
-///
-/// # Safety
-/// `map` is one of the conntrack tables' definitions.
+/// Walks conntrack table `map` of family `A` (`assured` says which) with
+/// `collect_one`; returns the entries of the flows found alive.
 #[inline(always)]
-unsafe fn walk(map: *mut c_void, assured: u32, cfg: &Config, now: u64) -> u32 {
+fn walk<A: Family, M>(map: &'static M, assured: u32, cfg: &Config, now: u64) -> u32 {
     let mut walk = Collection {
         cfg,
         now,
         live: 0,
         assured,
     };
-    // SAFETY: the caller passes a map definition (the helper's first
-    // argument), and the callback and its context follow the helper's
-    // contract. Deleting the visited element is allowed for hash maps (the
-    // kernel's for_each_hash_map_elem selftest does it).
+    // SAFETY: `map` is a map definition (the helper's first argument; the
+    // callers pass `A`'s tables), and the callback and its context follow
+    // the helper's contract. Deleting the visited element is allowed for
+    // hash maps (the kernel's for_each_hash_map_elem selftest does it).
     unsafe {
         bpf_for_each_map_elem(
-            map,
-            collect_one as *mut c_void,
+            map as *const M as *mut c_void,
+            collect_one::<A> as *mut c_void,
             &mut walk as *mut Collection as *mut c_void,
             0,
         )
@@ -336,7 +366,7 @@ unsafe fn walk(map: *mut c_void, assured: u32, cfg: &Config, now: u64) -> u32 {
     walk.live
 }
 
-extern "C" fn collect_one(
+extern "C" fn collect_one<A: Family>(
     _map: *mut c_void,
     key: *mut c_void,
     value: *mut c_void,
@@ -346,17 +376,17 @@ extern "C" fn collect_one(
     // points at the config map's value, alive for the whole walk.
     let (key, e, walk) = unsafe {
         (
-            &*(key as *const FlowKey),
-            &*(value as *const CtEntry),
+            &*(key as *const FlowKeyOf<A>),
+            &*(value as *const CtEntryOf<A>),
             &mut *(ctx as *mut Collection),
         )
     };
     let cfg = unsafe { &*walk.cfg };
-    let erase = |k: &FlowKey| {
+    let erase = |k: &FlowKeyOf<A>| {
         if walk.assured != 0 {
-            CONNTRACK.erase(k)
+            A::assured().erase(k)
         } else {
-            CT_NEW.erase(k)
+            A::fresh().erase(k)
         }
     };
     let partner = partner_of(walk.assured != 0, e);
@@ -377,7 +407,7 @@ extern "C" fn collect_one(
     let last = partner.map_or(e.last_seen_ns, |r| unsafe { (*r).last_seen_ns });
     if expired(&cfg.timeouts, e.state, e.last_seen_ns.max(last), walk.now) {
         count(Reason::CtExpired);
-        monitor::flow_ended(key, e, Reason::CtExpired);
+        A::report_end(key, e, Reason::CtExpired);
         erase(&e.xlat.reversed());
         erase(key);
     } else {
@@ -390,13 +420,13 @@ extern "C" fn collect_one(
 /// first packet had tuple `orig`. It is the same whatever the flow is
 /// translated to, so a port search builds it once.
 #[inline(always)]
-pub fn reply_entry(
-    orig: &FlowKey,
+pub fn reply_entry<A: Family>(
+    orig: &FlowKeyOf<A>,
     nat: u8,
     state: CtState,
     now: u64,
-) -> Result<&'static mut CtEntry, Reason> {
-    let e = SCRATCH.get_ptr_mut(0).ok_or(Reason::DropCtInsert)?;
+) -> Result<&'static mut CtEntryOf<A>, Reason> {
+    let e = A::scratch().ok_or(Reason::DropCtInsert)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let e = unsafe { &mut *e };
     e.xlat = orig.reversed();
@@ -416,21 +446,27 @@ pub fn reply_entry(
 /// key held by a dead flow (expired, or its partner evicted) or a finished
 /// one (see `held`) is reclaimed.
 #[inline(always)]
-pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64) -> bool {
-    if held(&CONNTRACK, true, reply_key, cfg, now) {
+pub fn claim_reply<A: Family>(
+    reply_key: &FlowKeyOf<A>,
+    reply: &CtEntryOf<A>,
+    cfg: &Config,
+    now: u64,
+) -> bool {
+    let fresh = A::fresh();
+    if held(A::assured(), true, reply_key, cfg, now) {
         return false;
     }
-    if CT_NEW.put(reply_key, reply, BPF_NOEXIST).is_ok() {
+    if fresh.put(reply_key, reply, BPF_NOEXIST).is_ok() {
         return true;
     }
     // Already this flow's: another CPU handling a packet of the same new flow
     // won the race (kubernetes#56903 in netfilter drops the loser's packet),
     // or LRU evicted the original and left the reply. Adopt it.
     // SAFETY: read-only copy out of the map value.
-    if unsafe { CT_NEW.get(reply_key) }.is_some_and(|e| e.xlat == reply.xlat) {
+    if unsafe { fresh.get(reply_key) }.is_some_and(|e| e.xlat == reply.xlat) {
         return true;
     }
-    !held(&CT_NEW, false, reply_key, cfg, now) && CT_NEW.put(reply_key, reply, BPF_NOEXIST).is_ok()
+    !held(fresh, false, reply_key, cfg, now) && fresh.put(reply_key, reply, BPF_NOEXIST).is_ok()
 }
 
 /// Whether a flow that still needs it holds tuple `key` in `table`. A
@@ -439,8 +475,14 @@ pub fn claim_reply(reply_key: &FlowKey, reply: &CtEntry, cfg: &Config, now: u64)
 /// pin its SNAT port for the whole TIME_WAIT timeout, and a busy container
 /// would run the range dry.
 #[inline(always)]
-fn held(table: &impl Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64) -> bool {
-    let Some(flow) = lookup_in::<false>(table, assured, key, cfg, now) else {
+fn held<A: Family>(
+    table: &impl Table<A>,
+    assured: bool,
+    key: &FlowKeyOf<A>,
+    cfg: &Config,
+    now: u64,
+) -> bool {
+    let Some(flow) = lookup_in::<false, A>(table, assured, key, cfg, now) else {
         return false;
     };
     // SAFETY: map value pointers from `lookup_in`.
@@ -469,18 +511,18 @@ fn held(table: &impl Table, assured: bool, key: &FlowKey, cfg: &Config, now: u64
 /// into the original one (rewriting to `xlat`) and inserts it, or releases
 /// the claim if that fails.
 #[inline(always)]
-pub fn insert_orig(
-    orig: &FlowKey,
-    xlat: &FlowKey,
-    entry: &mut CtEntry,
+pub fn insert_orig<A: Family>(
+    orig: &FlowKeyOf<A>,
+    xlat: &FlowKeyOf<A>,
+    entry: &mut CtEntryOf<A>,
     len: u32,
 ) -> Result<(), Reason> {
     entry.xlat = *xlat;
     entry.dir = DIR_ORIG;
     entry.packets = 1;
     entry.bytes = len as u64;
-    if CT_NEW.put(orig, entry, BPF_ANY).is_err() {
-        CT_NEW.erase(&xlat.reversed());
+    if A::fresh().put(orig, entry, BPF_ANY).is_err() {
+        A::fresh().erase(&xlat.reversed());
         return Err(Reason::DropCtInsert);
     }
     Ok(())

@@ -71,15 +71,37 @@ fn before_new_flow() -> u64 {
 /// hairpin flows, which are the bridge's: `bridge_tracked`); returns the
 /// container the fast path may deliver it to (`fast_target`), or
 /// `NOT_TRACKED` if the packet belongs to no such flow.
-/// A BPF function of its own: its stack frame then does not add to the
-/// SNAT port search's, which must fit beside it in 512 bytes. It returns a
-/// bare address: with `Option<u32>` the `None` path left the payload's
-/// register unwritten, and the verifier refused the shift that packs it
-/// ("R9 pointer arithmetic with <<= operator prohibited").
-#[inline(never)]
-/// It reads the clock itself: BPF functions take at most five arguments,
-/// and the returned `Result` already uses one.
+#[inline(always)]
 fn translate_tracked(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<u32, Reason> {
+    let packed = translate_tracked_packed(ctx, pkt, cfg);
+    match (packed >> 32) as usize {
+        0 => Ok(packed as u32),
+        r => Err(Reason::ALL
+            .get(r - 1)
+            .copied()
+            .unwrap_or(Reason::DropRewrite)),
+    }
+}
+
+/// `translate_flow` as a BPF function of its own: its stack frame then
+/// does not add to the SNAT port search's, which must fit beside it in 512
+/// bytes. It returns its answer packed in a scalar (the target in the low
+/// half, a failure's reason plus one in the high half): with `Option<u32>`
+/// the `None` path left the payload's register unwritten ("R9 pointer
+/// arithmetic with <<= operator prohibited"), and a `Result` returned
+/// through the caller's stack left that stack's address in R0 at exit
+/// ("cannot return stack pointer to the caller"). It reads the clock
+/// itself: BPF functions take at most five arguments.
+#[inline(never)]
+fn translate_tracked_packed(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> u64 {
+    match translate_flow(ctx, pkt, cfg) {
+        Ok(target) => target as u64,
+        Err(r) => (r as u64 + 1) << 32,
+    }
+}
+
+#[inline(always)]
+fn translate_flow(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<u32, Reason> {
     let now = now();
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
         return Ok(NOT_TRACKED);
