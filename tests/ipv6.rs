@@ -1,7 +1,7 @@
 //! Dual-stack bridges: IPv6 addresses for the bridge and its endpoints,
-//! containers talking over IPv6, direct routing refused for IPv6 as for
-//! IPv4 (and routed, untranslated, once allowed). netbr does not translate
-//! IPv6 yet: these tests pin down what it does do, in every datapath mode.
+//! containers talking over IPv6 and reaching the LAN masqueraded (NAT66),
+//! direct routing refused for IPv6 as for IPv4 and allowed on request, in
+//! every datapath mode.
 
 mod support;
 
@@ -99,7 +99,8 @@ fn to6(ip: Ipv6Addr, port: u16) -> SocketAddr {
 }
 
 #[test]
-fn dual_stack_containers_talk_over_ipv6_and_outsiders_cannot_reach_them() {
+fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_cannot_reach_them()
+{
     let sb = dual_stack(&[]);
     let doc = ls(&sb);
     assert_eq!(doc["subnet6"], SUBNET6);
@@ -135,12 +136,74 @@ fn dual_stack_containers_talk_over_ipv6_and_outsiders_cannot_reach_them() {
     .expect("ping");
     assert!(ping.status.success(), "the IPv6 gateway answers ping");
 
-    // Without direct routing nothing beyond the host can answer a
-    // container's IPv6 (no NAT66 yet): it has no route there and is told
-    // so at once.
-    let err = probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9), b"x")
-        .expect_err("no IPv6 route out");
-    assert!(format!("{err:#}").contains("unreachable"), "{err:#}");
+    // Beyond the host, IPv6 leaves masqueraded to the uplink's address:
+    // TCP, UDP (its own port kept) and ping from both containers.
+    let lan_tcp = server6(&sb.lan_path(), 9090);
+    let lan_udp = Server::udp_on(
+        &sb.lan_path(),
+        (Ipv6Addr::UNSPECIFIED, 5353).into(),
+        probe::echo(),
+    )
+    .expect("udp server");
+    for n in [1, 2] {
+        let got = probe::tcp_request(&sb.container_path(n), to6(v6(LAN6), 9090), b"out")
+            .expect("a container to the LAN over IPv6");
+        assert_eq!(got, b"out");
+        let got = probe::udp_request(
+            &sb.container_path(n),
+            to6(v6(LAN6), 5353),
+            5000 + n as u16,
+            b"dns",
+        )
+        .expect("a datagram to the LAN over IPv6");
+        assert_eq!(got, b"dns");
+    }
+    assert!(
+        lan_tcp.peers().iter().all(|p| p.ip() == v6(UPLINK6)),
+        "{:?}",
+        lan_tcp.peers()
+    );
+    let udp_peers = lan_udp.peers();
+    assert_eq!(udp_peers.len(), 2);
+    assert!(
+        udp_peers.iter().all(|p| p.ip() == v6(UPLINK6)),
+        "{udp_peers:?}"
+    );
+    let ports: Vec<u16> = udp_peers.iter().map(|p| p.port()).collect();
+    assert_eq!(
+        ports,
+        [5001, 5002],
+        "source ports outside the host's range are kept"
+    );
+    let pings: Vec<_> = [1, 2]
+        .map(|n| {
+            let ns = sb.container_path(n);
+            std::thread::spawn(move || in_netns(&ns, "ping", &["-6", "-c2", "-i0.2", "-W2", LAN6]))
+        })
+        .into_iter()
+        .map(|t| t.join().expect("ping thread").expect("ping"))
+        .collect();
+    assert!(
+        pings.iter().all(|p| p.status.success()),
+        "both containers ping one peer"
+    );
+    let flows: serde_json::Value = serde_json::from_str(
+        &sb.netbr_ok(&["conntrack", "list", "--json"])
+            .expect("conntrack"),
+    )
+    .expect("json");
+    let masqueraded = flows
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|f| f["original"]["src"] == container6(1).to_string())
+        .filter(|f| f["translated"]["src"] == UPLINK6 && f["nat"] == "snat")
+        .count();
+    assert!(
+        masqueraded >= 3,
+        "TCP, UDP and ping of c1 tracked: {flows:#}"
+    );
+    assert!(counter(&sb, "snat_new") >= 6);
 
     // A LAN host that routes the subnet via this host is refused, as for
     // IPv4.
@@ -160,27 +223,46 @@ fn dual_stack_containers_talk_over_ipv6_and_outsiders_cannot_reach_them() {
 }
 
 #[test]
-fn with_direct_routing_ipv6_is_routed_untranslated_both_ways() {
+fn with_direct_routing_the_lan_reaches_containers_over_ipv6_and_they_still_masquerade() {
     let sb = dual_stack(&["--allow-direct-routing"]);
     ip(
         &sb.lan_path(),
         &["-6", "route", "add", SUBNET6, "via", UPLINK6],
-    );
-    let lan = server6(&sb.lan_path(), 9090);
-    let got = probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9090), b"out")
-        .expect("container to the LAN over IPv6");
-    assert_eq!(got, b"out");
-    assert_eq!(
-        lan.peers()[0].ip(),
-        container6(1),
-        "IPv6 is not masqueraded"
     );
     let inside = server6(&sb.container_path(2), 8080);
     let got = probe::tcp_request(&sb.lan_path(), to6(container6(2), 8080), b"in")
         .expect("LAN to container over IPv6");
     assert_eq!(got, b"in");
     assert_eq!(inside.peers()[0].ip(), v6(LAN6));
+    let lan = server6(&sb.lan_path(), 9090);
+    probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9090), b"out").expect("out");
+    assert_eq!(lan.peers()[0].ip(), v6(UPLINK6), "masqueraded as IPv4 is");
     support::assert_no_netfilter_rules(&sb.host_path());
+}
+
+#[test]
+fn without_a_global_uplink_address_containers_ipv6_stays_on_the_host() {
+    let sb = support::sandbox();
+    let out = sb
+        .attach_with(&["--subnet", SUBNET6])
+        .expect("attach dual-stack");
+    assert!(
+        out.contains("has no global IPv6 address to masquerade to"),
+        "{out}"
+    );
+    sb.add_container(1).expect("container");
+    // No route out: told at once, rather than left waiting for an answer
+    // that could not come.
+    let err = probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9), b"x")
+        .expect_err("no IPv6 route out");
+    assert!(format!("{err:#}").contains("unreachable"), "{err:#}");
+    let ping = in_netns(
+        &sb.container_path(1),
+        "ping",
+        &["-6", "-c1", "-W2", GATEWAY6],
+    )
+    .expect("ping");
+    assert!(ping.status.success(), "the gateway still answers");
 }
 
 #[test]

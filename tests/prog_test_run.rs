@@ -22,7 +22,8 @@ use netbr_common::{
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
-    fragment, ipv6_frame, parse_checked, parse_quoted, reassemble, Seen, Spec, ACK, SYN, TCP, UDP,
+    echo6, fragment, ipv6_checked, ipv6_frame, parse_checked, parse_checked6, parse_quoted,
+    reassemble, tcp_header, udp_datagram, Seen, Spec, ACK, SYN, TCP, UDP,
 };
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -575,7 +576,12 @@ fn ipv6_to_the_bridge_subnet_is_refused_unless_direct_routing_is_allowed() {
     use std::net::Ipv6Addr;
     let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
     let mut h = Harness::new((61000, 65535));
-    let net = Net6::new(&v6("fd00:30::").octets(), 64, &v6("fd00:30::1").octets());
+    let net = Net6::new(
+        &v6("fd00:30::").octets(),
+        64,
+        &v6("fd00:30::1").octets(),
+        &[0; 16],
+    );
     h.dp.set_net6(&net).expect("net6");
     let mut syn = vec![0u8; 20];
     syn[2..4].copy_from_slice(&80u16.to_be_bytes());
@@ -618,6 +624,104 @@ fn ipv6_to_the_bridge_subnet_is_refused_unless_direct_routing_is_allowed() {
     assert_eq!(h.run(UP_IN, &to_container).0, SHOT);
     assert_eq!(h.counter(Reason::DropInternal), 1);
     assert_eq!(h.counter(Reason::DropDirectRouting), 1);
+}
+
+/// One protocol's masquerade case: the L4 bytes a container sends, the
+/// reply's given the port (or echo identifier) the packet left with, and
+/// the sent packet's ports.
+struct Case6 {
+    proto: u8,
+    out: Vec<u8>,
+    reply: fn(u16) -> Vec<u8>,
+    ports: (u16, u16),
+}
+
+/// A harness whose bridge has IPv6 subnet fd00:30::/64, masqueraded to
+/// the uplink's 2001:db8:1::1.
+fn with_ipv6_masquerade() -> Harness {
+    use netbr_common::net6::Net6;
+    let h = Harness::new((61000, 65535));
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    let net = Net6::new(
+        &v6("fd00:30::"),
+        64,
+        &v6("fd00:30::1"),
+        &v6("2001:db8:1::1"),
+    );
+    let mut h = h;
+    h.dp.set_net6(&net).expect("net6");
+    h
+}
+
+#[test]
+fn ipv6_masquerade_translates_tcp_udp_and_echo_both_ways_with_valid_checksums() {
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    let (container, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut h = with_ipv6_masquerade();
+    // A port in the host's ephemeral range is never kept; one outside it
+    // is, and so is an echo identifier.
+    let cases = [
+        Case6 {
+            proto: TCP,
+            out: tcp_header(40000, 80, SYN),
+            reply: |port| tcp_header(80, port, SYN | ACK),
+            ports: (40000, 80),
+        },
+        Case6 {
+            proto: UDP,
+            out: udp_datagram(5000, 53),
+            reply: |port| udp_datagram(53, port),
+            ports: (5000, 53),
+        },
+        Case6 {
+            proto: 58,
+            out: echo6(128, 0x4242),
+            reply: |id| echo6(129, id),
+            ports: (0x4242, 0x4242),
+        },
+    ];
+    for case in cases {
+        let (proto, out_l4, reply_l4, (sport, dport)) =
+            (case.proto, case.out, case.reply, case.ports);
+        let (verdict, out) = h.run(UP_OUT, &ipv6_checked(container, lan, proto, &out_l4));
+        assert_eq!(verdict, PASS);
+        let seen = parse_checked6(&out);
+        assert_eq!((seen.src, seen.dst), (uplink, lan), "protocol {proto}");
+        assert_eq!(seen.dport, dport);
+        match proto {
+            TCP => assert!((61000..=65535).contains(&seen.sport), "{}", seen.sport),
+            _ => assert_eq!(seen.sport, sport, "protocol {proto} keeps its port"),
+        }
+        let (verdict, back) = h.run(
+            UP_IN,
+            &ipv6_checked(lan, uplink, proto, &reply_l4(seen.sport)),
+        );
+        assert_eq!(verdict, PASS);
+        let back = parse_checked6(&back);
+        assert_eq!((back.src, back.dst), (lan, container), "protocol {proto}");
+        assert_eq!(back.dport, sport);
+    }
+    assert_eq!(h.counter(Reason::SnatNew), 3);
+    assert_eq!(h.counter(Reason::Translated), 3);
+    assert_eq!(h.dp.flows6().expect("flows").len(), 3);
+    // The host's own IPv6 and an echo reply from a container are not
+    // masquerade's; an unknown reply to the uplink is the host's.
+    h.assert_passes_untouched(
+        UP_OUT,
+        &ipv6_checked(uplink, lan, UDP, &udp_datagram(7, 7)),
+        "the host's own",
+    );
+    h.assert_passes_untouched(
+        UP_OUT,
+        &ipv6_checked(container, lan, 58, &echo6(129, 9)),
+        "an echo reply",
+    );
+    h.assert_passes_untouched(
+        UP_IN,
+        &ipv6_checked(lan, uplink, UDP, &udp_datagram(53, 9999)),
+        "no flow",
+    );
 }
 
 #[test]
@@ -1770,8 +1874,12 @@ fn per_packet_cost() {
     // IPv6 is routed, not translated: one read of the subnet, and the
     // uplink refuses it into the subnet.
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6");
-    let net6 =
-        netbr_common::net6::Net6::new(&v6("fd00:30::").octets(), 64, &v6("fd00:30::1").octets());
+    let net6 = netbr_common::net6::Net6::new(
+        &v6("fd00:30::").octets(),
+        64,
+        &v6("fd00:30::1").octets(),
+        &[0; 16],
+    );
     h.dp.set_net6(&net6).expect("net6");
     let udp6 = |dst: &str| {
         let udp = [0x9c, 0x40, 0, 53, 0, 8, 0, 0];

@@ -1,15 +1,14 @@
-//! The bridge's IPv6 network, for the datapath's IPv6 policy.
-//!
-//! netbr does not yet translate or track IPv6 (no NAT66, no IPv6
-//! conntrack): a dual-stack bridge's containers reach each other and the
-//! gateway over IPv6, and reach beyond the host only when direct routing is
-//! allowed, untranslated. What the datapath needs for that is whether a
-//! packet's destination lies in the bridge's IPv6 subnet, so that a packet
-//! from the uplink to a container is refused as IPv4's is.
+//! The bridge's IPv6 network, for the datapath's IPv6: which packets come
+//! from or go to the bridge's IPv6 subnet (masquerade, the direct-routing
+//! refusal), and the uplink address containers' IPv6 is masqueraded to.
 
 /// One-entry array holding [`Net6`]; all zeros while the bridge has no IPv6
 /// subnet.
 pub const MAP_NET6: &str = "NB_NET6";
+/// The IPv6 conntrack tables, as `NB_CT4`/`NB_CT4N` are IPv4's: assured
+/// flows (a plain hash) and new ones (LRU), keyed by `conntrack::FlowKey6`.
+pub const MAP_CONNTRACK6: &str = "NB_CT6";
+pub const MAP_CONNTRACK6_NEW: &str = "NB_CT6N";
 
 /// An IPv6 prefix as two 64-bit halves. Each half holds eight address
 /// bytes in network order, read as a native `u64` (`u64::from_ne_bytes`),
@@ -22,6 +21,10 @@ pub struct Net6 {
     pub mask: [u64; 2],
     /// The gateway's address as on the wire.
     pub gateway: [u8; 16],
+    /// The uplink's global address containers' IPv6 is masqueraded to, as
+    /// a `FlowKey6` holds addresses; all zeros: the uplink has none, and
+    /// nothing is masqueraded.
+    pub uplink: [u32; 4],
     /// Prefix length; 0: the bridge has no IPv6 subnet.
     pub prefix: u32,
     pub _pad: u32,
@@ -40,10 +43,46 @@ pub const fn halves(addr: &[u8; 16]) -> [u64; 2] {
     [u64::from_ne_bytes(lo), u64::from_ne_bytes(hi)]
 }
 
+/// An address as on the wire in the four words a `FlowKey6` holds.
+pub const fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        out[i] = u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    out
+}
+
+/// The address a `FlowKey6` holds, as on the wire.
+pub const fn bytes(words: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = words[i].to_ne_bytes();
+        out[4 * i] = w[0];
+        out[4 * i + 1] = w[1];
+        out[4 * i + 2] = w[2];
+        out[4 * i + 3] = w[3];
+        i += 1;
+    }
+    out
+}
+
+/// The halves [`Net6::contains`] takes, from a `FlowKey6` address.
+pub const fn halves_of_words(w: &[u32; 4]) -> [u64; 2] {
+    halves(&bytes(w))
+}
+
 impl Net6 {
     /// The network `addr/prefix` (host bits of `addr` cleared), with
     /// `gateway`.
-    pub const fn new(addr: &[u8; 16], prefix: u8, gateway: &[u8; 16]) -> Self {
+    pub const fn new(addr: &[u8; 16], prefix: u8, gateway: &[u8; 16], uplink: &[u8; 16]) -> Self {
         let mut mask = [0u8; 16];
         let mut i = 0;
         while i < 16 {
@@ -63,6 +102,7 @@ impl Net6 {
             net: [a[0] & mask[0], a[1] & mask[1]],
             mask,
             gateway: *gateway,
+            uplink: words(uplink),
             prefix: prefix as u32,
             _pad: 0,
         }
@@ -78,6 +118,12 @@ impl Net6 {
 
     pub const fn configured(&self) -> bool {
         self.prefix != 0
+    }
+
+    /// Whether containers' IPv6 is masqueraded: the uplink has a global
+    /// address.
+    pub const fn masquerades(&self) -> bool {
+        self.uplink[0] | self.uplink[1] | self.uplink[2] | self.uplink[3] != 0
     }
 
     /// Whether `addr` (the halves of an address as on the wire) lies in
@@ -103,18 +149,31 @@ mod tests {
 
     #[test]
     fn membership_follows_the_prefix_in_network_order() {
-        let net = Net6::new(&v6("fd00:30::77"), 64, &v6("fd00:30::1"));
-        assert_eq!(core::mem::size_of::<Net6>(), 56);
+        let net = Net6::new(
+            &v6("fd00:30::77"),
+            64,
+            &v6("fd00:30::1"),
+            &v6("2001:db8::1"),
+        );
+        assert_eq!(core::mem::size_of::<Net6>(), 72);
+        assert!(net.masquerades());
+        assert_eq!(bytes(&net.uplink), v6("2001:db8::1"));
+        assert_eq!(
+            halves_of_words(&words(&v6("fd00:30::2"))),
+            halves(&v6("fd00:30::2"))
+        );
         assert!(net.contains(halves(&v6("fd00:30::2"))));
         assert_eq!(net.network(), v6("fd00:30::"));
         assert!(net.contains(halves(&v6("fd00:30::ffff:1:2:3"))));
         assert!(!net.contains(halves(&v6("fd00:31::2"))));
         assert!(!net.contains(halves(&v6("fe80::1"))));
-        let odd = Net6::new(&v6("2001:db8:ab80::"), 41, &v6("2001:db8:ab80::1"));
+        let none = [0; 16];
+        let odd = Net6::new(&v6("2001:db8:ab80::"), 41, &v6("2001:db8:ab80::1"), &none);
+        assert!(!odd.masquerades());
         assert!(odd.contains(halves(&v6("2001:db8:ab80::9"))));
         assert!(odd.contains(halves(&v6("2001:db8:abff::9"))));
         assert!(!odd.contains(halves(&v6("2001:db8:ab00::9"))));
-        let wide = Net6::new(&v6("fd00:30::"), 120, &v6("fd00:30::1"));
+        let wide = Net6::new(&v6("fd00:30::"), 120, &v6("fd00:30::1"), &none);
         assert!(wide.contains(halves(&v6("fd00:30::ff"))));
         assert!(!wide.contains(halves(&v6("fd00:30::100"))));
         assert!(!Net6::default().contains(halves(&v6("::"))));

@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use netbr_common::{
     conntrack::{
-        expired, is_assured, next_state, CtEntry, CtEntryOf, CtState, FlowKey, FlowKeyOf, DIR_ORIG,
-        DIR_REPLY,
+        expired, is_assured, next_state, CtEntry, CtEntry6, CtEntryOf, CtState, FlowKey, FlowKey6,
+        FlowKeyOf, DIR_ORIG, DIR_REPLY,
     },
     counters::Reason,
     maps::{Config, EVENT_SLOT_FULL, EVENT_SLOT_GC},
@@ -30,7 +30,7 @@ use netbr_common::{
 use crate::{
     counters::count,
     events,
-    maps::{CONNTRACK, CT_NEW, EVENT_LAST, SCRATCH},
+    maps::{CONNTRACK, CONNTRACK6, CT6_NEW, CT_NEW, EVENT_LAST, SCRATCH, SCRATCH6},
     monitor,
 };
 
@@ -63,6 +63,25 @@ impl Family for u32 {
     fn report_end(key: &FlowKey, e: &CtEntry, why: Reason) {
         monitor::flow_ended(key, e, why);
     }
+}
+
+impl Family for [u32; 4] {
+    #[inline(always)]
+    fn assured() -> &'static HashMap<FlowKey6, CtEntry6> {
+        &CONNTRACK6
+    }
+    #[inline(always)]
+    fn fresh() -> &'static LruHashMap<FlowKey6, CtEntry6> {
+        &CT6_NEW
+    }
+    #[inline(always)]
+    fn scratch() -> Option<*mut CtEntry6> {
+        SCRATCH6.get_ptr_mut(0)
+    }
+    /// `netbr monitor`'s reports carry IPv4 tuples; IPv6 flows are not
+    /// reported yet.
+    #[inline(always)]
+    fn report_end(_key: &FlowKey6, _e: &CtEntry6, _why: Reason) {}
 }
 
 /// What the flow logic needs of either table.
@@ -221,19 +240,22 @@ pub fn account<A: Family>(
     if flow.assured || !is_assured(state) {
         return Ok(());
     }
+    // The partner's tuple is the one copy made: an IPv6 tuple is 40 bytes
+    // of a 512-byte stack.
+    let partner_key = e.xlat.reversed();
     let (orig_key, reply_key) = if dir == DIR_ORIG {
-        (*key, e.xlat.reversed())
+        (key, &partner_key)
     } else {
-        (e.xlat.reversed(), *key)
+        (&partner_key, key)
     };
-    if promote(&orig_key, &reply_key) {
+    if promote(orig_key, reply_key) {
         return Ok(());
     }
     // Full: mark it so, and new flows are refused until a collection
     // (`collect_if_full`) finds room.
     A::report_end(key, e, Reason::DropCtFull);
-    A::fresh().erase(&orig_key);
-    A::fresh().erase(&reply_key);
+    A::fresh().erase(orig_key);
+    A::fresh().erase(reply_key);
     if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe { *full = (*full).max(cfg.ct_max as u64) };
@@ -319,6 +341,9 @@ fn collect(cfg: &Config, now: u64) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe { *last = now };
     }
+    // IPv4's table only: a second walk in the same callback took the
+    // verifier past its 8192-jump history for one path ("The sequence of
+    // 8193 jumps is too complex"). IPv6's dead flows go when met.
     let left = walk::<u32, _>(u32::assured(), 1, cfg, now) as u64;
     if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
         // SAFETY: a map value pointer, valid for this run.
@@ -497,13 +522,14 @@ fn held<A: Family>(
     if !matches!(CtState::from_u8(state), CtState::TimeWait | CtState::Close) {
         return true;
     }
+    let partner_key = e.xlat.reversed();
     let (orig_key, reply_key) = if e.dir == DIR_ORIG {
-        (*key, e.xlat.reversed())
+        (key, &partner_key)
     } else {
-        (e.xlat.reversed(), *key)
+        (&partner_key, key)
     };
-    table.erase(&orig_key);
-    table.erase(&reply_key);
+    table.erase(orig_key);
+    table.erase(reply_key);
     false
 }
 

@@ -1,36 +1,116 @@
-//! IPv6. netbr neither translates nor tracks IPv6 yet, so the only IPv6
-//! packets it judges are those from the uplink to the bridge's IPv6
-//! subnet: refused unless direct routing is allowed, as a packet to a
-//! container's IPv4 address is, and always on an internal bridge.
-//! Everything else (neighbour discovery, multicast, the host's own
-//! traffic, containers' traffic) passes untouched, counted as IPv6.
+//! IPv6: masquerade (NAT66) of the containers' TCP, UDP and ICMPv6 echo
+//! leaving through the uplink, to the uplink's global address, tracked in
+//! IPv6's own conntrack tables by the same code as IPv4's
+//! (`conntrack::Family`); and the direct-routing refusal: a packet from the
+//! uplink into the bridge's IPv6 subnet is dropped unless direct routing is
+//! allowed, as IPv4's is, and always on an internal bridge.
+//!
+//! Everything else IPv6 passes untouched, counted as `pass_ipv6`: neighbour
+//! discovery, MLD and multicast, the host's own traffic, ICMPv6 errors
+//! (not translated yet), and packets whose transport header sits behind an
+//! extension header (no walk yet). The TC fast path and XDP leave IPv6 to
+//! the host stack.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    bindings::BPF_F_MARK_MANGLED_0,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
 use netbr_common::{
+    conntrack::{initial_state, CtEntry6, FlowKey6, NAT_NONE, NAT_SNAT},
     counters::Reason,
-    maps::{Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, HOOK_UPLINK_INGRESS},
-    net6::halves,
+    maps::{
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
+        HOOK_UPLINK_INGRESS,
+    },
+    net6::{halves_of_words, Net6},
+    snat::{may_keep_port, snat_candidate},
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::{maps::NET6, modes::mode, parse::ETH_LEN, skb};
+use crate::{
+    conntrack,
+    maps::{NET6, PACKET6},
+    modes::mode,
+    parse::ETH_LEN,
+    rewrite::{rewrite, L4Fields},
+    skb,
+};
 
 const ETH_P_IPV6: u16 = 0x86dd;
-/// The destination address's offset from the start of the frame (RFC 8200).
+/// Fixed-header field offsets from the start of the frame (RFC 8200).
+const IP6_PAYLOAD_LEN: usize = ETH_LEN + 4;
+const IP6_NEXT_HEADER: usize = ETH_LEN + 6;
+const IP6_SADDR: usize = ETH_LEN + 8;
 const IP6_DADDR: usize = ETH_LEN + 24;
+const IP6_HEADER: u32 = 40;
+/// The transport header, when no extension header comes first.
+const L4: usize = ETH_LEN + 40;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Source ports a new masquerade flow tries from the SNAT range after its
+/// own; beyond them it is refused as `drop_snat_exhausted`.
+const SNAT6_ATTEMPTS: u32 = 16;
 
-/// The reason a packet that is not IPv4 gets on `hook`: a drop for an
-/// IPv6 packet from the uplink addressed into the subnet that may not
-/// enter, a pass otherwise.
+/// What the translators need to know about one IPv6 packet.
+pub struct Packet6 {
+    pub key: FlowKey6,
+    /// Offsets of the ports (for ICMPv6 echo both the identifier's) and of
+    /// the L4 checksum, which covers the addresses for all three protocols.
+    pub sport_off: usize,
+    pub dport_off: usize,
+    pub csum_off: usize,
+    pub csum_flags: u64,
+    pub tcp_flags: u8,
+    /// The packet's length from its IPv6 header on, for byte counters.
+    pub len: u32,
+    /// A new flow's translation and the reply tuple it claims, built here
+    /// rather than on the stack: two 40-byte tuples and the claim's own
+    /// would not fit in 512 bytes beside the hooks' frames.
+    pub xlat: FlowKey6,
+    pub reply_key: FlowKey6,
+}
+
+impl L4Fields<[u32; 4]> for Packet6 {
+    #[inline(always)]
+    fn key(&self) -> &FlowKey6 {
+        &self.key
+    }
+    #[inline(always)]
+    fn has_l4(&self) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn csum_pseudo(&self) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn csum_off(&self) -> usize {
+        self.csum_off
+    }
+    #[inline(always)]
+    fn csum_flags(&self) -> u64 {
+        self.csum_flags
+    }
+    #[inline(always)]
+    fn sport_off(&self) -> usize {
+        self.sport_off
+    }
+    #[inline(always)]
+    fn dport_off(&self) -> usize {
+        self.dport_off
+    }
+}
+
+/// The reason a packet that is not IPv4 gets on `hook`, translated or not.
 #[inline(always)]
-pub fn judge(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
+pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     let Ok(ethertype) = skb::read::<u16>(ctx, 12) else {
         return Reason::PassNotIpv4;
     };
     if u16::from_be(ethertype) != ETH_P_IPV6 {
         return Reason::PassNotIpv4;
-    }
-    if hook != HOOK_UPLINK_INGRESS {
-        return Reason::PassIpv6;
     }
     let Some(net) = NET6.get(0) else {
         return Reason::PassIpv6;
@@ -38,17 +118,250 @@ pub fn judge(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     if !net.configured() {
         return Reason::PassIpv6;
     }
-    let Ok(daddr) = skb::read::<[u8; 16]>(ctx, IP6_DADDR) else {
+    match hook {
+        HOOK_UPLINK_INGRESS => uplink_ingress(ctx, cfg, net),
+        HOOK_UPLINK_EGRESS => uplink_egress(ctx, cfg, net),
+        _ => Reason::PassIpv6,
+    }
+}
+
+#[inline(always)]
+fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
+    let Ok(daddr) = skb::read::<[u32; 4]>(ctx, IP6_DADDR) else {
         return Reason::DropTruncated;
     };
-    if !net.contains(halves(&daddr)) {
+    // The reply of a masquerade flow goes back to its container; anything
+    // else to the uplink's address is the host's.
+    if net.masquerades() && daddr == net.uplink {
+        return match translate_tracked(ctx, cfg) {
+            NOT_TRACKED => Reason::PassIpv6,
+            r => r,
+        };
+    }
+    if !net.contains(halves_of_words(&daddr)) {
         return Reason::PassIpv6;
     }
     if mode(cfg, CFG_INTERNAL) {
         Reason::DropInternal
     } else if mode(cfg, CFG_ALLOW_DIRECT_ROUTING) {
-        Reason::PassIpv6
+        // Tracked untranslated, so that the container's replies are not
+        // taken for new masquerade flows.
+        match translate_tracked(ctx, cfg) {
+            NOT_TRACKED => open_flow(cfg, net, NAT_NONE),
+            r => r,
+        }
     } else {
         Reason::DropDirectRouting
     }
+}
+
+/// A container's packet leaving through the uplink: translated if its
+/// flow is tracked, else the first of a new masquerade flow. The host's
+/// own traffic, and a container's to another of the host's links, leave
+/// untranslated.
+#[inline(always)]
+fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
+    if !net.masquerades() || mode(cfg, CFG_ROUTED) || mode(cfg, CFG_INTERNAL) {
+        return Reason::PassIpv6;
+    }
+    let (Ok(saddr), Ok(daddr)) = (
+        skb::read::<[u32; 4]>(ctx, IP6_SADDR),
+        skb::read::<[u32; 4]>(ctx, IP6_DADDR),
+    ) else {
+        return Reason::DropTruncated;
+    };
+    if !net.contains(halves_of_words(&saddr)) || net.contains(halves_of_words(&daddr)) {
+        return Reason::PassIpv6;
+    }
+    let tracked = translate_tracked(ctx, cfg);
+    if tracked != NOT_TRACKED {
+        return tracked;
+    }
+    let opened = open_flow(cfg, net, NAT_SNAT);
+    if opened != Reason::SnatNew {
+        return opened;
+    }
+    // The packet was parsed into per-CPU room by `translate_tracked`.
+    let Some(pkt) = PACKET6.get_ptr(0) else {
+        return Reason::DropRewrite;
+    };
+    // SAFETY: per-CPU map value, used by this packet only.
+    let pkt = unsafe { &*pkt };
+    let xlat = pkt.xlat;
+    match rewrite(ctx, pkt, &xlat) {
+        Ok(()) => Reason::SnatNew,
+        Err(r) => r,
+    }
+}
+
+/// Opens a flow of kind `nat` (`NAT_SNAT`, or `NAT_NONE` for a directly
+/// routed one) for the packet `translate_tracked` parsed and found no flow
+/// for: `SnatNew`/`DirectNew`, or why not.
+#[inline(always)]
+fn open_flow(cfg: &Config, net: &Net6, nat: u8) -> Reason {
+    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+        return Reason::DropRewrite;
+    };
+    // SAFETY: per-CPU map value, used by this packet only.
+    let pkt = unsafe { &mut *pkt };
+    // An echo reply answers someone else's request: not a flow to open.
+    if pkt.key.proto == IPPROTO_ICMPV6 && pkt.key.sport == 0 {
+        return Reason::PassIpv6;
+    }
+    crate::collector::arm();
+    new_flow(pkt, cfg, net, nat, now())
+}
+
+/// `translate_tracked`'s answer for a packet of no flow: the packet is
+/// parsed (into `PACKET6`) and untouched.
+const NOT_TRACKED: Reason = Reason::PassNoMatch;
+
+/// Parses the packet and translates it if a flow tracks it (the same
+/// conntrack code as IPv4's): `Translated`, `NOT_TRACKED`, or why not. A
+/// BPF function of its own, returning a bare reason, as the IPv4
+/// translators do (`hooks::translate_tracked_packed`), so that its frame
+/// and a new flow's are siblings under the hook's.
+#[inline(never)]
+fn translate_tracked(ctx: &TcContext, cfg: &Config) -> Reason {
+    let pkt = match parse(ctx) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let now = now();
+    let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
+        return NOT_TRACKED;
+    };
+    // SAFETY: map value pointer from `lookup`.
+    let xlat = unsafe { (*flow.entry).xlat };
+    if let Err(r) = rewrite(ctx, pkt, &xlat) {
+        return r;
+    }
+    match conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now) {
+        Ok(()) => Reason::Translated,
+        Err(r) => r,
+    }
+}
+
+/// Opens a flow, its translation left in `pkt.xlat`. A masquerade flow's
+/// source becomes the uplink's address, its port kept when free and
+/// outside the host's ephemeral range, else drawn from the SNAT range; a
+/// directly routed flow (`NAT_NONE`) keeps its tuple. The claim of the
+/// reply tuple is IPv4's (`conntrack::claim_reply`), with its reuse of
+/// finished flows' tuples. A BPF function of its own, returning a bare
+/// reason (`SnatNew` or `DirectNew` when opened).
+#[inline(never)]
+fn new_flow(pkt: &mut Packet6, cfg: &Config, net: &Net6, nat: u8, now: u64) -> Reason {
+    if let Err(r) = conntrack::admit(now) {
+        return r;
+    }
+    let state = initial_state(pkt.key.proto, pkt.tcp_flags);
+    let reply = match conntrack::reply_entry(&pkt.key, nat, state, now) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let (opened, keep) = if nat == NAT_SNAT {
+        let own = u16::from_be(pkt.key.sport);
+        (
+            Reason::SnatNew,
+            may_keep_port(own, cfg.host_port_min, cfg.host_port_max),
+        )
+    } else {
+        (Reason::DirectNew, true)
+    };
+    pkt.xlat = pkt.key;
+    if nat == NAT_SNAT {
+        pkt.xlat.saddr = net.uplink;
+    }
+    let own = u16::from_be(pkt.key.sport);
+    // SAFETY: the helper has no preconditions.
+    let seed = unsafe { bpf_get_prandom_u32() };
+    for attempt in 0..=SNAT6_ATTEMPTS {
+        let port = match attempt {
+            0 if keep => own,
+            0 => continue,
+            // An untranslated flow has its own tuple or none.
+            _ if nat != NAT_SNAT => break,
+            n => snat_candidate(seed, n - 1, cfg.snat_port_min, cfg.snat_port_max),
+        };
+        pkt.xlat.sport = port.to_be();
+        pkt.reply_key = pkt.xlat.reversed();
+        if claim(pkt, reply, cfg, now) {
+            return match conntrack::insert_orig(&pkt.key, &pkt.xlat, reply, pkt.len) {
+                Ok(()) => opened,
+                Err(r) => r,
+            };
+        }
+    }
+    if nat != NAT_SNAT {
+        return Reason::DropCtInsert;
+    }
+    crate::events::log(Reason::DropSnatExhausted, 0, now);
+    Reason::DropSnatExhausted
+}
+
+/// `conntrack::claim_reply` of `pkt.reply_key` in a BPF function of its
+/// own: inlined into the search's loop, its lookups' tuples would sit in
+/// the loop's frame on top of the hook's.
+#[inline(never)]
+fn claim(pkt: &Packet6, reply: &CtEntry6, cfg: &Config, now: u64) -> bool {
+    conntrack::claim_reply(&pkt.reply_key, reply, cfg, now)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
+    skb::read::<T>(ctx, off).map_err(|_| Reason::DropTruncated)
+}
+
+/// Parses a TCP, UDP or ICMPv6 echo packet whose transport header follows
+/// the fixed header, into per-CPU room. `Err(PassIpv6)` for anything else.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<&'static mut Packet6, Reason> {
+    let pkt = PACKET6.get_ptr_mut(0).ok_or(Reason::DropRewrite)?;
+    // SAFETY: per-CPU map value, used by this packet only.
+    let pkt = unsafe { &mut *pkt };
+    let payload_len: u16 = load(ctx, IP6_PAYLOAD_LEN)?;
+    let next: u8 = load(ctx, IP6_NEXT_HEADER)?;
+    pkt.key.saddr = load(ctx, IP6_SADDR)?;
+    pkt.key.daddr = load(ctx, IP6_DADDR)?;
+    pkt.key.proto = next;
+    pkt.key._pad = [0; 3];
+    pkt.len = IP6_HEADER + u16::from_be(payload_len) as u32;
+    pkt.tcp_flags = 0;
+    pkt.csum_flags = 0;
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: [u16; 2] = load(ctx, L4)?;
+            pkt.key.sport = ports[0];
+            pkt.key.dport = ports[1];
+            pkt.sport_off = L4;
+            pkt.dport_off = L4 + 2;
+            if next == IPPROTO_TCP {
+                pkt.tcp_flags = load(ctx, L4 + 13)?;
+                pkt.csum_off = L4 + 16;
+            } else {
+                pkt.csum_off = L4 + 6;
+                pkt.csum_flags = BPF_F_MARK_MANGLED_0 as u64;
+            }
+        }
+        IPPROTO_ICMPV6 => {
+            let kind: u8 = load(ctx, L4)?;
+            let id: u16 = load(ctx, L4 + 4)?;
+            (pkt.key.sport, pkt.key.dport) = match kind {
+                ICMPV6_ECHO_REQUEST => (id, 0),
+                ICMPV6_ECHO_REPLY => (0, id),
+                _ => return Err(Reason::PassIpv6),
+            };
+            pkt.sport_off = L4 + 4;
+            pkt.dport_off = L4 + 4;
+            pkt.csum_off = L4 + 2;
+        }
+        _ => return Err(Reason::PassIpv6),
+    }
+    Ok(pkt)
 }

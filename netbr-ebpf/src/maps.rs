@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netbr_common::{
-    conntrack::{CtEntry, FlowKey},
+    conntrack::{CtEntry, CtEntry6, FlowKey, FlowKey6},
     firewall::{FwKey, FwRule, FwScopeKey, FIREWALL_MAX_ENTRIES, FIREWALL_SCOPES_MAX_ENTRIES},
     maps::{
         Config, Endpoint, FragKey, FragVal, MappingKey, MappingTarget, SockKey,
@@ -39,6 +39,16 @@ pub static CONNTRACK: HashMap<FlowKey, CtEntry> =
 /// Flows not yet assured.
 #[map(name = "NB_CT4N")]
 pub static CT_NEW: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
+
+/// IPv6's assured flows and new ones, as `CONNTRACK` and `CT_NEW` are
+/// IPv4's; sized alike.
+#[map(name = "NB_CT6")]
+pub static CONNTRACK6: HashMap<FlowKey6, CtEntry6> =
+    HashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
+
+#[map(name = "NB_CT6N")]
+pub static CT6_NEW: LruHashMap<FlowKey6, CtEntry6> =
     LruHashMap::with_max_entries(CT_MAX_ENTRIES_DEFAULT, 0);
 
 /// IPv4 addresses of the host (network byte order), for Docker's
@@ -122,6 +132,13 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLO
 /// it outlives one packet.
 #[map(name = "NB_SCRATCH")]
 pub static SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "NB_SCRATCH6")]
+pub static SCRATCH6: PerCpuArray<CtEntry6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for a parsed IPv6 packet, as `PACKET` is IPv4's.
+#[map(name = "NB_PKT6")]
+pub static PACKET6: PerCpuArray<crate::ipv6::Packet6> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU room for the parsed packet, for the same reason as `SCRATCH`:
 /// on the stack it would not leave room for the port search beneath it.

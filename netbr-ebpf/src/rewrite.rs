@@ -11,49 +11,138 @@
 //! whole difference (size 0 takes a precomputed diff).
 
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
-use netbr_common::{conntrack::FlowKey, counters::Reason};
+use netbr_common::{
+    conntrack::{FlowKey, FlowKeyOf},
+    counters::Reason,
+};
 
 use crate::{
     csum,
-    parse::{Packet, FRAG_LATER, IP_CSUM, IP_DADDR, IP_SADDR},
+    parse::{Packet, ETH_LEN, FRAG_LATER, IP_CSUM, IP_DADDR, IP_SADDR},
     skb,
 };
 
-/// Rewrites the packet's tuple into `to`.
+/// What a rewrite needs of an address family's header.
+pub trait AddrField: Copy + PartialEq {
+    /// The source and destination addresses' offsets in the frame.
+    const SADDR: usize;
+    const DADDR: usize;
+    /// Where the IP header keeps a checksum of its own: IPv4's does, IPv6's
+    /// has none (RFC 8200 leaves it to the transport's pseudo-header).
+    const IP_CSUM: Option<usize>;
+    /// The difference replacing `old` by `new` makes to a checksum.
+    fn diff(old: Self, new: Self) -> u32;
+}
+
+impl AddrField for u32 {
+    const SADDR: usize = IP_SADDR;
+    const DADDR: usize = IP_DADDR;
+    const IP_CSUM: Option<usize> = Some(IP_CSUM);
+    #[inline(always)]
+    fn diff(old: u32, new: u32) -> u32 {
+        csum::diff32(old, new)
+    }
+}
+
+impl AddrField for [u32; 4] {
+    const SADDR: usize = ETH_LEN + 8;
+    const DADDR: usize = ETH_LEN + 24;
+    const IP_CSUM: Option<usize> = None;
+    #[inline(always)]
+    fn diff(old: [u32; 4], new: [u32; 4]) -> u32 {
+        csum::diff32(old[0], new[0])
+            + csum::diff32(old[1], new[1])
+            + csum::diff32(old[2], new[2])
+            + csum::diff32(old[3], new[3])
+    }
+}
+
+/// What a rewrite needs of a parsed packet of either family.
+pub trait L4Fields<A> {
+    fn key(&self) -> &FlowKeyOf<A>;
+    /// False for a later fragment, which carries no L4 header.
+    fn has_l4(&self) -> bool;
+    /// Whether the L4 checksum covers the addresses (a pseudo-header).
+    fn csum_pseudo(&self) -> bool;
+    fn csum_off(&self) -> usize;
+    /// Extra `bpf_l4_csum_replace` flags (`BPF_F_MARK_MANGLED_0` for UDP).
+    fn csum_flags(&self) -> u64;
+    fn sport_off(&self) -> usize;
+    fn dport_off(&self) -> usize;
+}
+
+impl L4Fields<u32> for Packet {
+    #[inline(always)]
+    fn key(&self) -> &FlowKey {
+        &self.key
+    }
+    #[inline(always)]
+    fn has_l4(&self) -> bool {
+        self.frag != FRAG_LATER
+    }
+    #[inline(always)]
+    fn csum_pseudo(&self) -> bool {
+        self.csum_pseudo
+    }
+    #[inline(always)]
+    fn csum_off(&self) -> usize {
+        self.csum_off
+    }
+    #[inline(always)]
+    fn csum_flags(&self) -> u64 {
+        self.csum_flags
+    }
+    #[inline(always)]
+    fn sport_off(&self) -> usize {
+        self.sport_off
+    }
+    #[inline(always)]
+    fn dport_off(&self) -> usize {
+        self.dport_off
+    }
+}
+
+/// Rewrites the packet's tuple into `to`, for either family.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, pkt: &Packet, to: &FlowKey) -> Result<(), Reason> {
-    let from = &pkt.key;
-    let addr_diff = csum::diff32(from.saddr, to.saddr) + csum::diff32(from.daddr, to.daddr);
+pub fn rewrite<A: AddrField, P: L4Fields<A>>(
+    ctx: &TcContext,
+    pkt: &P,
+    to: &FlowKeyOf<A>,
+) -> Result<(), Reason> {
+    let from = pkt.key();
+    let addr_diff = A::diff(from.saddr, to.saddr) + A::diff(from.daddr, to.daddr);
     // A later fragment has no L4 header: its first fragment carried the
     // port and checksum changes for the whole datagram.
-    let has_l4 = pkt.frag != FRAG_LATER;
+    let has_l4 = pkt.has_l4();
     let port_diff = if has_l4 {
         csum::diff16(from.sport, to.sport) + csum::diff16(from.dport, to.dport)
     } else {
         0
     };
     // The helpers first: they may move the packet's data.
-    if addr_diff != 0 && pkt.csum_pseudo {
+    if addr_diff != 0 && pkt.csum_pseudo() {
         l4_csum_add(ctx, pkt, addr_diff, BPF_F_PSEUDO_HDR as u64)?;
     }
     if port_diff != 0 {
         l4_csum_add(ctx, pkt, port_diff, 0)?;
     }
     if addr_diff != 0 {
-        skb::csum_add(ctx, IP_CSUM, addr_diff).map_err(|_| Reason::DropRewrite)?;
+        if let Some(ip_csum) = A::IP_CSUM {
+            skb::csum_add(ctx, ip_csum, addr_diff).map_err(|_| Reason::DropRewrite)?;
+        }
         if from.saddr != to.saddr {
-            put(ctx, IP_SADDR, &to.saddr)?;
+            put(ctx, A::SADDR, &to.saddr)?;
         }
         if from.daddr != to.daddr {
-            put(ctx, IP_DADDR, &to.daddr)?;
+            put(ctx, A::DADDR, &to.daddr)?;
         }
     }
     if has_l4 {
         if from.sport != to.sport {
-            put(ctx, pkt.sport_off, &to.sport)?;
+            put(ctx, pkt.sport_off(), &to.sport)?;
         }
         if from.dport != to.dport {
-            put(ctx, pkt.dport_off, &to.dport)?;
+            put(ctx, pkt.dport_off(), &to.dport)?;
         }
     }
     Ok(())
@@ -61,8 +150,13 @@ pub fn rewrite(ctx: &TcContext, pkt: &Packet, to: &FlowKey) -> Result<(), Reason
 
 /// Adds `diff` to the L4 checksum as the kernel's state of it requires.
 #[inline(always)]
-fn l4_csum_add(ctx: &TcContext, pkt: &Packet, diff: u32, flags: u64) -> Result<(), Reason> {
-    ctx.l4_csum_replace(pkt.csum_off, 0, diff as u64, pkt.csum_flags | flags)
+fn l4_csum_add<A, P: L4Fields<A>>(
+    ctx: &TcContext,
+    pkt: &P,
+    diff: u32,
+    flags: u64,
+) -> Result<(), Reason> {
+    ctx.l4_csum_replace(pkt.csum_off(), 0, diff as u64, pkt.csum_flags() | flags)
         .map_err(|_| Reason::DropRewrite)
 }
 

@@ -33,6 +33,23 @@ fn split_block<A: FromStr>(s: &str, example: &str, family: &str) -> Result<(A, u
     Ok((addr, prefix))
 }
 
+/// An address as a flow tuple holds it (network order), either family.
+pub trait TupleAddr: Copy + PartialEq {
+    fn ip(self) -> IpAddr;
+}
+
+impl TupleAddr for u32 {
+    fn ip(self) -> IpAddr {
+        from_be32(self).into()
+    }
+}
+
+impl TupleAddr for [u32; 4] {
+    fn ip(self) -> IpAddr {
+        Ipv6Addr::from(netbr_common::net6::bytes(&self)).into()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
     pub addr: Ipv4Addr,

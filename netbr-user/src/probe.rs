@@ -110,8 +110,13 @@ impl Server {
     }
 
     pub fn udp(ns: &Path, port: u16, respond: Responder) -> Result<Self> {
+        Self::udp_on(ns, (Ipv4Addr::UNSPECIFIED, port).into(), respond)
+    }
+
+    /// Like [`Self::udp`], listening on `bind` (an IPv6 address, say).
+    pub fn udp_on(ns: &Path, bind: SocketAddr, respond: Responder) -> Result<Self> {
         Self::start(ns, move |stop, peers, ready| {
-            let s = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)) {
+            let s = match UdpSocket::bind(bind) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));
@@ -261,7 +266,12 @@ pub fn udp_exchange(
 ) -> Result<(Vec<u8>, SocketAddr)> {
     let payload = payload.to_vec();
     netns::run_in(ns, move || -> Result<(Vec<u8>, SocketAddr)> {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from_port))?;
+        // The unspecified address of the destination's family.
+        let any: std::net::IpAddr = match to {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let s = UdpSocket::bind((any, from_port))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         let mut buf = vec![0; 65536];
         let (n, from) = if connected {

@@ -312,3 +312,102 @@ pub fn ipv6_frame(
     f.extend_from_slice(payload);
     f
 }
+
+/// The IPv6 pseudo-header (RFC 8200 8.1) and the L4 bytes of `frame`, as
+/// the L4 checksum covers them.
+fn ipv6_covered(frame: &[u8]) -> Vec<u8> {
+    let l4 = &frame[54..];
+    let mut covered = frame[22..54].to_vec();
+    covered.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    covered.extend_from_slice(&[0, 0, 0, frame[20]]);
+    covered.extend_from_slice(l4);
+    covered
+}
+
+/// Where the L4 checksum of protocol `next` sits in its header.
+fn l4_csum_offset(next: u8) -> usize {
+    match next {
+        TCP => 16,
+        UDP => 6,
+        _ => 2,
+    }
+}
+
+/// [`ipv6_frame`] with its TCP, UDP or ICMPv6 checksum filled in.
+pub fn ipv6_checked(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut f = ipv6_frame(src, dst, next, l4);
+    let at = 54 + l4_csum_offset(next);
+    f[at..at + 2].copy_from_slice(&[0, 0]);
+    let sum = netbr::probe::inet_checksum(&ipv6_covered(&f));
+    f[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// What a test reads back from an IPv6 frame, its L4 checksum verified.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seen6 {
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
+    /// TCP and UDP ports; for ICMPv6 echo, the identifier twice.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn parse_checked6(frame: &[u8]) -> Seen6 {
+    assert_eq!(
+        netbr::probe::inet_checksum(&ipv6_covered(frame)),
+        0,
+        "L4 checksum of {frame:02x?}"
+    );
+    let addr = |at: usize| {
+        let b: [u8; 16] = frame[at..at + 16].try_into().expect("address");
+        std::net::Ipv6Addr::from(b)
+    };
+    let word = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let (sport, dport) = match frame[20] {
+        TCP | UDP => (word(54), word(56)),
+        _ => (word(58), word(58)),
+    };
+    Seen6 {
+        src: addr(22),
+        dst: addr(38),
+        sport,
+        dport,
+    }
+}
+
+/// A TCP header (no options) from `sport` to `dport` with `flags`.
+pub fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&1u32.to_be_bytes());
+    h[12] = 5 << 4;
+    h[13] = flags;
+    h[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    h
+}
+
+/// A UDP datagram from `sport` to `dport` carrying "netbr".
+pub fn udp_datagram(sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = vec![0u8; 8];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..6].copy_from_slice(&13u16.to_be_bytes());
+    h.extend_from_slice(b"netbr");
+    h
+}
+
+/// An ICMPv6 echo request (128) or reply (129) with identifier `id`.
+pub fn echo6(kind: u8, id: u16) -> Vec<u8> {
+    let mut h = vec![kind, 0, 0, 0];
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&1u16.to_be_bytes());
+    h.extend_from_slice(b"netbr");
+    h
+}

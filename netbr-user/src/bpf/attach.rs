@@ -20,6 +20,7 @@ use netbr_common::{
         PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4,
         PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
     },
+    net6::{MAP_CONNTRACK6, MAP_CONNTRACK6_NEW},
 };
 
 use super::pins::{
@@ -45,6 +46,8 @@ pub fn load(pin_dir: Option<&Path>, ct_max: u32, flags: Option<u32>) -> Result<E
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_CONNTRACK, ct_max);
     loader.map_max_entries(MAP_CONNTRACK_NEW, ct_max);
+    loader.map_max_entries(MAP_CONNTRACK6, ct_max);
+    loader.map_max_entries(MAP_CONNTRACK6_NEW, ct_max);
     let flags = flags.unwrap_or(FLAGS_FROM_MAP);
     loader.override_global(GLOBAL_FLAGS, &flags, true);
     let paths: Vec<_> = match pin_dir {

@@ -13,7 +13,10 @@ use aya::{
     Ebpf,
 };
 use netbr_common::{
-    conntrack::{merge, CtEntry, FlowKey, FlowView, DIR_ORIG},
+    conntrack::{
+        merge, CtEntry, CtEntry6, CtEntryOf, FlowKey, FlowKey6, FlowKeyOf, FlowView, FlowViewOf,
+        DIR_ORIG,
+    },
     counters::Reason,
     firewall::{FwKey, FwRule, FwScopeKey, MAP_FIREWALL, MAP_FIREWALL_HITS, MAP_FIREWALL_SCOPES},
     maps::{
@@ -23,7 +26,7 @@ use netbr_common::{
         MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_NO_MASQUERADE, MAP_SNAT_HISTOGRAM,
     },
     monitor::{MonitorEvent, MAP_MONITOR},
-    net6::{Net6, MAP_NET6},
+    net6::{Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_NET6},
     pacing::{Pace, PaceKey, MAP_PACING},
     ports::{PortSet, MAP_PORTS, PORTS_PUBLISHED},
 };
@@ -39,6 +42,9 @@ pub struct Datapath {
     /// Assured flows; `conntrack_new` holds the ones being set up.
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
     pub conntrack_new: HashMap<MapData, FlowKey, CtEntry>,
+    /// IPv6's tables, alike.
+    pub conntrack6: HashMap<MapData, FlowKey6, CtEntry6>,
+    pub conntrack6_new: HashMap<MapData, FlowKey6, CtEntry6>,
     pub local_addrs: HashMap<MapData, u32, u32>,
     /// Destination prefixes containers reach untranslated.
     pub no_masquerade: LpmTrie<MapData, u32, u32>,
@@ -65,6 +71,51 @@ fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
     let data = MapData::from_pin(dir.join(name))
         .with_context(|| format!("opening pinned map {name} in {}", dir.display()))?;
     Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+/// One family's conntrack table.
+type CtTable<A> = HashMap<MapData, FlowKeyOf<A>, CtEntryOf<A>>;
+
+/// Every flow of one family's `tables`, keyed by its original tuple.
+fn flows_of<A: Copy>(tables: [&CtTable<A>; 2]) -> Result<Vec<(FlowKeyOf<A>, FlowViewOf<A>)>>
+where
+    FlowKeyOf<A>: aya::Pod,
+    CtEntryOf<A>: aya::Pod,
+{
+    let mut out = Vec::new();
+    for table in tables {
+        for item in table.iter() {
+            let (k, v) = item.context("reading conntrack")?;
+            if v.dir == DIR_ORIG {
+                let reply = table.get(&v.xlat.reversed(), 0).ok();
+                out.push((k, merge(&v, reply.as_ref())));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the flows of one family's `tables` that `pred` selects.
+fn remove_flows_of<A: Copy>(
+    tables: [&mut CtTable<A>; 2],
+    pred: impl Fn(&FlowKeyOf<A>, &FlowViewOf<A>) -> bool,
+) -> Result<usize>
+where
+    FlowKeyOf<A>: aya::Pod,
+    CtEntryOf<A>: aya::Pod,
+{
+    let [assured, fresh] = tables;
+    let doomed: Vec<_> = flows_of([&*assured, &*fresh])?
+        .into_iter()
+        .filter(|(k, v)| pred(k, v))
+        .collect();
+    for (k, v) in &doomed {
+        for table in [&mut *assured, &mut *fresh] {
+            let _ = table.remove(k);
+            let _ = table.remove(&v.xlat.reversed());
+        }
+    }
+    Ok(doomed.len())
 }
 
 /// Map `name` from `get`, as its typed handle.
@@ -95,6 +146,8 @@ impl Datapath {
             mappings: typed(&mut get, MAP_MAPPINGS)?,
             conntrack: typed(&mut get, MAP_CONNTRACK)?,
             conntrack_new: typed(&mut get, MAP_CONNTRACK_NEW)?,
+            conntrack6: typed(&mut get, MAP_CONNTRACK6)?,
+            conntrack6_new: typed(&mut get, MAP_CONNTRACK6_NEW)?,
             local_addrs: typed(&mut get, MAP_LOCAL_ADDRS)?,
             no_masquerade: typed(&mut get, MAP_NO_MASQUERADE)?,
             endpoints: typed(&mut get, MAP_ENDPOINTS)?,
@@ -202,37 +255,29 @@ impl Datapath {
             .context("writing the published ports' set")
     }
 
-    /// Every flow of both tables, keyed by its original tuple, its two
+    /// Every IPv4 flow of both tables, keyed by its original tuple, its two
     /// entries merged.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowView)>> {
-        let mut out = Vec::new();
-        for table in [&self.conntrack, &self.conntrack_new] {
-            for item in table.iter() {
-                let (k, v) = item.context("reading conntrack")?;
-                if v.dir == DIR_ORIG {
-                    let reply = table.get(&v.xlat.reversed(), 0).ok();
-                    out.push((k, merge(&v, reply.as_ref())));
-                }
-            }
-        }
-        Ok(out)
+        flows_of([&self.conntrack, &self.conntrack_new])
     }
 
-    /// Removes every flow for which `pred(orig key, flow)` holds, both
+    /// Every IPv6 flow, as [`Self::flows`].
+    pub fn flows6(&self) -> Result<Vec<(FlowKey6, FlowViewOf<[u32; 4]>)>> {
+        flows_of([&self.conntrack6, &self.conntrack6_new])
+    }
+
+    /// Removes every IPv4 flow for which `pred(orig key, flow)` holds, both
     /// entries, from whichever table holds it. Returns how many flows went.
     pub fn remove_flows(&mut self, pred: impl Fn(&FlowKey, &FlowView) -> bool) -> Result<usize> {
-        let doomed: Vec<_> = self
-            .flows()?
-            .into_iter()
-            .filter(|(k, v)| pred(k, v))
-            .collect();
-        for (k, v) in &doomed {
-            for table in [&mut self.conntrack, &mut self.conntrack_new] {
-                let _ = table.remove(k);
-                let _ = table.remove(&v.xlat.reversed());
-            }
-        }
-        Ok(doomed.len())
+        remove_flows_of([&mut self.conntrack, &mut self.conntrack_new], pred)
+    }
+
+    /// Removes IPv6 flows, as [`Self::remove_flows`].
+    pub fn remove_flows6(
+        &mut self,
+        pred: impl Fn(&FlowKey6, &FlowViewOf<[u32; 4]>) -> bool,
+    ) -> Result<usize> {
+        remove_flows_of([&mut self.conntrack6, &mut self.conntrack6_new], pred)
     }
 
     /// Takes every event the datapath has logged since the last reader took

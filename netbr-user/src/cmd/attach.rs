@@ -124,7 +124,13 @@ impl Attach {
             store.pins.display()
         );
         if let Some((gateway, prefix)) = report.gateway6 {
-            println!("IPv6 gateway {gateway}/{prefix}");
+            match report.uplink6 {
+                Some(up) => println!("IPv6 gateway {gateway}/{prefix}, masquerading to {up}"),
+                None => println!(
+                    "IPv6 gateway {gateway}/{prefix}; {} has no global IPv6 address to masquerade to: containers' IPv6 stays on the host unless --allow-direct-routing",
+                    self.uplink
+                ),
+            }
         }
         if let Some(flows) = report.upgraded_flows {
             println!(

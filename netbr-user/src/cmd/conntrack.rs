@@ -1,13 +1,15 @@
+use std::net::IpAddr;
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use netbr_common::{
-    conntrack::{nat_name, CtState, FlowKey, DIR_ORIG, DIR_REPLY},
+    conntrack::{nat_name, CtState, FlowKeyOf, FlowViewOf, DIR_ORIG, DIR_REPLY},
     proto_name,
 };
 use serde_json::json;
 
 use crate::{
-    addr::{from_be32, monotonic_ns, to_be32, Cidr},
+    addr::{monotonic_ns, Cidr, TupleAddr},
     store::{Store, View},
 };
 
@@ -33,12 +35,13 @@ pub struct FlushArgs {
 }
 
 impl FlushArgs {
-    fn matches(&self, k: &FlowKey, x: &FlowKey) -> bool {
+    fn matches<A: TupleAddr>(&self, k: &FlowKeyOf<A>, x: &FlowKeyOf<A>) -> bool {
         let ports = [k.sport, k.dport, x.sport, x.dport].map(u16::from_be);
         self.port.is_none_or(|p| ports.contains(&p))
-            && self
-                .from
-                .is_none_or(|(net, len)| Cidr::new(net, len).contains(from_be32(k.saddr)))
+            && self.from.is_none_or(|(net, len)| match k.saddr.ip() {
+                IpAddr::V4(ip) => Cidr::new(net, len).contains(ip),
+                IpAddr::V6(_) => false,
+            })
     }
 }
 
@@ -61,31 +64,48 @@ pub struct ListArgs {
 }
 
 impl ListArgs {
-    fn matches(&self, k: &FlowKey, x: &FlowKey, endpoint: Option<u32>) -> bool {
+    /// `endpoint`: the endpoint's addresses, if one was asked for.
+    fn matches<A: TupleAddr>(
+        &self,
+        k: &FlowKeyOf<A>,
+        x: &FlowKeyOf<A>,
+        endpoint: Option<&[IpAddr]>,
+    ) -> bool {
         let ports = [k.sport, k.dport, x.sport, x.dport].map(u16::from_be);
-        let addrs = [k.saddr, k.daddr, x.saddr, x.daddr];
+        let addrs = [k.saddr, k.daddr, x.saddr, x.daddr].map(TupleAddr::ip);
         self.proto
             .as_deref()
-            .is_none_or(|p| p == proto_name(k.proto))
+            .is_none_or(|p| p == proto_name(k.proto) || (p == "icmp" && k.proto == IPPROTO_ICMPV6))
             && self.port.is_none_or(|p| ports.contains(&p))
-            && endpoint.is_none_or(|ip| addrs.contains(&ip))
+            && endpoint.is_none_or(|ips| ips.iter().any(|ip| addrs.contains(ip)))
     }
 }
 
-pub(crate) fn tuple(k: &FlowKey) -> serde_json::Value {
+/// ICMPv6, which `conntrack list` shows and filters as `icmp`.
+const IPPROTO_ICMPV6: u8 = 58;
+
+fn proto_of(proto: u8) -> &'static str {
+    if proto == IPPROTO_ICMPV6 {
+        "icmp"
+    } else {
+        proto_name(proto)
+    }
+}
+
+pub(crate) fn tuple<A: TupleAddr>(k: &FlowKeyOf<A>) -> serde_json::Value {
     json!({
-        "src": from_be32(k.saddr).to_string(),
-        "dst": from_be32(k.daddr).to_string(),
+        "src": k.saddr.ip().to_string(),
+        "dst": k.daddr.ip().to_string(),
         "sport": u16::from_be(k.sport),
         "dport": u16::from_be(k.dport),
     })
 }
 
-pub(crate) fn tuple_text(k: &FlowKey) -> String {
+pub(crate) fn tuple_text<A: TupleAddr>(k: &FlowKeyOf<A>) -> String {
     format!(
         "src={} dst={} sport={} dport={}",
-        from_be32(k.saddr),
-        from_be32(k.daddr),
+        k.saddr.ip(),
+        k.daddr.ip(),
         u16::from_be(k.sport),
         u16::from_be(k.dport)
     )
@@ -96,7 +116,9 @@ impl ConntrackCmd {
         match self {
             ConntrackCmd::List(args) => list(&args),
             ConntrackCmd::Flush(f) => {
-                let n = Store::open(&f.bridge)?.remove_flows(|k, e| f.matches(k, &e.xlat))?;
+                let store = Store::open(&f.bridge)?;
+                let n = store.remove_flows(|k, e| f.matches(k, &e.xlat))?
+                    + store.remove_flows6(|k, e| f.matches(k, &e.xlat))?;
                 println!("flushed {n} flow(s)");
                 Ok(())
             }
@@ -107,35 +129,69 @@ impl ConntrackCmd {
 fn list(args: &ListArgs) -> Result<()> {
     let view = View::open(&args.bridge)?;
     let dp = &view.dp;
-    let endpoint = match &args.endpoint {
-        Some(name) => Some(to_be32(
-            view.state
-                .endpoint(name)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "no endpoint named {name} on bridge {}: see netbr ls --bridge {}",
-                        args.bridge,
-                        args.bridge
-                    )
-                })?
-                .ip,
-        )),
+    let endpoint: Option<Vec<IpAddr>> = match &args.endpoint {
+        Some(name) => {
+            let ep = view.state.endpoint(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no endpoint named {name} on bridge {}: see netbr ls --bridge {}",
+                    args.bridge,
+                    args.bridge
+                )
+            })?;
+            Some(
+                std::iter::once(IpAddr::from(ep.ip))
+                    .chain(ep.ip6.map(IpAddr::from))
+                    .collect(),
+            )
+        }
         None => None,
     };
     let cfg = dp.config()?;
     let now = monotonic_ns();
     let mut rows = Vec::new();
-    for (k, e) in dp.flows()? {
-        if !args.matches(&k, &e.xlat, endpoint) {
+    rows.extend(flow_rows(
+        args,
+        &dp.flows()?,
+        endpoint.as_deref(),
+        &cfg,
+        now,
+    ));
+    rows.extend(flow_rows(
+        args,
+        &dp.flows6()?,
+        endpoint.as_deref(),
+        &cfg,
+        now,
+    ));
+    if args.json {
+        super::print_json(&serde_json::Value::Array(rows));
+    } else {
+        println!("{} flow(s)", rows.len());
+    }
+    Ok(())
+}
+
+/// The listing's rows for one family's `flows`, printed as they go unless
+/// `--json` asked for them at the end.
+fn flow_rows<A: TupleAddr>(
+    args: &ListArgs,
+    flows: &[(FlowKeyOf<A>, FlowViewOf<A>)],
+    endpoint: Option<&[IpAddr]>,
+    cfg: &netbr_common::maps::Config,
+    now: u64,
+) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    for (k, e) in flows {
+        if !args.matches(k, &e.xlat, endpoint) {
             continue;
         }
         let timeout = cfg.timeouts.get(e.state as usize).copied().unwrap_or(0) as u64;
         let idle = now.saturating_sub(e.last_seen_ns) / 1_000_000_000;
         rows.push(json!({
-            "proto": proto_name(k.proto),
+            "proto": proto_of(k.proto),
             "state": CtState::from_u8(e.state).name(),
             "nat": nat_name(e.nat),
-            "original": tuple(&k),
+            "original": tuple(k),
             "translated": tuple(&e.xlat),
             "age_s": now.saturating_sub(e.created_ns) / 1_000_000_000,
             "expires_s": timeout.saturating_sub(idle),
@@ -145,9 +201,9 @@ fn list(args: &ListArgs) -> Result<()> {
         if !args.json {
             println!(
                 "{:<4} {:<11} {} -> {} {} age={}s expires={}s packets={}/{} bytes={}/{}",
-                proto_name(k.proto),
+                proto_of(k.proto),
                 CtState::from_u8(e.state).name(),
-                tuple_text(&k),
+                tuple_text(k),
                 tuple_text(&e.xlat),
                 nat_name(e.nat),
                 now.saturating_sub(e.created_ns) / 1_000_000_000,
@@ -159,10 +215,5 @@ fn list(args: &ListArgs) -> Result<()> {
             );
         }
     }
-    if args.json {
-        super::print_json(&serde_json::Value::Array(rows));
-    } else {
-        println!("{} flow(s)", rows.len());
-    }
-    Ok(())
+    rows
 }

@@ -141,6 +141,8 @@ pub struct AttachReport {
     pub prefix: u8,
     /// The bridge's IPv6 address and prefix, on a dual-stack bridge.
     pub gateway6: Option<(Ipv6Addr, u8)>,
+    /// The uplink address containers' IPv6 is masqueraded to, if any.
+    pub uplink6: Option<Ipv6Addr>,
     pub uplink_addr: Ipv4Addr,
     /// kube-proxy's rules found (`host_firewall::service_nat`).
     pub service_nat: Vec<String>,
@@ -222,6 +224,12 @@ impl Store {
             bail!("gateway {gateway} is not a host address of {subnet}");
         }
         let net6 = self.ipv6_network(req, &nl, uplink.index).await?;
+        // Containers' IPv6 is masqueraded to the uplink's first global
+        // address; without one it is only routed (`--allow-direct-routing`).
+        let uplink6 = match net6 {
+            Some(_) => nl.addrs6(uplink.index).await?.first().map(|(a, _)| *a),
+            None => None,
+        };
         if bridge_name == req.uplink {
             bail!("the bridge and the uplink must be different interfaces");
         }
@@ -342,7 +350,7 @@ impl Store {
         }
         nl.set_up(bridge.index).await?;
         sysctl::write("net.ipv4.ip_forward", "1")?;
-        if net6.is_some() && req.allow_direct_routing {
+        if net6.is_some() {
             forward_ipv6(&req.uplink)?;
         }
         pins::ensure_bpffs()?;
@@ -395,6 +403,7 @@ impl Store {
                     &subnet6.network().octets(),
                     subnet6.prefix,
                     &gateway6.octets(),
+                    &uplink6.map_or([0; 16], |a| a.octets()),
                 )
             }))?;
             dp.set_no_masquerade(&no_masquerade)?;
@@ -457,6 +466,7 @@ impl Store {
             gateway,
             prefix: subnet.prefix,
             gateway6: net6.map(|(s, g)| (g, s.prefix)),
+            uplink6,
             uplink_addr: uplink_addr.addr,
             service_nat,
             upgraded_flows,

@@ -7,7 +7,9 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use netbr_common::maps::{Endpoint, CFG_ALLOW_DIRECT_ROUTING, CFG_ICC_DISABLED, CFG_XDP};
+use netbr_common::maps::{
+    Endpoint, CFG_ALLOW_DIRECT_ROUTING, CFG_ICC_DISABLED, CFG_INTERNAL, CFG_XDP,
+};
 
 use super::{
     state::{EndpointState, Limits, Owner},
@@ -149,6 +151,7 @@ impl Store {
         let eps = &self.state.endpoints;
         let ip = choose_ip(|ip| owner4(eps, ip), req.ip, subnet, gateway)?;
         let net6 = self.network6();
+        let masquerades6 = dp.net6.get(&0, 0)?.masquerades();
         let ip6 = match (net6, req.ip6) {
             (Some((subnet6, gateway6)), want) => {
                 Some(choose_ip(|ip| owner6(eps, ip), want, subnet6, gateway6)?)
@@ -217,7 +220,8 @@ impl Store {
                     let inside = Inside {
                         ip: (ip, subnet.prefix, gateway),
                         ip6: ip6.zip(net6).map(|(ip, (s, g))| (ip, s.prefix, g)),
-                        route6: cfg.has(CFG_ALLOW_DIRECT_ROUTING),
+                        route6: !cfg.has(CFG_INTERNAL)
+                            && (masquerades6 || cfg.has(CFG_ALLOW_DIRECT_ROUTING)),
                     };
                     configure_inside(ns, &peer_if, &req.ifname, &inside).await?
                 }
@@ -291,6 +295,10 @@ impl Store {
             dp.set_published_ports(&[])?;
             let ip = to_be32(ep.ip);
             dp.remove_flows(|k, v| k.saddr == ip || v.xlat.daddr == ip)?;
+            if let Some(ip6) = ep.ip6 {
+                let ip6 = netbr_common::net6::words(&ip6.octets());
+                dp.remove_flows6(|k, v| k.saddr == ip6 || v.xlat.daddr == ip6)?;
+            }
             let _ = dp.endpoints.remove(&ip);
             super::limits::forget(&self.pins, &mut dp, &ep)?;
             self.remove_endpoint_rules(&mut dp, name)?;
@@ -314,10 +322,10 @@ impl Store {
 struct Inside {
     ip: (Ipv4Addr, u8, Ipv4Addr),
     ip6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
-    /// An IPv6 default route via the gateway. Only with direct routing:
-    /// netbr does not translate IPv6 yet, so without it nothing beyond the
-    /// host could answer, and a container is better told at once that the
-    /// network is unreachable than left waiting.
+    /// An IPv6 default route via the gateway: when the container's IPv6 is
+    /// masqueraded, or routed (direct routing). Otherwise nothing beyond
+    /// the host could answer it, and a container is better told at once
+    /// that the network is unreachable than left waiting.
     route6: bool,
 }
 

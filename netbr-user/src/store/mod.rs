@@ -120,6 +120,17 @@ impl Store {
     ) -> Result<usize> {
         self.datapath()?.remove_flows(pred)
     }
+
+    /// Removes the IPv6 flows `pred` selects. Returns how many went.
+    pub fn remove_flows6(
+        &self,
+        pred: impl Fn(
+            &netbr_common::conntrack::FlowKey6,
+            &netbr_common::conntrack::FlowViewOf<[u32; 4]>,
+        ) -> bool,
+    ) -> Result<usize> {
+        self.datapath()?.remove_flows6(pred)
+    }
 }
 
 impl Store {
