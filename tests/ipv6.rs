@@ -205,6 +205,26 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
     );
     assert!(counter(&sb, "snat_new") >= 6);
 
+    // A port published without a host IP answers on the uplink's IPv6
+    // address too, as Docker publishes on both families.
+    sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
+    let web = server6(&sb.container_path(1), 80);
+    let dns = Server::udp_on(
+        &sb.container_path(1),
+        (Ipv6Addr::UNSPECIFIED, 53).into(),
+        probe::echo(),
+    )
+    .expect("udp server");
+    let got = probe::tcp_request(&sb.lan_path(), to6(v6(UPLINK6), 8080), b"published")
+        .expect("a published port over IPv6");
+    assert_eq!(got, b"published");
+    assert_eq!(web.peers()[0].ip(), v6(LAN6), "the client's own address");
+    let got = probe::udp_request(&sb.lan_path(), to6(v6(UPLINK6), 5353), 40053, b"query")
+        .expect("a published UDP port over IPv6");
+    assert_eq!(got, b"query");
+    assert_eq!(dns.peers()[0], to6(v6(LAN6), 40053));
+    assert!(counter(&sb, "dnat_new") >= 1);
+
     // A LAN host that routes the subnet via this host is refused, as for
     // IPv4.
     ip(

@@ -725,6 +725,45 @@ fn ipv6_masquerade_translates_tcp_udp_and_echo_both_ways_with_valid_checksums() 
 }
 
 #[test]
+fn a_published_port_answers_on_the_uplinks_ipv6_address_unless_firewall_rules_exist() {
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    let (web6, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut h = with_ipv6_masquerade();
+    h.publish(TCP, 8080, WEB, 80);
+    let web6_words = netbr_common::net6::words(&web6.octets());
+    h.dp.endpoints6
+        .insert(to_be32(WEB), web6_words, 0)
+        .expect("endpoint's IPv6");
+    let syn = ipv6_checked(lan, uplink, TCP, &tcp_header(40000, 8080, SYN));
+    let (verdict, inbound) = h.run(UP_IN, &syn);
+    assert_eq!(verdict, PASS);
+    let seen = parse_checked6(&inbound);
+    assert_eq!(
+        (seen.src, seen.dst, seen.sport, seen.dport),
+        (lan, web6, 40000, 80)
+    );
+    let reply = ipv6_checked(web6, lan, TCP, &tcp_header(80, 40000, SYN | ACK));
+    let (_, outbound) = h.run(UP_OUT, &reply);
+    let seen = parse_checked6(&outbound);
+    assert_eq!(
+        (seen.src, seen.dst, seen.sport, seen.dport),
+        (uplink, lan, 8080, 40000)
+    );
+    assert_eq!(h.counter(Reason::DnatNew), 1);
+    // An unpublished port is the host's; with firewall rules (IPv4
+    // blocks) the port does not open to IPv6 clients at all.
+    let other = ipv6_checked(lan, uplink, TCP, &tcp_header(40001, 9999, SYN));
+    h.assert_passes_untouched(UP_IN, &other, "an unpublished port");
+    let mut cfg = h.dp.config().expect("config");
+    cfg.firewall_entries = 1;
+    h.dp.set_config(&cfg).expect("config");
+    let again = ipv6_checked(lan, uplink, TCP, &tcp_header(40002, 8080, SYN));
+    h.assert_passes_untouched(UP_IN, &again, "a published port under firewall rules");
+    assert_eq!(h.counter(Reason::DnatNew), 1);
+}
+
+#[test]
 fn destinations_without_masquerade_leave_untranslated_and_their_replies_return() {
     let mut h = Harness::new((61000, 65535));
     let pods: netbr::addr::Cidr = "198.51.100.0/24".parse().expect("cidr");

@@ -11,7 +11,7 @@ use crate::{
     firewall::*,
     maps::*,
     monitor::{MAP_MONITOR, MONITOR_BYTES},
-    net6::{Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_NET6},
+    net6::{Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_NET6},
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     ports::{PortSet, MAP_PORTS, PORT_SETS},
     snat::SNAT_HISTOGRAM_LEN,
@@ -47,7 +47,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 24] = [
+pub const PINNED: [MapSpec; 25] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<u32, Net6>(MAP_NET6, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
@@ -55,6 +55,11 @@ pub const PINNED: [MapSpec; 24] = [
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK_NEW, BPF_MAP_TYPE_LRU_HASH, None),
     spec::<FlowKey6, CtEntry6>(MAP_CONNTRACK6, BPF_MAP_TYPE_HASH, None),
     spec::<FlowKey6, CtEntry6>(MAP_CONNTRACK6_NEW, BPF_MAP_TYPE_LRU_HASH, None),
+    spec::<u32, [u32; 4]>(
+        MAP_ENDPOINTS6,
+        BPF_MAP_TYPE_HASH,
+        Some(ENDPOINTS_MAX_ENTRIES),
+    ),
     spec::<u32, u32>(
         MAP_LOCAL_ADDRS,
         BPF_MAP_TYPE_HASH,

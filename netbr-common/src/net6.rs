@@ -9,6 +9,10 @@ pub const MAP_NET6: &str = "NB_NET6";
 /// flows (a plain hash) and new ones (LRU), keyed by `conntrack::FlowKey6`.
 pub const MAP_CONNTRACK6: &str = "NB_CT6";
 pub const MAP_CONNTRACK6_NEW: &str = "NB_CT6N";
+/// Endpoints' IPv6 addresses by their IPv4 ones (network order, as
+/// `NB_EP` keys them): a published port's mapping names the container by
+/// its IPv4 address, and a client over IPv6 is sent to its IPv6 one.
+pub const MAP_ENDPOINTS6: &str = "NB_EP6";
 
 /// An IPv6 prefix as two 64-bit halves. Each half holds eight address
 /// bytes in network order, read as a native `u64` (`u64::from_ne_bytes`),

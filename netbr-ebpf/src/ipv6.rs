@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbr_common::{
-    conntrack::{initial_state, CtEntry6, FlowKey6, NAT_NONE, NAT_SNAT},
+    conntrack::{initial_state, CtEntry6, FlowKey6, NAT_DNAT, NAT_NONE, NAT_SNAT},
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
@@ -30,7 +30,7 @@ use netbr_common::{
 
 use crate::{
     conntrack,
-    maps::{NET6, PACKET6},
+    maps::{ENDPOINTS6, NET6, PACKET6},
     modes::mode,
     parse::ETH_LEN,
     rewrite::{rewrite, L4Fields},
@@ -130,11 +130,12 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     let Ok(daddr) = skb::read::<[u32; 4]>(ctx, IP6_DADDR) else {
         return Reason::DropTruncated;
     };
-    // The reply of a masquerade flow goes back to its container; anything
-    // else to the uplink's address is the host's.
+    // The reply of a masquerade flow goes back to its container, a new
+    // connection to a published port to its target; anything else to the
+    // uplink's address is the host's.
     if net.masquerades() && daddr == net.uplink {
         return match translate_tracked(ctx, cfg) {
-            NOT_TRACKED => Reason::PassIpv6,
+            NOT_TRACKED => publish_in(ctx, cfg, net),
             r => r,
         };
     }
@@ -147,7 +148,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
         // Tracked untranslated, so that the container's replies are not
         // taken for new masquerade flows.
         match translate_tracked(ctx, cfg) {
-            NOT_TRACKED => open_flow(cfg, net, NAT_NONE),
+            NOT_TRACKED => open_flow(cfg, net, NAT_NONE, |_| {}),
             r => r,
         }
     } else {
@@ -177,7 +178,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     if tracked != NOT_TRACKED {
         return tracked;
     }
-    let opened = open_flow(cfg, net, NAT_SNAT);
+    let opened = open_flow(cfg, net, NAT_SNAT, |_| {});
     if opened != Reason::SnatNew {
         return opened;
     }
@@ -194,11 +195,51 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     }
 }
 
-/// Opens a flow of kind `nat` (`NAT_SNAT`, or `NAT_NONE` for a directly
-/// routed one) for the packet `translate_tracked` parsed and found no flow
-/// for: `SnatNew`/`DirectNew`, or why not.
+/// A new connection to a published port on the uplink's IPv6 address:
+/// `-p HOSTPORT:PORT` without a host IP publishes on both families, as
+/// Docker does, and the mapping's container is reached at its IPv6
+/// address. Not while `netbr firewall` has rules: they are IPv4 blocks,
+/// and a port they restrict must not open to every IPv6 client.
 #[inline(always)]
-fn open_flow(cfg: &Config, net: &Net6, nat: u8) -> Reason {
+fn publish_in(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
+    if cfg.firewall_entries != 0 {
+        return Reason::PassIpv6;
+    }
+    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+        return Reason::DropRewrite;
+    };
+    // SAFETY: per-CPU map value, used by this packet only.
+    let pkt = unsafe { &mut *pkt };
+    if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
+        return Reason::PassIpv6;
+    }
+    let Some((addr, port)) = crate::nat::mapped(pkt.key.proto, 0, pkt.key.dport) else {
+        return Reason::PassIpv6;
+    };
+    // SAFETY: read-only copy out of the map value.
+    let Some(target) = (unsafe { ENDPOINTS6.get(&addr) }).copied() else {
+        return Reason::PassIpv6;
+    };
+    let opened = open_flow(cfg, net, NAT_DNAT, |xlat| {
+        xlat.daddr = target;
+        xlat.dport = port;
+    });
+    if opened != Reason::DnatNew {
+        return opened;
+    }
+    let xlat = pkt.xlat;
+    match rewrite(ctx, pkt, &xlat) {
+        Ok(()) => Reason::DnatNew,
+        Err(r) => r,
+    }
+}
+
+/// Opens a flow of kind `nat` (`NAT_SNAT`, `NAT_DNAT` with the
+/// destination `to` sets, or `NAT_NONE` for a directly routed one) for
+/// the packet `translate_tracked` parsed and found no flow for:
+/// `SnatNew`/`DnatNew`/`DirectNew`, or why not.
+#[inline(always)]
+fn open_flow(cfg: &Config, net: &Net6, nat: u8, to: impl FnOnce(&mut FlowKey6)) -> Reason {
     let Some(pkt) = PACKET6.get_ptr_mut(0) else {
         return Reason::DropRewrite;
     };
@@ -208,8 +249,13 @@ fn open_flow(cfg: &Config, net: &Net6, nat: u8) -> Reason {
     if pkt.key.proto == IPPROTO_ICMPV6 && pkt.key.sport == 0 {
         return Reason::PassIpv6;
     }
+    pkt.xlat = pkt.key;
+    if nat == NAT_SNAT {
+        pkt.xlat.saddr = net.uplink;
+    }
+    to(&mut pkt.xlat);
     crate::collector::arm();
-    new_flow(pkt, cfg, net, nat, now())
+    new_flow(pkt, cfg, nat, now())
 }
 
 /// `translate_tracked`'s answer for a packet of no flow: the packet is
@@ -242,15 +288,14 @@ fn translate_tracked(ctx: &TcContext, cfg: &Config) -> Reason {
     }
 }
 
-/// Opens a flow, its translation left in `pkt.xlat`. A masquerade flow's
-/// source becomes the uplink's address, its port kept when free and
-/// outside the host's ephemeral range, else drawn from the SNAT range; a
-/// directly routed flow (`NAT_NONE`) keeps its tuple. The claim of the
-/// reply tuple is IPv4's (`conntrack::claim_reply`), with its reuse of
+/// Opens a flow translated to `pkt.xlat`. A masquerade flow's source
+/// port is kept when free and outside the host's ephemeral range, else
+/// drawn from the SNAT range; the other kinds keep theirs. The claim of
+/// the reply tuple is IPv4's (`conntrack::claim_reply`), with its reuse of
 /// finished flows' tuples. A BPF function of its own, returning a bare
-/// reason (`SnatNew` or `DirectNew` when opened).
+/// reason (`SnatNew`, `DnatNew` or `DirectNew` when opened).
 #[inline(never)]
-fn new_flow(pkt: &mut Packet6, cfg: &Config, net: &Net6, nat: u8, now: u64) -> Reason {
+fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
     if let Err(r) = conntrack::admit(now) {
         return r;
     }
@@ -259,27 +304,22 @@ fn new_flow(pkt: &mut Packet6, cfg: &Config, net: &Net6, nat: u8, now: u64) -> R
         Ok(r) => r,
         Err(r) => return r,
     };
-    let (opened, keep) = if nat == NAT_SNAT {
-        let own = u16::from_be(pkt.key.sport);
-        (
+    let own = u16::from_be(pkt.key.sport);
+    let (opened, keep) = match nat {
+        NAT_SNAT => (
             Reason::SnatNew,
             may_keep_port(own, cfg.host_port_min, cfg.host_port_max),
-        )
-    } else {
-        (Reason::DirectNew, true)
+        ),
+        NAT_DNAT => (Reason::DnatNew, true),
+        _ => (Reason::DirectNew, true),
     };
-    pkt.xlat = pkt.key;
-    if nat == NAT_SNAT {
-        pkt.xlat.saddr = net.uplink;
-    }
-    let own = u16::from_be(pkt.key.sport);
     // SAFETY: the helper has no preconditions.
     let seed = unsafe { bpf_get_prandom_u32() };
     for attempt in 0..=SNAT6_ATTEMPTS {
         let port = match attempt {
             0 if keep => own,
             0 => continue,
-            // An untranslated flow has its own tuple or none.
+            // Only masquerade picks another port; the rest keep theirs.
             _ if nat != NAT_SNAT => break,
             n => snat_candidate(seed, n - 1, cfg.snat_port_min, cfg.snat_port_max),
         };

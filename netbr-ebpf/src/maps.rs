@@ -62,6 +62,10 @@ pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_ADDR
 pub static NO_MASQUERADE: LpmTrie<u32, u32> =
     LpmTrie::with_max_entries(NO_MASQUERADE_MAX_ENTRIES, 0);
 
+/// Endpoints' IPv6 addresses by their IPv4 ones (`netbr_common::net6`).
+#[map(name = "NB_EP6")]
+pub static ENDPOINTS6: HashMap<u32, [u32; 4]> = HashMap::with_max_entries(ENDPOINTS_MAX_ENTRIES, 0);
+
 #[map(name = "NB_EP")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(ENDPOINTS_MAX_ENTRIES, 0);
 

@@ -33,7 +33,7 @@ use crate::{
 /// The target of mapping `(proto, addr, port)` (network byte order; `addr`
 /// 0 for a wildcard one), if there is one.
 #[inline(always)]
-fn mapped(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
+pub fn mapped(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
     let key = MappingKey {
         proto,
         _pad: 0,

@@ -26,7 +26,7 @@ use netbr_common::{
         MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_NO_MASQUERADE, MAP_SNAT_HISTOGRAM,
     },
     monitor::{MonitorEvent, MAP_MONITOR},
-    net6::{Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_NET6},
+    net6::{Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_NET6},
     pacing::{Pace, PaceKey, MAP_PACING},
     ports::{PortSet, MAP_PORTS, PORTS_PUBLISHED},
 };
@@ -49,6 +49,8 @@ pub struct Datapath {
     /// Destination prefixes containers reach untranslated.
     pub no_masquerade: LpmTrie<MapData, u32, u32>,
     pub endpoints: HashMap<MapData, u32, Endpoint>,
+    /// Endpoints' IPv6 addresses by their IPv4 ones (`netbr_common::net6`).
+    pub endpoints6: HashMap<MapData, u32, [u32; 4]>,
     pub counters: PerCpuArray<MapData, u64>,
     pub snat_histogram: PerCpuArray<MapData, u64>,
     pub fast_path: PerCpuArray<MapData, u64>,
@@ -151,6 +153,7 @@ impl Datapath {
             local_addrs: typed(&mut get, MAP_LOCAL_ADDRS)?,
             no_masquerade: typed(&mut get, MAP_NO_MASQUERADE)?,
             endpoints: typed(&mut get, MAP_ENDPOINTS)?,
+            endpoints6: typed(&mut get, MAP_ENDPOINTS6)?,
             counters: typed(&mut get, MAP_COUNTERS)?,
             snat_histogram: typed(&mut get, MAP_SNAT_HISTOGRAM)?,
             fast_path: typed(&mut get, MAP_FAST_PATH)?,
