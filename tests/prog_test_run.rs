@@ -1910,24 +1910,61 @@ fn per_packet_cost() {
         .load()
         .expect("verifier accepts nb_pace_out");
     let mut rows = rows;
-    // IPv6 is routed, not translated: one read of the subnet, and the
-    // uplink refuses it into the subnet.
+    // IPv6, against the IPv4 rows above: the same conntrack code on
+    // 40-byte tuples. The bridge's IPv6 subnet is masqueraded to the
+    // uplink's 2001:db8:1::1.
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6");
+    let (lan6, uplink6, web6) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"), v6("fd00:30::2"));
     let net6 = netbr_common::net6::Net6::new(
         &v6("fd00:30::").octets(),
         64,
         &v6("fd00:30::1").octets(),
-        &[0; 16],
+        &uplink6.octets(),
     );
     h.dp.set_net6(&net6).expect("net6");
-    let udp6 = |dst: &str| {
-        let udp = [0x9c, 0x40, 0, 53, 0, 8, 0, 0];
-        ipv6_frame(v6("2001:db8:1::2"), v6(dst), UDP, &udp)
+    let udp6 = |dst: &str| ipv6_frame(lan6, v6(dst), UDP, &udp_datagram(40000, 53));
+    // An established masquerade flow, web6:40000 -> lan6:80.
+    h.run(
+        UP_OUT,
+        &ipv6_checked(web6, lan6, TCP, &tcp_header(40000, 80, SYN)),
+    );
+    let port6 =
+        h.dp.flows6()
+            .expect("flows")
+            .iter()
+            .find(|(k, _)| k.sport == 40000u16.to_be())
+            .map(|(_, f)| u16::from_be(f.xlat.sport))
+            .expect("the IPv6 masquerade flow");
+    h.run(
+        UP_IN,
+        &ipv6_checked(lan6, uplink6, TCP, &tcp_header(80, port6, SYN | ACK)),
+    );
+    let data6 = |from, sport, to, dport| {
+        let mut l4 = tcp_header(sport, dport, ACK | 0x08);
+        l4.extend_from_slice(&[0; 18]);
+        ipv6_checked(from, to, TCP, &l4)
     };
     rows.push((
+        UP_OUT,
+        "IPv6 tracked TCP, translated",
+        median_ns(&mut h, UP_OUT, |_| data6(web6, 40000, lan6, 80)),
+    ));
+    rows.push((
         UP_IN,
-        "IPv6, passed (routed, not translated)",
-        median_ns(&mut h, UP_IN, |_| udp6("2001:db8:1::1")),
+        "IPv6 tracked TCP reply, translated",
+        median_ns(&mut h, UP_IN, |_| data6(lan6, 80, uplink6, port6)),
+    ));
+    rows.push((
+        UP_OUT,
+        "IPv6 new masquerade flow (UDP)",
+        median_ns(&mut h, UP_OUT, |i| {
+            ipv6_checked(web6, lan6, UDP, &udp_datagram(1024 + i, 53))
+        }),
+    ));
+    rows.push((
+        UP_IN,
+        "IPv6, passed (not the host's, not the subnet's)",
+        median_ns(&mut h, UP_IN, |_| udp6("2001:db8:1::3")),
     ));
     rows.push((
         UP_IN,
@@ -1994,7 +2031,7 @@ fn per_packet_cost() {
         (UP_OUT, data((HOST, 40000), (REMOTE, 80))),
         (BR_IN, Spec::udp((CLIENT, 5000), (WEB, 53)).build()),
         ("nb_xdp", Spec::udp((LAN, 40000), (HOST, 9999)).build()),
-        (UP_IN, udp6("2001:db8:1::1")),
+        (UP_IN, udp6("2001:db8:1::3")),
         (
             BR_IN,
             ipv6_frame(v6("fd00:30::2"), v6("fd00:30::3"), UDP, &[0; 8]),
@@ -2020,7 +2057,7 @@ fn per_packet_cost() {
         "unmatched",
         "unmatched (container to container)",
         "unmatched",
-        "IPv6, passed (routed, not translated)",
+        "IPv6, passed (not the host's, not the subnet's)",
         "IPv6, container to container",
     ];
     for ((prog, ns), what) in repeated.iter().zip(what) {
