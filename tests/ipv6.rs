@@ -105,6 +105,7 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
     let doc = ls(&sb);
     assert_eq!(doc["subnet6"], SUBNET6);
     assert_eq!(doc["gateway6"], GATEWAY6);
+    assert_eq!(doc["masquerade6"], UPLINK6);
     let eps = doc["endpoints"].as_array().expect("endpoints");
     for (n, ep) in [1, 2].into_iter().zip(eps) {
         assert_eq!(ep["ip6"], container6(n).to_string(), "{ep}");
@@ -286,7 +287,7 @@ fn without_a_global_uplink_address_containers_ipv6_stays_on_the_host() {
 }
 
 #[test]
-fn ipv6_addresses_are_chosen_checked_and_kept_across_reattach() {
+fn ipv6_addresses_are_chosen_checked_and_kept_with_their_flows_across_reattach() {
     let sb = dual_stack(&["--icc", "false"]);
     // ICC off isolates the bridge ports, so IPv6 too.
     let _srv = server6(&sb.container_path(2), 8080);
@@ -364,11 +365,33 @@ fn ipv6_addresses_are_chosen_checked_and_kept_across_reattach() {
     );
     assert_eq!(doc["mappings"].as_array().map(Vec::len), Some(0));
 
-    // A re-attach that names no IPv6 subnet keeps it; one naming another
-    // is refused.
+    // A re-attach that names no IPv6 subnet keeps it, and the IPv6 flows
+    // with it: a connection open across it carries on. One naming another
+    // subnet is refused.
+    let lan = Server::tcp_stream_on(&sb.lan_path(), (Ipv6Addr::UNSPECIFIED, 9091).into())
+        .expect("stream server");
+    let to = to6(v6(LAN6), 9091);
+    let mut stream = netbr::netns::run_in(&sb.container_path(1), move || {
+        std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3))
+    })
+    .expect("netns")
+    .expect("a long-lived IPv6 connection");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    let mut echo = |what: &[u8]| {
+        use std::io::{Read, Write};
+        stream.write_all(what).expect("write");
+        let mut got = vec![0; what.len()];
+        stream.read_exact(&mut got).expect("echo");
+        assert_eq!(got, what);
+    };
+    echo(b"before");
     sb.netbr_ok(&sb.attach_args(&["--icc", "false"]))
         .expect("re-attach");
     assert_eq!(ls(&sb)["subnet6"], SUBNET6);
+    echo(b"after the re-attach");
+    assert_eq!(lan.peers().len(), 1, "one connection throughout");
     let o = sb
         .netbr(&sb.attach_args(&["--subnet", "fd00:99::/64"]))
         .expect("netbr");

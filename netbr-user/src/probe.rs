@@ -57,7 +57,12 @@ impl Server {
     /// A TCP echo server for long-lived connections: each connection gets a
     /// thread that echoes until the peer closes.
     pub fn tcp_stream(ns: &Path, port: u16) -> Result<Self> {
-        Self::tcp_with(ns, (Ipv4Addr::UNSPECIFIED, port).into(), |mut s, _| {
+        Self::tcp_stream_on(ns, (Ipv4Addr::UNSPECIFIED, port).into())
+    }
+
+    /// Like [`Self::tcp_stream`], listening on `bind`.
+    pub fn tcp_stream_on(ns: &Path, bind: SocketAddr) -> Result<Self> {
+        Self::tcp_with(ns, bind, |mut s, _| {
             std::thread::spawn(move || {
                 let mut buf = vec![0; 65536];
                 while let Ok(n) = s.read(&mut buf) {

@@ -140,12 +140,16 @@ impl Ls {
         } else {
             (None, None)
         };
+        let masquerade6 = net6
+            .masquerades()
+            .then(|| Ipv6Addr::from(netbr_common::net6::bytes(&net6.uplink)).to_string());
         let doc = json!({
             "bridge": self.bridge,
             "subnet": format!("{}/{mask_bits}", from_be32(cfg.subnet_addr)),
             "gateway": from_be32(cfg.gateway_addr).to_string(),
             "subnet6": subnet6,
             "gateway6": gateway6,
+            "masquerade6": masquerade6,
             "uplink": uplink,
             "uplink_ip": from_be32(cfg.uplink_addr).to_string(),
             "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
@@ -181,7 +185,12 @@ impl Ls {
         );
         let dual_stack = subnet6.is_some();
         if let (Some(subnet6), Some(gateway6)) = (&subnet6, &gateway6) {
-            println!("ipv6 subnet {subnet6} gateway {gateway6} (routed, not translated)");
+            match &masquerade6 {
+                Some(up) => println!("ipv6 subnet {subnet6} gateway {gateway6} masquerading to {up}"),
+                None => println!(
+                    "ipv6 subnet {subnet6} gateway {gateway6} (no uplink IPv6 address: not masqueraded)"
+                ),
+            }
         }
         println!(
             "snat ports {}  fast path {}  xdp {}  firewall rules {}  pins {}",
