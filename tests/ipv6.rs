@@ -460,3 +460,86 @@ fn ipv6_only_bridges_and_malformed_subnets_are_refused() {
     let o = sb.netbr(&["ls"]).expect("netbr");
     assert!(!o.status.success(), "a refused attach left a bridge behind");
 }
+
+/// A namespace of the test's own beyond `lan`, deleted on drop.
+struct Far(String);
+
+impl Drop for Far {
+    fn drop(&mut self) {
+        let _ = netbr::netns::delete_named(&self.0);
+    }
+}
+
+#[test]
+fn packet_too_big_from_a_router_beyond_the_lan_reaches_the_container_and_the_transfer_completes() {
+    let sb = dual_stack(&[]);
+    // lan routes to `far` over a link whose lan end takes 1280 bytes while
+    // `far` announces an MSS for 1500 (a narrower hop TCP's handshake does
+    // not see): full-size segments from the container draw a Packet Too
+    // Big addressed to the uplink, which must reach the container for its
+    // TCP to shrink them.
+    let far = Far(format!("nbf-{}", sb.suffix));
+    netbr::netns::create_named(&far.0).expect("far namespace");
+    let far_ns = netbr::netns::resolve(&far.0);
+    let lan = sb.lan_path();
+    ip(
+        &lan,
+        &[
+            "link", "add", "nbfar0", "mtu", "1280", "type", "veth", "peer", "name", "eth0", "mtu",
+            "1500", "netns", &far.0,
+        ],
+    );
+    ip(
+        &lan,
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:2::1/64",
+            "dev",
+            "nbfar0",
+            "nodad",
+        ],
+    );
+    ip(&lan, &["link", "set", "nbfar0", "up"]);
+    let fwd = in_netns(&lan, "sysctl", &["-w", "net.ipv6.conf.all.forwarding=1"]).expect("sysctl");
+    assert!(fwd.status.success());
+    ip(
+        &far_ns,
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:2::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    ip(&far_ns, &["link", "set", "eth0", "up"]);
+    ip(&far_ns, &["link", "set", "lo", "up"]);
+    ip(
+        &far_ns,
+        &["-6", "route", "add", "default", "via", "2001:db8:2::1"],
+    );
+    ip(
+        &sb.host_path(),
+        &["-6", "route", "add", "2001:db8:2::/64", "via", LAN6],
+    );
+    let counted: probe::Responder =
+        std::sync::Arc::new(|data, _| data.len().to_string().into_bytes());
+    let _server =
+        Server::tcp_on(&far_ns, (Ipv6Addr::UNSPECIFIED, 9000).into(), counted).expect("far server");
+    let payload = vec![b'x'; 60_000];
+    let got = probe::tcp_request(
+        &sb.container_path(1),
+        to6(v6("2001:db8:2::2"), 9000),
+        &payload,
+    )
+    .expect("a transfer through the 1280-byte link");
+    assert_eq!(got, b"60000");
+    assert!(
+        counter(&sb, "icmp_error_translated") >= 1,
+        "the Packet Too Big was translated"
+    );
+}

@@ -725,6 +725,42 @@ fn ipv6_masquerade_translates_tcp_udp_and_echo_both_ways_with_valid_checksums() 
 }
 
 #[test]
+fn an_icmpv6_error_about_a_masqueraded_packet_reaches_its_container_translated() {
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    let (container, far, uplink, router) = (
+        v6("fd00:30::2"),
+        v6("2001:db8:2::2"),
+        v6("2001:db8:1::1"),
+        v6("2001:db8:1::2"),
+    );
+    let mut h = with_ipv6_masquerade();
+    let mut l4 = tcp_header(40000, 80, ACK);
+    l4.extend_from_slice(&[7; 1200]);
+    let (_, sent) = h.run(UP_OUT, &ipv6_checked(container, far, TCP, &l4));
+    let port = parse_checked6(&sent).sport;
+    // A router's Packet Too Big (MTU 1280) quoting the packet as it left.
+    let mut error = vec![2, 0, 0, 0];
+    error.extend_from_slice(&1280u32.to_be_bytes());
+    error.extend_from_slice(&sent[14..14 + 1184]);
+    let (verdict, out) = h.run(UP_IN, &ipv6_checked(router, uplink, 58, &error));
+    assert_eq!(verdict, PASS);
+    let seen = parse_checked6(&out);
+    assert_eq!((seen.src, seen.dst), (router, container), "outer header");
+    let quoted_src: [u8; 16] = out[70..86].try_into().expect("quoted source");
+    assert_eq!(Ipv6Addr::from(quoted_src), container, "quoted source");
+    let quoted_sport = u16::from_be_bytes([out[102], out[103]]);
+    assert_eq!(quoted_sport, 40000, "quoted source port (was {port})");
+    assert_eq!(&out[58..62], &1280u32.to_be_bytes(), "the MTU is kept");
+    assert_eq!(h.counter(Reason::IcmpErrorTranslated), 1);
+    // One about no flow of netbr's is the host's.
+    let mut stray = error.clone();
+    stray[8 + 40..8 + 42].copy_from_slice(&9999u16.to_be_bytes());
+    let stray = ipv6_checked(router, uplink, 58, &stray);
+    h.assert_passes_untouched(UP_IN, &stray, "an error about no flow");
+}
+
+#[test]
 fn a_published_port_answers_on_the_uplinks_ipv6_address_unless_firewall_rules_exist() {
     use std::net::Ipv6Addr;
     let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");

@@ -5,14 +5,15 @@
 //! uplink into the bridge's IPv6 subnet is dropped unless direct routing is
 //! allowed, as IPv4's is, and always on an internal bridge.
 //!
-//! Everything else IPv6 passes untouched, counted as `pass_ipv6`: neighbour
-//! discovery, MLD and multicast, the host's own traffic, ICMPv6 errors
-//! (not translated yet), and packets whose transport header sits behind an
-//! extension header (no walk yet). The TC fast path and XDP leave IPv6 to
-//! the host stack.
+//! ICMPv6 errors from beyond the uplink about translated packets are
+//! translated back to their container. Everything else IPv6 passes
+//! untouched, counted as `pass_ipv6`: neighbour discovery, MLD and
+//! multicast, the host's own traffic, and packets whose transport header
+//! sits behind an extension header (no walk yet). The TC fast path and XDP
+//! leave IPv6 to the host stack.
 
 use aya_ebpf::{
-    bindings::BPF_F_MARK_MANGLED_0,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -33,7 +34,7 @@ use crate::{
     maps::{ENDPOINTS6, NET6, PACKET6},
     modes::mode,
     parse::ETH_LEN,
-    rewrite::{rewrite, L4Fields},
+    rewrite::{rewrite, AddrField, L4Fields},
     skb,
 };
 
@@ -134,6 +135,9 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     // connection to a published port to its target; anything else to the
     // uplink's address is the host's.
     if net.masquerades() && daddr == net.uplink {
+        if is_icmp_error(ctx) {
+            return translate_error(ctx, cfg);
+        }
         return match translate_tracked(ctx, cfg) {
             NOT_TRACKED => publish_in(ctx, cfg, net),
             r => r,
@@ -286,6 +290,96 @@ fn translate_tracked(ctx: &TcContext, cfg: &Config) -> Reason {
         Ok(()) => Reason::Translated,
         Err(r) => r,
     }
+}
+
+/// Whether the packet is an ICMPv6 error (destination unreachable, packet
+/// too big, time exceeded, parameter problem: types 1 to 4, RFC 4443).
+#[inline(always)]
+fn is_icmp_error(ctx: &TcContext) -> bool {
+    let (Ok(next), Ok(kind)) = (load::<u8>(ctx, IP6_NEXT_HEADER), load::<u8>(ctx, L4)) else {
+        return false;
+    };
+    next == IPPROTO_ICMPV6 && (1..=4).contains(&kind)
+}
+
+/// The quoted packet's IPv6 header, behind the error's 8-byte header.
+const QUOTED: usize = L4 + 8;
+const QUOTED_SADDR: usize = QUOTED + 8;
+const QUOTED_L4: usize = QUOTED + 40;
+
+/// Translates an ICMPv6 error from beyond the uplink about a packet netbr
+/// translated on its way out (a masqueraded packet, or a published port's
+/// reply), so that it reaches the container that sent it: a router's
+/// Packet Too Big then lowers the container's path MTU, and its Time
+/// Exceeded reaches its traceroute. The flow is the one a packet
+/// travelling like the error belongs to (the quoted tuple reversed); the
+/// outer destination and the quoted source and port become the
+/// container's. ICMPv6's checksum covers the outer pseudo-header and the
+/// quoted bytes alike, so each change is folded into it; the quoted
+/// packet's own L4 checksum covers data the error does not carry and is
+/// left alone, as for IPv4. Errors do not advance the flow's state.
+#[inline(never)]
+fn translate_error(ctx: &TcContext, cfg: &Config) -> Reason {
+    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+        return Reason::DropRewrite;
+    };
+    // SAFETY: per-CPU map value, used by this packet only.
+    let pkt = unsafe { &mut *pkt };
+    let (Ok(proto), Ok(saddr), Ok(daddr)) = (
+        load::<u8>(ctx, QUOTED + 6),
+        load::<[u32; 4]>(ctx, QUOTED_SADDR),
+        load::<[u32; 4]>(ctx, QUOTED + 24),
+    ) else {
+        return Reason::DropTruncated;
+    };
+    pkt.key.saddr = daddr;
+    pkt.key.daddr = saddr;
+    pkt.key.proto = proto;
+    pkt.key._pad = [0; 3];
+    // Where the quoted packet's source port (or echo identifier) sits.
+    let sport_off = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let Ok(ports) = load::<[u16; 2]>(ctx, QUOTED_L4) else {
+                return Reason::DropTruncated;
+            };
+            pkt.key.sport = ports[1];
+            pkt.key.dport = ports[0];
+            QUOTED_L4
+        }
+        IPPROTO_ICMPV6 => {
+            let (Ok(kind), Ok(id)) = (load::<u8>(ctx, QUOTED_L4), load::<u16>(ctx, QUOTED_L4 + 4))
+            else {
+                return Reason::DropTruncated;
+            };
+            if kind != ICMPV6_ECHO_REQUEST {
+                return Reason::PassIpv6;
+            }
+            pkt.key.sport = 0;
+            pkt.key.dport = id;
+            QUOTED_L4 + 4
+        }
+        _ => return Reason::PassIpv6,
+    };
+    let Some(flow) = conntrack::lookup(&pkt.key, cfg, now()) else {
+        return Reason::PassIpv6;
+    };
+    // SAFETY: map value pointer from `lookup`.
+    let xlat = unsafe { (*flow.entry).xlat };
+    let (old, new) = (pkt.key.daddr, xlat.daddr);
+    let addr = <[u32; 4] as AddrField>::diff(old, new);
+    let port = crate::csum::diff16(pkt.key.dport, xlat.dport);
+    const ICMP_CSUM: usize = L4 + 2;
+    let fixed = ctx
+        .l4_csum_replace(ICMP_CSUM, 0, addr as u64, BPF_F_PSEUDO_HDR as u64)
+        .and_then(|_| ctx.l4_csum_replace(ICMP_CSUM, 0, (addr + port) as u64, 0));
+    if fixed.is_err()
+        || skb::write(ctx, IP6_DADDR, &new).is_err()
+        || skb::write(ctx, QUOTED_SADDR, &new).is_err()
+        || skb::write(ctx, sport_off, &xlat.dport).is_err()
+    {
+        return Reason::DropRewrite;
+    }
+    Reason::IcmpErrorTranslated
 }
 
 /// Opens a flow translated to `pkt.xlat`. A masquerade flow's source
