@@ -471,7 +471,7 @@ impl Drop for Far {
 }
 
 #[test]
-fn packet_too_big_from_a_router_beyond_the_lan_reaches_the_container_and_the_transfer_completes() {
+fn icmpv6_errors_from_a_router_beyond_the_lan_reach_the_container() {
     let sb = dual_stack(&[]);
     // lan routes to `far` over a link whose lan end takes 1280 bytes while
     // `far` announces an MSS for 1500 (a narrower hop TCP's handshake does
@@ -538,8 +538,20 @@ fn packet_too_big_from_a_router_beyond_the_lan_reaches_the_container_and_the_tra
     )
     .expect("a transfer through the 1280-byte link");
     assert_eq!(got, b"60000");
+    let translated = counter(&sb, "icmp_error_translated");
+    assert!(translated >= 1, "the Packet Too Big was translated");
+    // A hop limit that expires at the router beyond the host: its Time
+    // Exceeded, about a masqueraded ping, reaches the container's ping.
+    let ping = in_netns(
+        &sb.container_path(1),
+        "ping",
+        &["-6", "-c1", "-t", "2", "-W2", "2001:db8:2::2"],
+    )
+    .expect("ping");
+    let said = String::from_utf8_lossy(&ping.stdout);
     assert!(
-        counter(&sb, "icmp_error_translated") >= 1,
-        "the Packet Too Big was translated"
+        said.contains(LAN6) && said.to_lowercase().contains("time exceeded"),
+        "{said}"
     );
+    assert!(counter(&sb, "icmp_error_translated") > translated);
 }
