@@ -34,7 +34,7 @@ use crate::{
     maps::{ENDPOINTS6, NET6, PACKET6},
     modes::mode,
     parse::ETH_LEN,
-    rewrite::{rewrite, AddrField, L4Fields},
+    rewrite::{rewrite, AddrField},
     skb,
 };
 
@@ -73,36 +73,10 @@ pub struct Packet6 {
     pub reply_key: FlowKey6,
 }
 
-impl L4Fields<[u32; 4]> for Packet6 {
-    #[inline(always)]
-    fn key(&self) -> &FlowKey6 {
-        &self.key
-    }
-    #[inline(always)]
-    fn has_l4(&self) -> bool {
-        true
-    }
-    #[inline(always)]
-    fn csum_pseudo(&self) -> bool {
-        true
-    }
-    #[inline(always)]
-    fn csum_off(&self) -> usize {
-        self.csum_off
-    }
-    #[inline(always)]
-    fn csum_flags(&self) -> u64 {
-        self.csum_flags
-    }
-    #[inline(always)]
-    fn sport_off(&self) -> usize {
-        self.sport_off
-    }
-    #[inline(always)]
-    fn dport_off(&self) -> usize {
-        self.dport_off
-    }
-}
+// Every IPv6 packet netbr translates carries its transport header (no
+// fragments yet), and TCP's, UDP's and ICMPv6's checksums all cover the
+// pseudo-header.
+crate::rewrite::impl_l4_fields!(Packet6, [u32; 4], |_p| has_l4: true, csum_pseudo: true);
 
 /// The reason a packet that is not IPv4 gets on `hook`, translated or not.
 #[inline(always)]

@@ -71,36 +71,47 @@ pub trait L4Fields<A> {
     fn dport_off(&self) -> usize;
 }
 
-impl L4Fields<u32> for Packet {
-    #[inline(always)]
-    fn key(&self) -> &FlowKey {
-        &self.key
-    }
-    #[inline(always)]
-    fn has_l4(&self) -> bool {
-        self.frag != FRAG_LATER
-    }
-    #[inline(always)]
-    fn csum_pseudo(&self) -> bool {
-        self.csum_pseudo
-    }
-    #[inline(always)]
-    fn csum_off(&self) -> usize {
-        self.csum_off
-    }
-    #[inline(always)]
-    fn csum_flags(&self) -> u64 {
-        self.csum_flags
-    }
-    #[inline(always)]
-    fn sport_off(&self) -> usize {
-        self.sport_off
-    }
-    #[inline(always)]
-    fn dport_off(&self) -> usize {
-        self.dport_off
-    }
+/// Implements [`L4Fields`] for a packet type whose fields bear the trait's
+/// names; `has_l4` and `csum_pseudo` are expressions of the packet `$p`.
+macro_rules! impl_l4_fields {
+    ($packet:ty, $addr:ty, |$p:ident| has_l4: $has_l4:expr, csum_pseudo: $pseudo:expr) => {
+        impl $crate::rewrite::L4Fields<$addr> for $packet {
+            #[inline(always)]
+            fn key(&self) -> &netbr_common::conntrack::FlowKeyOf<$addr> {
+                &self.key
+            }
+            #[inline(always)]
+            fn has_l4(&self) -> bool {
+                let $p = self;
+                $has_l4
+            }
+            #[inline(always)]
+            fn csum_pseudo(&self) -> bool {
+                let $p = self;
+                $pseudo
+            }
+            #[inline(always)]
+            fn csum_off(&self) -> usize {
+                self.csum_off
+            }
+            #[inline(always)]
+            fn csum_flags(&self) -> u64 {
+                self.csum_flags
+            }
+            #[inline(always)]
+            fn sport_off(&self) -> usize {
+                self.sport_off
+            }
+            #[inline(always)]
+            fn dport_off(&self) -> usize {
+                self.dport_off
+            }
+        }
+    };
 }
+pub(crate) use impl_l4_fields;
+
+impl_l4_fields!(Packet, u32, |p| has_l4: p.frag != FRAG_LATER, csum_pseudo: p.csum_pseudo);
 
 /// Rewrites the packet's tuple into `to`, for either family.
 #[inline(always)]
