@@ -225,6 +225,16 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
     assert_eq!(got, b"query");
     assert_eq!(dns.peers()[0], to6(v6(LAN6), 40053));
     assert!(counter(&sb, "dnat_new") >= 1);
+    // Another container reaches it through the uplink's IPv6 address
+    // (hairpin), seen inside as coming from the gateway.
+    let got = probe::tcp_request(&sb.container_path(2), to6(v6(UPLINK6), 8080), b"hairpin")
+        .expect("hairpin over IPv6");
+    assert_eq!(got, b"hairpin");
+    assert_eq!(web.peers()[1].ip(), v6(GATEWAY6));
+    let got = probe::udp_request(&sb.container_path(2), to6(v6(UPLINK6), 5353), 5300, b"q2")
+        .expect("hairpin UDP over IPv6");
+    assert_eq!(got, b"q2");
+    assert!(counter(&sb, "hairpin_new") >= 2);
 
     // A LAN host that routes the subnet via this host is refused, as for
     // IPv4.

@@ -761,7 +761,8 @@ fn an_icmpv6_error_about_a_masqueraded_packet_reaches_its_container_translated()
 }
 
 #[test]
-fn a_published_port_answers_on_the_uplinks_ipv6_address_unless_firewall_rules_exist() {
+fn a_published_port_answers_on_the_uplinks_ipv6_address_hairpin_included_unless_firewall_rules_exist(
+) {
     use std::net::Ipv6Addr;
     let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
     let (web6, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
@@ -787,6 +788,22 @@ fn a_published_port_answers_on_the_uplinks_ipv6_address_unless_firewall_rules_ex
         (uplink, lan, 8080, 40000)
     );
     assert_eq!(h.counter(Reason::DnatNew), 1);
+    // A container through the uplink's address (hairpin): to the target
+    // from the gateway, and the target's reply back from the port.
+    let (client6, gateway6) = (v6("fd00:30::3"), v6("fd00:30::1"));
+    let hairpin = ipv6_checked(client6, uplink, TCP, &tcp_header(5555, 8080, SYN));
+    let (verdict, to_web) = h.run(BR_IN, &hairpin);
+    assert_eq!(verdict, PASS);
+    let seen = parse_checked6(&to_web);
+    assert_eq!((seen.src, seen.dst, seen.dport), (gateway6, web6, 80));
+    let back = ipv6_checked(web6, gateway6, TCP, &tcp_header(80, seen.sport, SYN | ACK));
+    let (_, to_client) = h.run(BR_IN, &back);
+    let seen = parse_checked6(&to_client);
+    assert_eq!(
+        (seen.src, seen.dst, seen.sport, seen.dport),
+        (uplink, client6, 8080, 5555)
+    );
+    assert_eq!(h.counter(Reason::HairpinNew), 1);
     // An unpublished port is the host's; with firewall rules (IPv4
     // blocks) the port does not open to IPv6 clients at all.
     let other = ipv6_checked(lan, uplink, TCP, &tcp_header(40001, 9999, SYN));

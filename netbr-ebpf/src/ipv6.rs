@@ -18,13 +18,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbr_common::{
-    conntrack::{initial_state, CtEntry6, FlowKey6, NAT_DNAT, NAT_NONE, NAT_SNAT},
+    conntrack::{initial_state, CtEntry6, FlowKey6, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
         HOOK_UPLINK_INGRESS,
     },
-    net6::{halves_of_words, Net6},
+    net6::{halves_of_words, words, Net6},
     snat::{may_keep_port, snat_candidate},
     IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -96,7 +96,7 @@ pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     match hook {
         HOOK_UPLINK_INGRESS => uplink_ingress(ctx, cfg, net),
         HOOK_UPLINK_EGRESS => uplink_egress(ctx, cfg, net),
-        _ => Reason::PassIpv6,
+        _ => bridge_ingress(ctx, cfg, net),
     }
 }
 
@@ -113,7 +113,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
             return translate_error(ctx, cfg);
         }
         return match translate_tracked(ctx, cfg) {
-            NOT_TRACKED => publish_in(ctx, cfg, net),
+            NOT_TRACKED => publish(ctx, cfg, net, NAT_DNAT),
             r => r,
         };
     }
@@ -176,11 +176,14 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
 /// A new connection to a published port on the uplink's IPv6 address:
 /// `-p HOSTPORT:PORT` without a host IP publishes on both families, as
 /// Docker does, and the mapping's container is reached at its IPv6
-/// address. Not while `netbr firewall` has rules: they are IPv4 blocks,
-/// and a port they restrict must not open to every IPv6 client.
+/// address. From beyond the uplink (`NAT_DNAT`) not while `netbr
+/// firewall` has rules: they are IPv4 blocks, and a port they restrict
+/// must not open to every IPv6 client. From a container on the bridge
+/// (`NAT_HAIRPIN`) the source becomes the gateway as well, so the target's
+/// replies come back through the bridge to be translated.
 #[inline(always)]
-fn publish_in(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
-    if cfg.firewall_entries != 0 {
+fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
+    if nat == NAT_DNAT && cfg.firewall_entries != 0 {
         return Reason::PassIpv6;
     }
     let Some(pkt) = PACKET6.get_ptr_mut(0) else {
@@ -198,24 +201,52 @@ fn publish_in(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     let Some(target) = (unsafe { ENDPOINTS6.get(&addr) }).copied() else {
         return Reason::PassIpv6;
     };
-    let opened = open_flow(cfg, net, NAT_DNAT, |xlat| {
+    let gateway = words(&net.gateway);
+    let opened = open_flow(cfg, net, nat, |xlat| {
         xlat.daddr = target;
         xlat.dport = port;
+        if nat == NAT_HAIRPIN {
+            xlat.saddr = gateway;
+        }
     });
-    if opened != Reason::DnatNew {
+    if opened != Reason::DnatNew && opened != Reason::HairpinNew {
         return opened;
     }
     let xlat = pkt.xlat;
     match rewrite(ctx, pkt, &xlat) {
-        Ok(()) => Reason::DnatNew,
+        Ok(()) => opened,
         Err(r) => r,
     }
 }
 
-/// Opens a flow of kind `nat` (`NAT_SNAT`, `NAT_DNAT` with the
-/// destination `to` sets, or `NAT_NONE` for a directly routed one) for
-/// the packet `translate_tracked` parsed and found no flow for:
-/// `SnatNew`/`DnatNew`/`DirectNew`, or why not.
+/// Bridge-device ingress: a container's packet to a published port on the
+/// uplink's IPv6 address (hairpin), and the replies of such flows, which
+/// the target sends to the gateway. Both are translated here and go on
+/// through the host stack to the other container; anything else is left
+/// to the stack as it is.
+#[inline(always)]
+fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
+    if !net.masquerades() {
+        return Reason::PassIpv6;
+    }
+    let Ok(daddr) = skb::read::<[u32; 4]>(ctx, IP6_DADDR) else {
+        return Reason::DropTruncated;
+    };
+    let to_uplink = daddr == net.uplink;
+    if !to_uplink && daddr != words(&net.gateway) {
+        return Reason::PassIpv6;
+    }
+    match translate_tracked(ctx, cfg) {
+        NOT_TRACKED if to_uplink => publish(ctx, cfg, net, NAT_HAIRPIN),
+        NOT_TRACKED => Reason::PassIpv6,
+        r => r,
+    }
+}
+
+/// Opens a flow of kind `nat` (`NAT_SNAT`; `NAT_DNAT` or `NAT_HAIRPIN`,
+/// whose translation `to` sets; `NAT_NONE` for a directly routed one) for
+/// the packet `translate_tracked` parsed and found no flow for: the kind's
+/// `*New` reason, or why not.
 #[inline(always)]
 fn open_flow(cfg: &Config, net: &Net6, nat: u8, to: impl FnOnce(&mut FlowKey6)) -> Reason {
     let Some(pkt) = PACKET6.get_ptr_mut(0) else {
@@ -373,11 +404,12 @@ fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
         Err(r) => return r,
     };
     let own = u16::from_be(pkt.key.sport);
+    let may_keep = may_keep_port(own, cfg.host_port_min, cfg.host_port_max);
+    // The flows whose source changes may have to move to another port.
+    let searches = nat == NAT_SNAT || nat == NAT_HAIRPIN;
     let (opened, keep) = match nat {
-        NAT_SNAT => (
-            Reason::SnatNew,
-            may_keep_port(own, cfg.host_port_min, cfg.host_port_max),
-        ),
+        NAT_SNAT => (Reason::SnatNew, may_keep),
+        NAT_HAIRPIN => (Reason::HairpinNew, may_keep),
         NAT_DNAT => (Reason::DnatNew, true),
         _ => (Reason::DirectNew, true),
     };
@@ -388,7 +420,7 @@ fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
             0 if keep => own,
             0 => continue,
             // Only masquerade picks another port; the rest keep theirs.
-            _ if nat != NAT_SNAT => break,
+            _ if !searches => break,
             n => snat_candidate(seed, n - 1, cfg.snat_port_min, cfg.snat_port_max),
         };
         pkt.xlat.sport = port.to_be();
@@ -400,7 +432,7 @@ fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
             };
         }
     }
-    if nat != NAT_SNAT {
+    if !searches {
         return Reason::DropCtInsert;
     }
     crate::events::log(Reason::DropSnatExhausted, 0, now);
