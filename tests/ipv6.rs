@@ -565,3 +565,48 @@ fn icmpv6_errors_from_a_router_beyond_the_lan_reach_the_container() {
     );
     assert!(counter(&sb, "icmp_error_translated") > translated);
 }
+
+#[test]
+fn host_processes_reach_published_ports_on_ipv6_loopback_and_cannot_bind_them() {
+    let sb = dual_stack(&[]);
+    sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
+    let web = server6(&sb.container_path(1), 80);
+    let dns = Server::udp_on(
+        &sb.container_path(1),
+        (Ipv6Addr::UNSPECIFIED, 53).into(),
+        probe::echo(),
+    )
+    .expect("udp server");
+    // No proxy: the host's socket itself is pointed at the container, and
+    // it still sees the address it dialled.
+    for host in [Ipv6Addr::LOCALHOST, v6(UPLINK6)] {
+        let (got, peer) = probe::tcp_request_peer(&sb.host_path(), to6(host, 8080), b"local")
+            .expect("a host process to a published port over IPv6");
+        assert_eq!(got, b"local");
+        assert_eq!(peer, to6(host, 8080), "getpeername shows what was dialled");
+    }
+    assert!(web.peers().iter().all(|p| p.ip() != Ipv6Addr::UNSPECIFIED));
+    let (got, from) = probe::udp_exchange(
+        &sb.host_path(),
+        to6(Ipv6Addr::LOCALHOST, 5353),
+        0,
+        b"query",
+        false,
+    )
+    .expect("a datagram to a published UDP port on [::1]");
+    assert_eq!(got, b"query");
+    assert_eq!(
+        from,
+        to6(Ipv6Addr::LOCALHOST, 5353),
+        "recvfrom shows what was dialled"
+    );
+    assert_eq!(dns.peers().len(), 1);
+    // The published port is netbr's: a host socket may not bind it.
+    let bound = netbr::netns::run_in(&sb.host_path(), || {
+        std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 8080)).map(|_| ())
+    })
+    .expect("netns");
+    let err = bound.expect_err("bind [::]:8080 must fail");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    assert!(counter(&sb, "sock_rewrite") >= 3);
+}

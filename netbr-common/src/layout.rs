@@ -11,7 +11,10 @@ use crate::{
     firewall::*,
     maps::*,
     monitor::{MAP_MONITOR, MONITOR_BYTES},
-    net6::{Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_NET6},
+    net6::{
+        Net6, SockAddr6, SockKey6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_NET6,
+        MAP_SOCKETS6,
+    },
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     ports::{PortSet, MAP_PORTS, PORT_SETS},
     snat::SNAT_HISTOGRAM_LEN,
@@ -47,7 +50,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 25] = [
+pub const PINNED: [MapSpec; 26] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<u32, Net6>(MAP_NET6, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
@@ -59,6 +62,11 @@ pub const PINNED: [MapSpec; 25] = [
         MAP_ENDPOINTS6,
         BPF_MAP_TYPE_HASH,
         Some(ENDPOINTS_MAX_ENTRIES),
+    ),
+    spec::<SockKey6, SockAddr6>(
+        MAP_SOCKETS6,
+        BPF_MAP_TYPE_LRU_HASH,
+        Some(SOCKETS_MAX_ENTRIES),
     ),
     spec::<u32, u32>(
         MAP_LOCAL_ADDRS,
@@ -155,7 +163,7 @@ pub const UNPINNED: [&str; 8] = [
 ];
 
 /// Every program of the object.
-pub const PROGRAMS: [&str; 11] = [
+pub const PROGRAMS: [&str; 16] = [
     PROG_UPLINK_INGRESS,
     PROG_UPLINK_EGRESS,
     PROG_BRIDGE_INGRESS,
@@ -165,6 +173,11 @@ pub const PROGRAMS: [&str; 11] = [
     PROG_RECVMSG4,
     PROG_GETPEER4,
     PROG_BIND4,
+    PROG_CONNECT6,
+    PROG_SENDMSG6,
+    PROG_RECVMSG6,
+    PROG_GETPEER6,
+    PROG_BIND6,
     PROG_PACE_EGRESS,
     PROG_PACE_INGRESS,
 ];

@@ -91,6 +91,12 @@ pub const PROG_RECVMSG4: &str = "nb_recvmsg4";
 pub const PROG_GETPEER4: &str = "nb_getpeer4";
 /// cgroup bind4: host sockets may not bind published host ports.
 pub const PROG_BIND4: &str = "nb_bind4";
+/// The same for IPv6 sockets.
+pub const PROG_CONNECT6: &str = "nb_connect6";
+pub const PROG_SENDMSG6: &str = "nb_sendmsg6";
+pub const PROG_RECVMSG6: &str = "nb_recvmsg6";
+pub const PROG_GETPEER6: &str = "nb_getpeer6";
+pub const PROG_BIND6: &str = "nb_bind6";
 /// Pacing of limited endpoints (`netbr_common::pacing`), on TC egress of
 /// the container's interface (what it sends; TC ingress of its host-side
 /// veth when policing) and of its host-side veth (what it receives).

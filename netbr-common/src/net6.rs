@@ -13,6 +13,32 @@ pub const MAP_CONNTRACK6_NEW: &str = "NB_CT6N";
 /// `NB_EP` keys them): a published port's mapping names the container by
 /// its IPv4 address, and a client over IPv6 is sent to its IPv6 one.
 pub const MAP_ENDPOINTS6: &str = "NB_EP6";
+/// Host sockets whose IPv6 destination a cgroup hook rewrote, as
+/// `NB_SOCK` holds IPv4's: [`SockKey6`] to the address the application
+/// dialled ([`SockAddr6`]). LRU.
+pub const MAP_SOCKETS6: &str = "NB_SOCK6";
+
+/// `NB_SOCK6`'s key: the socket and the container address it now talks to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey6 {
+    pub cookie: u64,
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// An IPv6 address (as a `FlowKey6` holds it) and port, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockAddr6 {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `::1` as a `FlowKey6` holds it.
+pub const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
 /// An IPv6 prefix as two 64-bit halves. Each half holds eight address
 /// bytes in network order, read as a native `u64` (`u64::from_ne_bytes`),
@@ -140,8 +166,12 @@ impl Net6 {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
-unsafe impl aya::Pod for Net6 {}
+mod pod {
+    // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
+    unsafe impl aya::Pod for super::Net6 {}
+    unsafe impl aya::Pod for super::SockKey6 {}
+    unsafe impl aya::Pod for super::SockAddr6 {}
+}
 
 #[cfg(test)]
 mod tests {
@@ -160,6 +190,9 @@ mod tests {
             &v6("2001:db8::1"),
         );
         assert_eq!(core::mem::size_of::<Net6>(), 72);
+        assert_eq!(core::mem::size_of::<SockKey6>(), 32);
+        assert_eq!(core::mem::size_of::<SockAddr6>(), 20);
+        assert_eq!(bytes(&LOOPBACK6), v6("::1"));
         assert!(net.masquerades());
         assert_eq!(bytes(&net.uplink), v6("2001:db8::1"));
         assert_eq!(

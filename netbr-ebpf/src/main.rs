@@ -139,6 +139,39 @@ pub fn nb_getpeer4(ctx: SockAddrContext) -> i32 {
     SOCK_ALLOW
 }
 
+#[cgroup_sock_addr(connect6)]
+pub fn nb_connect6(ctx: SockAddrContext) -> i32 {
+    sockaddr::rewrite_destination6(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn nb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sockaddr::rewrite_destination6(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn nb_bind6(ctx: SockAddrContext) -> i32 {
+    if sockaddr::bind_allowed6(&ctx) {
+        SOCK_ALLOW
+    } else {
+        SOCK_REFUSE
+    }
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn nb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sockaddr::restore_peer6(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn nb_getpeer6(ctx: SockAddrContext) -> i32 {
+    sockaddr::restore_peer6(&ctx);
+    SOCK_ALLOW
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -62,6 +62,11 @@ pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_ADDR
 pub static NO_MASQUERADE: LpmTrie<u32, u32> =
     LpmTrie::with_max_entries(NO_MASQUERADE_MAX_ENTRIES, 0);
 
+/// Host IPv6 sockets a cgroup hook rewrote (`netbr_common::net6`).
+#[map(name = "NB_SOCK6")]
+pub static SOCKETS6: LruHashMap<netbr_common::net6::SockKey6, netbr_common::net6::SockAddr6> =
+    LruHashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
+
 /// Endpoints' IPv6 addresses by their IPv4 ones (`netbr_common::net6`).
 #[map(name = "NB_EP6")]
 pub static ENDPOINTS6: HashMap<u32, [u32; 4]> = HashMap::with_max_entries(ENDPOINTS_MAX_ENTRIES, 0);

@@ -17,15 +17,17 @@ use netbr_common::{
     layout::PINNED,
     maps::{
         FLAGS_FROM_MAP, GLOBAL_FLAGS, MAP_COLLECTOR, MAP_CONNTRACK, MAP_CONNTRACK_NEW, PROG_BIND4,
-        PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4, PROG_RECVMSG4, PROG_SENDMSG4,
+        PROG_BIND6, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEER4,
+        PROG_GETPEER6, PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6,
         PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
     },
     net6::{MAP_CONNTRACK6, MAP_CONNTRACK6_NEW},
 };
 
 use super::pins::{
-    cgroup2_root, unpin_link, LINKS, LINK_BIND4, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4,
-    LINK_RECVMSG4, LINK_SENDMSG4, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
+    cgroup2_root, unpin_link, LINKS, LINK_BIND4, LINK_BIND6, LINK_BRIDGE_INGRESS, LINK_CONNECT4,
+    LINK_CONNECT6, LINK_GETPEER4, LINK_GETPEER6, LINK_RECVMSG4, LINK_RECVMSG6, LINK_SENDMSG4,
+    LINK_SENDMSG6, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
 };
 
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps
@@ -98,6 +100,11 @@ pub fn attach_all(ebpf: &mut Ebpf, dir: &Path, uplink: &str, bridge: &str) -> Re
         (PROG_RECVMSG4, LINK_RECVMSG4),
         (PROG_GETPEER4, LINK_GETPEER4),
         (PROG_BIND4, LINK_BIND4),
+        (PROG_CONNECT6, LINK_CONNECT6),
+        (PROG_SENDMSG6, LINK_SENDMSG6),
+        (PROG_RECVMSG6, LINK_RECVMSG6),
+        (PROG_GETPEER6, LINK_GETPEER6),
+        (PROG_BIND6, LINK_BIND6),
     ] {
         attach_cgroup_one(ebpf, prog, &cgroup, &dir.join(link))
             .with_context(|| format!("attaching {prog} to cgroup {}", root.display()))?;

@@ -14,19 +14,23 @@ use aya::{
 use netbr_common::{
     layout::{MapSpec, PINNED},
     maps::{
-        MAP_CONNTRACK, PROG_BIND4, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_GETPEER4,
-        PROG_RECVMSG4, PROG_SENDMSG4, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
+        MAP_CONNTRACK, PROG_BIND4, PROG_BIND6, PROG_BRIDGE_INGRESS, PROG_CONNECT4, PROG_CONNECT6,
+        PROG_GETPEER4, PROG_GETPEER6, PROG_RECVMSG4, PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6,
+        PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
     },
 };
 
 use super::pins::{
-    LINK_BIND4, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_GETPEER4, LINK_RECVMSG4, LINK_SENDMSG4,
-    LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
+    LINK_BIND4, LINK_BIND6, LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_CONNECT6, LINK_GETPEER4,
+    LINK_GETPEER6, LINK_RECVMSG4, LINK_RECVMSG6, LINK_SENDMSG4, LINK_SENDMSG6, LINK_UPLINK_EGRESS,
+    LINK_UPLINK_INGRESS, LINK_XDP,
 };
 
 /// Each pinned link and the program that must be behind it. The XDP link
-/// is optional (`attach --xdp`); every other one must be there.
-const LINKED: [(&str, &str, bool); 9] = [
+/// is optional (`attach --xdp`), and so are the IPv6 sock_addr links (a
+/// bridge a netbr without them attached gets them at its next attach);
+/// every other one must be there.
+const LINKED: [(&str, &str, bool); 14] = [
     (LINK_UPLINK_INGRESS, PROG_UPLINK_INGRESS, true),
     (LINK_UPLINK_EGRESS, PROG_UPLINK_EGRESS, true),
     (LINK_BRIDGE_INGRESS, PROG_BRIDGE_INGRESS, true),
@@ -35,6 +39,11 @@ const LINKED: [(&str, &str, bool); 9] = [
     (LINK_RECVMSG4, PROG_RECVMSG4, true),
     (LINK_GETPEER4, PROG_GETPEER4, true),
     (LINK_BIND4, PROG_BIND4, true),
+    (LINK_CONNECT6, PROG_CONNECT6, false),
+    (LINK_SENDMSG6, PROG_SENDMSG6, false),
+    (LINK_RECVMSG6, PROG_RECVMSG6, false),
+    (LINK_GETPEER6, PROG_GETPEER6, false),
+    (LINK_BIND6, PROG_BIND6, false),
     (LINK_XDP, PROG_XDP, false),
 ];
 

@@ -19,9 +19,14 @@ pub const LINK_SENDMSG4: &str = "link_sendmsg4";
 pub const LINK_RECVMSG4: &str = "link_recvmsg4";
 pub const LINK_GETPEER4: &str = "link_getpeer4";
 pub const LINK_BIND4: &str = "link_bind4";
+pub const LINK_CONNECT6: &str = "link_connect6";
+pub const LINK_SENDMSG6: &str = "link_sendmsg6";
+pub const LINK_RECVMSG6: &str = "link_recvmsg6";
+pub const LINK_GETPEER6: &str = "link_getpeer6";
+pub const LINK_BIND6: &str = "link_bind6";
 /// The uplink's XDP link, present only with `attach --xdp`.
 pub const LINK_XDP: &str = "link_xdp";
-pub const LINKS: [&str; 9] = [
+pub const LINKS: [&str; 14] = [
     LINK_UPLINK_INGRESS,
     LINK_UPLINK_EGRESS,
     LINK_BRIDGE_INGRESS,
@@ -30,6 +35,11 @@ pub const LINKS: [&str; 9] = [
     LINK_RECVMSG4,
     LINK_GETPEER4,
     LINK_BIND4,
+    LINK_CONNECT6,
+    LINK_SENDMSG6,
+    LINK_RECVMSG6,
+    LINK_GETPEER6,
+    LINK_BIND6,
     LINK_XDP,
 ];
 
