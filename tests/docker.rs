@@ -434,7 +434,9 @@ fn a_netbr_network_and_its_restart_always_containers_survive_a_reboot() {
     network(&docker, "n1");
     let bridge = bridge_of(&docker, "n1");
     run_restart_always(&docker);
-    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    // `run -d` returns once the container started, maybe before its httpd
+    // listens.
+    served_again(&sb, &docker, "docker run");
     docker.reboot(&sb, &[&bridge]);
     // dockerd restarts the container during its own start, before its
     // API serves; the driver attaches the network again from its record.
@@ -478,7 +480,9 @@ fn a_dockerd_restart_without_live_restore_brings_restart_policy_containers_back(
     let mut docker = Dockerd::start_with(&sb, NETBR, false);
     network(&docker, "n1");
     run_restart_always(&docker);
-    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
+    // `run -d` returns once the container started, maybe before its httpd
+    // listens.
+    served_again(&sb, &docker, "docker run");
     // Without live-restore dockerd stops its containers as it stops.
     docker.restart_daemon();
     served_again(&sb, &docker, "a dockerd restart");
