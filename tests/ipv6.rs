@@ -166,6 +166,7 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
     );
     let udp_peers = lan_udp.peers();
     assert_eq!(udp_peers.len(), 2);
+
     assert!(
         udp_peers.iter().all(|p| p.ip() == v6(UPLINK6)),
         "{udp_peers:?}"
@@ -175,6 +176,16 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
         ports,
         [5001, 5002],
         "source ports outside the host's range are kept"
+    );
+    // A datagram too big for one packet leaves in fragments, and its echo
+    // comes back in fragments: every one is translated.
+    let big = vec![b'f'; 3000];
+    let got = probe::udp_request(&sb.container_path(1), to6(v6(LAN6), 5353), 5010, &big)
+        .expect("a fragmented datagram both ways over IPv6");
+    assert_eq!(got, big);
+    assert_eq!(
+        lan_udp.peers().last().map(|p| p.ip()),
+        Some(v6(UPLINK6).into())
     );
     let pings: Vec<_> = [1, 2]
         .map(|n| {

@@ -22,8 +22,9 @@ use netbr_common::{
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
-    echo6, fragment, ipv6_checked, ipv6_frame, parse_checked, parse_checked6, parse_quoted,
-    reassemble, tcp_header, udp_datagram, Seen, Spec, ACK, SYN, TCP, UDP,
+    echo6, fragment, fragment6, ipv6_checked, ipv6_frame, parse_checked, parse_checked6,
+    parse_quoted, reassemble, reassemble6, tcp_header, udp_datagram, with_hop_by_hop,
+    without_extension, Seen, Spec, ACK, SYN, TCP, UDP,
 };
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -722,6 +723,38 @@ fn ipv6_masquerade_translates_tcp_udp_and_echo_both_ways_with_valid_checksums() 
         &ipv6_checked(lan, uplink, UDP, &udp_datagram(53, 9999)),
         "no flow",
     );
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_and_fragments_follow_their_first() {
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    let (container, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut h = with_ipv6_masquerade();
+    // A hop-by-hop header before UDP: walked over, the datagram translated.
+    let hop = with_hop_by_hop(&ipv6_checked(container, lan, UDP, &udp_datagram(5000, 53)));
+    let (verdict, out) = h.run(UP_OUT, &hop);
+    assert_eq!(verdict, PASS);
+    let seen = parse_checked6(&without_extension(&out));
+    assert_eq!((seen.src, seen.sport), (uplink, 5000));
+    // A datagram in two fragments: the first translated like any packet,
+    // the later one (no UDP header) by the first's ports; reassembled, the
+    // checksum holds.
+    let mut l4 = udp_datagram(6000, 53);
+    l4.truncate(8);
+    l4[4..6].copy_from_slice(&1008u16.to_be_bytes());
+    l4.extend_from_slice(&[9; 1000]);
+    let whole = ipv6_checked(container, lan, UDP, &l4);
+    let (first, later) = fragment6(&whole, 504, 0x1234);
+    let (v1, out1) = h.run(UP_OUT, &first);
+    let (v2, out2) = h.run(UP_OUT, &later);
+    assert_eq!((v1, v2), (PASS, PASS));
+    let seen = parse_checked6(&reassemble6(&out1, &out2));
+    assert_eq!((seen.src, seen.dst, seen.sport), (uplink, lan, 6000));
+    // A later fragment whose first this hook never saw has nowhere to go.
+    let (_, stray) = fragment6(&whole, 504, 0x9999);
+    assert_eq!(h.run(UP_OUT, &stray).0, SHOT);
+    assert_eq!(h.counter(Reason::DropFragNoFirst), 1);
 }
 
 #[test]

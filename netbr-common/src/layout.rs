@@ -12,8 +12,8 @@ use crate::{
     maps::*,
     monitor::{MAP_MONITOR, MONITOR_BYTES},
     net6::{
-        Net6, SockAddr6, SockKey6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_NET6,
-        MAP_SOCKETS6,
+        FragKey6, Net6, SockAddr6, SockKey6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6,
+        MAP_FRAGMENTS6, MAP_NET6, MAP_SOCKETS6,
     },
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     ports::{PortSet, MAP_PORTS, PORT_SETS},
@@ -50,7 +50,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 26] = [
+pub const PINNED: [MapSpec; 27] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<u32, Net6>(MAP_NET6, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
@@ -67,6 +67,11 @@ pub const PINNED: [MapSpec; 26] = [
         MAP_SOCKETS6,
         BPF_MAP_TYPE_LRU_HASH,
         Some(SOCKETS_MAX_ENTRIES),
+    ),
+    spec::<FragKey6, FragVal>(
+        MAP_FRAGMENTS6,
+        BPF_MAP_TYPE_LRU_HASH,
+        Some(FRAGMENTS_MAX_ENTRIES),
     ),
     spec::<u32, u32>(
         MAP_LOCAL_ADDRS,

@@ -18,6 +18,23 @@ pub const MAP_ENDPOINTS6: &str = "NB_EP6";
 /// dialled ([`SockAddr6`]). LRU.
 pub const MAP_SOCKETS6: &str = "NB_SOCK6";
 
+/// First fragments of IPv6 datagrams a hook saw, as `NB_FRAG` holds
+/// IPv4's: [`FragKey6`] to `maps::FragVal`. LRU.
+pub const MAP_FRAGMENTS6: &str = "NB_FRAG6";
+
+/// `NB_FRAG6`'s key: a datagram (addresses, fragment header identification,
+/// transport protocol) as one hook saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey6 {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub hook: u8,
+    pub _pad: [u8; 2],
+}
+
 /// `NB_SOCK6`'s key: the socket and the container address it now talks to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -171,6 +188,7 @@ mod pod {
     unsafe impl aya::Pod for super::Net6 {}
     unsafe impl aya::Pod for super::SockKey6 {}
     unsafe impl aya::Pod for super::SockAddr6 {}
+    unsafe impl aya::Pod for super::FragKey6 {}
 }
 
 #[cfg(test)]
@@ -192,6 +210,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Net6>(), 72);
         assert_eq!(core::mem::size_of::<SockKey6>(), 32);
         assert_eq!(core::mem::size_of::<SockAddr6>(), 20);
+        assert_eq!(core::mem::size_of::<FragKey6>(), 40);
         assert_eq!(bytes(&LOOPBACK6), v6("::1"));
         assert!(net.masquerades());
         assert_eq!(bytes(&net.uplink), v6("2001:db8::1"));

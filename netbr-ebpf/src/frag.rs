@@ -4,8 +4,9 @@
 //! The L4 checksum covers the whole datagram but lives in the first fragment,
 //! so only that one's checksum changes.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, maps::LruHashMap};
 use netbr_common::{
+    conntrack::FlowKeyOf,
     counters::Reason,
     maps::{FragKey, FragVal},
 };
@@ -29,16 +30,9 @@ fn key(pkt: &Packet, hook: u8) -> FragKey {
 /// Records a first fragment's ports and whether this hook translated it.
 #[inline(always)]
 pub fn remember(pkt: &Packet, hook: u8, translated: bool) {
-    if pkt.frag != FRAG_FIRST {
-        return;
+    if pkt.frag == FRAG_FIRST {
+        remember_in(&FRAGMENTS, &key(pkt, hook), &pkt.key, translated);
     }
-    let val = FragVal {
-        sport: pkt.key.sport,
-        dport: pkt.key.dport,
-        translated: translated as u8,
-        _pad: [0; 3],
-    };
-    let _ = FRAGMENTS.insert(&key(pkt, hook), &val, BPF_ANY as u64);
 }
 
 /// Fills a later fragment's ports in from its first fragment. A datagram
@@ -46,12 +40,41 @@ pub fn remember(pkt: &Packet, hook: u8, translated: bool) {
 /// dropped, since nothing says where it belongs.
 #[inline(always)]
 pub fn recall(pkt: &mut Packet, hook: u8) -> Result<(), Reason> {
+    let key = key(pkt, hook);
+    recall_in(&FRAGMENTS, &key, &mut pkt.key)
+}
+
+/// [`remember`] for either family: `map` keyed by `key`, the ports of
+/// `tuple`.
+#[inline(always)]
+pub fn remember_in<K, A>(
+    map: &LruHashMap<K, FragVal>,
+    key: &K,
+    tuple: &FlowKeyOf<A>,
+    translated: bool,
+) {
+    let val = FragVal {
+        sport: tuple.sport,
+        dport: tuple.dport,
+        translated: translated as u8,
+        _pad: [0; 3],
+    };
+    let _ = map.insert(key, &val, BPF_ANY as u64);
+}
+
+/// [`recall`] for either family: the ports go into `tuple`.
+#[inline(always)]
+pub fn recall_in<K, A>(
+    map: &LruHashMap<K, FragVal>,
+    key: &K,
+    tuple: &mut FlowKeyOf<A>,
+) -> Result<(), Reason> {
     // SAFETY: read-only copy out of the map value.
-    let val = unsafe { FRAGMENTS.get(&key(pkt, hook)) }.ok_or(Reason::DropFragNoFirst)?;
+    let val = unsafe { map.get(key) }.ok_or(Reason::DropFragNoFirst)?;
     if val.translated == 0 {
         return Err(Reason::PassFragment);
     }
-    pkt.key.sport = val.sport;
-    pkt.key.dport = val.dport;
+    tuple.sport = val.sport;
+    tuple.dport = val.dport;
     Ok(())
 }

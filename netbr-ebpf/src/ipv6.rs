@@ -8,9 +8,9 @@
 //! ICMPv6 errors from beyond the uplink about translated packets are
 //! translated back to their container. Everything else IPv6 passes
 //! untouched, counted as `pass_ipv6`: neighbour discovery, MLD and
-//! multicast, the host's own traffic, and packets whose transport header
-//! sits behind an extension header (no walk yet). The TC fast path and XDP
-//! leave IPv6 to the host stack.
+//! multicast, the host's own traffic, and packets with more extension
+//! headers than the walk takes. Fragments follow their first fragment, as
+//! IPv4's do. The TC fast path and XDP leave IPv6 to the host stack.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -24,16 +24,17 @@ use netbr_common::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
         HOOK_UPLINK_INGRESS,
     },
-    net6::{halves_of_words, words, Net6},
+    net6::{halves_of_words, words, FragKey6, Net6},
     snat::{may_keep_port, snat_candidate},
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     conntrack,
-    maps::{ENDPOINTS6, NET6, PACKET6},
+    frag::{recall_in, remember_in},
+    maps::{ENDPOINTS6, FRAGMENTS6, NET6, PACKET6},
     modes::mode,
-    parse::ETH_LEN,
+    parse::{ETH_LEN, FRAG_FIRST, FRAG_LATER, FRAG_NONE},
     rewrite::{rewrite, AddrField},
     skb,
 };
@@ -66,6 +67,11 @@ pub struct Packet6 {
     pub tcp_flags: u8,
     /// The packet's length from its IPv6 header on, for byte counters.
     pub len: u32,
+    /// `parse::FRAG_*`, and the fragment header's identification.
+    pub frag: u8,
+    pub frag_id: u32,
+    /// 1 once `parse` filled this in for the packet at hand.
+    pub parsed: u8,
     /// A new flow's translation and the reply tuple it claims, built here
     /// rather than on the stack: two 40-byte tuples and the claim's own
     /// would not fit in 512 bytes beside the hooks' frames.
@@ -73,10 +79,15 @@ pub struct Packet6 {
     pub reply_key: FlowKey6,
 }
 
-// Every IPv6 packet netbr translates carries its transport header (no
-// fragments yet), and TCP's, UDP's and ICMPv6's checksums all cover the
-// pseudo-header.
-crate::rewrite::impl_l4_fields!(Packet6, [u32; 4], |_p| has_l4: true, csum_pseudo: true);
+// A later fragment carries no transport header (its first fragment's
+// checksum covers the whole datagram); otherwise TCP's, UDP's and ICMPv6's
+// checksums all cover the pseudo-header.
+crate::rewrite::impl_l4_fields!(
+    Packet6,
+    [u32; 4],
+    |p| has_l4: p.frag != FRAG_LATER,
+    csum_pseudo: p.frag != FRAG_LATER
+);
 
 /// The reason a packet that is not IPv4 gets on `hook`, translated or not.
 #[inline(always)]
@@ -93,15 +104,47 @@ pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     if !net.configured() {
         return Reason::PassIpv6;
     }
-    match hook {
-        HOOK_UPLINK_INGRESS => uplink_ingress(ctx, cfg, net),
-        HOOK_UPLINK_EGRESS => uplink_egress(ctx, cfg, net),
-        _ => bridge_ingress(ctx, cfg, net),
+    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+        return Reason::PassIpv6;
+    };
+    // SAFETY: per-CPU map value, used by this packet only.
+    unsafe { (*pkt).parsed = 0 };
+    let reason = match hook {
+        HOOK_UPLINK_INGRESS => uplink_ingress(ctx, cfg, net, hook),
+        HOOK_UPLINK_EGRESS => uplink_egress(ctx, cfg, net, hook),
+        _ => bridge_ingress(ctx, cfg, net, hook),
+    };
+    // SAFETY: as above.
+    let pkt = unsafe { &*pkt };
+    if pkt.parsed != 0 && pkt.frag == FRAG_FIRST {
+        let translated = matches!(
+            reason,
+            Reason::Translated
+                | Reason::SnatNew
+                | Reason::DnatNew
+                | Reason::HairpinNew
+                | Reason::DirectNew
+        );
+        remember_in(&FRAGMENTS6, &frag_key(pkt, hook), &pkt.key, translated);
+    }
+    reason
+}
+
+/// The datagram a fragment belongs to, as `hook` saw it.
+#[inline(always)]
+fn frag_key(pkt: &Packet6, hook: u8) -> FragKey6 {
+    FragKey6 {
+        saddr: pkt.key.saddr,
+        daddr: pkt.key.daddr,
+        id: pkt.frag_id,
+        proto: pkt.key.proto,
+        hook,
+        _pad: [0; 2],
     }
 }
 
 #[inline(always)]
-fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
+fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
     let Ok(daddr) = skb::read::<[u32; 4]>(ctx, IP6_DADDR) else {
         return Reason::DropTruncated;
     };
@@ -112,7 +155,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
         if is_icmp_error(ctx) {
             return translate_error(ctx, cfg);
         }
-        return match translate_tracked(ctx, cfg) {
+        return match translate_tracked(ctx, cfg, hook) {
             NOT_TRACKED => publish(ctx, cfg, net, NAT_DNAT),
             r => r,
         };
@@ -125,7 +168,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     } else if mode(cfg, CFG_ALLOW_DIRECT_ROUTING) {
         // Tracked untranslated, so that the container's replies are not
         // taken for new masquerade flows.
-        match translate_tracked(ctx, cfg) {
+        match translate_tracked(ctx, cfg, hook) {
             NOT_TRACKED => open_flow(cfg, net, NAT_NONE, |_| {}),
             r => r,
         }
@@ -139,7 +182,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
 /// own traffic, and a container's to another of the host's links, leave
 /// untranslated.
 #[inline(always)]
-fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
+fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
     if !net.masquerades() || mode(cfg, CFG_ROUTED) || mode(cfg, CFG_INTERNAL) {
         return Reason::PassIpv6;
     }
@@ -152,7 +195,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     if !net.contains(halves_of_words(&saddr)) || net.contains(halves_of_words(&daddr)) {
         return Reason::PassIpv6;
     }
-    let tracked = translate_tracked(ctx, cfg);
+    let tracked = translate_tracked(ctx, cfg, hook);
     if tracked != NOT_TRACKED {
         return tracked;
     }
@@ -225,7 +268,7 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
 /// through the host stack to the other container; anything else is left
 /// to the stack as it is.
 #[inline(always)]
-fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
+fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
     if !net.masquerades() {
         return Reason::PassIpv6;
     }
@@ -236,7 +279,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6) -> Reason {
     if !to_uplink && daddr != words(&net.gateway) {
         return Reason::PassIpv6;
     }
-    match translate_tracked(ctx, cfg) {
+    match translate_tracked(ctx, cfg, hook) {
         NOT_TRACKED if to_uplink => publish(ctx, cfg, net, NAT_HAIRPIN),
         NOT_TRACKED => Reason::PassIpv6,
         r => r,
@@ -277,8 +320,8 @@ const NOT_TRACKED: Reason = Reason::PassNoMatch;
 /// translators do (`hooks::translate_tracked_packed`), so that its frame
 /// and a new flow's are siblings under the hook's.
 #[inline(never)]
-fn translate_tracked(ctx: &TcContext, cfg: &Config) -> Reason {
-    let pkt = match parse(ctx) {
+fn translate_tracked(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
+    let pkt = match parse(ctx, hook) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -458,48 +501,102 @@ fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
     skb::read::<T>(ctx, off).map_err(|_| Reason::DropTruncated)
 }
 
-/// Parses a TCP, UDP or ICMPv6 echo packet whose transport header follows
-/// the fixed header, into per-CPU room. `Err(PassIpv6)` for anything else.
+/// Extension headers the walk steps over (RFC 8200 4.1), and the fragment
+/// header it reads.
+const EXT_HOP_BY_HOP: u8 = 0;
+const EXT_ROUTING: u8 = 43;
+const EXT_FRAGMENT: u8 = 44;
+const EXT_DEST_OPTS: u8 = 60;
+/// At most this many extension headers are walked; a packet with more is
+/// left to the stack untouched, as is one whose transport header would
+/// start past `L4_LAST` (the verifier's bound on packet offsets).
+const EXT_HEADERS_MAX: usize = 4;
+const L4_LAST: usize = 0x1ff - 20;
+
+/// Parses a TCP, UDP or ICMPv6 echo packet, walking the extension headers
+/// before its transport header, into per-CPU room. A later fragment's
+/// ports come from its first fragment, as this hook saw it
+/// (`frag::recall_in`). `Err(PassIpv6)` for anything else.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<&'static mut Packet6, Reason> {
+fn parse(ctx: &TcContext, hook: u8) -> Result<&'static mut Packet6, Reason> {
     let pkt = PACKET6.get_ptr_mut(0).ok_or(Reason::DropRewrite)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
     let payload_len: u16 = load(ctx, IP6_PAYLOAD_LEN)?;
-    let next: u8 = load(ctx, IP6_NEXT_HEADER)?;
+    let mut next: u8 = load(ctx, IP6_NEXT_HEADER)?;
     pkt.key.saddr = load(ctx, IP6_SADDR)?;
     pkt.key.daddr = load(ctx, IP6_DADDR)?;
-    pkt.key.proto = next;
     pkt.key._pad = [0; 3];
     pkt.len = IP6_HEADER + u16::from_be(payload_len) as u32;
     pkt.tcp_flags = 0;
     pkt.csum_flags = 0;
+    pkt.frag = FRAG_NONE;
+    pkt.frag_id = 0;
+    let mut off = L4;
+    for _ in 0..EXT_HEADERS_MAX {
+        match next {
+            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS => {
+                let h: [u8; 2] = load(ctx, off)?;
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            EXT_FRAGMENT => {
+                let f: [u8; 8] = load(ctx, off)?;
+                next = f[0];
+                let offset_and_more = u16::from_be_bytes([f[2], f[3]]);
+                pkt.frag_id = u32::from_ne_bytes([f[4], f[5], f[6], f[7]]);
+                pkt.frag = if offset_and_more & 0xfff8 != 0 {
+                    FRAG_LATER
+                } else if offset_and_more & 1 != 0 {
+                    FRAG_FIRST
+                } else {
+                    // An atomic fragment: the whole datagram.
+                    FRAG_NONE
+                };
+                off += 8;
+            }
+            _ => break,
+        }
+        if off > L4_LAST {
+            return Err(Reason::PassIpv6);
+        }
+    }
+    pkt.key.proto = next;
+    pkt.parsed = 1;
+    if pkt.frag == FRAG_LATER {
+        if next != IPPROTO_TCP && next != IPPROTO_UDP && next != IPPROTO_ICMPV6 {
+            return Err(Reason::PassIpv6);
+        }
+        let key = frag_key(pkt, hook);
+        recall_in(&FRAGMENTS6, &key, &mut pkt.key)?;
+        return Ok(pkt);
+    }
     match next {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u16; 2] = load(ctx, L4)?;
+            let ports: [u16; 2] = load(ctx, off)?;
             pkt.key.sport = ports[0];
             pkt.key.dport = ports[1];
-            pkt.sport_off = L4;
-            pkt.dport_off = L4 + 2;
+            pkt.sport_off = off;
+            pkt.dport_off = off + 2;
             if next == IPPROTO_TCP {
-                pkt.tcp_flags = load(ctx, L4 + 13)?;
-                pkt.csum_off = L4 + 16;
+                pkt.tcp_flags = load(ctx, off + 13)?;
+                pkt.csum_off = off + 16;
             } else {
-                pkt.csum_off = L4 + 6;
+                pkt.csum_off = off + 6;
                 pkt.csum_flags = BPF_F_MARK_MANGLED_0 as u64;
             }
         }
         IPPROTO_ICMPV6 => {
-            let kind: u8 = load(ctx, L4)?;
-            let id: u16 = load(ctx, L4 + 4)?;
+            let kind: u8 = load(ctx, off)?;
+            let id: u16 = load(ctx, off + 4)?;
             (pkt.key.sport, pkt.key.dport) = match kind {
                 ICMPV6_ECHO_REQUEST => (id, 0),
                 ICMPV6_ECHO_REPLY => (0, id),
                 _ => return Err(Reason::PassIpv6),
             };
-            pkt.sport_off = L4 + 4;
-            pkt.dport_off = L4 + 4;
-            pkt.csum_off = L4 + 2;
+            pkt.sport_off = off + 4;
+            pkt.dport_off = off + 4;
+            pkt.csum_off = off + 2;
         }
         _ => return Err(Reason::PassIpv6),
     }

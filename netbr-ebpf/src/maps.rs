@@ -86,6 +86,11 @@ pub static SOCKETS: LruHashMap<SockKey, MappingTarget> =
 pub static FRAGMENTS: LruHashMap<FragKey, FragVal> =
     LruHashMap::with_max_entries(FRAGMENTS_MAX_ENTRIES, 0);
 
+/// IPv6's first fragments, as `FRAGMENTS` holds IPv4's.
+#[map(name = "NB_FRAG6")]
+pub static FRAGMENTS6: LruHashMap<netbr_common::net6::FragKey6, FragVal> =
+    LruHashMap::with_max_entries(FRAGMENTS_MAX_ENTRIES, 0);
+
 /// How many candidates new masquerade flows needed (see
 /// `netbr_common::snat::SNAT_HISTOGRAM_LEN`).
 #[map(name = "NB_SNATH")]

@@ -81,11 +81,13 @@ macro_rules! impl_l4_fields {
                 &self.key
             }
             #[inline(always)]
+            #[allow(unused_variables, reason = "a constant answer needs no packet")]
             fn has_l4(&self) -> bool {
                 let $p = self;
                 $has_l4
             }
             #[inline(always)]
+            #[allow(unused_variables, reason = "a constant answer needs no packet")]
             fn csum_pseudo(&self) -> bool {
                 let $p = self;
                 $pseudo

@@ -411,3 +411,54 @@ pub fn echo6(kind: u8, id: u16) -> Vec<u8> {
     h.extend_from_slice(b"netbr");
     h
 }
+
+/// An IPv6 frame from [`ipv6_checked`] with an 8-byte hop-by-hop header
+/// (one PadN option) before its transport header; the L4 checksum stays
+/// right, since the pseudo-header names the transport protocol.
+pub fn with_hop_by_hop(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame[..54].to_vec();
+    let next = f[20];
+    f[20] = 0;
+    let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    f.extend_from_slice(&frame[54..]);
+    f
+}
+
+/// An IPv6 frame without the 8-byte extension header after its fixed one.
+pub fn without_extension(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame[..54].to_vec();
+    f[20] = frame[54];
+    let len = u16::from_be_bytes([f[18], f[19]]) - 8;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&frame[62..]);
+    f
+}
+
+/// Splits an IPv6 frame's payload into two fragments (RFC 8200 4.5) at
+/// byte `at` (a multiple of 8), identification `id`.
+pub fn fragment6(frame: &[u8], at: usize, id: u32) -> (Vec<u8>, Vec<u8>) {
+    let next = frame[20];
+    let l4 = &frame[54..];
+    let piece = |offset: usize, more: bool, part: &[u8]| {
+        let mut f = frame[..54].to_vec();
+        f[20] = 44;
+        f[18..20].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[next, 0]);
+        f.extend_from_slice(&(offset as u16 | u16::from(more)).to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(part);
+        f
+    };
+    (piece(0, true, &l4[..at]), piece(at, false, &l4[at..]))
+}
+
+/// The datagram two fragments from [`fragment6`] carry, as one frame.
+pub fn reassemble6(first: &[u8], later: &[u8]) -> Vec<u8> {
+    let mut f = without_extension(first);
+    f.extend_from_slice(&later[62..]);
+    let len = (f.len() - 54) as u16;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    f
+}
