@@ -94,6 +94,11 @@ fn server6(ns: &Path, port: u16) -> Server {
     Server::tcp_on(ns, (Ipv6Addr::UNSPECIFIED, port).into(), probe::echo()).expect("server")
 }
 
+/// A UDP echo server on port `port` of every IPv6 address of `ns`.
+fn udp_server6(ns: &Path, port: u16) -> Server {
+    Server::udp_on(ns, (Ipv6Addr::UNSPECIFIED, port).into(), probe::echo()).expect("udp server")
+}
+
 fn to6(ip: Ipv6Addr, port: u16) -> SocketAddr {
     (ip, port).into()
 }
@@ -140,12 +145,7 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
     // Beyond the host, IPv6 leaves masqueraded to the uplink's address:
     // TCP, UDP (its own port kept) and ping from both containers.
     let lan_tcp = server6(&sb.lan_path(), 9090);
-    let lan_udp = Server::udp_on(
-        &sb.lan_path(),
-        (Ipv6Addr::UNSPECIFIED, 5353).into(),
-        probe::echo(),
-    )
-    .expect("udp server");
+    let lan_udp = udp_server6(&sb.lan_path(), 5353);
     for n in [1, 2] {
         let got = probe::tcp_request(&sb.container_path(n), to6(v6(LAN6), 9090), b"out")
             .expect("a container to the LAN over IPv6");
@@ -221,12 +221,7 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
     // address too, as Docker publishes on both families.
     sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
     let web = server6(&sb.container_path(1), 80);
-    let dns = Server::udp_on(
-        &sb.container_path(1),
-        (Ipv6Addr::UNSPECIFIED, 53).into(),
-        probe::echo(),
-    )
-    .expect("udp server");
+    let dns = udp_server6(&sb.container_path(1), 53);
     let got = probe::tcp_request(&sb.lan_path(), to6(v6(UPLINK6), 8080), b"published")
         .expect("a published port over IPv6");
     assert_eq!(got, b"published");
@@ -359,12 +354,8 @@ fn ipv6_addresses_are_chosen_checked_and_kept_with_their_flows_across_reattach()
     let c1 = sb.container(1);
     for (cmd, needle) in [
         (
-            vec!["publish", c1.as_str(), "-p", "[::]:8081:80"],
-            "cannot be published on IPv6 yet",
-        ),
-        (
             vec!["publish", c1.as_str(), "-p", "[2001:db8:1::1]:8083:80"],
-            "cannot be published on IPv6 yet",
+            "cannot be published on one IPv6 address yet",
         ),
         (
             vec!["conntrack", "flush", "--from", "fd00:30::/64"],
@@ -582,12 +573,7 @@ fn host_processes_reach_published_ports_on_ipv6_loopback_and_cannot_bind_them() 
     let sb = dual_stack(&[]);
     sb.publish(1, &["8080:80", "5353:53/udp"]).expect("publish");
     let web = server6(&sb.container_path(1), 80);
-    let dns = Server::udp_on(
-        &sb.container_path(1),
-        (Ipv6Addr::UNSPECIFIED, 53).into(),
-        probe::echo(),
-    )
-    .expect("udp server");
+    let dns = udp_server6(&sb.container_path(1), 53);
     // No proxy: the host's socket itself is pointed at the container, and
     // it still sees the address it dialled.
     for host in [Ipv6Addr::LOCALHOST, v6(UPLINK6)] {
@@ -620,4 +606,64 @@ fn host_processes_reach_published_ports_on_ipv6_loopback_and_cannot_bind_them() 
     let err = bound.expect_err("bind [::]:8080 must fail");
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     assert!(counter(&sb, "sock_rewrite") >= 3);
+}
+
+#[test]
+fn published_ports_take_the_families_dockers_grammar_gives_them() {
+    let sb = dual_stack(&[]);
+    let out = sb
+        .publish(1, &["[::]:8081:80", "0.0.0.0:8082:80", "8083:80"])
+        .expect("publish");
+    assert!(out.contains("published [::]:8081/tcp"), "{out}");
+    let _web = Server::tcp_on(
+        &sb.container_path(1),
+        (Ipv6Addr::UNSPECIFIED, 80).into(),
+        probe::echo(),
+    )
+    .expect("server on both families");
+    let lan = sb.lan_path();
+    let v4 = |port| SocketAddr::from((netbr::sandbox::UPLINK_IP, port));
+    let reach = |to: SocketAddr| probe::tcp_request(&lan, to, b"hi").is_ok_and(|got| got == b"hi");
+    assert!(reach(to6(v6(UPLINK6), 8081)), "[::]:8081 on IPv6");
+    assert!(!reach(v4(8081)), "[::]:8081 not on IPv4");
+    assert!(reach(v4(8082)), "0.0.0.0:8082 on IPv4");
+    assert!(!reach(to6(v6(UPLINK6), 8082)), "0.0.0.0:8082 not on IPv6");
+    assert!(
+        reach(v4(8083)) && reach(to6(v6(UPLINK6), 8083)),
+        "8083 on both"
+    );
+    let families: Vec<(u64, String)> = ls(&sb)["mappings"]
+        .as_array()
+        .expect("mappings")
+        .iter()
+        .map(|m| {
+            (
+                m["host_port"].as_u64().unwrap_or(0),
+                m["families"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        families,
+        [
+            (8081, "ipv6".into()),
+            (8082, "ipv4".into()),
+            (8083, "both".into())
+        ]
+    );
+    // The host may bind what another family holds, not what its own does.
+    let bind = |addr: std::net::IpAddr, port| {
+        netbr::netns::run_in(&sb.host_path(), move || {
+            std::net::TcpListener::bind((addr, port)).map(|_| ())
+        })
+        .expect("netns")
+    };
+    assert_eq!(
+        bind(Ipv6Addr::UNSPECIFIED.into(), 8081).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::AddrInUse)
+    );
+    assert!(
+        bind(std::net::Ipv4Addr::UNSPECIFIED.into(), 8081).is_ok(),
+        "8081 is IPv6's only"
+    );
 }

@@ -197,6 +197,11 @@ pub struct MappingTarget {
 /// nobody else holds; not for a CNI runtime's, since Podman binds and holds
 /// its containers' published ports itself and would be refused.
 pub const MAPPING_HOLD: u16 = 1;
+/// `MappingTarget::flags` of a mapping on every address (`addr` 0): only
+/// IPv4's (`-p 0.0.0.0:...`), or only IPv6's (`-p [::]:...`); neither bit:
+/// both families, as `-p PORT:...` without a host IP publishes.
+pub const MAPPING_IPV4_ONLY: u16 = 2;
+pub const MAPPING_IPV6_ONLY: u16 = 4;
 
 /// Value of the endpoint map, keyed by the container's IPv4 address (network
 /// byte order): what a redirect to the container needs, nothing else. Names,

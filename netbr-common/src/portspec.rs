@@ -8,8 +8,11 @@ use crate::{IPPROTO_TCP, IPPROTO_UDP};
 /// of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortSpec {
-    /// `None` publishes on every local address, as Docker does without HOSTIP.
+    /// `None` publishes on every local address of both families, as Docker
+    /// does without HOSTIP; `0.0.0.0` on every IPv4 one.
     pub host_ip: Option<Ipv4Addr>,
+    /// `[::]`: every local IPv6 address, no IPv4 one (`host_ip` is `None`).
+    pub ipv6_only: bool,
     pub host_ports: (u16, u16),
     pub container_ports: (u16, u16),
     pub proto: u8,
@@ -19,7 +22,7 @@ pub struct PortSpec {
 pub enum SpecError {
     MissingContainerPort,
     BadHostIp,
-    /// `[IPV6]:HOSTPORT:...`: netbr does not translate IPv6 yet.
+    /// `[IPV6]:HOSTPORT:...` with an address other than `::`.
     Ipv6HostIp,
     BadPort,
     ZeroPort,
@@ -37,7 +40,7 @@ impl fmt::Display for SpecError {
             }
             SpecError::BadHostIp => "the host IP is not an IPv4 address",
             SpecError::Ipv6HostIp => {
-                "ports cannot be published on IPv6 yet (netbr routes IPv6 untranslated): give an IPv4 host IP, or none"
+                "ports cannot be published on one IPv6 address yet: give [::] (every IPv6 address), an IPv4 host IP, or none"
             }
             SpecError::BadPort => "a port is not a number between 1 and 65535",
             SpecError::ZeroPort => "port 0 cannot be published",
@@ -68,10 +71,15 @@ impl FromStr for PortSpec {
         let (host, container) = ports
             .rsplit_once(':')
             .ok_or(SpecError::MissingContainerPort)?;
-        let (host_ip, host) = match host.rsplit_once(':') {
+        let (host_ip, ipv6_only, host) = match host.rsplit_once(':') {
+            Some(("[::]", host)) => (None, true, host),
             Some((ip, _)) if is_bracketed_ipv6(ip) => return Err(SpecError::Ipv6HostIp),
-            Some((ip, host)) => (Some(ip.parse().map_err(|_| SpecError::BadHostIp)?), host),
-            None => (None, host),
+            Some((ip, host)) => (
+                Some(ip.parse().map_err(|_| SpecError::BadHostIp)?),
+                false,
+                host,
+            ),
+            None => (None, false, host),
         };
         let host_ports = parse_range(host)?;
         let container_ports = parse_range(container)?;
@@ -84,6 +92,7 @@ impl FromStr for PortSpec {
         }
         Ok(PortSpec {
             host_ip,
+            ipv6_only,
             host_ports,
             container_ports,
             proto,
@@ -112,6 +121,8 @@ impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(ip) = self.host_ip {
             write!(f, "{ip}:")?;
+        } else if self.ipv6_only {
+            f.write_str("[::]:")?;
         }
         write_range(f, self.host_ports)?;
         f.write_str(":")?;
@@ -180,6 +191,20 @@ mod tests {
     }
 
     #[test]
+    fn families_follow_dockers_grammar() {
+        let both = p("8080:80").unwrap();
+        assert_eq!((both.host_ip, both.ipv6_only), (None, false));
+        let v6 = p("[::]:8081:80").unwrap();
+        assert_eq!((v6.host_ip, v6.ipv6_only), (None, true));
+        assert_eq!(v6.to_string(), "[::]:8081:80/tcp");
+        let v4 = p("0.0.0.0:8082:80").unwrap();
+        assert_eq!(
+            (v4.host_ip, v4.ipv6_only),
+            (Some(Ipv4Addr::UNSPECIFIED), false)
+        );
+    }
+
+    #[test]
     fn equal_ranges_pair_up() {
         let s = p("8000-8002:9000-9002/udp").unwrap();
         let pairs: Vec<_> = s.pairs().collect();
@@ -204,7 +229,6 @@ mod tests {
         assert_eq!(p("8080:+80"), Err(SpecError::BadPort));
         assert_eq!(p("0:80"), Err(SpecError::ZeroPort));
         assert_eq!(p("::1:8080:80"), Err(SpecError::BadHostIp));
-        assert_eq!(p("[::]:8081:80"), Err(SpecError::Ipv6HostIp));
         assert_eq!(p("[2001:db8::1]:8083:80/udp"), Err(SpecError::Ipv6HostIp));
         assert_eq!(p("[300.1.1.1]:8080:80"), Err(SpecError::BadHostIp));
         assert_eq!(p("300.1.1.1:8080:80"), Err(SpecError::BadHostIp));

@@ -22,7 +22,7 @@ use netbr_common::{
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
-        HOOK_UPLINK_INGRESS,
+        HOOK_UPLINK_INGRESS, MAPPING_IPV4_ONLY,
     },
     net6::{halves_of_words, words, FragKey6, Net6},
     snat::{may_keep_port, snat_candidate},
@@ -218,8 +218,8 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason 
 
 /// A new connection to a published port on the uplink's IPv6 address:
 /// `-p HOSTPORT:PORT` without a host IP publishes on both families, as
-/// Docker does, and the mapping's container is reached at its IPv6
-/// address. From beyond the uplink (`NAT_DNAT`) not while `netbr
+/// Docker does (`-p [::]:...` on IPv6 alone, `-p 0.0.0.0:...` on IPv4
+/// alone), and the mapping's container is reached at its IPv6 address. From beyond the uplink (`NAT_DNAT`) not while `netbr
 /// firewall` has rules: they are IPv4 blocks, and a port they restrict
 /// must not open to every IPv6 client. From a container on the bridge
 /// (`NAT_HAIRPIN`) the source becomes the gateway as well, so the target's
@@ -237,7 +237,8 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
     if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
         return Reason::PassIpv6;
     }
-    let Some((addr, port)) = crate::nat::mapped(pkt.key.proto, 0, pkt.key.dport) else {
+    let Some((addr, port)) = crate::nat::mapped(pkt.key.proto, 0, pkt.key.dport, MAPPING_IPV4_ONLY)
+    else {
         return Reason::PassIpv6;
     };
     // SAFETY: read-only copy out of the map value.

@@ -39,6 +39,7 @@ use netbr_common::{
     maps::{HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
     pacing::{PACE_EGRESS, PACE_INGRESS},
 };
+use sockaddr::{V4, V6};
 
 /// Counts the outcome and returns its verdict; drops and new flows are
 /// reported to a listening monitor. Errors that are drops become
@@ -104,13 +105,13 @@ const SOCK_ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn nb_connect4(ctx: SockAddrContext) -> i32 {
-    sockaddr::rewrite_destination(&ctx);
+    sockaddr::rewrite_destination::<V4>(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn nb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sockaddr::rewrite_destination(&ctx);
+    sockaddr::rewrite_destination::<V4>(&ctx);
     SOCK_ALLOW
 }
 
@@ -129,25 +130,25 @@ pub fn nb_bind4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn nb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sockaddr::restore_peer(&ctx);
+    sockaddr::restore_peer::<V4>(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn nb_getpeer4(ctx: SockAddrContext) -> i32 {
-    sockaddr::restore_peer(&ctx);
+    sockaddr::restore_peer::<V4>(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn nb_connect6(ctx: SockAddrContext) -> i32 {
-    sockaddr::rewrite_destination6(&ctx);
+    sockaddr::rewrite_destination::<V6>(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn nb_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sockaddr::rewrite_destination6(&ctx);
+    sockaddr::rewrite_destination::<V6>(&ctx);
     SOCK_ALLOW
 }
 
@@ -162,13 +163,13 @@ pub fn nb_bind6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn nb_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sockaddr::restore_peer6(&ctx);
+    sockaddr::restore_peer::<V6>(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn nb_getpeer6(ctx: SockAddrContext) -> i32 {
-    sockaddr::restore_peer6(&ctx);
+    sockaddr::restore_peer::<V6>(&ctx);
     SOCK_ALLOW
 }
 

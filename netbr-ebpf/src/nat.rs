@@ -17,7 +17,7 @@ use netbr_common::{
         TCP_ACK, TCP_SYN,
     },
     counters::Reason,
-    maps::{Config, MappingKey},
+    maps::{Config, MappingKey, MAPPING_IPV6_ONLY},
     snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS, SNAT_HISTOGRAM_EXHAUSTED},
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -31,9 +31,11 @@ use crate::{
 };
 
 /// The target of mapping `(proto, addr, port)` (network byte order; `addr`
-/// 0 for a wildcard one), if there is one.
+/// 0 for a wildcard one), if there is one that is not only the other
+/// family's (`other_family`: the `MAPPING_*_ONLY` bit of the family the
+/// caller does not serve; 0 for an exact address).
 #[inline(always)]
-pub fn mapped(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
+pub fn mapped(proto: u8, addr: u32, port: u16, other_family: u16) -> Option<(u32, u16)> {
     let key = MappingKey {
         proto,
         _pad: 0,
@@ -41,7 +43,9 @@ pub fn mapped(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
         addr,
     };
     // SAFETY: read-only copy out of the map value.
-    unsafe { MAPPINGS.get(&key) }.map(|t| (t.addr, t.port))
+    unsafe { MAPPINGS.get(&key) }
+        .filter(|t| t.flags & other_family == 0)
+        .map(|t| (t.addr, t.port))
 }
 
 /// The published mapping for a packet addressed to the host: an exact
@@ -49,7 +53,7 @@ pub fn mapped(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
 /// one of the host's addresses.
 #[inline(always)]
 pub fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
-    if let Some(t) = mapped(proto, addr, port) {
+    if let Some(t) = mapped(proto, addr, port, 0) {
         return Some(t);
     }
     // Every 127.0.0.0/8 address is the host's, listed or not. (Uplink
@@ -58,7 +62,7 @@ pub fn published_target(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
     if !is_loopback(addr) && unsafe { LOCAL_ADDRS.get(&addr) }.is_none() {
         return None;
     }
-    mapped(proto, 0, port)
+    mapped(proto, 0, port, MAPPING_IPV6_ONLY)
 }
 
 /// The packet's tuple with its destination replaced by the published
@@ -179,7 +183,7 @@ pub fn routed_open(pkt: &Packet) -> bool {
     if pkt.key.proto == IPPROTO_ICMP {
         return pkt.key.sport != 0;
     }
-    mapped(pkt.key.proto, pkt.key.daddr, pkt.key.dport).is_some()
+    mapped(pkt.key.proto, pkt.key.daddr, pkt.key.dport, 0).is_some()
 }
 
 /// Whether masquerade applies: from the bridge subnet to outside it. ICMP

@@ -17,7 +17,9 @@ use aya_ebpf::{
 };
 use netbr_common::{
     counters::Reason,
-    maps::{MappingKey, MappingTarget, SockKey, MAPPING_HOLD},
+    maps::{
+        MappingKey, MappingTarget, SockKey, MAPPING_HOLD, MAPPING_IPV4_ONLY, MAPPING_IPV6_ONLY,
+    },
     net6::{SockAddr6, SockKey6, LOOPBACK6},
     IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -38,11 +40,143 @@ fn in_attached_netns(ctx: &SockAddrContext) -> bool {
     cfg.configured != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.netns_cookie
 }
 
-/// connect4 and sendmsg4: a destination that is a published port of a host
-/// address (loopback included: `-p 8080:80` answers on 127.0.0.1 too, as
-/// docker-proxy did) becomes the container's address and port.
+/// What the sock_addr hooks need of an address family: the context's
+/// address, where a host destination is published to, and the map of
+/// rewritten sockets. `rewrite_destination` and `restore_peer` are written
+/// once over it.
+pub trait SockFamily {
+    type Addr: Copy;
+    fn addr(sa: &bpf_sock_addr) -> Self::Addr;
+    fn set_addr(sa: &mut bpf_sock_addr, addr: Self::Addr);
+    /// The container address and port `addr:port` is published to.
+    fn published(proto: u8, addr: Self::Addr, port: u16) -> Option<(Self::Addr, u16)>;
+    /// Records that socket `cookie`, now talking to `to`, dialled `orig`.
+    fn remember(cookie: u64, to: (Self::Addr, u16), orig: (Self::Addr, u16)) -> bool;
+    /// What socket `cookie`, talking to `at`, dialled, if it was rewritten.
+    fn recall(cookie: u64, at: (Self::Addr, u16)) -> Option<(Self::Addr, u16)>;
+}
+
+pub struct V4;
+pub struct V6;
+
+impl SockFamily for V4 {
+    type Addr = u32;
+    #[inline(always)]
+    fn addr(sa: &bpf_sock_addr) -> u32 {
+        sa.user_ip4
+    }
+    #[inline(always)]
+    fn set_addr(sa: &mut bpf_sock_addr, addr: u32) {
+        sa.user_ip4 = addr;
+    }
+    /// Every host address, loopback included: `-p 8080:80` answers on
+    /// 127.0.0.1 too, as docker-proxy did.
+    #[inline(always)]
+    fn published(proto: u8, addr: u32, port: u16) -> Option<(u32, u16)> {
+        published_target(proto, addr, port)
+    }
+    #[inline(always)]
+    fn remember(cookie: u64, to: (u32, u16), orig: (u32, u16)) -> bool {
+        let key = SockKey {
+            cookie,
+            addr: to.0,
+            port: to.1,
+            _pad: 0,
+        };
+        let orig = MappingTarget {
+            addr: orig.0,
+            port: orig.1,
+            flags: 0,
+        };
+        SOCKETS.insert(&key, &orig, BPF_ANY as u64).is_ok()
+    }
+    #[inline(always)]
+    fn recall(cookie: u64, at: (u32, u16)) -> Option<(u32, u16)> {
+        let key = SockKey {
+            cookie,
+            addr: at.0,
+            port: at.1,
+            _pad: 0,
+        };
+        // SAFETY: read-only copy out of the map value.
+        unsafe { SOCKETS.get(&key) }.map(|o| (o.addr, o.port))
+    }
+}
+
+impl SockFamily for V6 {
+    type Addr = [u32; 4];
+    /// A word at a time: the verifier refuses a context pointer moved by
+    /// arithmetic ("dereference of modified ctx ptr"), which a 16-byte copy
+    /// compiles to; each volatile 4-byte access stays a load at a constant
+    /// offset from the context.
+    #[inline(always)]
+    fn addr(sa: &bpf_sock_addr) -> [u32; 4] {
+        // SAFETY: reads of fields of a valid context.
+        unsafe {
+            [
+                read_volatile(&sa.user_ip6[0]),
+                read_volatile(&sa.user_ip6[1]),
+                read_volatile(&sa.user_ip6[2]),
+                read_volatile(&sa.user_ip6[3]),
+            ]
+        }
+    }
+    #[inline(always)]
+    fn set_addr(sa: &mut bpf_sock_addr, addr: [u32; 4]) {
+        // SAFETY: writes of fields of a valid context, as `addr` reads.
+        unsafe {
+            write_volatile(&mut sa.user_ip6[0], addr[0]);
+            write_volatile(&mut sa.user_ip6[1], addr[1]);
+            write_volatile(&mut sa.user_ip6[2], addr[2]);
+            write_volatile(&mut sa.user_ip6[3], addr[3]);
+        }
+    }
+    /// A wildcard mapping (`-p PORT:...` without a host IP) for `[::1]` or
+    /// the uplink's IPv6 address, reached at the container's IPv6 address.
+    /// Docker needs docker-proxy for `[::1]`.
+    #[inline(always)]
+    fn published(proto: u8, addr: [u32; 4], port: u16) -> Option<([u32; 4], u16)> {
+        let net = NET6.get(0)?;
+        if addr != LOOPBACK6 && !(net.masquerades() && addr == net.uplink) {
+            return None;
+        }
+        let (to_addr4, to_port) = crate::nat::mapped(proto, 0, port, MAPPING_IPV4_ONLY)?;
+        // SAFETY: read-only copy out of the map value.
+        let to_addr = unsafe { ENDPOINTS6.get(&to_addr4) }.copied()?;
+        Some((to_addr, to_port))
+    }
+    #[inline(always)]
+    fn remember(cookie: u64, to: ([u32; 4], u16), orig: ([u32; 4], u16)) -> bool {
+        let key = SockKey6 {
+            cookie,
+            addr: to.0,
+            port: to.1,
+            _pad: [0; 3],
+        };
+        let orig = SockAddr6 {
+            addr: orig.0,
+            port: orig.1,
+            _pad: 0,
+        };
+        SOCKETS6.insert(&key, &orig, BPF_ANY as u64).is_ok()
+    }
+    #[inline(always)]
+    fn recall(cookie: u64, at: ([u32; 4], u16)) -> Option<([u32; 4], u16)> {
+        let key = SockKey6 {
+            cookie,
+            addr: at.0,
+            port: at.1,
+            _pad: [0; 3],
+        };
+        // SAFETY: read-only copy out of the map value.
+        unsafe { SOCKETS6.get(&key) }.map(|o| (o.addr, o.port))
+    }
+}
+
+/// connect and sendmsg: a destination that is a published port of a host
+/// address becomes the container's address and port.
 #[inline(always)]
-pub fn rewrite_destination(ctx: &SockAddrContext) {
+pub fn rewrite_destination<F: SockFamily>(ctx: &SockAddrContext) {
     if !in_attached_netns(ctx) {
         return;
     }
@@ -52,48 +186,30 @@ pub fn rewrite_destination(ctx: &SockAddrContext) {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return;
     }
-    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
-    let Some((to_addr, to_port)) = published_target(proto, addr, port) else {
+    let (addr, port) = (F::addr(sa), sa.user_port as u16);
+    let Some((to_addr, to_port)) = F::published(proto, addr, port) else {
         return;
     };
     // SAFETY: the helper only reads the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockKey {
-        cookie,
-        addr: to_addr,
-        port: to_port,
-        _pad: 0,
-    };
-    let orig = MappingTarget {
-        addr,
-        port,
-        flags: 0,
-    };
-    if SOCKETS.insert(&key, &orig, BPF_ANY as u64).is_ok() {
-        sa.user_ip4 = to_addr;
+    if F::remember(cookie, (to_addr, to_port), (addr, port)) {
+        F::set_addr(sa, to_addr);
         sa.user_port = to_port as u32;
         count(Reason::SockRewrite);
     }
 }
 
-/// recvmsg4 and getpeername4: report the address the application dialled,
+/// recvmsg and getpeername: report the address the application dialled,
 /// not the container behind it.
 #[inline(always)]
-pub fn restore_peer(ctx: &SockAddrContext) {
+pub fn restore_peer<F: SockFamily>(ctx: &SockAddrContext) {
     // SAFETY: the kernel passes a valid bpf_sock_addr.
     let sa = unsafe { &mut *ctx.sock_addr };
     // SAFETY: the helper only reads the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockKey {
-        cookie,
-        addr: sa.user_ip4,
-        port: sa.user_port as u16,
-        _pad: 0,
-    };
-    // SAFETY: read-only copy out of the map value.
-    if let Some(orig) = unsafe { SOCKETS.get(&key) } {
-        sa.user_ip4 = orig.addr;
-        sa.user_port = orig.port as u32;
+    if let Some((addr, port)) = F::recall(cookie, (F::addr(sa), sa.user_port as u16)) {
+        F::set_addr(sa, addr);
+        sa.user_port = port as u32;
     }
 }
 
@@ -103,9 +219,10 @@ const EADDRINUSE: i32 = 98;
 /// 127.0.0.1 in network byte order.
 const LOOPBACK: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 
-/// Whether `addr:port` is published with netbr holding the port.
+/// Whether `addr:port` is published with netbr holding the port, for a
+/// socket of the family whose `MAPPING_*_ONLY` bit is not `other_family`.
 #[inline(always)]
-fn held(proto: u8, addr: u32, port: u16) -> bool {
+fn held(proto: u8, addr: u32, port: u16, other_family: u16) -> bool {
     let key = MappingKey {
         proto,
         _pad: 0,
@@ -113,7 +230,8 @@ fn held(proto: u8, addr: u32, port: u16) -> bool {
         addr,
     };
     // SAFETY: read-only copy out of the map value.
-    unsafe { MAPPINGS.get(&key) }.is_some_and(|t| t.flags & MAPPING_HOLD != 0)
+    unsafe { MAPPINGS.get(&key) }
+        .is_some_and(|t| t.flags & MAPPING_HOLD != 0 && t.flags & other_family == 0)
 }
 
 /// bind4: a host socket may not bind a published host port netbr holds. Without a
@@ -138,12 +256,14 @@ pub fn bind_allowed(ctx: &SockAddrContext) -> bool {
         // Every address: taken if the port is held on any of the usual
         // ones (all addresses, the uplink's, loopback).
         let uplink = CONFIG.get(0).map(|c| c.uplink_addr).unwrap_or(0);
-        held(proto, 0, port) || held(proto, uplink, port) || held(proto, LOOPBACK, port)
+        held(proto, 0, port, MAPPING_IPV6_ONLY)
+            || held(proto, uplink, port, 0)
+            || held(proto, LOOPBACK, port, 0)
     } else {
-        held(proto, addr, port)
+        held(proto, addr, port, 0)
             // SAFETY: read-only lookup.
             || ((is_loopback(addr) || unsafe { LOCAL_ADDRS.get(&addr) }.is_some())
-                && held(proto, 0, port))
+                && held(proto, 0, port, MAPPING_IPV6_ONLY))
     };
     if taken {
         count(Reason::BindRefused);
@@ -151,107 +271,6 @@ pub fn bind_allowed(ctx: &SockAddrContext) -> bool {
         unsafe { bpf_set_retval(-EADDRINUSE) };
     }
     !taken
-}
-
-/// The socket's IPv6 address, a word at a time: the verifier refuses a
-/// context pointer moved by arithmetic ("dereference of modified ctx
-/// ptr"), which a 16-byte copy compiles to; each volatile 4-byte access
-/// stays a load at a constant offset from the context.
-#[inline(always)]
-fn user_ip6(sa: &bpf_sock_addr) -> [u32; 4] {
-    // SAFETY: reads of fields of a valid context.
-    unsafe {
-        [
-            read_volatile(&sa.user_ip6[0]),
-            read_volatile(&sa.user_ip6[1]),
-            read_volatile(&sa.user_ip6[2]),
-            read_volatile(&sa.user_ip6[3]),
-        ]
-    }
-}
-
-#[inline(always)]
-fn set_user_ip6(sa: &mut bpf_sock_addr, addr: [u32; 4]) {
-    // SAFETY: writes of fields of a valid context, as `user_ip6` reads.
-    unsafe {
-        write_volatile(&mut sa.user_ip6[0], addr[0]);
-        write_volatile(&mut sa.user_ip6[1], addr[1]);
-        write_volatile(&mut sa.user_ip6[2], addr[2]);
-        write_volatile(&mut sa.user_ip6[3], addr[3]);
-    }
-}
-
-/// The container address and port an IPv6 destination of the host is
-/// published to: a wildcard mapping (`-p PORT:...` without a host IP) for
-/// `[::1]` or the uplink's IPv6 address, reached at the container's IPv6
-/// address. Docker needs docker-proxy for `[::1]`; here the socket itself
-/// is pointed at the container.
-#[inline(always)]
-fn published6(proto: u8, addr: &[u32; 4], port: u16) -> Option<([u32; 4], u16)> {
-    let net = NET6.get(0)?;
-    if *addr != LOOPBACK6 && !(net.masquerades() && *addr == net.uplink) {
-        return None;
-    }
-    let (to_addr4, to_port) = crate::nat::mapped(proto, 0, port)?;
-    // SAFETY: read-only copy out of the map value.
-    let to_addr = unsafe { ENDPOINTS6.get(&to_addr4) }.copied()?;
-    Some((to_addr, to_port))
-}
-
-/// connect6 and sendmsg6: as `rewrite_destination`, for IPv6 sockets.
-#[inline(always)]
-pub fn rewrite_destination6(ctx: &SockAddrContext) {
-    if !in_attached_netns(ctx) {
-        return;
-    }
-    // SAFETY: the kernel passes a valid bpf_sock_addr.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let proto = sa.protocol as u8;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return;
-    }
-    let (addr, port) = (user_ip6(sa), sa.user_port as u16);
-    let Some((to_addr, to_port)) = published6(proto, &addr, port) else {
-        return;
-    };
-    // SAFETY: the helper only reads the context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockKey6 {
-        cookie,
-        addr: to_addr,
-        port: to_port,
-        _pad: [0; 3],
-    };
-    let orig = SockAddr6 {
-        addr,
-        port,
-        _pad: 0,
-    };
-    if SOCKETS6.insert(&key, &orig, BPF_ANY as u64).is_ok() {
-        set_user_ip6(sa, to_addr);
-        sa.user_port = to_port as u32;
-        count(Reason::SockRewrite);
-    }
-}
-
-/// recvmsg6 and getpeername6: as `restore_peer`, for IPv6 sockets.
-#[inline(always)]
-pub fn restore_peer6(ctx: &SockAddrContext) {
-    // SAFETY: the kernel passes a valid bpf_sock_addr.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    // SAFETY: the helper only reads the context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockKey6 {
-        cookie,
-        addr: user_ip6(sa),
-        port: sa.user_port as u16,
-        _pad: [0; 3],
-    };
-    // SAFETY: read-only copy out of the map value.
-    if let Some(orig) = unsafe { SOCKETS6.get(&key) } {
-        set_user_ip6(sa, orig.addr);
-        sa.user_port = orig.port as u32;
-    }
 }
 
 /// bind6: as `bind_allowed`, for IPv6 sockets: `[::]`, `[::1]` and the
@@ -265,13 +284,13 @@ pub fn bind_allowed6(ctx: &SockAddrContext) -> bool {
     // SAFETY: the kernel passes a valid bpf_sock_addr.
     let sa = unsafe { &*ctx.sock_addr };
     let proto = sa.protocol as u8;
-    let (addr, port) = (user_ip6(sa), sa.user_port as u16);
+    let (addr, port) = (V6::addr(sa), sa.user_port as u16);
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || port == 0 {
         return true;
     }
     let uplink = NET6.get(0).map(|n| n.uplink).unwrap_or([0; 4]);
     let ours = addr == [0; 4] || addr == LOOPBACK6 || (addr == uplink && uplink != [0; 4]);
-    let taken = ours && held(proto, 0, port);
+    let taken = ours && held(proto, 0, port, MAPPING_IPV4_ONLY);
     if taken {
         count(Reason::BindRefused);
         // SAFETY: the helper only sets this hook's return value.

@@ -6,7 +6,7 @@ use netbr_common::{
     conntrack::CtState,
     maps::{
         CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_HOST_NAT, CFG_ICC_DISABLED, CFG_INTERNAL,
-        CFG_ROUTED, CFG_XDP,
+        CFG_ROUTED, CFG_XDP, MAPPING_IPV4_ONLY, MAPPING_IPV6_ONLY,
     },
     pacing::{PACE_EGRESS, PACE_INGRESS},
     proto_name,
@@ -103,7 +103,16 @@ impl Ls {
             .map(|(k, t)| {
                 json!({
                     "proto": proto_name(k.proto),
-                    "host_ip": if k.addr == 0 { "0.0.0.0".to_string() } else { from_be32(k.addr).to_string() },
+                    "host_ip": match (k.addr, t.flags & MAPPING_IPV6_ONLY != 0) {
+                        (0, true) => "::".to_string(),
+                        (0, false) => "0.0.0.0".to_string(),
+                        (addr, _) => from_be32(addr).to_string(),
+                    },
+                    "families": match (k.addr, t.flags & (MAPPING_IPV4_ONLY | MAPPING_IPV6_ONLY)) {
+                        (0, 0) => "both",
+                        (0, MAPPING_IPV6_ONLY) => "ipv6",
+                        _ => "ipv4",
+                    },
                     "host_port": u16::from_be(k.port),
                     "endpoint": name_of(t.addr),
                     "container_ip": from_be32(t.addr).to_string(),

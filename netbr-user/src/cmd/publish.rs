@@ -1,6 +1,6 @@
 use anyhow::{anyhow, Result};
 use clap::Args;
-use netbr_common::{portspec::PortSpec, proto_name};
+use netbr_common::portspec::PortSpec;
 
 use crate::store::Store;
 
@@ -38,12 +38,8 @@ impl Publish {
         let ip = store.endpoint(&self.endpoint)?.ip;
         for p in ports {
             println!(
-                "published {}:{}/{} -> {} {ip}:{}",
-                p.host_ip
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "*".into()),
-                p.host_port,
-                proto_name(p.proto),
+                "published {} -> {} {ip}:{}",
+                p.host_side(),
                 self.endpoint,
                 p.container_port
             );

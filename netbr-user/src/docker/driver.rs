@@ -497,6 +497,7 @@ fn specs(
         };
         out.push(PortSpec {
             host_ip,
+            ipv6_only: false,
             host_ports,
             container_ports: (b.port, b.port),
             proto,

@@ -5,7 +5,10 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use anyhow::{bail, Result};
 use netbr_common::{
     conntrack::NAT_DNAT,
-    maps::{MappingKey, MappingTarget, CFG_INTERNAL, CFG_ROUTED, MAPPING_HOLD},
+    maps::{
+        MappingKey, MappingTarget, CFG_INTERNAL, CFG_ROUTED, MAPPING_HOLD, MAPPING_IPV4_ONLY,
+        MAPPING_IPV6_ONLY,
+    },
     portspec::PortSpec,
     IPPROTO_TCP,
 };
@@ -26,10 +29,15 @@ pub fn mapping_key(p: &Port) -> MappingKey {
 }
 
 fn mapping_target(ip: Ipv4Addr, p: &Port, hold: bool) -> MappingTarget {
+    let family = match (p.host_ip, p.ipv6_only) {
+        (Some(ip), _) if ip.is_unspecified() => MAPPING_IPV4_ONLY,
+        (None, true) => MAPPING_IPV6_ONLY,
+        _ => 0,
+    };
     MappingTarget {
         addr: to_be32(ip),
         port: p.container_port.to_be(),
-        flags: if hold { MAPPING_HOLD } else { 0 },
+        flags: family | if hold { MAPPING_HOLD } else { 0 },
     }
 }
 
@@ -39,6 +47,7 @@ fn spec_ports(s: &PortSpec) -> impl Iterator<Item = Port> + '_ {
     s.pairs().map(move |(h, c)| Port {
         proto: s.proto,
         host_ip: s.host_ip,
+        ipv6_only: s.ipv6_only,
         host_port: h,
         container_port: c,
     })
@@ -53,18 +62,26 @@ fn routed_port(ip: Ipv4Addr, p: &Port) -> Port {
     }
 }
 
-/// Two ports claim the same traffic: same protocol and host port, and the
-/// same address or either of them every address.
+/// Two ports claim the same traffic: same protocol and host port, and one
+/// datapath entry (every address, whatever the families), or one of them
+/// every IPv4 address and the other one of them.
 fn clash(a: &Port, b: &Port) -> bool {
+    let every_ipv4 = |p: &Port| !p.ipv6_only && p.host_ip.is_none_or(|i| i.is_unspecified());
     a.proto == b.proto
         && a.host_port == b.host_port
-        && (a.host_ip == b.host_ip || a.host_ip.is_none() || b.host_ip.is_none())
+        && (mapping_key(a) == mapping_key(b)
+            || (every_ipv4(a) && b.host_ip.is_some())
+            || (every_ipv4(b) && a.host_ip.is_some()))
 }
 
 /// Without a proxy nothing binds the host port, so check by binding: a host
 /// process listening there would otherwise silently lose its traffic.
 fn host_port_free(p: &Port) -> bool {
-    let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let ip: std::net::IpAddr = match (p.host_ip, p.ipv6_only) {
+        (Some(ip), _) => ip.into(),
+        (None, true) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        (None, false) => Ipv4Addr::UNSPECIFIED.into(),
+    };
     if p.proto == IPPROTO_TCP {
         TcpListener::bind((ip, p.host_port)).is_ok()
     } else {
@@ -151,7 +168,7 @@ impl Store {
                 }
                 continue;
             }
-            if let Some(ip) = spec.host_ip {
+            if let Some(ip) = spec.host_ip.filter(|ip| !ip.is_unspecified()) {
                 // The kernel takes all of 127.0.0.0/8 as local (its `local`
                 // route on lo), listed on an interface or not, and so do
                 // Docker and the datapath's host-local hooks.
@@ -281,6 +298,7 @@ mod tests {
     fn port(ip: Option<[u8; 4]>, host_port: u16, proto: u8) -> Port {
         Port {
             proto,
+            ipv6_only: false,
             host_ip: ip.map(Ipv4Addr::from),
             host_port,
             container_port: 80,
@@ -296,6 +314,15 @@ mod tests {
         assert!(!clash(&lo, &up));
         assert!(!clash(&any, &port(None, 8081, IPPROTO_TCP)));
         assert!(!clash(&any, &port(None, 8080, netbr_common::IPPROTO_UDP)));
+        // One datapath entry serves every address, whatever the families;
+        // an IPv6-only port leaves IPv4's addresses free.
+        let v6_only = Port {
+            ipv6_only: true,
+            ..any
+        };
+        let v4_any = port(Some([0, 0, 0, 0]), 8080, IPPROTO_TCP);
+        assert!(clash(&v6_only, &v4_any) && clash(&any, &v4_any) && clash(&v4_any, &lo));
+        assert!(!clash(&v6_only, &lo));
     }
 
     #[test]

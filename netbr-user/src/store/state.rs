@@ -132,19 +132,24 @@ pub struct Limit {
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Port {
     pub proto: u8,
-    /// `None`: every address of the host.
+    /// `None`: every address of the host, of both families; `0.0.0.0`:
+    /// every IPv4 one.
     pub host_ip: Option<Ipv4Addr>,
+    /// `-p [::]:...`: every IPv6 address of the host, no IPv4 one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6_only: bool,
     pub host_port: u16,
     pub container_port: u16,
 }
 
 impl Port {
-    /// `*:8080/tcp` or `127.0.0.1:8443/tcp`.
+    /// `*:8080/tcp`, `[::]:8081/tcp` or `127.0.0.1:8443/tcp`.
     pub fn host_side(&self) -> String {
-        let ip = self
-            .host_ip
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "*".into());
+        let ip = match (self.host_ip, self.ipv6_only) {
+            (Some(i), _) => i.to_string(),
+            (None, true) => "[::]".into(),
+            (None, false) => "*".into(),
+        };
         format!("{ip}:{}/{}", self.host_port, proto_name(self.proto))
     }
 
@@ -280,6 +285,7 @@ mod tests {
                 container_id: "abc".into(),
             },
             ports: vec![Port {
+                ipv6_only: false,
                 proto: IPPROTO_TCP,
                 host_ip: None,
                 host_port: 8080,
