@@ -343,6 +343,10 @@ mod pod {
     unsafe impl aya::Pod for crate::conntrack::CtEntry {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey6 {}
     unsafe impl aya::Pod for crate::conntrack::CtEntry6 {}
+    unsafe impl aya::Pod for crate::net6::Net6 {}
+    unsafe impl aya::Pod for crate::net6::SockKey6 {}
+    unsafe impl aya::Pod for crate::net6::SockAddr6 {}
+    unsafe impl aya::Pod for crate::net6::FragKey6 {}
 }
 
 #[cfg(test)]

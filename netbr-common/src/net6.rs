@@ -57,37 +57,22 @@ pub struct SockAddr6 {
 /// `::1` as a `FlowKey6` holds it.
 pub const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
-/// An IPv6 prefix as two 64-bit halves. Each half holds eight address
-/// bytes in network order, read as a native `u64` (`u64::from_ne_bytes`),
-/// so that masking an address read the same way from a packet needs no
-/// byte swap.
+/// The bridge's IPv6 subnet, gateway and masquerade address. Every
+/// address is held as a `FlowKey6` holds it (four words of network-order
+/// bytes, `words`), so the datapath compares and masks what it reads from
+/// a packet with no conversion.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Net6 {
-    pub net: [u64; 2],
-    pub mask: [u64; 2],
-    /// The gateway's address as on the wire.
-    pub gateway: [u8; 16],
-    /// The uplink's global address containers' IPv6 is masqueraded to, as
-    /// a `FlowKey6` holds addresses; all zeros: the uplink has none, and
-    /// nothing is masqueraded.
+    pub net: [u32; 4],
+    pub mask: [u32; 4],
+    pub gateway: [u32; 4],
+    /// The uplink's global address containers' IPv6 is masqueraded to; all
+    /// zeros: the uplink has none, and nothing is masqueraded.
     pub uplink: [u32; 4],
     /// Prefix length; 0: the bridge has no IPv6 subnet.
     pub prefix: u32,
     pub _pad: u32,
-}
-
-/// `addr` (network order, as on the wire) as [`Net6`]'s two halves.
-pub const fn halves(addr: &[u8; 16]) -> [u64; 2] {
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    let mut i = 0;
-    while i < 8 {
-        lo[i] = addr[i];
-        hi[i] = addr[i + 8];
-        i += 1;
-    }
-    [u64::from_ne_bytes(lo), u64::from_ne_bytes(hi)]
 }
 
 /// An address as on the wire in the four words a `FlowKey6` holds.
@@ -121,14 +106,9 @@ pub const fn bytes(words: &[u32; 4]) -> [u8; 16] {
     out
 }
 
-/// The halves [`Net6::contains`] takes, from a `FlowKey6` address.
-pub const fn halves_of_words(w: &[u32; 4]) -> [u64; 2] {
-    halves(&bytes(w))
-}
-
 impl Net6 {
     /// The network `addr/prefix` (host bits of `addr` cleared), with
-    /// `gateway`.
+    /// `gateway` and the masquerade address `uplink` (all zeros: none).
     pub const fn new(addr: &[u8; 16], prefix: u8, gateway: &[u8; 16], uplink: &[u8; 16]) -> Self {
         let mut mask = [0u8; 16];
         let mut i = 0;
@@ -143,12 +123,17 @@ impl Net6 {
             };
             i += 1;
         }
-        let mask = halves(&mask);
-        let a = halves(addr);
+        let mask = words(&mask);
+        let a = words(addr);
         Self {
-            net: [a[0] & mask[0], a[1] & mask[1]],
+            net: [
+                a[0] & mask[0],
+                a[1] & mask[1],
+                a[2] & mask[2],
+                a[3] & mask[3],
+            ],
             mask,
-            gateway: *gateway,
+            gateway: words(gateway),
             uplink: words(uplink),
             prefix: prefix as u32,
             _pad: 0,
@@ -156,11 +141,8 @@ impl Net6 {
     }
 
     /// The network's address as on the wire.
-    pub fn network(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.net[0].to_ne_bytes());
-        out[8..].copy_from_slice(&self.net[1].to_ne_bytes());
-        out
+    pub const fn network(&self) -> [u8; 16] {
+        bytes(&self.net)
     }
 
     pub const fn configured(&self) -> bool {
@@ -173,22 +155,14 @@ impl Net6 {
         self.uplink[0] | self.uplink[1] | self.uplink[2] | self.uplink[3] != 0
     }
 
-    /// Whether `addr` (the halves of an address as on the wire) lies in
-    /// the subnet. Never true of an unconfigured one.
-    pub const fn contains(&self, addr: [u64; 2]) -> bool {
+    /// Whether `addr` lies in the subnet. Never true of an unconfigured one.
+    pub const fn contains(&self, addr: &[u32; 4]) -> bool {
         self.configured()
             && addr[0] & self.mask[0] == self.net[0]
             && addr[1] & self.mask[1] == self.net[1]
+            && addr[2] & self.mask[2] == self.net[2]
+            && addr[3] & self.mask[3] == self.net[3]
     }
-}
-
-#[cfg(feature = "user")]
-mod pod {
-    // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
-    unsafe impl aya::Pod for super::Net6 {}
-    unsafe impl aya::Pod for super::SockKey6 {}
-    unsafe impl aya::Pod for super::SockAddr6 {}
-    unsafe impl aya::Pod for super::FragKey6 {}
 }
 
 #[cfg(test)]
@@ -214,24 +188,20 @@ mod tests {
         assert_eq!(bytes(&LOOPBACK6), v6("::1"));
         assert!(net.masquerades());
         assert_eq!(bytes(&net.uplink), v6("2001:db8::1"));
-        assert_eq!(
-            halves_of_words(&words(&v6("fd00:30::2"))),
-            halves(&v6("fd00:30::2"))
-        );
-        assert!(net.contains(halves(&v6("fd00:30::2"))));
+        assert!(net.contains(&words(&v6("fd00:30::2"))));
         assert_eq!(net.network(), v6("fd00:30::"));
-        assert!(net.contains(halves(&v6("fd00:30::ffff:1:2:3"))));
-        assert!(!net.contains(halves(&v6("fd00:31::2"))));
-        assert!(!net.contains(halves(&v6("fe80::1"))));
+        assert!(net.contains(&words(&v6("fd00:30::ffff:1:2:3"))));
+        assert!(!net.contains(&words(&v6("fd00:31::2"))));
+        assert!(!net.contains(&words(&v6("fe80::1"))));
         let none = [0; 16];
         let odd = Net6::new(&v6("2001:db8:ab80::"), 41, &v6("2001:db8:ab80::1"), &none);
         assert!(!odd.masquerades());
-        assert!(odd.contains(halves(&v6("2001:db8:ab80::9"))));
-        assert!(odd.contains(halves(&v6("2001:db8:abff::9"))));
-        assert!(!odd.contains(halves(&v6("2001:db8:ab00::9"))));
+        assert!(odd.contains(&words(&v6("2001:db8:ab80::9"))));
+        assert!(odd.contains(&words(&v6("2001:db8:abff::9"))));
+        assert!(!odd.contains(&words(&v6("2001:db8:ab00::9"))));
         let wide = Net6::new(&v6("fd00:30::"), 120, &v6("fd00:30::1"), &none);
-        assert!(wide.contains(halves(&v6("fd00:30::ff"))));
-        assert!(!wide.contains(halves(&v6("fd00:30::100"))));
-        assert!(!Net6::default().contains(halves(&v6("::"))));
+        assert!(wide.contains(&words(&v6("fd00:30::ff"))));
+        assert!(!wide.contains(&words(&v6("fd00:30::100"))));
+        assert!(!Net6::default().contains(&words(&v6("::"))));
     }
 }

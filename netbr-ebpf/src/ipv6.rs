@@ -24,7 +24,7 @@ use netbr_common::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
         HOOK_UPLINK_INGRESS, MAPPING_IPV4_ONLY,
     },
-    net6::{halves_of_words, words, FragKey6, Net6},
+    net6::{FragKey6, Net6},
     snat::{may_keep_port, snat_candidate},
     IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -160,7 +160,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason
             r => r,
         };
     }
-    if !net.contains(halves_of_words(&daddr)) {
+    if !net.contains(&daddr) {
         return Reason::PassIpv6;
     }
     if mode(cfg, CFG_INTERNAL) {
@@ -192,7 +192,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason 
     ) else {
         return Reason::DropTruncated;
     };
-    if !net.contains(halves_of_words(&saddr)) || net.contains(halves_of_words(&daddr)) {
+    if !net.contains(&saddr) || net.contains(&daddr) {
         return Reason::PassIpv6;
     }
     let tracked = translate_tracked(ctx, cfg, hook);
@@ -245,7 +245,7 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
     let Some(target) = (unsafe { ENDPOINTS6.get(&addr) }).copied() else {
         return Reason::PassIpv6;
     };
-    let gateway = words(&net.gateway);
+    let gateway = net.gateway;
     let opened = open_flow(cfg, net, nat, |xlat| {
         xlat.daddr = target;
         xlat.dport = port;
@@ -277,7 +277,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason
         return Reason::DropTruncated;
     };
     let to_uplink = daddr == net.uplink;
-    if !to_uplink && daddr != words(&net.gateway) {
+    if !to_uplink && daddr != net.gateway {
         return Reason::PassIpv6;
     }
     match translate_tracked(ctx, cfg, hook) {

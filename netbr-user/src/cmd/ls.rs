@@ -144,7 +144,7 @@ impl Ls {
                     Ipv6Addr::from(net6.network()),
                     net6.prefix
                 )),
-                Some(Ipv6Addr::from(net6.gateway).to_string()),
+                Some(Ipv6Addr::from(netbr_common::net6::bytes(&net6.gateway)).to_string()),
             )
         } else {
             (None, None)

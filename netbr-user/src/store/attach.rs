@@ -223,13 +223,11 @@ impl Store {
         if !subnet.is_host(gateway) {
             bail!("gateway {gateway} is not a host address of {subnet}");
         }
-        let net6 = self.ipv6_network(req, &nl, uplink.index).await?;
+        let uplink_addrs6 = nl.addrs6(uplink.index).await?;
+        let net6 = self.ipv6_network(req, &uplink_addrs6)?;
         // Containers' IPv6 is masqueraded to the uplink's first global
         // address; without one it is only routed (`--allow-direct-routing`).
-        let uplink6 = match net6 {
-            Some(_) => nl.addrs6(uplink.index).await?.first().map(|(a, _)| *a),
-            None => None,
-        };
+        let uplink6 = net6.and(uplink_addrs6.first().map(|(a, _)| *a));
         if bridge_name == req.uplink {
             bail!("the bridge and the uplink must be different interfaces");
         }
@@ -476,11 +474,10 @@ impl Store {
     /// The IPv6 subnet and gateway the bridge is to have: the request's,
     /// else (a re-attach that names none) the ones it was attached with.
     /// A re-attach may not change them, as it may not change IPv4's.
-    async fn ipv6_network(
+    fn ipv6_network(
         &self,
         req: &AttachRequest,
-        nl: &Netlink,
-        uplink_index: u32,
+        uplink_addrs6: &[(Ipv6Addr, u8)],
     ) -> Result<Option<(Cidr6, Ipv6Addr)>> {
         let attached = self.state.network.as_ref().and_then(|n| {
             let subnet: Cidr6 = n.subnet6.as_deref()?.parse().ok()?;
@@ -508,7 +505,7 @@ impl Store {
                 );
             }
         }
-        for (addr, prefix) in nl.addrs6(uplink_index).await? {
+        for &(addr, prefix) in uplink_addrs6 {
             let net = Cidr6 { addr, prefix };
             if net.overlaps(&subnet) {
                 bail!(
