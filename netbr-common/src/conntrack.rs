@@ -41,15 +41,16 @@ pub type FlowKey = FlowKeyOf<u32>;
 pub type FlowKey6 = FlowKeyOf<[u32; 4]>;
 
 impl<A: Copy> FlowKeyOf<A> {
+    /// The tuple of a packet travelling the other way. Built from a copy of
+    /// `self`, whose padding is zero, rather than as a literal: LLVM's BPF
+    /// backend makes a literal's three zero padding bytes a memset call.
     pub const fn reversed(&self) -> Self {
-        Self {
-            saddr: self.daddr,
-            daddr: self.saddr,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        let mut r = *self;
+        r.saddr = self.daddr;
+        r.daddr = self.saddr;
+        r.sport = self.dport;
+        r.dport = self.sport;
+        r
     }
 }
 

@@ -457,12 +457,12 @@ pub fn reply_entry<A: Family>(
     e.xlat = orig.reversed();
     e.created_ns = now;
     e.last_seen_ns = now;
-    e.packets = 0;
-    e.bytes = 0;
+    crate::zeroing::zero(&mut e.packets);
+    crate::zeroing::zero(&mut e.bytes);
     e.dir = DIR_REPLY;
     e.state = state as u8;
     e.nat = nat;
-    e._pad = [0; 5];
+    crate::zeroing::zero_pad(&mut e._pad);
     Ok(e)
 }
 

@@ -108,14 +108,21 @@ pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
         return Reason::PassIpv6;
     };
     // SAFETY: per-CPU map value, used by this packet only.
-    unsafe { (*pkt).parsed = 0 };
-    let reason = match hook {
-        HOOK_UPLINK_INGRESS => uplink_ingress(ctx, cfg, net, hook),
-        HOOK_UPLINK_EGRESS => uplink_egress(ctx, cfg, net, hook),
-        _ => bridge_ingress(ctx, cfg, net, hook),
+    let pkt = unsafe { &mut *pkt };
+    pkt.parsed = 0;
+    // Each address is read once (an unaligned 16-byte read is some forty
+    // instructions): the destination here, which every hook picks its path
+    // by; the source by uplink egress, which needs it for that, or else by
+    // `parse`. Both stay in `pkt.key`.
+    let Ok(daddr) = load(ctx, IP6_DADDR) else {
+        return Reason::DropTruncated;
     };
-    // SAFETY: as above.
-    let pkt = unsafe { &*pkt };
+    pkt.key.daddr = daddr;
+    let reason = match hook {
+        HOOK_UPLINK_INGRESS => uplink_ingress(ctx, cfg, net, hook, &daddr),
+        HOOK_UPLINK_EGRESS => uplink_egress(ctx, cfg, net, hook, &daddr),
+        _ => bridge_ingress(ctx, cfg, net, hook, &daddr),
+    };
     if pkt.parsed != 0 && pkt.frag == FRAG_FIRST {
         let translated = matches!(
             reason,
@@ -144,14 +151,11 @@ fn frag_key(pkt: &Packet6, hook: u8) -> FragKey6 {
 }
 
 #[inline(always)]
-fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
-    let Ok(daddr) = skb::read::<[u32; 4]>(ctx, IP6_DADDR) else {
-        return Reason::DropTruncated;
-    };
+fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u32; 4]) -> Reason {
     // The reply of a masquerade flow goes back to its container, a new
     // connection to a published port to its target; anything else to the
     // uplink's address is the host's.
-    if net.masquerades() && daddr == net.uplink {
+    if net.masquerades() && *daddr == net.uplink {
         if is_icmp_error(ctx) {
             return translate_error(ctx, cfg);
         }
@@ -160,7 +164,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason
             r => r,
         };
     }
-    if !net.contains(&daddr) {
+    if !net.contains(daddr) {
         return Reason::PassIpv6;
     }
     if mode(cfg, CFG_INTERNAL) {
@@ -182,19 +186,21 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason
 /// own traffic, and a container's to another of the host's links, leave
 /// untranslated.
 #[inline(always)]
-fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
+fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u32; 4]) -> Reason {
     if !net.masquerades() || mode(cfg, CFG_ROUTED) || mode(cfg, CFG_INTERNAL) {
         return Reason::PassIpv6;
     }
-    let (Ok(saddr), Ok(daddr)) = (
-        skb::read::<[u32; 4]>(ctx, IP6_SADDR),
-        skb::read::<[u32; 4]>(ctx, IP6_DADDR),
-    ) else {
+    let Ok(saddr) = load(ctx, IP6_SADDR) else {
         return Reason::DropTruncated;
     };
-    if !net.contains(&saddr) || net.contains(&daddr) {
+    if !net.contains(&saddr) || net.contains(daddr) {
         return Reason::PassIpv6;
     }
+    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+        return Reason::DropRewrite;
+    };
+    // SAFETY: per-CPU map value, used by this packet only.
+    unsafe { (*pkt).key.saddr = saddr };
     let tracked = translate_tracked(ctx, cfg, hook);
     if tracked != NOT_TRACKED {
         return tracked;
@@ -269,15 +275,12 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
 /// through the host stack to the other container; anything else is left
 /// to the stack as it is.
 #[inline(always)]
-fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
+fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u32; 4]) -> Reason {
     if !net.masquerades() {
         return Reason::PassIpv6;
     }
-    let Ok(daddr) = skb::read::<[u32; 4]>(ctx, IP6_DADDR) else {
-        return Reason::DropTruncated;
-    };
-    let to_uplink = daddr == net.uplink;
-    if !to_uplink && daddr != net.gateway {
+    let to_uplink = *daddr == net.uplink;
+    if !to_uplink && *daddr != net.gateway {
         return Reason::PassIpv6;
     }
     match translate_tracked(ctx, cfg, hook) {
@@ -384,7 +387,7 @@ fn translate_error(ctx: &TcContext, cfg: &Config) -> Reason {
     pkt.key.saddr = daddr;
     pkt.key.daddr = saddr;
     pkt.key.proto = proto;
-    pkt.key._pad = [0; 3];
+    crate::zeroing::clear_pad(&mut pkt.key);
     // Where the quoted packet's source port (or echo identifier) sits.
     let sport_off = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
@@ -517,17 +520,19 @@ const L4_LAST: usize = 0x1ff - 20;
 /// Parses a TCP, UDP or ICMPv6 echo packet, walking the extension headers
 /// before its transport header, into per-CPU room. A later fragment's
 /// ports come from its first fragment, as this hook saw it
-/// (`frag::recall_in`). `Err(PassIpv6)` for anything else.
+/// (`frag::recall_in`). `Err(PassIpv6)` for anything else. The destination
+/// is the one `run` read, and on uplink egress the source too.
 #[inline(always)]
 fn parse(ctx: &TcContext, hook: u8) -> Result<&'static mut Packet6, Reason> {
     let pkt = PACKET6.get_ptr_mut(0).ok_or(Reason::DropRewrite)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
+    if hook != HOOK_UPLINK_EGRESS {
+        pkt.key.saddr = load(ctx, IP6_SADDR)?;
+    }
     let payload_len: u16 = load(ctx, IP6_PAYLOAD_LEN)?;
     let mut next: u8 = load(ctx, IP6_NEXT_HEADER)?;
-    pkt.key.saddr = load(ctx, IP6_SADDR)?;
-    pkt.key.daddr = load(ctx, IP6_DADDR)?;
-    pkt.key._pad = [0; 3];
+    crate::zeroing::clear_pad(&mut pkt.key);
     pkt.len = IP6_HEADER + u16::from_be(payload_len) as u32;
     pkt.tcp_flags = 0;
     pkt.csum_flags = 0;

@@ -29,6 +29,7 @@ mod skb;
 mod sockaddr;
 mod uplink_ports;
 mod xdp;
+mod zeroing;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},

@@ -6,6 +6,8 @@
 use aya_ebpf::programs::TcContext;
 use netbr_common::{conntrack::FlowKey, counters::Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
+use crate::zeroing::{tuple, zero};
+
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 /// IPv4 header field offsets from the start of the frame (RFC 791).
@@ -161,28 +163,21 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     let l4 = ETH_LEN + ihl;
     let l4_len = tot_len - ihl;
 
-    *pkt = Packet {
-        key: FlowKey {
-            saddr,
-            daddr,
-            sport: 0,
-            dport: 0,
-            proto,
-            _pad: [0; 3],
-        },
-        sport_off: l4,
-        dport_off: l4 + 2,
-        csum_off: 0,
-        csum_pseudo: true,
-        csum_flags: 0,
-        tcp_flags: 0,
-        len: tot_len as u32,
-        inner_ip: 0,
-        outer_saddr: saddr,
-        outer_daddr: daddr,
-        frag,
-        ip_id,
-    };
+    // Every field, one by one rather than as a literal, whose zeros LLVM
+    // would merge into a memset call (`zeroing`).
+    pkt.key = tuple(saddr, daddr, 0, 0, proto);
+    pkt.sport_off = l4;
+    pkt.dport_off = l4 + 2;
+    pkt.csum_pseudo = true;
+    pkt.len = tot_len as u32;
+    pkt.outer_saddr = saddr;
+    pkt.outer_daddr = daddr;
+    pkt.frag = frag;
+    pkt.ip_id = ip_id;
+    zero(&mut pkt.csum_off);
+    zero(&mut pkt.csum_flags);
+    zero(&mut pkt.tcp_flags);
+    zero(&mut pkt.inner_ip);
     if frag == FRAG_LATER {
         // Only TCP and UDP datagrams are followed; their ports are filled in
         // from the first fragment (`frag::recall`).
@@ -283,14 +278,7 @@ fn parse_icmp_error(
     };
     // The key is the quoted tuple reversed; the offsets stay the quoted
     // packet's own, so a rewrite swaps them back (see `rewrite::icmp_error`).
-    pkt.key = FlowKey {
-        saddr: daddr,
-        daddr: saddr,
-        sport: dport,
-        dport: sport,
-        proto,
-        _pad: [0; 3],
-    };
+    pkt.key = tuple(daddr, saddr, dport, sport, proto);
     pkt.sport_off = sport_off;
     pkt.dport_off = dport_off;
     pkt.inner_ip = inner;

@@ -17,7 +17,6 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use netbr_common::{
-    conntrack::FlowKey,
     counters::Reason,
     maps::{Config, EP_PACED_INGRESS, FAST_XDP},
     IPPROTO_TCP, IPPROTO_UDP,
@@ -58,7 +57,7 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     }
     let ip = at(ctx, ETH_LEN, IP_LEN)? as *mut Ipv4Fixed;
     // SAFETY: as above.
-    let ipv = unsafe { ip.read_unaligned() };
+    let ipv: Ipv4Fixed = unsafe { crate::skb::load_unaligned(ip as *const u8) };
     // No options, no fragment of any kind, a TTL that survives this hop.
     if ipv.vihl != 0x45 || u16::from_be(ipv.frag) & 0x3fff != 0 || ipv.ttl <= 1 {
         return None;
@@ -73,17 +72,20 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     if (u16::from_be(ipv.tot_len) as usize) < IP_LEN + min {
         return None;
     }
-    // SAFETY: `at` checked `min` bytes, which cover ports, flags, checksum.
-    let (sport, dport, flags) = unsafe {
+    // SAFETY: `at` checked `min` bytes, which cover ports and checksum.
+    let (sport, dport) = unsafe {
         (
             (l4 as *const u16).read_unaligned(),
             (l4.add(2) as *const u16).read_unaligned(),
-            if ipv.proto == IPPROTO_TCP {
-                *l4.add(TCP_FLAGS)
-            } else {
-                0
-            },
         )
+    };
+    // TCP's flags get a bounds check of their own: the verifier need not
+    // tie `min` to the protocol it was chosen by.
+    let flags = if ipv.proto == IPPROTO_TCP {
+        // SAFETY: `at` checked the byte.
+        unsafe { *at(ctx, l4_off + TCP_FLAGS, 1)? }
+    } else {
+        0
     };
     if flags & TCP_SYN_FIN_RST != 0 {
         return None;
@@ -93,14 +95,7 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
     if !cfg.in_subnet(ipv.daddr) && !uplink_ports::may_be_ours(ipv.proto, dport) {
         return None;
     }
-    let key = FlowKey {
-        saddr: ipv.saddr,
-        daddr: ipv.daddr,
-        sport,
-        dport,
-        proto: ipv.proto,
-        _pad: [0; 3],
-    };
+    let key = crate::zeroing::tuple(ipv.saddr, ipv.daddr, sport, dport, ipv.proto);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = conntrack::lookup_assured(&key, cfg, now)?;
@@ -167,8 +162,8 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
                 l4_sum
             });
         }
-        (eth as *mut [u8; 6]).write_unaligned(mac);
-        (eth.add(6) as *mut [u8; 6]).write_unaligned(cfg.bridge_mac);
+        crate::skb::store_unaligned(eth, &mac);
+        crate::skb::store_unaligned(eth.add(6), &cfg.bridge_mac);
     }
     count(Reason::Translated);
     count_fast(FAST_XDP);
