@@ -53,12 +53,11 @@ pub fn remember_in<K, A>(
     tuple: &FlowKeyOf<A>,
     translated: bool,
 ) {
-    let val = FragVal {
+    let val = crate::zeroing::padded!(FragVal {
         sport: tuple.sport,
         dport: tuple.dport,
         translated: translated as u8,
-        _pad: [0; 3],
-    };
+    });
     let _ = map.insert(key, &val, BPF_ANY as u64);
 }
 

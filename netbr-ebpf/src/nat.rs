@@ -28,6 +28,7 @@ use crate::{
     parse::Packet,
     port_search::PortSearch,
     uplink_ports,
+    zeroing::zero,
 };
 
 /// The target of mapping `(proto, addr, port)` (network byte order; `addr`
@@ -384,23 +385,17 @@ fn new_source_flow(
     let search = SEARCH.get_ptr_mut(0).ok_or(Reason::DropCtInsert)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let search = unsafe { &mut *search };
-    *search = PortSearch {
-        xlat,
-        // SAFETY: the helper has no preconditions.
-        seed: unsafe { bpf_get_prandom_u32() },
-        own_port: u16::from_be(pkt.key.sport),
-        found: 0,
-        next: 0,
-        attempt: 0,
-        keep_own: u16::from(nat == NAT_HOST),
-        check_sockets: u16::from(nat != NAT_HOST),
-        tuple: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-            saddr: 0,
-            daddr: 0,
-            sport: 0,
-            dport: 0,
-        },
-    };
+    // Field by field: a literal's zero fields become a memset call
+    // (`zeroing`). `tuple` is written by each socket check before it is read.
+    search.xlat = xlat;
+    // SAFETY: the helper has no preconditions.
+    search.seed = unsafe { bpf_get_prandom_u32() };
+    search.own_port = u16::from_be(pkt.key.sport);
+    search.keep_own = u16::from(nat == NAT_HOST);
+    search.check_sockets = u16::from(nat != NAT_HOST);
+    zero(&mut search.found);
+    zero(&mut search.next);
+    zero(&mut search.attempt);
     let mut skb = ctx.skb.skb;
     // SAFETY: the callback follows bpf_loop's contract; its context is the
     // context pointer's copy on our stack, alive across the call.

@@ -57,11 +57,10 @@ pub fn run(ctx: &TcContext, dir: u8) -> i32 {
     let Ok(addr) = crate::skb::read::<u32>(ctx, at) else {
         return TC_ACT_UNSPEC;
     };
-    let key = PaceKey {
-        addr,
-        dir,
-        _pad: [0; 3],
-    };
+    let key = crate::zeroing::padded!(PaceKey {
+        addr: addr,
+        dir: dir,
+    });
     let Some(pace) = PACING.get_ptr_mut(&key) else {
         return TC_ACT_UNSPEC;
     };

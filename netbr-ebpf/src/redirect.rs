@@ -92,7 +92,7 @@ pub fn uplink_next_hop(ctx: &TcContext, xlat: &FlowKey, len: u32, cfg: &Config) 
     // SAFETY: per-CPU map value, used by this packet only.
     let p = unsafe { &mut *p };
     // SAFETY: all-zero is a valid bpf_fib_lookup.
-    *p = unsafe { core::mem::zeroed() };
+    unsafe { crate::zeroing::zero_all(p) };
     p.family = AF_INET;
     p.l4_protocol = xlat.proto;
     p.__bindgen_anon_1.tot_len = len as u16;
