@@ -794,7 +794,7 @@ fn an_icmpv6_error_about_a_masqueraded_packet_reaches_its_container_translated()
 }
 
 #[test]
-fn a_published_port_answers_on_the_uplinks_ipv6_address_hairpin_included_unless_firewall_rules_exist(
+fn a_published_port_answers_on_the_uplinks_ipv6_address_hairpin_included_but_not_to_link_local_sources_nor_under_firewall_rules(
 ) {
     use std::net::Ipv6Addr;
     let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
@@ -837,10 +837,13 @@ fn a_published_port_answers_on_the_uplinks_ipv6_address_hairpin_included_unless_
         (uplink, client6, 8080, 5555)
     );
     assert_eq!(h.counter(Reason::HairpinNew), 1);
-    // An unpublished port is the host's; with firewall rules (IPv4
-    // blocks) the port does not open to IPv6 clients at all.
+    // An unpublished port is the host's, and so is a published one from a
+    // link-local source (Docker 28 excludes them); with firewall rules
+    // (IPv4 blocks) the port does not open to IPv6 clients at all.
     let other = ipv6_checked(lan, uplink, TCP, &tcp_header(40001, 9999, SYN));
     h.assert_passes_untouched(UP_IN, &other, "an unpublished port");
+    let link_local = ipv6_checked(v6("fe80::2"), uplink, TCP, &tcp_header(40003, 8080, SYN));
+    h.assert_passes_untouched(UP_IN, &link_local, "a link-local source");
     let mut cfg = h.dp.config().expect("config");
     cfg.firewall_entries = 1;
     h.dp.set_config(&cfg).expect("config");

@@ -243,6 +243,11 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
     if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
         return Reason::PassIpv6;
     }
+    // A link-local source is never translated (as Docker 28 excludes
+    // fe80::/10): its replies could not be routed off its link.
+    if is_link_local(&pkt.key.saddr) {
+        return Reason::PassIpv6;
+    }
     let Some((addr, port)) = crate::nat::mapped(pkt.key.proto, 0, pkt.key.dport, MAPPING_IPV4_ONLY)
     else {
         return Reason::PassIpv6;
@@ -492,6 +497,12 @@ fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
 #[inline(never)]
 fn claim(pkt: &Packet6, reply: &CtEntry6, cfg: &Config, now: u64) -> bool {
     conntrack::claim_reply(&pkt.reply_key, reply, cfg, now)
+}
+
+/// Whether `addr` (as a tuple holds it) is in fe80::/10.
+#[inline(always)]
+fn is_link_local(addr: &[u32; 4]) -> bool {
+    u32::from_be(addr[0]) & 0xffc0_0000 == 0xfe80_0000
 }
 
 #[inline(always)]
