@@ -199,22 +199,43 @@ fn dual_stack_containers_talk_over_ipv6_reach_the_lan_masqueraded_and_outsiders_
         pings.iter().all(|p| p.status.success()),
         "both containers ping one peer"
     );
-    let flows: serde_json::Value = serde_json::from_str(
-        &sb.netbr_ok(&["conntrack", "list", "--json"])
-            .expect("conntrack"),
-    )
-    .expect("json");
-    let masqueraded = flows
-        .as_array()
-        .expect("flows")
-        .iter()
-        .filter(|f| f["original"]["src"] == container6(1).to_string())
-        .filter(|f| f["translated"]["src"] == UPLINK6 && f["nat"] == "snat")
-        .count();
+    let flows = || -> serde_json::Value {
+        serde_json::from_str(
+            &sb.netbr_ok(&["conntrack", "list", "--json"])
+                .expect("conntrack"),
+        )
+        .expect("json")
+    };
+    let masqueraded_from = |flows: &serde_json::Value, n: u32| {
+        flows
+            .as_array()
+            .expect("flows")
+            .iter()
+            .filter(|f| f["original"]["src"] == container6(n).to_string())
+            .filter(|f| f["translated"]["src"] == UPLINK6 && f["nat"] == "snat")
+            .count()
+    };
+    let before = flows();
     assert!(
-        masqueraded >= 3,
-        "TCP, UDP and ping of c1 tracked: {flows:#}"
+        masqueraded_from(&before, 1) >= 3,
+        "TCP, UDP and ping of c1 tracked: {before:#}"
     );
+    // `conntrack flush --from` takes an IPv6 block: c1's flows go, c2's stay.
+    sb.netbr_ok(&[
+        "conntrack",
+        "flush",
+        "--from",
+        &format!("{}/128", container6(1)),
+    ])
+    .expect("flush by IPv6 source");
+    let after = flows();
+    assert_eq!(masqueraded_from(&after, 1), 0, "{after:#}");
+    assert_eq!(
+        masqueraded_from(&after, 2),
+        masqueraded_from(&before, 2),
+        "{after:#}"
+    );
+    assert!(masqueraded_from(&after, 2) >= 3);
     assert!(counter(&sb, "snat_new") >= 6);
 
     // A port published without a host IP answers on the uplink's IPv6
@@ -358,8 +379,8 @@ fn ipv6_addresses_are_chosen_checked_and_kept_with_their_flows_across_reattach()
             "cannot be published on one IPv6 address yet",
         ),
         (
-            vec!["conntrack", "flush", "--from", "fd00:30::/64"],
-            "is IPv6",
+            vec!["conntrack", "flush", "--from", "fd00:30::/129"],
+            "no prefix length from 0 to 128",
         ),
     ] {
         let o = sb.netbr(&cmd).expect("netbr");

@@ -261,6 +261,59 @@ impl AnyCidr {
     }
 }
 
+/// An address or block of either family that selects addresses, as
+/// `conntrack flush --from` takes it: `192.0.2.7`, `192.0.2.0/24`,
+/// `2001:db8::/64`. Any prefix length is accepted, /0 included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrBlock {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl AddrBlock {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_bits::<32>(u32::from(net).into(), u32::from(ip).into(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_bits::<128>(u128::from(net), u128::from(ip), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `prefix` of the `BITS` low bits of `a` and `b` agree.
+fn prefix_bits<const BITS: u32>(a: u128, b: u128, prefix: u8) -> bool {
+    let prefix = u32::from(prefix);
+    prefix == 0 || (a ^ b) >> (BITS - prefix) == 0
+}
+
+impl FromStr for AddrBlock {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = a.parse().map_err(|_| {
+            anyhow!("{s:?} is not an address or CIDR block like 192.0.2.0/24 or 2001:db8::/64")
+        })?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| anyhow!("{s:?} has no prefix length from 0 to {max}"))?,
+        };
+        Ok(Self { net, prefix })
+    }
+}
+
 /// An inclusive port range, `MIN-MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange(pub u16, pub u16);
@@ -345,5 +398,31 @@ mod tests {
         let ip = Ipv4Addr::new(192, 0, 2, 1);
         assert_eq!(to_be32(ip).to_ne_bytes(), [192, 0, 2, 1]);
         assert_eq!(from_be32(to_be32(ip)), ip);
+    }
+
+    #[test]
+    fn address_blocks_of_either_family_select_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let block = |s: &str| s.parse::<AddrBlock>().unwrap();
+        assert!(block("192.0.2.0/24").contains(ip("192.0.2.200")));
+        assert!(!block("192.0.2.0/24").contains(ip("192.0.3.1")));
+        assert!(block("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!block("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(block("0.0.0.0/0").contains(ip("198.51.100.1")));
+        assert!(block("2001:db8::/64").contains(ip("2001:db8::9")));
+        assert!(!block("2001:db8::/64").contains(ip("2001:db8:0:1::9")));
+        assert!(block("fd00:30::2").contains(ip("fd00:30::2")));
+        // A block never selects the other family's addresses.
+        assert!(!block("::/0").contains(ip("192.0.2.1")));
+        assert!(!block("0.0.0.0/0").contains(ip("2001:db8::1")));
+        for bad in [
+            "192.0.2.0/33",
+            "2001:db8::/129",
+            "x",
+            "192.0.2/24",
+            "10.0.0.0/",
+        ] {
+            assert!(bad.parse::<AddrBlock>().is_err(), "{bad}");
+        }
     }
 }

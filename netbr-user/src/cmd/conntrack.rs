@@ -9,7 +9,7 @@ use netbr_common::{
 use serde_json::json;
 
 use crate::{
-    addr::{monotonic_ns, Cidr, TupleAddr},
+    addr::{monotonic_ns, AddrBlock, TupleAddr},
     store::{Store, View},
 };
 
@@ -26,9 +26,10 @@ pub enum ConntrackCmd {
 pub struct FlushArgs {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
-    /// Only flows whose original source is in this address or CIDR block.
-    #[arg(long, value_parser = crate::store::firewall::parse_cidr)]
-    pub from: Option<(std::net::Ipv4Addr, u8)>,
+    /// Only flows whose original source is in this address or CIDR block,
+    /// of either family.
+    #[arg(long)]
+    pub from: Option<AddrBlock>,
     /// Only flows with this port in their original or translated tuple.
     #[arg(long)]
     pub port: Option<u16>,
@@ -38,10 +39,7 @@ impl FlushArgs {
     fn matches<A: TupleAddr>(&self, k: &FlowKeyOf<A>, x: &FlowKeyOf<A>) -> bool {
         let ports = [k.sport, k.dport, x.sport, x.dport].map(u16::from_be);
         self.port.is_none_or(|p| ports.contains(&p))
-            && self.from.is_none_or(|(net, len)| match k.saddr.ip() {
-                IpAddr::V4(ip) => Cidr::new(net, len).contains(ip),
-                IpAddr::V6(_) => false,
-            })
+            && self.from.is_none_or(|block| block.contains(k.saddr.ip()))
     }
 }
 

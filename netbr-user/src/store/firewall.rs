@@ -44,7 +44,7 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
     };
     if addr.parse::<std::net::Ipv6Addr>().is_ok() {
         anyhow::bail!(
-            "{s:?} is IPv6, and netbr tracks and filters only IPv4 flows so far (it routes IPv6 untranslated): give an IPv4 address or block"
+            "{s:?} is IPv6, and netbr firewall rules are IPv4 only so far (while rules exist, published ports do not open to IPv6): give an IPv4 address or block"
         );
     }
     let len = len.ok_or_else(|| anyhow!("{s:?} has no prefix length from 0 to 32"))?;
