@@ -375,8 +375,12 @@ fn ipv6_addresses_are_chosen_checked_and_kept_with_their_flows_across_reattach()
     let c1 = sb.container(1);
     for (cmd, needle) in [
         (
-            vec!["publish", c1.as_str(), "-p", "[2001:db8:1::1]:8083:80"],
-            "cannot be published on one IPv6 address yet",
+            vec!["publish", c1.as_str(), "-p", "[2001:db8:9::9]:8083:80"],
+            "is not an address of this host",
+        ),
+        (
+            vec!["publish", c1.as_str(), "-p", "[fe80::1]:8083:80"],
+            "link-local",
         ),
         (
             vec!["conntrack", "flush", "--from", "fd00:30::/129"],
@@ -686,5 +690,89 @@ fn published_ports_take_the_families_dockers_grammar_gives_them() {
     assert!(
         bind(std::net::Ipv4Addr::UNSPECIFIED.into(), 8081).is_ok(),
         "8081 is IPv6's only"
+    );
+
+    // One IPv6 address alone: a second address of the uplink's, and the
+    // masquerade address itself, each only where it was published.
+    const SECOND6: &str = "2001:db8:1::9";
+    ip(
+        &sb.host_path(),
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{SECOND6}/64"),
+            "dev",
+            UPLINK,
+            "nodad",
+        ],
+    );
+    let out = sb
+        .publish(
+            1,
+            &[
+                &format!("[{SECOND6}]:8084:80"),
+                &format!("[{UPLINK6}]:8085:80"),
+            ],
+        )
+        .expect("publish on one IPv6 address");
+    assert!(
+        out.contains(&format!("published [{SECOND6}]:8084/tcp")),
+        "{out}"
+    );
+    assert!(reach(to6(v6(SECOND6), 8084)), "[{SECOND6}]:8084");
+    assert!(
+        !reach(to6(v6(UPLINK6), 8084)),
+        "8084 not on the other address"
+    );
+    assert!(!reach(v4(8084)), "8084 not on IPv4");
+    assert!(reach(to6(v6(UPLINK6), 8085)), "[{UPLINK6}]:8085");
+    assert!(
+        !reach(to6(v6(SECOND6), 8085)),
+        "8085 not on the second address"
+    );
+    // Another container through that address (hairpin), and a host process
+    // with no proxy; the host may not bind the port there.
+    let got = probe::tcp_request(&sb.container_path(2), to6(v6(SECOND6), 8084), b"hairpin")
+        .expect("hairpin through one IPv6 address");
+    assert_eq!(got, b"hairpin");
+    let got = probe::tcp_request(&sb.host_path(), to6(v6(SECOND6), 8084), b"host")
+        .expect("a host process to one IPv6 address");
+    assert_eq!(got, b"host");
+    assert_eq!(
+        bind(v6(SECOND6).into(), 8084).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::AddrInUse)
+    );
+    let m = ls(&sb)["mappings"]
+        .as_array()
+        .expect("mappings")
+        .iter()
+        .find(|m| m["host_port"] == 8084)
+        .cloned()
+        .expect("the mapping listed");
+    assert_eq!(
+        (m["host_ip"].as_str(), m["families"].as_str()),
+        (Some(SECOND6), Some("ipv6"))
+    );
+    // It clashes with a port on every IPv6 address, not with IPv4's.
+    for (spec, ok) in [
+        ("[::]:8084:80", false),
+        ("8084:80", false),
+        ("0.0.0.0:8084:80", true),
+    ] {
+        assert_eq!(sb.publish(2, &[spec]).is_ok(), ok, "{spec}");
+    }
+    // Withdrawn, it answers no more, and its flows are gone.
+    sb.netbr_ok(&[
+        "unpublish",
+        &sb.container(1),
+        "-p",
+        &format!("[{SECOND6}]:8084:80"),
+    ])
+    .expect("unpublish");
+    assert!(!reach(to6(v6(SECOND6), 8084)), "withdrawn");
+    assert!(
+        bind(v6(SECOND6).into(), 8084).is_ok(),
+        "the host may bind it once withdrawn"
     );
 }

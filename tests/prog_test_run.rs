@@ -853,6 +853,67 @@ fn a_published_port_answers_on_the_uplinks_ipv6_address_hairpin_included_but_not
 }
 
 #[test]
+fn a_port_published_on_one_ipv6_address_answers_there_alone_and_costs_nothing_while_none_is() {
+    use netbr_common::net6::{words, MappingKey6};
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    // The host's second address on the uplink, beside 2001:db8:1::1.
+    let (web6, lan, second) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::9"));
+    let mut h = with_ipv6_masquerade();
+    h.dp.endpoints6
+        .insert(to_be32(WEB), words(&web6.octets()), 0)
+        .expect("endpoint's IPv6");
+    let key = MappingKey6 {
+        proto: TCP,
+        _pad: 0,
+        port: 8083u16.to_be(),
+        addr: words(&second.octets()),
+    };
+    let target = MappingTarget {
+        addr: to_be32(WEB),
+        port: 80u16.to_be(),
+        flags: 0,
+    };
+    h.dp.mappings6.insert(key, target, 0).expect("mapping");
+    // Until the datapath is told one exists, it looks none up.
+    let syn = ipv6_checked(lan, second, TCP, &tcp_header(40000, 8083, SYN));
+    h.assert_passes_untouched(UP_IN, &syn, "no one-address mapping announced");
+    h.dp.set_one_address_mappings(1).expect("count");
+    let (verdict, inbound) = h.run(UP_IN, &syn);
+    assert_eq!(verdict, PASS);
+    let seen = parse_checked6(&inbound);
+    assert_eq!(
+        (seen.src, seen.dst, seen.sport, seen.dport),
+        (lan, web6, 40000, 80)
+    );
+    let reply = ipv6_checked(web6, lan, TCP, &tcp_header(80, 40000, SYN | ACK));
+    let (_, outbound) = h.run(UP_OUT, &reply);
+    let seen = parse_checked6(&outbound);
+    assert_eq!(
+        (seen.src, seen.dst, seen.sport, seen.dport),
+        (second, lan, 8083, 40000),
+        "the reply leaves from the address the client dialled"
+    );
+    // That address alone: the uplink's masquerade address has no such port.
+    let elsewhere = ipv6_checked(lan, v6("2001:db8:1::1"), TCP, &tcp_header(40001, 8083, SYN));
+    h.assert_passes_untouched(UP_IN, &elsewhere, "the port on another address");
+    // A container through that address (hairpin) reaches the target from
+    // the gateway; its masquerade flows to beyond the uplink are left alone
+    // on the bridge, to be translated on the uplink.
+    let (client6, gateway6) = (v6("fd00:30::3"), v6("fd00:30::1"));
+    let hairpin = ipv6_checked(client6, second, TCP, &tcp_header(5555, 8083, SYN));
+    let (_, to_web) = h.run(BR_IN, &hairpin);
+    let seen = parse_checked6(&to_web);
+    assert_eq!((seen.src, seen.dst, seen.dport), (gateway6, web6, 80));
+    let out = ipv6_checked(client6, lan, UDP, &udp_datagram(5000, 53));
+    let (_, masq) = h.run(UP_OUT, &out);
+    assert_eq!(parse_checked6(&masq).src, v6("2001:db8:1::1"));
+    h.assert_passes_untouched(BR_IN, &out, "a masqueraded flow on the bridge");
+    assert_eq!(h.counter(Reason::DnatNew), 1);
+    assert_eq!(h.counter(Reason::HairpinNew), 1);
+}
+
+#[test]
 fn destinations_without_masquerade_leave_untranslated_and_their_replies_return() {
     let mut h = Harness::new((61000, 65535));
     let pods: netbr::addr::Cidr = "198.51.100.0/24".parse().expect("cidr");

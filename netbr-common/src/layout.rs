@@ -12,8 +12,8 @@ use crate::{
     maps::*,
     monitor::{MAP_MONITOR, MONITOR_BYTES},
     net6::{
-        FragKey6, Net6, SockAddr6, SockKey6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6,
-        MAP_FRAGMENTS6, MAP_NET6, MAP_SOCKETS6,
+        FragKey6, MappingKey6, Net6, SockAddr6, SockKey6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW,
+        MAP_ENDPOINTS6, MAP_FRAGMENTS6, MAP_MAPPINGS6, MAP_NET6, MAP_SOCKETS6,
     },
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     ports::{PortSet, MAP_PORTS, PORT_SETS},
@@ -50,10 +50,15 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 27] = [
+pub const PINNED: [MapSpec; 28] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<u32, Net6>(MAP_NET6, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
+    spec::<MappingKey6, MappingTarget>(
+        MAP_MAPPINGS6,
+        BPF_MAP_TYPE_HASH,
+        Some(MAPPINGS_MAX_ENTRIES),
+    ),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK, BPF_MAP_TYPE_HASH, None),
     spec::<FlowKey, CtEntry>(MAP_CONNTRACK_NEW, BPF_MAP_TYPE_LRU_HASH, None),
     spec::<FlowKey6, CtEntry6>(MAP_CONNTRACK6, BPF_MAP_TYPE_HASH, None),

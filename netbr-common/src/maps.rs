@@ -343,6 +343,7 @@ mod pod {
     unsafe impl aya::Pod for crate::conntrack::CtEntry {}
     unsafe impl aya::Pod for crate::conntrack::FlowKey6 {}
     unsafe impl aya::Pod for crate::conntrack::CtEntry6 {}
+    unsafe impl aya::Pod for crate::net6::MappingKey6 {}
     unsafe impl aya::Pod for crate::net6::Net6 {}
     unsafe impl aya::Pod for crate::net6::SockKey6 {}
     unsafe impl aya::Pod for crate::net6::SockAddr6 {}
@@ -366,6 +367,8 @@ mod tests {
         assert_eq!(size_of::<SockKey>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragVal>(), 8);
+        assert_eq!(size_of::<crate::net6::MappingKey6>(), 20);
+        assert_eq!(size_of::<crate::net6::Net6>(), 72);
     }
 
     #[test]

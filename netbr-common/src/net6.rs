@@ -18,6 +18,22 @@ pub const MAP_ENDPOINTS6: &str = "NB_EP6";
 /// dialled ([`SockAddr6`]). LRU.
 pub const MAP_SOCKETS6: &str = "NB_SOCK6";
 
+/// Ports published on one IPv6 address (`-p [2001:db8::1]:8080:80`):
+/// [`MappingKey6`] to `maps::MappingTarget`, as `NB_MAPS` holds IPv4's and
+/// the wildcard ones of both families.
+pub const MAP_MAPPINGS6: &str = "NB_MAP6";
+
+/// `NB_MAP6`'s key: `maps::MappingKey` for one IPv6 address, held as a
+/// `FlowKey6` holds it. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MappingKey6 {
+    pub proto: u8,
+    pub _pad: u8,
+    pub port: u16,
+    pub addr: [u32; 4],
+}
+
 /// First fragments of IPv6 datagrams a hook saw, as `NB_FRAG` holds
 /// IPv4's: [`FragKey6`] to `maps::FragVal`. LRU.
 pub const MAP_FRAGMENTS6: &str = "NB_FRAG6";
@@ -72,7 +88,9 @@ pub struct Net6 {
     pub uplink: [u32; 4],
     /// Prefix length; 0: the bridge has no IPv6 subnet.
     pub prefix: u32,
-    pub _pad: u32,
+    /// How many ports are published on one IPv6 address (`NB_MAP6`): while
+    /// none is, a packet to an address other than `uplink` costs no lookup.
+    pub one_address_mappings: u32,
 }
 
 /// An address as on the wire in the four words a `FlowKey6` holds.
@@ -136,7 +154,7 @@ impl Net6 {
             gateway: words(gateway),
             uplink: words(uplink),
             prefix: prefix as u32,
-            _pad: 0,
+            one_address_mappings: 0,
         }
     }
 

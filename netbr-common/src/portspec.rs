@@ -1,6 +1,10 @@
 //! Docker's `-p [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|/udp]` syntax.
 
-use core::{fmt, net::Ipv4Addr, str::FromStr};
+use core::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use crate::{IPPROTO_TCP, IPPROTO_UDP};
 
@@ -11,8 +15,10 @@ pub struct PortSpec {
     /// `None` publishes on every local address of both families, as Docker
     /// does without HOSTIP; `0.0.0.0` on every IPv4 one.
     pub host_ip: Option<Ipv4Addr>,
-    /// `[::]`: every local IPv6 address, no IPv4 one (`host_ip` is `None`).
+    /// `[::]`: every local IPv6 address, no IPv4 one (`host_ip` is `None`);
+    /// `[ADDR6]` (`host_ip6`): that IPv6 address alone.
     pub ipv6_only: bool,
+    pub host_ip6: Option<Ipv6Addr>,
     pub host_ports: (u16, u16),
     pub container_ports: (u16, u16),
     pub proto: u8,
@@ -22,8 +28,6 @@ pub struct PortSpec {
 pub enum SpecError {
     MissingContainerPort,
     BadHostIp,
-    /// `[IPV6]:HOSTPORT:...` with an address other than `::`.
-    Ipv6HostIp,
     BadPort,
     ZeroPort,
     ReversedRange,
@@ -38,9 +42,8 @@ impl fmt::Display for SpecError {
             SpecError::MissingContainerPort => {
                 "expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], e.g. 8080:80/tcp"
             }
-            SpecError::BadHostIp => "the host IP is not an IPv4 address",
-            SpecError::Ipv6HostIp => {
-                "ports cannot be published on one IPv6 address yet: give [::] (every IPv6 address), an IPv4 host IP, or none"
+            SpecError::BadHostIp => {
+                "the host IP is not an IPv4 address nor a bracketed IPv6 one like [2001:db8::1]"
             }
             SpecError::BadPort => "a port is not a number between 1 and 65535",
             SpecError::ZeroPort => "port 0 cannot be published",
@@ -52,10 +55,8 @@ impl fmt::Display for SpecError {
 }
 
 /// Docker's way of giving an IPv6 host IP: `[2001:db8::1]`, `[::]`.
-fn is_bracketed_ipv6(ip: &str) -> bool {
-    ip.strip_prefix('[')
-        .and_then(|ip| ip.strip_suffix(']'))
-        .is_some_and(|ip| ip.parse::<core::net::Ipv6Addr>().is_ok())
+fn bracketed_ipv6(ip: &str) -> Option<Ipv6Addr> {
+    ip.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 impl FromStr for PortSpec {
@@ -71,15 +72,19 @@ impl FromStr for PortSpec {
         let (host, container) = ports
             .rsplit_once(':')
             .ok_or(SpecError::MissingContainerPort)?;
-        let (host_ip, ipv6_only, host) = match host.rsplit_once(':') {
-            Some(("[::]", host)) => (None, true, host),
-            Some((ip, _)) if is_bracketed_ipv6(ip) => return Err(SpecError::Ipv6HostIp),
-            Some((ip, host)) => (
-                Some(ip.parse().map_err(|_| SpecError::BadHostIp)?),
-                false,
-                host,
-            ),
-            None => (None, false, host),
+        let (host_ip, ipv6_only, host_ip6, host) = match host.rsplit_once(':') {
+            Some((ip, host)) => match bracketed_ipv6(ip) {
+                Some(Ipv6Addr::UNSPECIFIED) => (None, true, None, host),
+                Some(ip6) => (None, true, Some(ip6), host),
+                None if ip.starts_with('[') => return Err(SpecError::BadHostIp),
+                None => (
+                    Some(ip.parse().map_err(|_| SpecError::BadHostIp)?),
+                    false,
+                    None,
+                    host,
+                ),
+            },
+            None => (None, false, None, host),
         };
         let host_ports = parse_range(host)?;
         let container_ports = parse_range(container)?;
@@ -93,6 +98,7 @@ impl FromStr for PortSpec {
         Ok(PortSpec {
             host_ip,
             ipv6_only,
+            host_ip6,
             host_ports,
             container_ports,
             proto,
@@ -121,6 +127,8 @@ impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(ip) = self.host_ip {
             write!(f, "{ip}:")?;
+        } else if let Some(ip6) = self.host_ip6 {
+            write!(f, "[{ip6}]:")?;
         } else if self.ipv6_only {
             f.write_str("[::]:")?;
         }
@@ -197,6 +205,13 @@ mod tests {
         let v6 = p("[::]:8081:80").unwrap();
         assert_eq!((v6.host_ip, v6.ipv6_only), (None, true));
         assert_eq!(v6.to_string(), "[::]:8081:80/tcp");
+        let one6 = p("[2001:db8::1]:8083:80/udp").unwrap();
+        assert_eq!(
+            (one6.host_ip, one6.ipv6_only, one6.host_ip6),
+            (None, true, Some("2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(one6.to_string(), "[2001:db8::1]:8083:80/udp");
+        assert_eq!(v6.host_ip6, None);
         let v4 = p("0.0.0.0:8082:80").unwrap();
         assert_eq!(
             (v4.host_ip, v4.ipv6_only),
@@ -229,7 +244,6 @@ mod tests {
         assert_eq!(p("8080:+80"), Err(SpecError::BadPort));
         assert_eq!(p("0:80"), Err(SpecError::ZeroPort));
         assert_eq!(p("::1:8080:80"), Err(SpecError::BadHostIp));
-        assert_eq!(p("[2001:db8::1]:8083:80/udp"), Err(SpecError::Ipv6HostIp));
         assert_eq!(p("[300.1.1.1]:8080:80"), Err(SpecError::BadHostIp));
         assert_eq!(p("300.1.1.1:8080:80"), Err(SpecError::BadHostIp));
         assert_eq!(p("9000-8000:80"), Err(SpecError::ReversedRange));

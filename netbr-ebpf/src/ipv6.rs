@@ -22,7 +22,7 @@ use netbr_common::{
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
-        HOOK_UPLINK_INGRESS, MAPPING_IPV4_ONLY,
+        HOOK_UPLINK_INGRESS,
     },
     net6::{FragKey6, Net6},
     snat::{may_keep_port, snat_candidate},
@@ -165,6 +165,13 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
         };
     }
     if !net.contains(daddr) {
+        // Another address of the host's: a port published on it alone.
+        if net.masquerades() && net.one_address_mappings != 0 {
+            return match translate_tracked(ctx, cfg, hook) {
+                NOT_TRACKED => publish(ctx, cfg, net, NAT_DNAT),
+                r => r,
+            };
+        }
         return Reason::PassIpv6;
     }
     if mode(cfg, CFG_INTERNAL) {
@@ -225,8 +232,10 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
 /// A new connection to a published port on the uplink's IPv6 address:
 /// `-p HOSTPORT:PORT` without a host IP publishes on both families, as
 /// Docker does (`-p [::]:...` on IPv6 alone, `-p 0.0.0.0:...` on IPv4
-/// alone), and the mapping's container is reached at its IPv6 address. From beyond the uplink (`NAT_DNAT`) not while `netbr
-/// firewall` has rules: they are IPv4 blocks, and a port they restrict
+/// alone); `-p [ADDR6]:...` on that address alone, the uplink's or another
+/// of the host's. The mapping's container is reached at its IPv6 address.
+/// From beyond the uplink (`NAT_DNAT`) not while `netbr firewall` has
+/// rules: they are IPv4 blocks, and a port they restrict
 /// must not open to every IPv6 client. From a container on the bridge
 /// (`NAT_HAIRPIN`) the source becomes the gateway as well, so the target's
 /// replies come back through the bridge to be translated.
@@ -248,12 +257,15 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
     if is_link_local(&pkt.key.saddr) {
         return Reason::PassIpv6;
     }
-    let Some((addr, port)) = crate::nat::mapped(pkt.key.proto, 0, pkt.key.dport, MAPPING_IPV4_ONLY)
+    let on_uplink = pkt.key.daddr == net.uplink;
+    let Some(mapping) =
+        crate::nat::mapped6(net, pkt.key.proto, &pkt.key.daddr, pkt.key.dport, on_uplink)
     else {
         return Reason::PassIpv6;
     };
+    let port = mapping.port;
     // SAFETY: read-only copy out of the map value.
-    let Some(target) = (unsafe { ENDPOINTS6.get(&addr) }).copied() else {
+    let Some(target) = (unsafe { ENDPOINTS6.get(&mapping.addr) }).copied() else {
         return Reason::PassIpv6;
     };
     let gateway = net.gateway;
@@ -284,15 +296,31 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
     if !net.masquerades() {
         return Reason::PassIpv6;
     }
-    let to_uplink = *daddr == net.uplink;
-    if !to_uplink && *daddr != net.gateway {
+    let to_host = *daddr == net.uplink
+        || (net.one_address_mappings != 0
+            && !net.contains(daddr)
+            && one_address_published(ctx, net, hook));
+    if !to_host && *daddr != net.gateway {
         return Reason::PassIpv6;
     }
     match translate_tracked(ctx, cfg, hook) {
-        NOT_TRACKED if to_uplink => publish(ctx, cfg, net, NAT_HAIRPIN),
+        NOT_TRACKED if to_host => publish(ctx, cfg, net, NAT_HAIRPIN),
         NOT_TRACKED => Reason::PassIpv6,
         r => r,
     }
+}
+
+/// Whether a container's packet goes to a port published on one IPv6
+/// address alone (hairpin through it). Asked before any conntrack lookup:
+/// on bridge ingress a masquerade flow's packets must not be looked up,
+/// they are translated on the uplink. A BPF function of its own, so that
+/// the parse it makes is not inlined twice.
+#[inline(never)]
+fn one_address_published(ctx: &TcContext, net: &Net6, hook: u8) -> bool {
+    let Ok(pkt) = parse(ctx, hook) else {
+        return false;
+    };
+    crate::nat::mapped6(net, pkt.key.proto, &pkt.key.daddr, pkt.key.dport, false).is_some()
 }
 
 /// Opens a flow of kind `nat` (`NAT_SNAT`; `NAT_DNAT` or `NAT_HAIRPIN`,

@@ -17,14 +17,17 @@ use netbr_common::{
         TCP_ACK, TCP_SYN,
     },
     counters::Reason,
-    maps::{Config, MappingKey, MAPPING_IPV6_ONLY},
+    maps::{Config, MappingKey, MappingTarget, MAPPING_IPV4_ONLY, MAPPING_IPV6_ONLY},
+    net6::{MappingKey6, Net6},
     snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS, SNAT_HISTOGRAM_EXHAUSTED},
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     conntrack, firewall,
-    maps::{CONFIG, LOCAL_ADDRS, MAPPINGS, NO_MASQUERADE, SCRATCH, SEARCH, SNAT_HISTOGRAM},
+    maps::{
+        CONFIG, LOCAL_ADDRS, MAPPINGS, MAPPINGS6, NO_MASQUERADE, SCRATCH, SEARCH, SNAT_HISTOGRAM,
+    },
     parse::Packet,
     port_search::PortSearch,
     uplink_ports,
@@ -47,6 +50,48 @@ pub fn mapped(proto: u8, addr: u32, port: u16, other_family: u16) -> Option<(u32
     unsafe { MAPPINGS.get(&key) }
         .filter(|t| t.flags & other_family == 0)
         .map(|t| (t.addr, t.port))
+}
+
+/// The mapping of `proto` to `[addr]:port` over IPv6 (network byte
+/// order): a port published on that address alone, else, where `any_too`
+/// (the uplink's address, `::1`), one published on every address and not
+/// for IPv4 alone. Its target is the container's IPv4 address, as every
+/// mapping names it (`NB_EP6` gives the IPv6 one).
+#[inline(always)]
+pub fn mapped6(
+    net: &Net6,
+    proto: u8,
+    addr: &[u32; 4],
+    port: u16,
+    any_too: bool,
+) -> Option<MappingTarget> {
+    if net.one_address_mappings != 0 {
+        // Word by word: a constant address (`::1`) copied whole would be
+        // read from a constant-pool section, a map of its own to load.
+        let key = MappingKey6 {
+            proto,
+            _pad: 0,
+            port,
+            addr: [addr[0], addr[1], addr[2], addr[3]],
+        };
+        // SAFETY: read-only copy out of the map value.
+        if let Some(t) = unsafe { MAPPINGS6.get(&key) } {
+            return Some(*t);
+        }
+    }
+    if !any_too {
+        return None;
+    }
+    let key = MappingKey {
+        proto,
+        _pad: 0,
+        port,
+        addr: 0,
+    };
+    // SAFETY: read-only copy out of the map value.
+    unsafe { MAPPINGS.get(&key) }
+        .filter(|t| t.flags & MAPPING_IPV4_ONLY == 0)
+        .copied()
 }
 
 /// The published mapping for a packet addressed to the host: an exact

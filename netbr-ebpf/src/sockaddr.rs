@@ -17,10 +17,8 @@ use aya_ebpf::{
 };
 use netbr_common::{
     counters::Reason,
-    maps::{
-        MappingKey, MappingTarget, SockKey, MAPPING_HOLD, MAPPING_IPV4_ONLY, MAPPING_IPV6_ONLY,
-    },
-    net6::{SockAddr6, SockKey6, LOOPBACK6},
+    maps::{MappingKey, MappingTarget, SockKey, MAPPING_HOLD, MAPPING_IPV6_ONLY},
+    net6::{Net6, SockAddr6, SockKey6, LOOPBACK6},
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -131,19 +129,17 @@ impl SockFamily for V6 {
             write_volatile(&mut sa.user_ip6[3], addr[3]);
         }
     }
-    /// A wildcard mapping (`-p PORT:...` without a host IP) for `[::1]` or
-    /// the uplink's IPv6 address, reached at the container's IPv6 address.
-    /// Docker needs docker-proxy for `[::1]`.
+    /// A port published on `addr` alone (`-p [ADDR6]:...`), or a wildcard
+    /// one (without a host IP, or `[::]`) for `[::1]` or the uplink's IPv6
+    /// address, reached at the container's IPv6 address. Docker needs
+    /// docker-proxy for `[::1]`.
     #[inline(always)]
     fn published(proto: u8, addr: [u32; 4], port: u16) -> Option<([u32; 4], u16)> {
         let net = NET6.get(0)?;
-        if addr != LOOPBACK6 && !(net.masquerades() && addr == net.uplink) {
-            return None;
-        }
-        let (to_addr4, to_port) = crate::nat::mapped(proto, 0, port, MAPPING_IPV4_ONLY)?;
+        let t = crate::nat::mapped6(net, proto, &addr, port, any_address(net, &addr))?;
         // SAFETY: read-only copy out of the map value.
-        let to_addr = unsafe { ENDPOINTS6.get(&to_addr4) }.copied()?;
-        Some((to_addr, to_port))
+        let to_addr = unsafe { ENDPOINTS6.get(&t.addr) }.copied()?;
+        Some((to_addr, t.port))
     }
     #[inline(always)]
     fn remember(cookie: u64, to: ([u32; 4], u16), orig: ([u32; 4], u16)) -> bool {
@@ -273,9 +269,17 @@ pub fn bind_allowed(ctx: &SockAddrContext) -> bool {
     !taken
 }
 
+/// The IPv6 addresses a port published on every address answers on:
+/// `::1` and the uplink's.
+#[inline(always)]
+fn any_address(net: &Net6, addr: &[u32; 4]) -> bool {
+    *addr == LOOPBACK6 || (net.masquerades() && *addr == net.uplink)
+}
+
 /// bind6: as `bind_allowed`, for IPv6 sockets: `[::]`, `[::1]` and the
 /// uplink's IPv6 address are refused a port netbr holds on every address
-/// (an IPv6 `[::]` socket takes IPv4 too, unless `IPV6_V6ONLY`).
+/// (an IPv6 `[::]` socket takes IPv4 too, unless `IPV6_V6ONLY`), and any
+/// address a port netbr holds on it alone.
 #[inline(always)]
 pub fn bind_allowed6(ctx: &SockAddrContext) -> bool {
     if !in_attached_netns(ctx) {
@@ -288,9 +292,18 @@ pub fn bind_allowed6(ctx: &SockAddrContext) -> bool {
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || port == 0 {
         return true;
     }
-    let uplink = NET6.get(0).map(|n| n.uplink).unwrap_or([0; 4]);
-    let ours = addr == [0; 4] || addr == LOOPBACK6 || (addr == uplink && uplink != [0; 4]);
-    let taken = ours && held(proto, 0, port, MAPPING_IPV4_ONLY);
+    let Some(net) = NET6.get(0) else {
+        return true;
+    };
+    let holds = |at: &[u32; 4], any_too: bool| {
+        crate::nat::mapped6(net, proto, at, port, any_too)
+            .is_some_and(|t| t.flags & MAPPING_HOLD != 0)
+    };
+    let every = addr == [0; 4];
+    let taken = holds(&addr, every || any_address(net, &addr))
+        // `[::]` takes the port on the addresses a port may be published
+        // on alone too.
+        || (every && (holds(&net.uplink, false) || holds(&LOOPBACK6, false)));
     if taken {
         count(Reason::BindRefused);
         // SAFETY: the helper only sets this hook's return value.

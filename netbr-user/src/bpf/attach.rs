@@ -260,8 +260,9 @@ pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
 
 /// What `detach --keep-bridge` keeps: the configuration of the bridge's
 /// endpoints and published ports, which the next `attach` picks up again.
-pub const KEPT_WITH_BRIDGE: [&str; 3] = [
+pub const KEPT_WITH_BRIDGE: [&str; 4] = [
     netbr_common::maps::MAP_ENDPOINTS,
     netbr_common::net6::MAP_ENDPOINTS6,
     netbr_common::maps::MAP_MAPPINGS,
+    netbr_common::net6::MAP_MAPPINGS6,
 ];

@@ -26,7 +26,10 @@ use netbr_common::{
         MAP_LOCAL_ADDRS, MAP_MAPPINGS, MAP_NO_MASQUERADE, MAP_SNAT_HISTOGRAM,
     },
     monitor::{MonitorEvent, MAP_MONITOR},
-    net6::{Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_NET6},
+    net6::{
+        MappingKey6, Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_MAPPINGS6,
+        MAP_NET6,
+    },
     pacing::{Pace, PaceKey, MAP_PACING},
     ports::{PortSet, MAP_PORTS, PORTS_PUBLISHED},
 };
@@ -34,11 +37,50 @@ use netbr_common::{
 /// `BPF_NOEXIST`: an update that fails instead of overwriting an entry.
 pub const BPF_NOEXIST: u64 = 1;
 
+/// A published port's datapath entry: `NB_MAPS` holds every one but those
+/// published on one IPv6 address, which `NB_MAP6` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKey {
+    V4(MappingKey),
+    V6(MappingKey6),
+}
+
+impl MapKey {
+    pub fn proto(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.proto,
+            Self::V6(k) => k.proto,
+        }
+    }
+
+    /// The host port, host byte order.
+    pub fn port(&self) -> u16 {
+        u16::from_be(match self {
+            Self::V4(k) => k.port,
+            Self::V6(k) => k.port,
+        })
+    }
+
+    /// The one host address the port is published on; `None`: every
+    /// address (of the families the target's flags leave it).
+    pub fn host_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Self::V4(k) if k.addr == 0 => None,
+            Self::V4(k) => Some(from_be32(k.addr).into()),
+            Self::V6(k) => {
+                Some(std::net::Ipv6Addr::from(netbr_common::net6::bytes(&k.addr)).into())
+            }
+        }
+    }
+}
+
 pub struct Datapath {
     pub config: Array<MapData, Config>,
     /// The bridge's IPv6 subnet (`netbr_common::net6`).
     pub net6: Array<MapData, Net6>,
     pub mappings: HashMap<MapData, MappingKey, MappingTarget>,
+    /// Ports published on one IPv6 address (`netbr_common::net6`).
+    pub mappings6: HashMap<MapData, MappingKey6, MappingTarget>,
     /// Assured flows; `conntrack_new` holds the ones being set up.
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
     pub conntrack_new: HashMap<MapData, FlowKey, CtEntry>,
@@ -146,6 +188,7 @@ impl Datapath {
             config: typed(&mut get, MAP_CONFIG)?,
             net6: typed(&mut get, MAP_NET6)?,
             mappings: typed(&mut get, MAP_MAPPINGS)?,
+            mappings6: typed(&mut get, MAP_MAPPINGS6)?,
             conntrack: typed(&mut get, MAP_CONNTRACK)?,
             conntrack_new: typed(&mut get, MAP_CONNTRACK_NEW)?,
             conntrack6: typed(&mut get, MAP_CONNTRACK6)?,
@@ -241,13 +284,18 @@ impl Datapath {
     /// `adding` (mappings about to be inserted: their ports are marked
     /// first, so no packet for them skips the lookups). Called after every
     /// change of the mappings; the programs only read this set.
-    pub fn set_published_ports(&mut self, adding: &[MappingKey]) -> Result<()> {
+    /// Only `NB_MAPS`' ports are marked: IPv6's datapath asks no port set.
+    pub fn set_published_ports(&mut self, adding: &[MapKey]) -> Result<()> {
         let mut set = Box::new(PortSet::EMPTY);
         let keys: Vec<MappingKey> = self
             .mappings
             .keys()
             .collect::<Result<_, _>>()
             .context("reading the mappings")?;
+        let adding = adding.iter().filter_map(|k| match k {
+            MapKey::V4(k) => Some(k),
+            MapKey::V6(_) => None,
+        });
         for k in keys.iter().chain(adding) {
             set.mark(k.proto, k.port);
         }
@@ -345,11 +393,51 @@ impl Datapath {
         Ok(())
     }
 
-    pub fn mapping_list(&self) -> Result<Vec<(MappingKey, MappingTarget)>> {
-        self.mappings
+    /// Every published port the datapath holds, of both maps.
+    pub fn mapping_list(&self) -> Result<Vec<(MapKey, MappingTarget)>> {
+        let v4 = self
+            .mappings
             .iter()
+            .map(|r| r.map(|(k, t)| (MapKey::V4(k), t)));
+        let v6 = self
+            .mappings6
+            .iter()
+            .map(|r| r.map(|(k, t)| (MapKey::V6(k), t)));
+        v4.chain(v6)
             .map(|r| r.context("reading mappings"))
             .collect()
+    }
+
+    /// Writes a published port's entry; `flags` as the map update takes them.
+    pub fn insert_mapping(
+        &mut self,
+        key: &MapKey,
+        target: MappingTarget,
+        flags: u64,
+    ) -> Result<(), aya::maps::MapError> {
+        match key {
+            MapKey::V4(k) => self.mappings.insert(k, target, flags),
+            MapKey::V6(k) => self.mappings6.insert(k, target, flags),
+        }
+    }
+
+    /// Removes a published port's entry, if it is there.
+    pub fn remove_mapping(&mut self, key: &MapKey) {
+        let _ = match key {
+            MapKey::V4(k) => self.mappings.remove(k),
+            MapKey::V6(k) => self.mappings6.remove(k),
+        };
+    }
+
+    /// Tells the IPv6 datapath how many ports are published on one IPv6
+    /// address (`Net6::one_address_mappings`).
+    pub fn set_one_address_mappings(&mut self, count: u32) -> Result<()> {
+        let mut net = self
+            .net6
+            .get(&0, 0)
+            .context("reading the datapath's IPv6 subnet")?;
+        net.one_address_mappings = count;
+        self.set_net6(&net)
     }
 }
 

@@ -1,4 +1,4 @@
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::Result;
 use clap::Args;
@@ -97,23 +97,23 @@ impl Ls {
         };
         // The datapath's mappings, which are what packets meet.
         let mut maps: Vec<_> = dp.mapping_list()?;
-        maps.sort_by_key(|(k, _)| (u16::from_be(k.port), k.proto, k.addr));
+        maps.sort_by_key(|(k, _)| (k.port(), k.proto(), k.host_ip()));
         let mappings: Vec<_> = maps
             .iter()
             .map(|(k, t)| {
                 json!({
-                    "proto": proto_name(k.proto),
-                    "host_ip": match (k.addr, t.flags & MAPPING_IPV6_ONLY != 0) {
-                        (0, true) => "::".to_string(),
-                        (0, false) => "0.0.0.0".to_string(),
-                        (addr, _) => from_be32(addr).to_string(),
+                    "proto": proto_name(k.proto()),
+                    "host_ip": match (k.host_ip(), t.flags & MAPPING_IPV6_ONLY != 0) {
+                        (None, true) => "::".to_string(),
+                        (None, false) => "0.0.0.0".to_string(),
+                        (Some(addr), _) => addr.to_string(),
                     },
-                    "families": match (k.addr, t.flags & (MAPPING_IPV4_ONLY | MAPPING_IPV6_ONLY)) {
-                        (0, 0) => "both",
-                        (0, MAPPING_IPV6_ONLY) => "ipv6",
+                    "families": match (k.host_ip(), t.flags & (MAPPING_IPV4_ONLY | MAPPING_IPV6_ONLY)) {
+                        (None, 0) => "both",
+                        (None, MAPPING_IPV6_ONLY) | (Some(IpAddr::V6(_)), _) => "ipv6",
                         _ => "ipv4",
                     },
-                    "host_port": u16::from_be(k.port),
+                    "host_port": k.port(),
                     "endpoint": name_of(t.addr),
                     "container_ip": from_be32(t.addr).to_string(),
                     "container_port": u16::from_be(t.port),
@@ -277,11 +277,16 @@ impl Ls {
         }
         println!("\nPUBLISHED                        -> ENDPOINT");
         for m in &mappings {
+            let host_ip = m["host_ip"].as_str().unwrap_or("");
             println!(
                 "{:<32} -> {} {}:{}",
                 format!(
                     "{}:{}/{}",
-                    m["host_ip"].as_str().unwrap_or(""),
+                    if host_ip.contains(':') {
+                        format!("[{host_ip}]")
+                    } else {
+                        host_ip.to_string()
+                    },
                     m["host_port"],
                     m["proto"].as_str().unwrap_or("")
                 ),

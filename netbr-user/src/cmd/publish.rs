@@ -14,7 +14,8 @@ pub struct Publish {
     pub endpoint: String,
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
-    /// [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|/udp], repeatable.
+    /// [HOSTIP:|[HOSTIP6]:]HOSTPORT[-END]:CPORT[-END][/tcp|/udp], repeatable
+    /// ([::] for every IPv6 address, 0.0.0.0 for every IPv4 one).
     #[arg(short = 'p', long = "publish", required = true, value_parser = parse_spec)]
     pub specs: Vec<PortSpec>,
 }

@@ -122,6 +122,7 @@ fn port_specs(mappings: &[PortMapping]) -> Result<Vec<PortSpec>, CniError> {
             Ok(PortSpec {
                 host_ip,
                 ipv6_only: false,
+                host_ip6: None,
                 host_ports: (m.host_port, m.host_port),
                 container_ports: (m.container_port, m.container_port),
                 proto,
@@ -423,6 +424,7 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
             proto: spec.proto,
             host_ip: spec.host_ip,
             ipv6_only: spec.ipv6_only,
+            host_ip6: spec.host_ip6,
             host_port: spec.host_ports.0,
             container_port: spec.container_ports.0,
         };

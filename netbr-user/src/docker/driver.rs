@@ -498,6 +498,7 @@ fn specs(
         out.push(PortSpec {
             host_ip,
             ipv6_only: false,
+            host_ip6: None,
             host_ports,
             container_ports: (b.port, b.port),
             proto,

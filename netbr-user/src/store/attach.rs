@@ -396,14 +396,18 @@ impl Store {
                 firewall_entries: 0,
                 netns_cookie: crate::netns::current_cookie()?,
             })?;
-            dp.set_net6(&net6.map_or_else(Net6::default, |(subnet6, gateway6)| {
+            let mut net6 = net6.map_or_else(Net6::default, |(subnet6, gateway6)| {
                 Net6::new(
                     &subnet6.network().octets(),
                     subnet6.prefix,
                     &gateway6.octets(),
                     &uplink6.map_or([0; 16], |a| a.octets()),
                 )
-            }))?;
+            });
+            // The ports a kept bridge's endpoints publish on one IPv6
+            // address are in their kept map already.
+            net6.one_address_mappings = super::ports::one_address_mappings(&state);
+            dp.set_net6(&net6)?;
             dp.set_no_masquerade(&no_masquerade)?;
             dp.set_published_ports(&[])?;
             sync_local_addrs(&nl, &mut dp).await?;

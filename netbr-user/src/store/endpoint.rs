@@ -301,7 +301,7 @@ impl Store {
         if self.is_attached() {
             let mut dp = self.datapath()?;
             for p in &ep.ports {
-                let _ = dp.mappings.remove(&super::ports::mapping_key(p));
+                dp.remove_mapping(&super::ports::mapping_key(p));
             }
             dp.set_published_ports(&[])?;
             let ip = to_be32(ep.ip);
@@ -318,6 +318,9 @@ impl Store {
         let mut errors = remove_endpoint_objects(&nl, &ep).await;
         self.state.endpoints.retain(|e| e.name != name);
         self.commit()?;
+        if self.is_attached() {
+            self.sync_one_address_mappings(&mut self.datapath()?)?;
+        }
         match errors.pop() {
             Some(e) => Err(e),
             None => Ok(ep),

@@ -1,6 +1,6 @@
 //! Publishing container ports on the host and withdrawing them.
 
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
 
 use anyhow::{bail, Result};
 use netbr_common::{
@@ -9,6 +9,7 @@ use netbr_common::{
         MappingKey, MappingTarget, CFG_INTERNAL, CFG_ROUTED, MAPPING_HOLD, MAPPING_IPV4_ONLY,
         MAPPING_IPV6_ONLY,
     },
+    net6::{words, MappingKey6},
     portspec::PortSpec,
     IPPROTO_TCP,
 };
@@ -17,21 +18,33 @@ use super::{
     state::{Owner, Port},
     Store,
 };
-use crate::{addr::to_be32, bpf::datapath::BPF_NOEXIST, netlink::Netlink};
+use crate::{
+    addr::{to_be32, TupleAddr},
+    bpf::datapath::{Datapath, MapKey, BPF_NOEXIST},
+    netlink::Netlink,
+};
 
-pub fn mapping_key(p: &Port) -> MappingKey {
-    MappingKey {
-        proto: p.proto,
-        _pad: 0,
-        port: p.host_port.to_be(),
-        addr: p.host_ip.map(to_be32).unwrap_or(0),
+pub fn mapping_key(p: &Port) -> MapKey {
+    match p.host_ip6 {
+        Some(ip6) => MapKey::V6(MappingKey6 {
+            proto: p.proto,
+            _pad: 0,
+            port: p.host_port.to_be(),
+            addr: words(&ip6.octets()),
+        }),
+        None => MapKey::V4(MappingKey {
+            proto: p.proto,
+            _pad: 0,
+            port: p.host_port.to_be(),
+            addr: p.host_ip.map(to_be32).unwrap_or(0),
+        }),
     }
 }
 
 fn mapping_target(ip: Ipv4Addr, p: &Port, hold: bool) -> MappingTarget {
-    let family = match (p.host_ip, p.ipv6_only) {
-        (Some(ip), _) if ip.is_unspecified() => MAPPING_IPV4_ONLY,
-        (None, true) => MAPPING_IPV6_ONLY,
+    let family = match (p.host_ip, p.host_ip6, p.ipv6_only) {
+        (Some(ip), ..) if ip.is_unspecified() => MAPPING_IPV4_ONLY,
+        (None, None, true) => MAPPING_IPV6_ONLY,
         _ => 0,
     };
     MappingTarget {
@@ -48,6 +61,7 @@ fn spec_ports(s: &PortSpec) -> impl Iterator<Item = Port> + '_ {
         proto: s.proto,
         host_ip: s.host_ip,
         ipv6_only: s.ipv6_only,
+        host_ip6: s.host_ip6,
         host_port: h,
         container_port: c,
     })
@@ -57,6 +71,8 @@ fn spec_ports(s: &PortSpec) -> impl Iterator<Item = Port> + '_ {
 fn routed_port(ip: Ipv4Addr, p: &Port) -> Port {
     Port {
         host_ip: Some(ip),
+        host_ip6: None,
+        ipv6_only: false,
         host_port: p.container_port,
         ..*p
     }
@@ -64,29 +80,67 @@ fn routed_port(ip: Ipv4Addr, p: &Port) -> Port {
 
 /// Two ports claim the same traffic: same protocol and host port, and one
 /// datapath entry (every address, whatever the families), or one of them
-/// every IPv4 address and the other one of them.
+/// every address of a family and the other one address of it.
 fn clash(a: &Port, b: &Port) -> bool {
     let every_ipv4 = |p: &Port| !p.ipv6_only && p.host_ip.is_none_or(|i| i.is_unspecified());
+    let every_ipv6 = |p: &Port| p.host_ip.is_none() && p.host_ip6.is_none();
+    let one_of = |every: &dyn Fn(&Port) -> bool, a: &Port, b: &Port| {
+        (every(a) && !every(b)) || (every(b) && !every(a))
+    };
+    let one_ipv4 = |p: &Port| p.host_ip.is_some_and(|i| !i.is_unspecified());
+    let one_ipv6 = |p: &Port| p.host_ip6.is_some();
     a.proto == b.proto
         && a.host_port == b.host_port
         && (mapping_key(a) == mapping_key(b)
-            || (every_ipv4(a) && b.host_ip.is_some())
-            || (every_ipv4(b) && a.host_ip.is_some()))
+            || (one_of(&every_ipv4, a, b) && (one_ipv4(a) || one_ipv4(b)))
+            || (one_of(&every_ipv6, a, b) && (one_ipv6(a) || one_ipv6(b))))
 }
 
 /// Without a proxy nothing binds the host port, so check by binding: a host
 /// process listening there would otherwise silently lose its traffic.
 fn host_port_free(p: &Port) -> bool {
-    let ip: std::net::IpAddr = match (p.host_ip, p.ipv6_only) {
-        (Some(ip), _) => ip.into(),
-        (None, true) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-        (None, false) => Ipv4Addr::UNSPECIFIED.into(),
+    let ip: IpAddr = match (p.host_ip, p.host_ip6, p.ipv6_only) {
+        (Some(ip), ..) => ip.into(),
+        (None, Some(ip6), _) => ip6.into(),
+        (None, None, true) => Ipv6Addr::UNSPECIFIED.into(),
+        (None, None, false) => Ipv4Addr::UNSPECIFIED.into(),
     };
     if p.proto == IPPROTO_TCP {
         TcpListener::bind((ip, p.host_port)).is_ok()
     } else {
         UdpSocket::bind((ip, p.host_port)).is_ok()
     }
+}
+
+/// How many ports of the bridge are published on one IPv6 address.
+pub(super) fn one_address_mappings(state: &super::state::State) -> u32 {
+    state
+        .endpoints
+        .iter()
+        .flat_map(|e| &e.ports)
+        .filter(|p| p.host_ip6.is_some())
+        .count() as u32
+}
+
+/// Whether a port may be published on IPv6 address `ip6` alone: one of the
+/// host's (a socket can bind it), not link-local (its packets could not
+/// be routed off the link), and on a bridge whose containers' IPv6 the
+/// datapath translates (an IPv6 subnet and an uplink with a global IPv6
+/// address).
+fn one_ipv6_address_publishable(dp: &Datapath, ip6: Ipv6Addr, bridge: &str) -> Result<()> {
+    if ip6.segments()[0] & 0xffc0 == 0xfe80 || ip6.is_multicast() {
+        bail!("{ip6} is link-local or multicast: publish on a global or unique local address of the host");
+    }
+    if UdpSocket::bind((ip6, 0)).is_err() {
+        bail!("{ip6} is not an address of this host: publish on one of its addresses or omit the host IP");
+    }
+    let net6 = dp.net6.get(&0, 0)?;
+    if !net6.masquerades() {
+        bail!(
+            "bridge {bridge} does not translate IPv6 (it needs an IPv6 --subnet and an uplink with a global IPv6 address): publish on an IPv4 address or attach with an IPv6 subnet"
+        );
+    }
+    Ok(())
 }
 
 /// A port that cannot be published because something else holds it; the
@@ -178,6 +232,9 @@ impl Store {
                     );
                 }
             }
+            if let Some(ip6) = spec.host_ip6 {
+                one_ipv6_address_publishable(&dp, ip6, &self.bridge)?;
+            }
             if spec.picks_host_port() {
                 let pick = spec_ports(spec)
                     .find(|p| self.port_taken(p, &wanted).is_none())
@@ -196,17 +253,14 @@ impl Store {
                 }
             }
         }
-        let keys: Vec<MappingKey> = wanted.iter().map(mapping_key).collect();
+        let keys: Vec<MapKey> = wanted.iter().map(mapping_key).collect();
         dp.set_published_ports(&keys)?;
         let mut written = Vec::new();
         for p in &wanted {
             let key = mapping_key(p);
-            if let Err(e) = dp
-                .mappings
-                .insert(key, mapping_target(ep.ip, p, hold), BPF_NOEXIST)
-            {
+            if let Err(e) = dp.insert_mapping(&key, mapping_target(ep.ip, p, hold), BPF_NOEXIST) {
                 for k in &written {
-                    let _ = dp.mappings.remove(k);
+                    dp.remove_mapping(k);
                 }
                 let _ = dp.set_published_ports(&[]);
                 bail!(
@@ -221,7 +275,7 @@ impl Store {
         }
         if let Err(e) = self.commit() {
             for k in &written {
-                let _ = dp.mappings.remove(k);
+                dp.remove_mapping(k);
             }
             if let Some(e) = self.state.endpoint_mut(name) {
                 e.ports.retain(|p| !wanted.contains(p));
@@ -229,6 +283,7 @@ impl Store {
             let _ = dp.set_published_ports(&[]);
             return Err(e);
         }
+        self.sync_one_address_mappings(&mut dp)?;
         Ok(wanted)
     }
 
@@ -266,28 +321,45 @@ impl Store {
             }
         };
         for p in &doomed {
-            let _ = dp.mappings.remove(&mapping_key(p));
+            dp.remove_mapping(&mapping_key(p));
         }
         dp.set_published_ports(&[])?;
         if let Some(e) = self.state.endpoint_mut(name) {
             e.ports.retain(|p| !doomed.contains(p));
         }
         self.commit()?;
-        // Flows already translated by a withdrawn mapping end too, so no
-        // stale UDP flow keeps delivering (moby#8795).
+        self.sync_one_address_mappings(&mut dp)?;
+        // Flows already translated by a withdrawn mapping end too, of both
+        // families, so no stale UDP flow keeps delivering (moby#8795).
+        let withdrawn = |proto: u8, dport: u16, daddr: IpAddr, target_port: u16| {
+            doomed.iter().any(|p| {
+                let k = mapping_key(p);
+                proto == k.proto()
+                    && u16::from_be(dport) == k.port()
+                    && k.host_ip().is_none_or(|ip| ip == daddr)
+                    && target_port == p.container_port.to_be()
+            })
+        };
         let ip = to_be32(ep.ip);
-        let flows = dp.remove_flows(|key, e| {
+        let mut flows = dp.remove_flows(|key, e| {
             e.nat == NAT_DNAT
-                && doomed.iter().any(|p| {
-                    let k = mapping_key(p);
-                    key.proto == k.proto
-                        && key.dport == k.port
-                        && (k.addr == 0 || key.daddr == k.addr)
-                        && e.xlat.daddr == ip
-                        && e.xlat.dport == p.container_port.to_be()
-                })
+                && e.xlat.daddr == ip
+                && withdrawn(key.proto, key.dport, key.daddr.ip(), e.xlat.dport)
         })?;
+        if let Some(ip6) = ep.ip6.map(|a| words(&a.octets())) {
+            flows += dp.remove_flows6(|key, e| {
+                e.nat == NAT_DNAT
+                    && e.xlat.daddr == ip6
+                    && withdrawn(key.proto, key.dport, key.daddr.ip(), e.xlat.dport)
+            })?;
+        }
         Ok((doomed, flows))
+    }
+
+    /// Tells the IPv6 datapath how many ports are published on one IPv6
+    /// address, so that it looks them up only while there are some.
+    pub(super) fn sync_one_address_mappings(&self, dp: &mut Datapath) -> Result<()> {
+        dp.set_one_address_mappings(one_address_mappings(&self.state))
     }
 }
 
@@ -299,6 +371,7 @@ mod tests {
         Port {
             proto,
             ipv6_only: false,
+            host_ip6: None,
             host_ip: ip.map(Ipv4Addr::from),
             host_port,
             container_port: 80,
@@ -334,7 +407,7 @@ mod tests {
         assert_eq!(ports[1].container_port, 91);
         assert_eq!(ports[1].host_side(), "127.0.0.1:9001/udp");
         let k = mapping_key(&ports[0]);
-        assert_eq!(u16::from_be(k.port), 9000);
-        assert_eq!(k.addr, to_be32(Ipv4Addr::LOCALHOST));
+        assert_eq!(k.port(), 9000);
+        assert_eq!(k.host_ip(), Some(Ipv4Addr::LOCALHOST.into()));
     }
 }

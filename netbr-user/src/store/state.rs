@@ -135,20 +135,25 @@ pub struct Port {
     /// `None`: every address of the host, of both families; `0.0.0.0`:
     /// every IPv4 one.
     pub host_ip: Option<Ipv4Addr>,
-    /// `-p [::]:...`: every IPv6 address of the host, no IPv4 one.
+    /// `-p [::]:...`: every IPv6 address of the host, no IPv4 one; with
+    /// `host_ip6` (`-p [2001:db8::1]:...`), that IPv6 address alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ipv6_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip6: Option<Ipv6Addr>,
     pub host_port: u16,
     pub container_port: u16,
 }
 
 impl Port {
-    /// `*:8080/tcp`, `[::]:8081/tcp` or `127.0.0.1:8443/tcp`.
+    /// `*:8080/tcp`, `[::]:8081/tcp`, `127.0.0.1:8443/tcp` or
+    /// `[2001:db8::1]:8083/udp`.
     pub fn host_side(&self) -> String {
-        let ip = match (self.host_ip, self.ipv6_only) {
-            (Some(i), _) => i.to_string(),
-            (None, true) => "[::]".into(),
-            (None, false) => "*".into(),
+        let ip = match (self.host_ip, self.host_ip6, self.ipv6_only) {
+            (Some(i), ..) => i.to_string(),
+            (None, Some(i6), _) => format!("[{i6}]"),
+            (None, None, true) => "[::]".into(),
+            (None, None, false) => "*".into(),
         };
         format!("{ip}:{}/{}", self.host_port, proto_name(self.proto))
     }
@@ -288,6 +293,7 @@ mod tests {
                 ipv6_only: false,
                 proto: IPPROTO_TCP,
                 host_ip: None,
+                host_ip6: None,
                 host_port: 8080,
                 container_port: 80,
             }],
