@@ -30,6 +30,7 @@ use netbr_common::{
 };
 use support::{
     config::{test_config, BRIDGE_MAC, CT_MAX, HOST},
+    fuzzing::{fuzz_seed, kernel_taint, Rng},
     model::{self, Expect, Hook, Tables, UplinkRoute},
     packet::{fragment, Spec},
 };
@@ -47,26 +48,6 @@ const SHOT: u32 = 2;
 const PORTS: [u16; 16] = [
     8080, 8081, 8082, 5353, 22, 53, 80, 443, 40000, 40001, 50000, 61000, 61001, 5000, 123, 65535,
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 struct Fixture {
     ebpf: Ebpf,
@@ -821,15 +802,8 @@ fn the_tc_programs_agree_with_the_reference_model_with_the_fast_path_on() {
 }
 
 fn fuzz(fast: bool) {
-    let packets: u64 = std::env::var("NETBR_FUZZ_PACKETS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let seed: u64 = std::env::var("NETBR_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x005e_ed0f_ba5e);
-    let tainted = std::fs::read_to_string("/proc/sys/kernel/tainted").expect("tainted");
+    let (packets, seed) = fuzz_seed(1_000_000);
+    let tainted = kernel_taint();
     let mut f = Fixture::new(fast);
     let mut rng = Rng(seed | 1);
     let mut recent: Vec<(Hook, Vec<u8>)> = Vec::new();
@@ -907,11 +881,7 @@ fn fuzz(fast: bool) {
         }
     }
     println!("{packets} packets (seed {seed}), outcomes: {seen:?}");
-    assert_eq!(
-        std::fs::read_to_string("/proc/sys/kernel/tainted").expect("tainted"),
-        tainted,
-        "kernel taint changed"
-    );
+    assert_eq!(kernel_taint(), tainted, "kernel taint changed");
     assert!(
         mismatches.is_empty(),
         "{} mismatches, first ones:\n{}",

@@ -1,7 +1,9 @@
 //! Helpers shared by the test binaries.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod fuzzing;
 pub mod model;
+pub mod model6;
 pub mod packet;
 
 pub mod config;

@@ -315,7 +315,7 @@ pub fn ipv6_frame(
 
 /// The IPv6 pseudo-header (RFC 8200 8.1) and the L4 bytes of `frame`, as
 /// the L4 checksum covers them.
-fn ipv6_covered(frame: &[u8]) -> Vec<u8> {
+pub fn ipv6_covered(frame: &[u8]) -> Vec<u8> {
     let l4 = &frame[54..];
     let mut covered = frame[22..54].to_vec();
     covered.extend_from_slice(&(l4.len() as u32).to_be_bytes());

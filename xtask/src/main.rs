@@ -53,7 +53,7 @@ enum Task {
     },
     /// rustfmt check and clippy (-D warnings) for the host crates and the BPF crate.
     Lint,
-    /// Fuzz the uplink programs against the reference model for longer than the test run does.
+    /// Fuzz the TC programs against the reference models (IPv4's, IPv6's) for longer than the test run does.
     Fuzz {
         /// How many packets.
         #[arg(long, default_value_t = 10_000_000)]
@@ -142,6 +142,8 @@ fn main() -> Result<()> {
                 "netbr-user",
                 "--test",
                 "fuzz",
+                "--test",
+                "fuzz6",
                 "--",
                 "--nocapture",
             ])

@@ -1,0 +1,506 @@
+//! A reference model of the TC programs' IPv6 path (`netbr-ebpf/src/
+//! ipv6.rs`), in plain Rust: what `nb_up_in`, `nb_up_out` and `nb_br_in`
+//! must do to an IPv6 frame, given the tables as they are. Like `model.rs`
+//! for IPv4 it mirrors the datapath's order of tests and lookups, and
+//! leaves out what it cannot predict (the SNAT port drawn).
+
+use netbr_common::{
+    conntrack::{CtEntry6, FlowKey6, NAT_DNAT, NAT_HAIRPIN, NAT_SNAT},
+    counters::Reason,
+    maps::{
+        Config, FragVal, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL,
+        CFG_ROUTED, MAPPING_IPV4_ONLY,
+    },
+    net6::{FragKey6, MappingKey6, Net6},
+    IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use super::model::{Hook, FRAG_FIRST, FRAG_LATER, FRAG_NONE};
+
+pub const IPPROTO_ICMPV6: u8 = 58;
+const ECHO_REQUEST: u8 = 128;
+const ECHO_REPLY: u8 = 129;
+/// Extension headers the datapath walks, at most `EXT_MAX` of them, and
+/// the last offset a transport header may start at.
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DEST_OPTS: u8 = 60;
+const EXT_MAX: usize = 4;
+const L4_LAST: usize = 0x1ff - 20;
+/// Offsets in the frame: the fixed header's fields, the transport header
+/// without extension headers, an error's quoted header and its ports.
+const NEXT: usize = 20;
+const SADDR: usize = 22;
+const DADDR: usize = 38;
+pub const L4: usize = 54;
+pub const QUOTED: usize = L4 + 8;
+pub const QUOTED_L4: usize = QUOTED + 40;
+
+/// Read-only access to the live tables.
+pub trait Tables6 {
+    fn config(&self) -> Config;
+    fn net6(&self) -> Net6;
+    /// A wildcard mapping (`NB_MAPS`, address 0).
+    fn mapping(&self, key: &MappingKey) -> Option<MappingTarget>;
+    fn mapping6(&self, key: &MappingKey6) -> Option<MappingTarget>;
+    fn endpoint6(&self, addr4: u32) -> Option<[u32; 4]>;
+    /// An entry of one conntrack table.
+    fn ct6_in(&self, key: &FlowKey6, assured: bool) -> Option<CtEntry6>;
+    fn frag6(&self, key: &FragKey6) -> Option<FragVal>;
+}
+
+/// What the program must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect6 {
+    Untouched(Reason),
+    Drop(Reason),
+    /// Rewrite the tuple to `to`; with `any_sport` the source port may be
+    /// any the SNAT rules allow.
+    Translate {
+        reason: Reason,
+        to: FlowKey6,
+        any_sport: bool,
+    },
+    /// An ICMPv6 error translated back: its outer destination and the
+    /// quoted source become `addr`, the quoted source port (or echo
+    /// identifier, at `port_at`) `port`.
+    IcmpError {
+        addr: [u32; 4],
+        port: u16,
+        port_at: usize,
+    },
+}
+
+impl Expect6 {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Untouched(r) | Self::Drop(r) => *r,
+            Self::Translate { reason, .. } => *reason,
+            Self::IcmpError { .. } => Reason::IcmpErrorTranslated,
+        }
+    }
+}
+
+/// One IPv6 packet as the datapath's `parse` reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct Parsed6 {
+    pub key: FlowKey6,
+    pub frag: u8,
+    /// The transport header's offset, and where its checksum sits.
+    pub l4: usize,
+    pub csum_at: usize,
+}
+
+fn at<const N: usize>(b: &[u8], off: usize) -> Result<[u8; N], Reason> {
+    b.get(off..off + N)
+        .map(|s| s.try_into().expect("length"))
+        .ok_or(Reason::DropTruncated)
+}
+
+fn addr(b: &[u8], off: usize) -> Result<[u32; 4], Reason> {
+    at::<16>(b, off).map(|a| netbr_common::net6::words(&a))
+}
+
+/// The datagram a fragment belongs to, as `hook` saw it.
+fn frag_key(key: &FlowKey6, id: u32, hook: Hook) -> FragKey6 {
+    FragKey6 {
+        saddr: key.saddr,
+        daddr: key.daddr,
+        id,
+        proto: key.proto,
+        hook: hook as u8,
+        _pad: [0; 2],
+    }
+}
+
+/// Mirrors `ipv6::parse`: the extension-header walk, fragments, and the
+/// transport ports; `None` for a later fragment's ports when `frags` is
+/// not given (parsing a translated output).
+pub fn parse6(b: &[u8], hook: Hook, t: Option<&dyn Tables6>) -> Result<Parsed6, Reason> {
+    let mut next = at::<1>(b, NEXT)?[0];
+    let mut key = FlowKey6 {
+        saddr: addr(b, SADDR)?,
+        daddr: addr(b, DADDR)?,
+        ..FlowKey6::default()
+    };
+    let (mut frag, mut id) = (FRAG_NONE, 0u32);
+    let mut off = L4;
+    for _ in 0..EXT_MAX {
+        match next {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => {
+                let h = at::<2>(b, off)?;
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            FRAGMENT => {
+                let f = at::<8>(b, off)?;
+                next = f[0];
+                let offset_and_more = u16::from_be_bytes([f[2], f[3]]);
+                id = u32::from_ne_bytes([f[4], f[5], f[6], f[7]]);
+                frag = if offset_and_more & 0xfff8 != 0 {
+                    FRAG_LATER
+                } else if offset_and_more & 1 != 0 {
+                    FRAG_FIRST
+                } else {
+                    FRAG_NONE
+                };
+                off += 8;
+            }
+            _ => break,
+        }
+        if off > L4_LAST {
+            return Err(Reason::PassIpv6);
+        }
+    }
+    key.proto = next;
+    if frag == FRAG_LATER {
+        if ![IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6].contains(&next) {
+            return Err(Reason::PassIpv6);
+        }
+        if let Some(t) = t {
+            let v = t
+                .frag6(&frag_key(&key, id, hook))
+                .ok_or(Reason::DropFragNoFirst)?;
+            if v.translated == 0 {
+                return Err(Reason::PassFragment);
+            }
+            key.sport = v.sport;
+            key.dport = v.dport;
+        }
+        return Ok(Parsed6 {
+            key,
+            frag,
+            l4: off,
+            csum_at: 0,
+        });
+    }
+    let csum_at = match next {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports = at::<4>(b, off)?;
+            key.sport = u16::from_ne_bytes([ports[0], ports[1]]);
+            key.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+            if next == IPPROTO_TCP {
+                at::<1>(b, off + 13)?;
+                off + 16
+            } else {
+                off + 6
+            }
+        }
+        IPPROTO_ICMPV6 => {
+            let kind = at::<1>(b, off)?[0];
+            let id = at::<2>(b, off + 4)?;
+            let id = u16::from_ne_bytes(id);
+            (key.sport, key.dport) = match kind {
+                ECHO_REQUEST => (id, 0),
+                ECHO_REPLY => (0, id),
+                _ => return Err(Reason::PassIpv6),
+            };
+            off + 2
+        }
+        _ => return Err(Reason::PassIpv6),
+    };
+    Ok(Parsed6 {
+        key,
+        frag,
+        l4: off,
+        csum_at,
+    })
+}
+
+/// The live flow `key` belongs to: assured table first. Nothing expires
+/// in the fuzzer's runs.
+pub fn flow6(t: &dyn Tables6, key: &FlowKey6) -> Option<CtEntry6> {
+    t.ct6_in(key, true).or_else(|| t.ct6_in(key, false))
+}
+
+fn contains(net: &Net6, a: &[u32; 4]) -> bool {
+    net.prefix != 0 && (0..4).all(|i| a[i] & net.mask[i] == net.net[i])
+}
+
+fn masquerades(net: &Net6) -> bool {
+    net.uplink != [0; 4]
+}
+
+/// What the programs must do to IPv6 frame `b` on `hook`.
+pub fn expect6(b: &[u8], hook: Hook, t: &dyn Tables6) -> Expect6 {
+    let r = decide(b, hook, t).unwrap_or_else(|r| r);
+    match r {
+        Outcome::Done(e) => e,
+        Outcome::Reason(r) if r.is_drop() => Expect6::Drop(r),
+        Outcome::Reason(r) => Expect6::Untouched(r),
+    }
+}
+
+enum Outcome {
+    Done(Expect6),
+    Reason(Reason),
+}
+
+impl From<Reason> for Outcome {
+    fn from(r: Reason) -> Self {
+        Outcome::Reason(r)
+    }
+}
+
+fn decide(b: &[u8], hook: Hook, t: &dyn Tables6) -> Result<Outcome, Outcome> {
+    if b.get(12..14) != Some(&[0x86, 0xdd]) {
+        return Ok(Reason::PassNotIpv4.into());
+    }
+    let (cfg, net) = (t.config(), t.net6());
+    if net.prefix == 0 {
+        return Ok(Reason::PassIpv6.into());
+    }
+    let daddr = addr(b, DADDR)?;
+    let mode = |flag: u32| cfg.flags & flag != 0;
+    match hook {
+        Hook::UplinkIngress => {
+            if masquerades(&net) && daddr == net.uplink {
+                if b.get(NEXT) == Some(&IPPROTO_ICMPV6)
+                    && b.get(L4).is_some_and(|k| (1..=4).contains(k))
+                {
+                    return icmp_error(b, t);
+                }
+                return tracked_or(b, hook, t, |p| publish(b, t, &cfg, &net, p, NAT_DNAT));
+            }
+            if !contains(&net, &daddr) {
+                if masquerades(&net) && net.one_address_mappings != 0 {
+                    return tracked_or(b, hook, t, |p| publish(b, t, &cfg, &net, p, NAT_DNAT));
+                }
+                return Ok(Reason::PassIpv6.into());
+            }
+            if mode(CFG_INTERNAL) {
+                Ok(Reason::DropInternal.into())
+            } else if mode(CFG_ALLOW_DIRECT_ROUTING) {
+                unimplemented!("the fuzzer's bridges refuse direct routing")
+            } else {
+                Ok(Reason::DropDirectRouting.into())
+            }
+        }
+        Hook::UplinkEgress => {
+            if !masquerades(&net) || mode(CFG_ROUTED) || mode(CFG_INTERNAL) {
+                return Ok(Reason::PassIpv6.into());
+            }
+            let saddr = addr(b, SADDR)?;
+            if !contains(&net, &saddr) || contains(&net, &daddr) {
+                return Ok(Reason::PassIpv6.into());
+            }
+            tracked_or(b, hook, t, |p| {
+                if p.key.proto == IPPROTO_ICMPV6 && p.key.sport == 0 {
+                    return Ok(Reason::PassIpv6.into());
+                }
+                let mut to = p.key;
+                to.saddr = net.uplink;
+                new_flow(b, t, &cfg, p, to, NAT_SNAT)
+            })
+        }
+        Hook::BridgeIngress => {
+            if !masquerades(&net) {
+                return Ok(Reason::PassIpv6.into());
+            }
+            let to_host = daddr == net.uplink
+                || (net.one_address_mappings != 0
+                    && !contains(&net, &daddr)
+                    && parse6(b, hook, Some(t)).is_ok_and(|p| {
+                        mapped6(t, &net, &p.key.daddr, p.key.proto, p.key.dport, false).is_some()
+                    }));
+            if !to_host && daddr != net.gateway {
+                return Ok(Reason::PassIpv6.into());
+            }
+            tracked_or(b, hook, t, |p| {
+                if to_host {
+                    publish(b, t, &cfg, &net, p, NAT_HAIRPIN)
+                } else {
+                    Ok(Reason::PassIpv6.into())
+                }
+            })
+        }
+    }
+}
+
+/// Mirrors `ipv6::translate_tracked`: parse, then the flow's translation,
+/// or `untracked` for a packet of no flow.
+fn tracked_or(
+    b: &[u8],
+    hook: Hook,
+    t: &dyn Tables6,
+    untracked: impl FnOnce(&Parsed6) -> Result<Outcome, Outcome>,
+) -> Result<Outcome, Outcome> {
+    let p = parse6(b, hook, Some(t))?;
+    match flow6(t, &p.key) {
+        Some(e) => translate(b, &p, Reason::Translated, e.xlat, false),
+        None => untracked(&p),
+    }
+}
+
+/// Mirrors `nat::mapped6`.
+fn mapped6(
+    t: &dyn Tables6,
+    net: &Net6,
+    daddr: &[u32; 4],
+    proto: u8,
+    port: u16,
+    any_too: bool,
+) -> Option<MappingTarget> {
+    if net.one_address_mappings != 0 {
+        let key = MappingKey6 {
+            proto,
+            _pad: 0,
+            port,
+            addr: *daddr,
+        };
+        if let Some(m) = t.mapping6(&key) {
+            return Some(m);
+        }
+    }
+    if !any_too {
+        return None;
+    }
+    let key = MappingKey {
+        proto,
+        _pad: 0,
+        port,
+        addr: 0,
+    };
+    t.mapping(&key).filter(|m| m.flags & MAPPING_IPV4_ONLY == 0)
+}
+
+/// Mirrors `ipv6::publish`: a new connection to a published port.
+fn publish(
+    b: &[u8],
+    t: &dyn Tables6,
+    cfg: &Config,
+    net: &Net6,
+    p: &Parsed6,
+    nat: u8,
+) -> Result<Outcome, Outcome> {
+    let pass = Ok(Reason::PassIpv6.into());
+    if nat == NAT_DNAT && cfg.firewall_entries != 0 {
+        return pass;
+    }
+    if p.key.proto != IPPROTO_TCP && p.key.proto != IPPROTO_UDP {
+        return pass;
+    }
+    if u32::from_be(p.key.saddr[0]) & 0xffc0_0000 == 0xfe80_0000 {
+        return pass;
+    }
+    let on_uplink = p.key.daddr == net.uplink;
+    let Some(m) = mapped6(t, net, &p.key.daddr, p.key.proto, p.key.dport, on_uplink) else {
+        return pass;
+    };
+    let Some(target) = t.endpoint6(m.addr) else {
+        return pass;
+    };
+    let mut to = p.key;
+    to.daddr = target;
+    to.dport = m.port;
+    if nat == NAT_HAIRPIN {
+        to.saddr = net.gateway;
+    }
+    new_flow(b, t, cfg, p, to, nat)
+}
+
+/// Mirrors `ipv6::new_flow` up to what the model can know: a flow whose
+/// source port may move (masquerade, hairpin) is any allowed port; one
+/// whose port stays must be able to claim its reply tuple.
+fn new_flow(
+    b: &[u8],
+    t: &dyn Tables6,
+    cfg: &Config,
+    p: &Parsed6,
+    to: FlowKey6,
+    nat: u8,
+) -> Result<Outcome, Outcome> {
+    let (reason, moves) = match nat {
+        NAT_SNAT => (Reason::SnatNew, true),
+        NAT_HAIRPIN => (Reason::HairpinNew, true),
+        _ => (Reason::DnatNew, false),
+    };
+    if !moves && !claimable6(t, &to.reversed(), &p.key.reversed()) {
+        return Ok(Reason::DropCtInsert.into());
+    }
+    // Where the port may move, the checker asks `model::snat_port_allowed`
+    // of the one chosen (the packet's own only where it may be kept).
+    let _ = cfg;
+    translate(b, p, reason, to, moves)
+}
+
+/// Mirrors `conntrack::claim_reply` for a kept port: the reply tuple is
+/// free, a finished flow's, or already this flow's.
+pub fn claimable6(t: &dyn Tables6, reply_key: &FlowKey6, reply_xlat: &FlowKey6) -> bool {
+    use netbr_common::conntrack::{CtState, DIR_ORIG};
+    let finished = |e: &CtEntry6, assured: bool| {
+        let state = match t.ct6_in(&e.xlat.reversed(), assured) {
+            Some(o) if e.dir != DIR_ORIG => o.state,
+            _ => e.state,
+        };
+        state == CtState::TimeWait as u8 || state == CtState::Close as u8
+    };
+    if let Some(e) = t.ct6_in(reply_key, true) {
+        if !finished(&e, true) {
+            return false;
+        }
+    }
+    match t.ct6_in(reply_key, false) {
+        None => true,
+        Some(e) if e.xlat == *reply_xlat => true,
+        Some(e) => finished(&e, false),
+    }
+}
+
+/// The rewrite to `to`, or `DropRewrite` when the L4 checksum it must
+/// update lies past the frame (the helper refuses).
+fn translate(
+    b: &[u8],
+    p: &Parsed6,
+    reason: Reason,
+    to: FlowKey6,
+    any_sport: bool,
+) -> Result<Outcome, Outcome> {
+    if p.frag != FRAG_LATER && p.csum_at + 2 > b.len() {
+        return Ok(Reason::DropRewrite.into());
+    }
+    Ok(Outcome::Done(Expect6::Translate {
+        reason,
+        to,
+        any_sport,
+    }))
+}
+
+/// Mirrors `ipv6::translate_error`.
+fn icmp_error(b: &[u8], t: &dyn Tables6) -> Result<Outcome, Outcome> {
+    let proto = at::<1>(b, QUOTED + 6)?[0];
+    let (qs, qd) = (addr(b, QUOTED + 8)?, addr(b, QUOTED + 24)?);
+    let mut key = FlowKey6 {
+        saddr: qd,
+        daddr: qs,
+        proto,
+        ..FlowKey6::default()
+    };
+    let port_at = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports = at::<4>(b, QUOTED_L4)?;
+            key.sport = u16::from_ne_bytes([ports[2], ports[3]]);
+            key.dport = u16::from_ne_bytes([ports[0], ports[1]]);
+            QUOTED_L4
+        }
+        IPPROTO_ICMPV6 => {
+            let kind = at::<1>(b, QUOTED_L4)?[0];
+            let id = u16::from_ne_bytes(at::<2>(b, QUOTED_L4 + 4)?);
+            if kind != ECHO_REQUEST {
+                return Ok(Reason::PassIpv6.into());
+            }
+            key.dport = id;
+            QUOTED_L4 + 4
+        }
+        _ => return Ok(Reason::PassIpv6.into()),
+    };
+    let Some(e) = flow6(t, &key) else {
+        return Ok(Reason::PassIpv6.into());
+    };
+    Ok(Outcome::Done(Expect6::IcmpError {
+        addr: e.xlat.daddr,
+        port: e.xlat.dport,
+        port_at,
+    }))
+}
