@@ -439,13 +439,9 @@ fn ipv6_addresses_are_chosen_checked_and_kept_with_their_flows_across_reattach()
 }
 
 #[test]
-fn ipv6_only_bridges_and_malformed_subnets_are_refused() {
+fn malformed_subnets_are_refused() {
     let sb = support::sandbox();
     for (args, needle) in [
-        (
-            vec!["attach", "--subnet", SUBNET6, "--uplink", UPLINK],
-            "IPv6-only bridges are not supported yet",
-        ),
         (
             vec![
                 "attach",
@@ -775,4 +771,128 @@ fn published_ports_take_the_families_dockers_grammar_gives_them() {
         bind(v6(SECOND6).into(), 8084).is_ok(),
         "the host may bind it once withdrawn"
     );
+}
+
+/// An IPv6 `--subnet` alone: neither the bridge nor its containers have
+/// any IPv4, and IPv6 works as on a dual-stack bridge.
+#[test]
+fn an_ipv6_only_bridge_gives_containers_no_ipv4_and_masquerades_and_publishes_over_ipv6() {
+    let sb = support::sandbox();
+    ip(
+        &sb.host_path(),
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{UPLINK6}/64"),
+            "dev",
+            UPLINK,
+            "nodad",
+        ],
+    );
+    ip(
+        &sb.lan_path(),
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{LAN6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    let out = sb
+        .netbr_ok(&sb.attach_args_ipv6_only(&["--subnet", SUBNET6]))
+        .expect("attach IPv6-only");
+    assert!(out.contains("(IPv6 only)"), "{out}");
+    let ipv4_of = |ns: &Path, dev: &str| {
+        let o = in_netns(ns, "ip", &["-4", "-o", "addr", "show", "dev", dev]).expect("ip");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(
+        ipv4_of(&sb.host_path(), netbr::sandbox::BRIDGE),
+        "",
+        "the bridge has no IPv4"
+    );
+    for n in [1, 2] {
+        let out = sb
+            .netbr_ok(&["endpoint", "add", &sb.container(n)])
+            .expect("endpoint");
+        assert!(
+            out.contains(&container6(n).to_string()) && !out.contains("240."),
+            "{out}"
+        );
+        assert_eq!(ipv4_of(&sb.container_path(n), "eth0"), "", "no IPv4 inside");
+        let routes = in_netns(&sb.container_path(n), "ip", &["-4", "route"]).expect("ip route");
+        assert!(routes.stdout.is_empty(), "no IPv4 route inside");
+    }
+    let doc = ls(&sb);
+    assert_eq!(doc["ipv6_only"], true);
+    assert_eq!(
+        (doc["subnet"].is_null(), doc["subnet6"].as_str()),
+        (true, Some(SUBNET6))
+    );
+    let eps = doc["endpoints"].as_array().expect("endpoints");
+    assert!(
+        eps.iter()
+            .all(|e| e["ip"].is_null() && e["ip6"].is_string()),
+        "{eps:?}"
+    );
+
+    // Masqueraded to the uplink's address, TCP and ping.
+    let lan = server6(&sb.lan_path(), 9090);
+    let got = probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9090), b"out")
+        .expect("a container to the LAN");
+    assert_eq!(got, b"out");
+    assert_eq!(lan.peers()[0].ip(), v6(UPLINK6));
+    let ping = in_netns(&sb.container_path(2), "ping", &["-6", "-c1", "-W2", LAN6]).expect("ping");
+    assert!(ping.status.success(), "ping beyond the uplink");
+
+    // A port without a host IP is published on IPv6 alone; IPv4 host IPs,
+    // IPv4 addresses, firewall rules and limits are refused.
+    sb.publish(1, &["8080:80"]).expect("publish");
+    let _web = server6(&sb.container_path(1), 80);
+    let reach =
+        |to: SocketAddr| probe::tcp_request(&sb.lan_path(), to, b"hi").is_ok_and(|g| g == b"hi");
+    assert!(reach(to6(v6(UPLINK6), 8080)), "published over IPv6");
+    assert!(
+        !reach((netbr::sandbox::UPLINK_IP, 8080).into()),
+        "not over IPv4"
+    );
+    assert_eq!(ls(&sb)["mappings"][0]["families"], "ipv6");
+    let c1 = sb.container(1);
+    for (cmd, needle) in [
+        (
+            vec!["publish", c1.as_str(), "-p", "0.0.0.0:8081:80"],
+            "is IPv6-only",
+        ),
+        (
+            vec!["endpoint", "add", "c9-v4", "--ip", "172.30.0.9"],
+            "is IPv6-only",
+        ),
+        (
+            vec!["firewall", "add", "--deny", "--in", "--port", "8080"],
+            "is IPv6-only",
+        ),
+        (
+            vec!["endpoint", "limit", c1.as_str(), "--egress-rate", "10mbit"],
+            "is IPv6-only",
+        ),
+    ] {
+        let o = sb.netbr(&cmd).expect("netbr");
+        assert!(!o.status.success(), "{cmd:?} succeeded");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{cmd:?}: {o:?}"
+        );
+    }
+    assert_eq!(
+        ls(&sb)["endpoints"].as_array().map(Vec::len),
+        Some(2),
+        "refusals changed nothing"
+    );
+    sb.netbr_ok(&["unpublish", c1.as_str(), "-p", "8080:80"])
+        .expect("unpublish");
+    assert!(!reach(to6(v6(UPLINK6), 8080)), "withdrawn");
 }

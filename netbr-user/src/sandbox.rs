@@ -183,6 +183,14 @@ impl Sandbox {
         args
     }
 
+    /// [`Self::attach_args`] without the sandbox's IPv4 subnet, for an
+    /// IPv6-only bridge: `extra` names its IPv6 one.
+    pub fn attach_args_ipv6_only<'a>(&self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = self.attach_args(extra);
+        args.drain(1..3);
+        args
+    }
+
     /// Adds endpoint `n` (named namespace `cN-SUFFIX`) at 172.30.0.(n+1).
     pub fn add_container(&self, n: u32) -> Result<Ipv4Addr> {
         let ip = Ipv4Addr::new(172, 30, 0, (n + 1) as u8);

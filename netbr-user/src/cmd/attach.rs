@@ -7,7 +7,7 @@ use netbr_common::conntrack::{CtState, STATE_COUNT};
 use crate::{
     addr::{by_family, one_per_family, AnyCidr, Cidr, PortRange},
     host_firewall,
-    store::{AttachRequest, Store},
+    store::{ipv6_only_keys, AttachRequest, Store},
 };
 
 #[derive(Args, Debug)]
@@ -15,7 +15,8 @@ pub struct Attach {
     #[arg(long, default_value = super::DEFAULT_BRIDGE)]
     pub bridge: String,
     /// The containers' subnet, e.g. 172.30.0.0/16; once more with an IPv6
-    /// block (fd00:30::/64) for a dual-stack bridge.
+    /// block (fd00:30::/64) for a dual-stack bridge, or an IPv6 block alone
+    /// for an IPv6-only one.
     #[arg(long, required = true)]
     pub subnet: Vec<AnyCidr>,
     /// Interface that leads to the outside world.
@@ -108,19 +109,25 @@ fn parse_timeout(s: &str) -> Result<(CtState, u32)> {
 impl Attach {
     pub async fn exec(self) -> Result<()> {
         let mut store = Store::open(&self.bridge)?;
-        let report = store.attach(&self.request()?).await?;
+        let request = self.request()?;
+        let report = store.attach(&request).await?;
+        let (ipv4, uplink_ipv4) = if request.ipv6_only {
+            ("IPv6 only".to_string(), String::new())
+        } else {
+            (
+                format!("{}/{}", report.gateway, report.prefix),
+                format!(" ({})", report.uplink_addr),
+            )
+        };
         println!(
-            "{} bridge {} ({}/{}) with uplink {} ({}); pins in {}",
+            "{} bridge {} ({ipv4}) with uplink {}{uplink_ipv4}; pins in {}",
             if report.reattached {
                 "re-attached"
             } else {
                 "attached"
             },
             self.bridge,
-            report.gateway,
-            report.prefix,
             self.uplink,
-            report.uplink_addr,
             store.pins.display()
         );
         if let Some((gateway, prefix)) = report.gateway6 {
@@ -160,14 +167,17 @@ impl Attach {
             one_per_family("--subnet", self.subnet.iter().map(|s| s.by_family()))?;
         let (gateway, gateway6) =
             one_per_family("--gateway", self.gateway.iter().map(|ip| by_family(*ip)))?;
-        let subnet = subnet.context(
-            "IPv6-only bridges are not supported yet: add an IPv4 --subnet (172.30.0.0/16, say) beside the IPv6 one",
-        )?;
         if gateway6.is_some() && subnet6.is_none() {
             anyhow::bail!("an IPv6 --gateway needs an IPv6 --subnet");
         }
+        // An IPv6 --subnet alone makes an IPv6-only bridge.
+        let ipv6_only = subnet.is_none();
+        if ipv6_only && gateway.is_some() {
+            anyhow::bail!("an IPv4 --gateway needs an IPv4 --subnet");
+        }
         Ok(AttachRequest {
-            subnet,
+            subnet: subnet.unwrap_or_else(ipv6_only_keys),
+            ipv6_only,
             subnet6,
             gateway6,
             uplink: self.uplink.clone(),

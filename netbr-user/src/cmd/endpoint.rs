@@ -142,15 +142,17 @@ impl Add {
             }
         }
         let (subnet, _) = store.network()?;
-        let v6 = match (ep.ip6, store.network6()) {
-            (Some(ip6), Some((subnet6, _))) => format!(" {ip6}/{}", subnet6.prefix),
-            _ => String::new(),
-        };
+        let mut addrs = Vec::new();
+        if !store.ipv6_only() {
+            addrs.push(format!("{}/{}", ep.ip, subnet.prefix));
+        }
+        if let (Some(ip6), Some((subnet6, _))) = (ep.ip6, store.network6()) {
+            addrs.push(format!("{ip6}/{}", subnet6.prefix));
+        }
         println!(
-            "endpoint {} {}/{}{v6} in {} (veth {} on {})",
+            "endpoint {} {} in {} (veth {} on {})",
             ep.name,
-            ep.ip,
-            subnet.prefix,
+            addrs.join(" "),
             ep.netns.display(),
             ep.host_ifname,
             self.bridge

@@ -51,6 +51,8 @@ impl Ls {
             .iter()
             .map(|c| c.to_string())
             .collect();
+        // An IPv6-only bridge's IPv4 addresses are keys, never shown.
+        let ipv4 = !view.state.network.as_ref().is_some_and(|n| n.ipv6_only);
         let eps: Vec<_> = view
             .state
             .endpoints
@@ -72,7 +74,7 @@ impl Ls {
                 };
                 json!({
                     "name": ep.name,
-                    "ip": ep.ip.to_string(),
+                    "ip": ipv4.then(|| ep.ip.to_string()),
                     "ip6": ep.ip6.map(|ip| ip.to_string()),
                     "mac": ep.mac_string(),
                     "host_ifname": ep.host_ifname,
@@ -154,13 +156,14 @@ impl Ls {
             .then(|| Ipv6Addr::from(netbr_common::net6::bytes(&net6.uplink)).to_string());
         let doc = json!({
             "bridge": self.bridge,
-            "subnet": format!("{}/{mask_bits}", from_be32(cfg.subnet_addr)),
-            "gateway": from_be32(cfg.gateway_addr).to_string(),
+            "subnet": ipv4.then(|| format!("{}/{mask_bits}", from_be32(cfg.subnet_addr))),
+            "gateway": ipv4.then(|| from_be32(cfg.gateway_addr).to_string()),
+            "ipv6_only": !ipv4,
             "subnet6": subnet6,
             "gateway6": gateway6,
             "masquerade6": masquerade6,
             "uplink": uplink,
-            "uplink_ip": from_be32(cfg.uplink_addr).to_string(),
+            "uplink_ip": (cfg.uplink_addr != 0).then(|| from_be32(cfg.uplink_addr).to_string()),
             "snat_ports": format!("{}-{}", cfg.snat_port_min, cfg.snat_port_max),
             "ct_max": view.ct_max,
             "icc": !cfg.has(CFG_ICC_DISABLED),
@@ -187,10 +190,10 @@ impl Ls {
         println!(
             "bridge {} subnet {} gateway {} uplink {} ({})",
             self.bridge,
-            doc["subnet"].as_str().unwrap_or(""),
-            doc["gateway"].as_str().unwrap_or(""),
+            doc["subnet"].as_str().unwrap_or("none (IPv6 only)"),
+            doc["gateway"].as_str().unwrap_or("none"),
             doc["uplink"].as_str().unwrap_or(""),
-            doc["uplink_ip"].as_str().unwrap_or("")
+            doc["uplink_ip"].as_str().unwrap_or("no IPv4")
         );
         let dual_stack = subnet6.is_some();
         if let (Some(subnet6), Some(gateway6)) = (&subnet6, &gateway6) {
@@ -266,7 +269,7 @@ impl Ls {
             println!(
                 "{:<32} {:<16} {ip6}{:<13} {:<10} {:<10} {:<10} {:<10} {}",
                 e["name"].as_str().unwrap_or(""),
-                e["ip"].as_str().unwrap_or(""),
+                e["ip"].as_str().unwrap_or("-"),
                 &id[..id.len().min(12)],
                 bytes("received_bytes"),
                 bytes("sent_bytes"),

@@ -28,7 +28,10 @@ use crate::{
 /// the same request from their configurations.
 #[derive(Debug, Clone)]
 pub struct AttachRequest {
+    /// For an IPv6-only bridge, [`ipv6_only_keys`].
     pub subnet: Cidr,
+    /// No IPv4 for the bridge or its containers: only `subnet6`.
+    pub ipv6_only: bool,
     /// The bridge's IPv6 subnet, for a dual-stack bridge.
     pub subnet6: Option<Cidr6>,
     /// The bridge's IPv6 address; the subnet's first by default.
@@ -64,6 +67,7 @@ impl AttachRequest {
     pub fn new(subnet: Cidr, uplink: &str) -> Self {
         Self {
             subnet,
+            ipv6_only: false,
             subnet6: None,
             gateway6: None,
             uplink: uplink.to_string(),
@@ -115,6 +119,15 @@ impl AttachRequest {
         }
         Ok((flags, no_masquerade))
     }
+}
+
+/// The IPv4 block an IPv6-only bridge's endpoints take their keys from.
+/// The datapath's tables name endpoints by IPv4 address (a mapping's
+/// target, `NB_EP`, `NB_EP6`'s key), so each still gets one, from
+/// 240.0.0.0/16: reserved (RFC 1112's class E), never routed, and
+/// configured on no link, bridge or container, so no packet carries one.
+pub fn ipv6_only_keys() -> Cidr {
+    Cidr::new(Ipv4Addr::new(240, 0, 0, 0), 16)
 }
 
 /// Lets the host route IPv6 between the uplink and the bridge. Forwarding
@@ -200,13 +213,22 @@ impl Store {
             )
         })?;
         let uplink_addrs = nl.addrs(Some(uplink.index)).await?;
-        let Some(uplink_addr) = uplink_addrs.first() else {
-            bail!(
-                "uplink {} has no IPv4 address: add one before attaching",
+        if req.ipv6_only && req.subnet6.is_none() {
+            bail!("an IPv6-only bridge needs an IPv6 --subnet");
+        }
+        if req.ipv6_only && req.routed {
+            bail!("routed mode is IPv4's so far: attach an IPv6-only bridge without --routed");
+        }
+        // An IPv6-only bridge masquerades no IPv4: its uplink needs none.
+        let uplink_addr = match uplink_addrs.first() {
+            Some(a) => a.addr,
+            None if req.ipv6_only => Ipv4Addr::UNSPECIFIED,
+            None => bail!(
+                "uplink {} has no IPv4 address: add one before attaching, or attach an IPv6-only bridge (--subnet with an IPv6 block alone)",
                 req.uplink
-            );
+            ),
         };
-        for a in &uplink_addrs {
+        for a in uplink_addrs.iter().filter(|_| !req.ipv6_only) {
             let net = Cidr::new(a.addr, a.prefix);
             if net.overlaps(&req.subnet) {
                 bail!(
@@ -334,7 +356,7 @@ impl Store {
             nl.set_mtu(bridge.index, mtu).await?;
         }
         let have = nl.addrs(Some(bridge.index)).await?;
-        if !have.iter().any(|a| a.addr == gateway) {
+        if !req.ipv6_only && !have.iter().any(|a| a.addr == gateway) {
             nl.add_addr(bridge.index, gateway, subnet.prefix).await?;
         }
         if let Some((subnet6, gateway6)) = net6 {
@@ -347,7 +369,9 @@ impl Store {
             }
         }
         nl.set_up(bridge.index).await?;
-        sysctl::write("net.ipv4.ip_forward", "1")?;
+        if !req.ipv6_only {
+            sysctl::write("net.ipv4.ip_forward", "1")?;
+        }
         if net6.is_some() {
             forward_ipv6(&req.uplink)?;
         }
@@ -380,7 +404,7 @@ impl Store {
                 layout_version: LAYOUT_VERSION,
                 uplink_ifindex: uplink.index,
                 bridge_ifindex: bridge.index,
-                uplink_addr: to_be32(uplink_addr.addr),
+                uplink_addr: to_be32(uplink_addr),
                 gateway_addr: to_be32(gateway),
                 subnet_addr: to_be32(subnet.network()),
                 subnet_mask: to_be32(Ipv4Addr::from(subnet.mask())),
@@ -458,6 +482,7 @@ impl Store {
             gateway,
             subnet6: net6.map(|(s, _)| s.to_string()),
             gateway6: net6.map(|(_, g)| g),
+            ipv6_only: req.ipv6_only,
             uplink: req.uplink.clone(),
             docker_network,
             docker_host_ip,
@@ -469,7 +494,7 @@ impl Store {
             prefix: subnet.prefix,
             gateway6: net6.map(|(s, g)| (g, s.prefix)),
             uplink6,
-            uplink_addr: uplink_addr.addr,
+            uplink_addr,
             service_nat,
             upgraded_flows,
         })

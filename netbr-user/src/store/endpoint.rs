@@ -127,6 +127,11 @@ impl Store {
         Ok((subnet, from_be32(cfg.gateway_addr)))
     }
 
+    /// Whether the bridge is IPv6-only (its IPv4 addresses are keys only).
+    pub fn ipv6_only(&self) -> bool {
+        self.state.network.as_ref().is_some_and(|n| n.ipv6_only)
+    }
+
     /// The bridge's IPv6 subnet and gateway, on a dual-stack bridge.
     pub fn network6(&self) -> Option<(Cidr6, Ipv6Addr)> {
         let n = self.state.network.as_ref()?;
@@ -145,6 +150,13 @@ impl Store {
             bail!(
                 "endpoint {} already exists on bridge {}",
                 req.name,
+                self.bridge
+            );
+        }
+        let ipv6_only = self.ipv6_only();
+        if let (true, Some(ip)) = (ipv6_only, req.ip) {
+            bail!(
+                "bridge {} is IPv6-only: give an IPv6 --ip, not {ip}",
                 self.bridge
             );
         }
@@ -218,7 +230,7 @@ impl Store {
                 Some(ns) => {
                     nl.move_to_netns(peer.index, &netns::open(ns)?).await?;
                     let inside = Inside {
-                        ip: (ip, subnet.prefix, gateway),
+                        ip: (!ipv6_only).then_some((ip, subnet.prefix, gateway)),
                         ip6: ip6.zip(net6).map(|(ip, (s, g))| (ip, s.prefix, g)),
                         route6: !cfg.has(CFG_INTERNAL)
                             && (masquerades6 || cfg.has(CFG_ALLOW_DIRECT_ROUTING)),
@@ -335,7 +347,8 @@ impl Store {
 /// A container interface's addresses: `(address, prefix, gateway)` per
 /// family.
 struct Inside {
-    ip: (Ipv4Addr, u8, Ipv4Addr),
+    /// None on an IPv6-only bridge.
+    ip: Option<(Ipv4Addr, u8, Ipv4Addr)>,
     ip6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
     /// An IPv6 default route via the gateway: when the container's IPv6 is
     /// masqueraded, or routed (direct routing). Otherwise nothing beyond
@@ -353,16 +366,19 @@ async fn configure_inside(
     let inner = Netlink::connect_in(ns)?;
     let eth = inner.require_link(peer_if).await?;
     inner.rename(eth.index, ifname).await?;
-    let (ip, prefix, gateway) = inside.ip;
-    inner.add_addr(eth.index, ip, prefix).await?;
+    if let Some((ip, prefix, _)) = inside.ip {
+        inner.add_addr(eth.index, ip, prefix).await?;
+    }
     if let Some((ip6, prefix6, _)) = inside.ip6 {
         inner.add_addr6(eth.index, ip6, prefix6).await?;
     }
     inner.set_up(eth.index).await?;
     let lo = inner.require_link("lo").await?;
     inner.set_up(lo.index).await?;
-    if inner.default_gateway().await?.is_none() {
-        inner.add_default_route(gateway).await?;
+    if let Some((_, _, gateway)) = inside.ip {
+        if inner.default_gateway().await?.is_none() {
+            inner.add_default_route(gateway).await?;
+        }
     }
     if let (Some((_, _, gateway6)), true) = (inside.ip6, inside.route6) {
         inner.add_default_route(gateway6).await?;

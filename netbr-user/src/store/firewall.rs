@@ -213,6 +213,12 @@ impl Store {
 
     /// Adds rules at once (one state write, however many): all or none.
     pub fn add_rules(&mut self, reqs: &[RuleRequest]) -> Result<Vec<u32>> {
+        if self.ipv6_only() && !reqs.is_empty() {
+            anyhow::bail!(
+                "bridge {} is IPv6-only, and firewall rules are IPv4 blocks so far: they would restrict nothing",
+                self.bridge
+            );
+        }
         let mut dp = self.datapath()?;
         // Every datapath entry already held, by the rule holding it.
         let mut held: HashMap<(u32, FwKey), u32> = HashMap::new();

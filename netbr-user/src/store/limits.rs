@@ -80,6 +80,12 @@ impl Store {
     /// one). Nothing changes unless all of it can be applied.
     pub async fn set_limits(&mut self, name: &str, limits: Limits) -> Result<EndpointState> {
         let mut ep = self.endpoint(name)?.clone();
+        if self.ipv6_only() && (limits.egress.is_some() || limits.ingress.is_some()) {
+            bail!(
+                "bridge {} is IPv6-only, and bandwidth limits pace IPv4 packets only so far: endpoint {name} would not be limited",
+                self.bridge
+            );
+        }
         let mut dp = self.datapath()?;
         let previous = ep.limits;
         ep.limits = limits;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 use netbr_common::maps::{MAP_CONFIG, STATE_ROOT};
 
-pub use attach::{AttachReport, AttachRequest};
+pub use attach::{ipv6_only_keys, AttachReport, AttachRequest};
 pub use endpoint::{veth_names, EndpointRequest, NetnsChoice};
 pub use ports::{mapping_key, PortTaken};
 pub use state::{EndpointState, Limit, Limits, Owner, Port, State};

@@ -212,6 +212,7 @@ impl Store {
         let hold = hold && !routed;
         let mut wanted: Vec<Port> = Vec::new();
         for spec in specs {
+            let spec = &self.on_this_bridge(spec)?;
             if routed {
                 // Docker's routed mode opens the container's own port and
                 // ignores the host port: nothing on the host is taken.
@@ -301,6 +302,7 @@ impl Store {
             Some(specs) => {
                 let mut doomed = Vec::new();
                 for spec in specs {
+                    let spec = &self.on_this_bridge(spec)?;
                     if spec.picks_host_port() {
                         doomed.extend(spec_ports(spec).filter(|p| ep.ports.contains(p)).take(1));
                     } else {
@@ -354,6 +356,24 @@ impl Store {
             })?;
         }
         Ok((doomed, flows))
+    }
+
+    /// `spec` as this bridge can publish it: on an IPv6-only bridge a port
+    /// without a host IP is IPv6's alone, and an IPv4 host IP is refused.
+    fn on_this_bridge(&self, spec: &PortSpec) -> Result<PortSpec> {
+        if !self.ipv6_only() {
+            return Ok(*spec);
+        }
+        if let Some(ip) = spec.host_ip {
+            bail!(
+                "bridge {} is IPv6-only: publish on [::], an IPv6 address of the host, or without a host IP, not on {ip}",
+                self.bridge
+            );
+        }
+        Ok(PortSpec {
+            ipv6_only: true,
+            ..*spec
+        })
     }
 
     /// Tells the IPv6 datapath how many ports are published on one IPv6

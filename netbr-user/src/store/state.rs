@@ -59,6 +59,11 @@ pub struct Network {
     pub subnet6: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway6: Option<Ipv6Addr>,
+    /// An IPv6-only bridge: `subnet` and the endpoints' IPv4 addresses are
+    /// only the keys the datapath names them by (`store::attach::
+    /// ipv6_only_keys`), configured on no link.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6_only: bool,
     pub uplink: String,
     /// The Docker network this bridge serves, when the Docker driver
     /// attached it.
