@@ -896,3 +896,43 @@ fn an_ipv6_only_bridge_gives_containers_no_ipv4_and_masquerades_and_publishes_ov
         .expect("unpublish");
     assert!(!reach(to6(v6(UPLINK6), 8080)), "withdrawn");
 }
+
+/// The TC fast path carries IPv6 as it does IPv4: a published port's
+/// packets redirected into the container, a masquerade flow's out of the
+/// uplink; not one while it is off.
+#[test]
+fn the_fast_path_carries_ipv6_exactly_when_asked() {
+    let sb = dual_stack(&[]);
+    sb.publish(1, &["8080:80"]).expect("publish");
+    let _web = Server::tcp_on(
+        &sb.container_path(1),
+        (Ipv6Addr::UNSPECIFIED, 80).into(),
+        probe::echo(),
+    )
+    .expect("server in the container");
+    let _lan = Server::tcp_on(
+        &sb.lan_path(),
+        (Ipv6Addr::UNSPECIFIED, 9000).into(),
+        probe::echo(),
+    )
+    .expect("server on the LAN");
+    for _ in 0..3 {
+        let got = probe::tcp_request(&sb.lan_path(), to6(v6(UPLINK6), 8080), b"in").expect("in");
+        assert_eq!(got, b"in");
+        let got =
+            probe::tcp_request(&sb.container_path(1), to6(v6(LAN6), 9000), b"out").expect("out");
+        assert_eq!(got, b"out");
+    }
+    let stats = sb.stats().expect("stats");
+    let carried = |k: &str| stats[k].as_u64().unwrap_or(0);
+    let (fast_in, fast_out) = (carried("fast_path_in"), carried("fast_path_out"));
+    if support::mode().fast_path {
+        assert!(fast_in > 0 && fast_out > 0, "fast path unused: {stats:#}");
+    } else {
+        assert_eq!(
+            (fast_in, fast_out),
+            (0, 0),
+            "fast path used while off: {stats:#}"
+        );
+    }
+}

@@ -24,7 +24,7 @@ use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
     echo6, fragment, fragment6, ipv6_checked, ipv6_frame, parse_checked, parse_checked6,
     parse_quoted, reassemble, reassemble6, tcp_header, udp_datagram, with_hop_by_hop,
-    without_extension, Seen, Spec, ACK, SYN, TCP, UDP,
+    without_extension, Seen, Seen6, Spec, ACK, SYN, TCP, UDP,
 };
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -911,6 +911,50 @@ fn a_port_published_on_one_ipv6_address_answers_there_alone_and_costs_nothing_wh
     h.assert_passes_untouched(BR_IN, &out, "a masqueraded flow on the bridge");
     assert_eq!(h.counter(Reason::DnatNew), 1);
     assert_eq!(h.counter(Reason::HairpinNew), 1);
+}
+
+#[test]
+fn the_fast_path_delivers_an_ipv6_reply_into_the_container_as_a_router_would() {
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    let (web6, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut h = with_ipv6_masquerade();
+    h.set_map_flags(CFG_FAST_PATH);
+    h.endpoint_on_loopback(WEB);
+    let web = h.dp.endpoints.get(&to_be32(WEB), 0).expect("web");
+    h.dp.set_endpoint6(to_be32(WEB), web6, web)
+        .expect("endpoint's IPv6");
+    let (_, out) = h.run(
+        UP_OUT,
+        &ipv6_checked(web6, lan, UDP, &udp_datagram(5000, 53)),
+    );
+    assert_eq!(parse_checked6(&out).src, uplink);
+    let reply = ipv6_checked(lan, uplink, UDP, &udp_datagram(53, 5000));
+    let (verdict, back) = h.run(UP_IN, &reply);
+    assert_eq!(
+        verdict, REDIRECT,
+        "redirected into the container's namespace"
+    );
+    assert_eq!(
+        parse_checked6(&back),
+        Seen6 {
+            src: lan,
+            dst: web6,
+            sport: 53,
+            dport: 5000
+        }
+    );
+    assert_eq!((&back[0..6], &back[6..12]), (&WEB_MAC[..], &BRIDGE_MAC[..]));
+    assert_eq!(back[21], reply[21] - 1, "hop limit decremented");
+    assert_eq!(h.dp.fast_path_counts().expect("fast").0, 1);
+    // A hop limit that would expire here goes to the stack (translated),
+    // which answers with time exceeded; an ICMPv6 error always does.
+    let mut last_hop = reply.clone();
+    last_hop[21] = 1;
+    let (verdict, back) = h.run(UP_IN, &last_hop);
+    assert_eq!(verdict, PASS);
+    assert_eq!((parse_checked6(&back).dst, back[21]), (web6, 1));
+    assert_eq!(h.dp.fast_path_counts().expect("fast").0, 1);
 }
 
 #[test]
@@ -2072,6 +2116,10 @@ fn per_packet_cost() {
         &uplink6.octets(),
     );
     h.dp.set_net6(&net6).expect("net6");
+    // web's IPv6 address, so the fast path delivers into it as IPv4's does.
+    let web = h.dp.endpoints.get(&to_be32(WEB), 0).expect("web");
+    h.dp.set_endpoint6(to_be32(WEB), web6, web)
+        .expect("endpoint's IPv6");
     let udp6 = |dst: &str| ipv6_frame(lan6, v6(dst), UDP, &udp_datagram(40000, 53));
     // An established masquerade flow, web6:40000 -> lan6:80.
     h.run(
@@ -2101,7 +2149,7 @@ fn per_packet_cost() {
     ));
     rows.push((
         UP_IN,
-        "IPv6 tracked TCP reply, translated",
+        "IPv6 tracked TCP reply, translated, redirected into the container",
         median_ns(&mut h, UP_IN, |_| data6(lan6, 80, uplink6, port6)),
     ));
     rows.push((

@@ -13,7 +13,8 @@ use crate::{
     monitor::{MAP_MONITOR, MONITOR_BYTES},
     net6::{
         FragKey6, MappingKey6, Net6, SockAddr6, SockKey6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW,
-        MAP_ENDPOINTS6, MAP_FRAGMENTS6, MAP_MAPPINGS6, MAP_NET6, MAP_SOCKETS6,
+        MAP_ENDPOINTS6, MAP_ENDPOINTS6_BY_ADDR, MAP_FRAGMENTS6, MAP_MAPPINGS6, MAP_NET6,
+        MAP_SOCKETS6,
     },
     pacing::{Pace, PaceKey, MAP_PACING, PACING_MAX_ENTRIES},
     ports::{PortSet, MAP_PORTS, PORT_SETS},
@@ -50,7 +51,7 @@ const fn spec<K, V>(name: &'static str, map_type: u32, max: Option<u32>) -> MapS
 }
 
 /// Every map the loader pins, in one list so attach, open and detach agree.
-pub const PINNED: [MapSpec; 28] = [
+pub const PINNED: [MapSpec; 29] = [
     spec::<u32, Config>(MAP_CONFIG, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<u32, Net6>(MAP_NET6, BPF_MAP_TYPE_ARRAY, Some(1)),
     spec::<MappingKey, MappingTarget>(MAP_MAPPINGS, BPF_MAP_TYPE_HASH, Some(MAPPINGS_MAX_ENTRIES)),
@@ -65,6 +66,11 @@ pub const PINNED: [MapSpec; 28] = [
     spec::<FlowKey6, CtEntry6>(MAP_CONNTRACK6_NEW, BPF_MAP_TYPE_LRU_HASH, None),
     spec::<u32, [u32; 4]>(
         MAP_ENDPOINTS6,
+        BPF_MAP_TYPE_HASH,
+        Some(ENDPOINTS_MAX_ENTRIES),
+    ),
+    spec::<[u32; 4], Endpoint>(
+        MAP_ENDPOINTS6_BY_ADDR,
         BPF_MAP_TYPE_HASH,
         Some(ENDPOINTS_MAX_ENTRIES),
     ),

@@ -13,6 +13,11 @@ pub const MAP_CONNTRACK6_NEW: &str = "NB_CT6N";
 /// `NB_EP` keys them): a published port's mapping names the container by
 /// its IPv4 address, and a client over IPv6 is sent to its IPv6 one.
 pub const MAP_ENDPOINTS6: &str = "NB_EP6";
+/// Endpoints by their IPv6 addresses: `NB_EP`'s record (veth, MAC) for
+/// the fast path to deliver an IPv6 packet into its container with one
+/// lookup. Its flags are always 0: pacing is IPv4's alone so far, so no
+/// IPv6 packet needs to pass a paced veth's qdisc.
+pub const MAP_ENDPOINTS6_BY_ADDR: &str = "NB_EP6R";
 /// Host sockets whose IPv6 destination a cgroup hook rewrote, as
 /// `NB_SOCK` holds IPv4's: [`SockKey6`] to the address the application
 /// dialled ([`SockAddr6`]). LRU.

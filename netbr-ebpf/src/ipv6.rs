@@ -10,10 +10,13 @@
 //! untouched, counted as `pass_ipv6`: neighbour discovery, MLD and
 //! multicast, the host's own traffic, and packets with more extension
 //! headers than the walk takes. Fragments follow their first fragment, as
-//! IPv4's do. The TC fast path and XDP leave IPv6 to the host stack.
+//! IPv4's do. The TC fast path carries tracked flows' packets into
+//! containers and out of the uplink, as IPv4's; new flows' first packets,
+//! ICMPv6 errors and what it cannot carry take the host stack. XDP leaves
+//! IPv6 to TC.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -21,8 +24,8 @@ use netbr_common::{
     conntrack::{initial_state, CtEntry6, FlowKey6, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
     counters::Reason,
     maps::{
-        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_INTERNAL, CFG_ROUTED, HOOK_UPLINK_EGRESS,
-        HOOK_UPLINK_INGRESS,
+        Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_ROUTED,
+        HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
     net6::{FragKey6, Net6},
     snat::{may_keep_port, snat_candidate},
@@ -32,9 +35,11 @@ use netbr_common::{
 use crate::{
     conntrack,
     frag::{recall_in, remember_in},
+    hooks::Outcome,
     maps::{ENDPOINTS6, FRAGMENTS6, NET6, PACKET6},
-    modes::mode,
+    modes::{fast_path_carries, mode},
     parse::{ETH_LEN, FRAG_FIRST, FRAG_LATER, FRAG_NONE},
+    redirect,
     rewrite::{rewrite, AddrField},
     skb,
 };
@@ -77,6 +82,11 @@ pub struct Packet6 {
     /// would not fit in 512 bytes beside the hooks' frames.
     pub xlat: FlowKey6,
     pub reply_key: FlowKey6,
+    /// The kind of flow (`NAT_*`) `xlat` translates for, once it does.
+    pub nat: u8,
+    /// The fast path's verdict for the packet, `TC_ACT_UNSPEC` while the
+    /// host stack is to carry it.
+    pub action: i32,
 }
 
 // A later fragment carries no transport header (its first fragment's
@@ -89,9 +99,48 @@ crate::rewrite::impl_l4_fields!(
     csum_pseudo: p.frag != FRAG_LATER
 );
 
-/// The reason a packet that is not IPv4 gets on `hook`, translated or not.
+/// What a packet that is not IPv4 gets on `hook`: an `Outcome` when the
+/// fast path redirects it, else the reason it goes on (or is dropped)
+/// with, translated or not.
 #[inline(always)]
-pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
+pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Result<Outcome, Reason> {
+    let reason = on_hook(ctx, cfg, hook);
+    let Some(pkt) = PACKET6.get_ptr(0) else {
+        return Err(reason);
+    };
+    // SAFETY: per-CPU map value, used by this packet only.
+    let action = unsafe { (*pkt).action };
+    if action != TC_ACT_UNSPEC {
+        return Ok(Outcome { reason, action });
+    }
+    if reason == Reason::Translated && hook == HOOK_UPLINK_INGRESS && mode(cfg, CFG_FAST_PATH) {
+        let action = deliver_in(ctx, cfg);
+        if action != TC_ACT_UNSPEC {
+            return Ok(Outcome { reason, action });
+        }
+    }
+    Err(reason)
+}
+
+/// Fast path in: a tracked packet translated towards a container goes
+/// straight into it, as IPv4's does (`redirect::into_container6`). New
+/// flows' first packets take the stack, as do ICMPv6 errors and what the
+/// fast path does not carry.
+#[inline(always)]
+fn deliver_in(ctx: &TcContext, cfg: &Config) -> i32 {
+    let Some(pkt) = PACKET6.get(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    if !fast_path_carries(cfg, pkt.nat) {
+        return TC_ACT_UNSPEC;
+    }
+    redirect::into_container6(ctx, &pkt.xlat.daddr, cfg).unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// The reason a packet that is not IPv4 gets on `hook`, translated or not;
+/// a redirect the fast path chose is left in `Packet6::action`.
+#[inline(always)]
+fn on_hook(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     let Ok(ethertype) = skb::read::<u16>(ctx, 12) else {
         return Reason::PassNotIpv4;
     };
@@ -110,6 +159,7 @@ pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
     pkt.parsed = 0;
+    pkt.action = TC_ACT_UNSPEC;
     // Each address is read once (an unaligned 16-byte read is some forty
     // instructions): the destination here, which every hook picks its path
     // by; the source by uplink egress, which needs it for that, or else by
@@ -301,12 +351,59 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
             && !net.contains(daddr)
             && one_address_published(ctx, net, hook));
     if !to_host && *daddr != net.gateway {
+        // Leaving beyond the host: with the fast path, a tracked flow's
+        // packet goes out of the uplink from here.
+        if mode(cfg, CFG_FAST_PATH) && !net.contains(daddr) {
+            return out_uplink(ctx, cfg, hook);
+        }
         return Reason::PassIpv6;
     }
     match translate_tracked(ctx, cfg, hook) {
         NOT_TRACKED if to_host => publish(ctx, cfg, net, NAT_HAIRPIN),
         NOT_TRACKED => Reason::PassIpv6,
         r => r,
+    }
+}
+
+/// Fast path out: a container's packet of a tracked flow (masquerade, a
+/// published port's reply) is translated on bridge ingress and sent out of
+/// the uplink when the routing table sends it there, its hop limit
+/// decremented, as IPv4's is (`hooks::bridge_tracked`); the verdict goes
+/// to `Packet6::action`. Otherwise it is left untouched to the stack
+/// (`PassIpv6`), which forwards it to uplink egress: a new flow (opened
+/// there), another route, a hop limit about to expire, or a packet too big
+/// for the uplink (the stack sends Packet Too Big; IPv6 is never
+/// fragmented on the way).
+#[inline(never)]
+fn out_uplink(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
+    let pkt = match parse(ctx, hook) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let now = now();
+    let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
+        return Reason::PassIpv6;
+    };
+    // SAFETY: map value pointer from `lookup`.
+    let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
+    if nat == NAT_HAIRPIN || !fast_path_carries(cfg, nat) {
+        return Reason::PassIpv6;
+    }
+    let Some(hop) = redirect::route_out6(ctx, &xlat, pkt.len, cfg) else {
+        return Reason::PassIpv6;
+    };
+    if let Err(r) = rewrite(ctx, pkt, &xlat) {
+        return r;
+    }
+    if let Err(r) = conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now) {
+        return r;
+    }
+    match redirect::out_uplink(ctx, hop, cfg) {
+        Ok(action) => {
+            pkt.action = action;
+            Reason::Translated
+        }
+        Err(r) => r,
     }
 }
 
@@ -367,10 +464,13 @@ fn translate_tracked(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
         return NOT_TRACKED;
     };
     // SAFETY: map value pointer from `lookup`.
-    let xlat = unsafe { (*flow.entry).xlat };
+    let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
     if let Err(r) = rewrite(ctx, pkt, &xlat) {
         return r;
     }
+    // For the fast path in (`deliver_in`).
+    pkt.xlat = xlat;
+    pkt.nat = nat;
     match conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now) {
         Ok(()) => Reason::Translated,
         Err(r) => r,

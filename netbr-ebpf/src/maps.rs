@@ -67,6 +67,11 @@ pub static NO_MASQUERADE: LpmTrie<u32, u32> =
 pub static SOCKETS6: LruHashMap<netbr_common::net6::SockKey6, netbr_common::net6::SockAddr6> =
     LruHashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
 
+/// Endpoints by their IPv6 addresses (`netbr_common::net6`).
+#[map(name = "NB_EP6R")]
+pub static ENDPOINTS6_BY_ADDR: HashMap<[u32; 4], Endpoint> =
+    HashMap::with_max_entries(ENDPOINTS_MAX_ENTRIES, 0);
+
 /// Ports published on one IPv6 address (`netbr_common::net6`).
 #[map(name = "NB_MAP6")]
 pub static MAPPINGS6: HashMap<netbr_common::net6::MappingKey6, MappingTarget> =

@@ -7,19 +7,22 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use netbr_common::{
-    conntrack::FlowKey,
+    conntrack::{FlowKey, FlowKey6},
     counters::Reason,
-    maps::{Config, EP_PACED_INGRESS, FAST_INTO_CONTAINER, FAST_OUT_UPLINK},
+    maps::{Config, Endpoint, EP_PACED_INGRESS, FAST_INTO_CONTAINER, FAST_OUT_UPLINK},
 };
 
 use crate::{
     csum,
-    maps::{ENDPOINTS, FAST_PATH, FIB},
-    parse::{IP_CSUM, IP_TTL},
+    maps::{ENDPOINTS, ENDPOINTS6_BY_ADDR, FAST_PATH, FIB},
+    parse::{ETH_LEN, IP_CSUM, IP_TTL},
     skb,
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// The IPv6 header's hop limit (RFC 8200), from the start of the frame.
+const IP6_HOP_LIMIT: usize = ETH_LEN + 7;
 
 /// Redirects the frame to the endpoint that owns `daddr`, addressed from the
 /// bridge to the container's MAC. Used for hairpin flows: sending them back
@@ -43,15 +46,36 @@ pub fn to_endpoint(ctx: &TcContext, daddr: u32, cfg: &Config) -> Result<i32, Rea
 /// too big for the container's link (the stack sends frag-needed).
 #[inline(always)]
 pub fn into_container(ctx: &TcContext, daddr: u32, cfg: &Config) -> Option<i32> {
-    // SAFETY: read-only copy out of the map value.
+    // SAFETY: read-only lookup.
     let ep = unsafe { ENDPOINTS.get(&daddr) }?;
+    into_endpoint(ctx, ep, cfg, decrement_ttl)
+}
+
+/// [`into_container`] for an IPv6 packet to container address `daddr`,
+/// its hop limit decremented.
+#[inline(always)]
+pub fn into_container6(ctx: &TcContext, daddr: &[u32; 4], cfg: &Config) -> Option<i32> {
+    // SAFETY: read-only lookup.
+    let ep = unsafe { ENDPOINTS6_BY_ADDR.get(daddr) }?;
+    into_endpoint(ctx, ep, cfg, decrement_hop_limit)
+}
+
+/// Delivers into endpoint `ep`, the router's count decremented by
+/// `decrement` (the family's TTL or hop limit).
+#[inline(always)]
+fn into_endpoint(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    cfg: &Config,
+    decrement: fn(&TcContext) -> Option<()>,
+) -> Option<i32> {
     let (mac, ifindex, flags) = (ep.mac, ep.host_ifindex, ep.flags);
     let mut mtu_len: u32 = 0;
     // SAFETY: the helper reads the skb and writes `mtu_len`.
     if unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu_len, 0, 0) } != 0 {
         return None;
     }
-    decrement_ttl(ctx)?;
+    decrement(ctx)?;
     set_macs(ctx, &mac, &cfg.bridge_mac)?;
     count_fast(FAST_INTO_CONTAINER);
     // SAFETY: the helpers have no preconditions; they return TC_ACT_REDIRECT.
@@ -88,17 +112,52 @@ pub fn uplink_next_hop(ctx: &TcContext, xlat: &FlowKey, len: u32, cfg: &Config) 
     if !forwardable(xlat.daddr) {
         return None;
     }
+    let p = fib_query(AF_INET, xlat.proto, len, cfg)?;
+    p.__bindgen_anon_3.ipv4_src = xlat.saddr;
+    p.__bindgen_anon_4.ipv4_dst = xlat.daddr;
+    ask_fib(ctx, p, cfg)
+}
+
+/// [`uplink_next_hop`] for an IPv6 packet translated to `xlat`.
+#[inline(always)]
+pub fn uplink_next_hop6(
+    ctx: &TcContext,
+    xlat: &FlowKey6,
+    len: u32,
+    cfg: &Config,
+) -> Option<NextHop> {
+    if !forwardable6(&xlat.daddr) {
+        return None;
+    }
+    let p = fib_query(AF_INET6, xlat.proto, len, cfg)?;
+    p.__bindgen_anon_3.ipv6_src = xlat.saddr;
+    p.__bindgen_anon_4.ipv6_dst = xlat.daddr;
+    ask_fib(ctx, p, cfg)
+}
+
+/// `bpf_fib_lookup`'s parameters for a packet of `len` bytes from the
+/// bridge, in per-CPU room (64 bytes, too many for the stack beside the
+/// hooks' frames); the caller fills in the addresses.
+#[inline(always)]
+fn fib_query(family: u8, proto: u8, len: u32, cfg: &Config) -> Option<&'static mut bpf_fib_lookup> {
     let p = FIB.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let p = unsafe { &mut *p };
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     unsafe { crate::zeroing::zero_all(p) };
-    p.family = AF_INET;
-    p.l4_protocol = xlat.proto;
+    p.family = family;
+    p.l4_protocol = proto;
+    // With the length given, a packet too big for the route's MTU gets
+    // BPF_FIB_LKUP_RET_FRAG_NEEDED: the stack then sends the error.
     p.__bindgen_anon_1.tot_len = len as u16;
     p.ifindex = cfg.bridge_ifindex;
-    p.__bindgen_anon_3.ipv4_src = xlat.saddr;
-    p.__bindgen_anon_4.ipv4_dst = xlat.daddr;
+    Some(p)
+}
+
+/// Asks the routing table how `p`'s packet leaves: through the uplink,
+/// with its next hop resolved or not, or `None`.
+#[inline(always)]
+fn ask_fib(ctx: &TcContext, p: &mut bpf_fib_lookup, cfg: &Config) -> Option<NextHop> {
     // SAFETY: `p` is a map value of the helper's parameter type.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -148,6 +207,26 @@ fn forwardable(daddr: u32) -> bool {
     !(224..=239).contains(&first) && daddr != u32::MAX && first != 0 && first != 127
 }
 
+/// [`forwardable`] for IPv6: the kernel never forwards to multicast
+/// (ff00::/8), link-local (fe80::/10), loopback or the unspecified address.
+#[inline(always)]
+fn forwardable6(daddr: &[u32; 4]) -> bool {
+    let first = u32::from_be(daddr[0]);
+    let loopback_or_unspecified = first == 0 && daddr[1] == 0 && daddr[2] == 0 && {
+        let last = u32::from_be(daddr[3]);
+        last <= 1
+    };
+    first >> 24 != 0xff && first & 0xffc0_0000 != 0xfe80_0000 && !loopback_or_unspecified
+}
+
+/// [`route_out`] for an IPv6 packet: its hop limit decremented.
+#[inline(always)]
+pub fn route_out6(ctx: &TcContext, xlat: &FlowKey6, len: u32, cfg: &Config) -> Option<NextHop> {
+    let hop = uplink_next_hop6(ctx, xlat, len, cfg)?;
+    decrement_hop_limit(ctx)?;
+    Some(hop)
+}
+
 /// Fast path out: sends an already translated packet out of the uplink,
 /// skipping the host stack.
 #[inline(always)]
@@ -185,6 +264,17 @@ pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {
     let new = u16::from_ne_bytes([ttl - 1, word.to_ne_bytes()[1]]);
     skb::csum_add(ctx, IP_CSUM, csum::diff16(word, new)).ok()?;
     skb::write(ctx, IP_TTL, &new).ok()
+}
+
+/// Decrements the IPv6 hop limit as a router must (there is no header
+/// checksum); `None` if it would reach 0.
+#[inline(always)]
+pub fn decrement_hop_limit(ctx: &TcContext) -> Option<()> {
+    let hops: u8 = skb::read(ctx, IP6_HOP_LIMIT).ok()?;
+    if hops <= 1 {
+        return None;
+    }
+    skb::write(ctx, IP6_HOP_LIMIT, &(hops - 1)).ok()
 }
 
 /// Addresses the frame from `src` to `dst`.

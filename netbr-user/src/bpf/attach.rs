@@ -260,9 +260,10 @@ pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
 
 /// What `detach --keep-bridge` keeps: the configuration of the bridge's
 /// endpoints and published ports, which the next `attach` picks up again.
-pub const KEPT_WITH_BRIDGE: [&str; 4] = [
+pub const KEPT_WITH_BRIDGE: [&str; 5] = [
     netbr_common::maps::MAP_ENDPOINTS,
     netbr_common::net6::MAP_ENDPOINTS6,
+    netbr_common::net6::MAP_ENDPOINTS6_BY_ADDR,
     netbr_common::maps::MAP_MAPPINGS,
     netbr_common::net6::MAP_MAPPINGS6,
 ];

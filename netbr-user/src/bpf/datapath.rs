@@ -27,8 +27,8 @@ use netbr_common::{
     },
     monitor::{MonitorEvent, MAP_MONITOR},
     net6::{
-        MappingKey6, Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6, MAP_MAPPINGS6,
-        MAP_NET6,
+        MappingKey6, Net6, MAP_CONNTRACK6, MAP_CONNTRACK6_NEW, MAP_ENDPOINTS6,
+        MAP_ENDPOINTS6_BY_ADDR, MAP_MAPPINGS6, MAP_NET6,
     },
     pacing::{Pace, PaceKey, MAP_PACING},
     ports::{PortSet, MAP_PORTS, PORTS_PUBLISHED},
@@ -93,6 +93,8 @@ pub struct Datapath {
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     /// Endpoints' IPv6 addresses by their IPv4 ones (`netbr_common::net6`).
     pub endpoints6: HashMap<MapData, u32, [u32; 4]>,
+    /// Endpoints by IPv6 address, for the fast path (`set_endpoint6`).
+    pub endpoints6_by_addr: HashMap<MapData, [u32; 4], Endpoint>,
     pub counters: PerCpuArray<MapData, u64>,
     pub snat_histogram: PerCpuArray<MapData, u64>,
     pub fast_path: PerCpuArray<MapData, u64>,
@@ -197,6 +199,7 @@ impl Datapath {
             no_masquerade: typed(&mut get, MAP_NO_MASQUERADE)?,
             endpoints: typed(&mut get, MAP_ENDPOINTS)?,
             endpoints6: typed(&mut get, MAP_ENDPOINTS6)?,
+            endpoints6_by_addr: typed(&mut get, MAP_ENDPOINTS6_BY_ADDR)?,
             counters: typed(&mut get, MAP_COUNTERS)?,
             snat_histogram: typed(&mut get, MAP_SNAT_HISTOGRAM)?,
             fast_path: typed(&mut get, MAP_FAST_PATH)?,
@@ -391,6 +394,34 @@ impl Datapath {
                 .with_context(|| format!("adding {c} to the no-masquerade list"))?;
         }
         Ok(())
+    }
+
+    /// Records endpoint `ip`'s (network order) IPv6 address, both ways,
+    /// with its veth and MAC (`entry`, flags cleared): all or nothing.
+    pub fn set_endpoint6(
+        &mut self,
+        ip: u32,
+        ip6: std::net::Ipv6Addr,
+        entry: Endpoint,
+    ) -> Result<()> {
+        let words = netbr_common::net6::words(&ip6.octets());
+        self.endpoints6
+            .insert(ip, words, 0)
+            .context("recording an endpoint's IPv6 address")?;
+        let entry = Endpoint::new(entry.host_ifindex, entry.mac, 0);
+        if let Err(e) = self.endpoints6_by_addr.insert(words, entry, 0) {
+            let _ = self.endpoints6.remove(&ip);
+            return Err(anyhow!("recording an endpoint's IPv6 address ({e})"));
+        }
+        Ok(())
+    }
+
+    /// Forgets endpoint `ip`'s IPv6 address, both ways.
+    pub fn remove_endpoint6(&mut self, ip: u32) {
+        if let Ok(words) = self.endpoints6.get(&ip, 0) {
+            let _ = self.endpoints6_by_addr.remove(&words);
+        }
+        let _ = self.endpoints6.remove(&ip);
     }
 
     /// Every published port the datapath holds, of both maps.

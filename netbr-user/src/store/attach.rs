@@ -432,6 +432,14 @@ impl Store {
             // address are in their kept map already.
             net6.one_address_mappings = super::ports::one_address_mappings(&state);
             dp.set_net6(&net6)?;
+            // Kept endpoints' IPv6 addresses, both ways: a bridge attached
+            // before the fast path carried IPv6 has them one way only.
+            for ep in &endpoints {
+                if let Some(ip6) = ep.ip6 {
+                    let entry = netbr_common::maps::Endpoint::new(ep.host_ifindex, ep.mac, 0);
+                    dp.set_endpoint6(to_be32(ep.ip), ip6, entry)?;
+                }
+            }
             dp.set_no_masquerade(&no_masquerade)?;
             dp.set_published_ports(&[])?;
             sync_local_addrs(&nl, &mut dp).await?;

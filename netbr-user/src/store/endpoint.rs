@@ -265,11 +265,10 @@ impl Store {
                 .insert(to_be32(ip), entry, crate::bpf::datapath::BPF_NOEXIST)
                 .map_err(|e| anyhow!("the datapath already has an endpoint at {ip} ({e})"))?;
             if let Some(ip6) = ip6 {
-                let words = netbr_common::net6::words(&ip6.octets());
-                if let Err(e) = dp.endpoints6.insert(to_be32(ip), words, 0) {
+                if let Err(e) = dp.set_endpoint6(to_be32(ip), ip6, entry) {
                     let _ = dp.endpoints.remove(&to_be32(ip));
                     bail!(
-                        "the datapath has no room for endpoint {}'s IPv6 address ({e})",
+                        "the datapath has no room for endpoint {}'s IPv6 address ({e:#})",
                         req.name
                     );
                 }
@@ -278,7 +277,7 @@ impl Store {
             if let Err(e) = self.commit() {
                 self.state.endpoints.pop();
                 let _ = dp.endpoints.remove(&to_be32(ip));
-                let _ = dp.endpoints6.remove(&to_be32(ip));
+                dp.remove_endpoint6(to_be32(ip));
                 return Err(e);
             }
             Ok(ep)
@@ -323,7 +322,7 @@ impl Store {
                 dp.remove_flows6(|k, v| k.saddr == ip6 || v.xlat.daddr == ip6)?;
             }
             let _ = dp.endpoints.remove(&ip);
-            let _ = dp.endpoints6.remove(&ip);
+            dp.remove_endpoint6(ip);
             super::limits::forget(&self.pins, &mut dp, &ep)?;
             self.remove_endpoint_rules(&mut dp, name)?;
         }
