@@ -259,17 +259,16 @@ fn with_extensions(rng: &mut Rng, frame: &[u8], n: usize) -> Vec<u8> {
     f
 }
 
-/// An ICMPv6 error from beyond the uplink about `sent` (a frame that left
-/// through it), quoting as much of it as fits, or less.
-fn error_about(rng: &mut Rng, sent: &[u8]) -> Option<Vec<u8>> {
+/// An ICMPv6 error about `sent` back to its source, quoting as much of it
+/// as fits, or less: from its destination, or from `router` on the way.
+fn error_about(rng: &mut Rng, sent: &[u8], router: Option<&str>) -> Option<Vec<u8>> {
     if sent.len() < L4 + 8 || sent[12..14] != [0x86, 0xdd] {
         return None;
     }
     let to = Ipv6Addr::from(<[u8; 16]>::try_from(&sent[22..38]).ok()?);
-    let from = if rng.chance(50) {
-        Ipv6Addr::from(<[u8; 16]>::try_from(&sent[38..54]).ok()?)
-    } else {
-        v6(REMOTE6)
+    let from = match router {
+        Some(r) if rng.chance(50) => v6(r),
+        _ => Ipv6Addr::from(<[u8; 16]>::try_from(&sent[38..54]).ok()?),
     };
     let mut quoted = sent[14..].to_vec();
     quoted.truncate(if rng.chance(15) {
@@ -290,16 +289,22 @@ fn error_about(rng: &mut Rng, sent: &[u8]) -> Option<Vec<u8>> {
 /// in two fragments leaves its later one in `pending`, to go next.
 fn base(
     rng: &mut Rng,
-    recent: &[Vec<u8>],
+    recent: &[(Hook, Vec<u8>)],
     pending: &mut Option<(Hook, Vec<u8>)>,
 ) -> (Hook, Vec<u8>) {
     if let Some(later) = pending.take() {
         return later;
     }
     if rng.chance(8) && !recent.is_empty() {
-        let sent = &recent[rng.below(recent.len() as u64) as usize];
-        if let Some(e) = error_about(rng, sent) {
-            return (Hook::UplinkIngress, e);
+        // What left through the uplink draws an error back from beyond it;
+        // what reached a container, one from the container.
+        let (hook, sent) = &recent[rng.below(recent.len() as u64) as usize];
+        let (back, router) = match hook {
+            Hook::UplinkEgress => (Hook::UplinkIngress, Some(REMOTE6)),
+            _ => (Hook::UplinkEgress, None),
+        };
+        if let Some(e) = error_about(rng, sent, router) {
+            return (back, e);
         }
     }
     if rng.chance(3) {
@@ -491,6 +496,7 @@ fn check(
             }
         }
         Expect6::IcmpError {
+            outbound,
             addr,
             port,
             port_at,
@@ -500,17 +506,24 @@ fn check(
                     "expected ICMPv6 error translation, got {verdict:#x}"
                 ));
             }
+            // Outbound, the outer source and the quoted destination;
+            // inbound, the outer destination and the quoted source.
+            let (outer, quoted) = if *outbound {
+                (22, model6::QUOTED + 24)
+            } else {
+                (38, model6::QUOTED + 8)
+            };
             let word_addr = |at: usize| words(&out[at..at + 16].try_into().expect("address"));
-            if word_addr(38) != *addr || word_addr(model6::QUOTED + 8) != *addr {
-                return Err("outer destination or quoted source not the container's".into());
+            if word_addr(outer) != *addr || word_addr(quoted) != *addr {
+                return Err("outer or quoted address not translated".into());
             }
             if out[*port_at..*port_at + 2] != port.to_ne_bytes() {
-                return Err("quoted source port not the container's".into());
+                return Err("quoted port not translated".into());
             }
             let ranges = [
-                38..54,
+                outer..outer + 16,
                 L4 + 2..L4 + 4,
-                model6::QUOTED + 8..model6::QUOTED + 24,
+                quoted..quoted + 16,
                 *port_at..*port_at + 2,
             ];
             unchanged_but(b, out, &ranges)?;
@@ -537,7 +550,7 @@ fn fuzz6(fast: bool) {
     let tainted = kernel_taint();
     let mut f = Fixture::new(fast);
     let mut rng = Rng(seed | 1);
-    let mut recent: Vec<Vec<u8>> = Vec::new();
+    let mut recent: Vec<(Hook, Vec<u8>)> = Vec::new();
     let mut pending = None;
     let mut mismatches = Vec::new();
     let mut seen = std::collections::BTreeMap::<&'static str, u64>::new();
@@ -569,12 +582,12 @@ fn fuzz6(fast: bool) {
                 mismatches.push(String::new());
             }
         }
-        // What left through the uplink translated may draw an error back.
-        if hook == Hook::UplinkEgress && verdict == PASS && out != b {
+        // What crossed the uplink translated may draw an error back.
+        if hook != Hook::BridgeIngress && verdict == PASS && out != b {
             if recent.len() < 256 {
-                recent.push(out);
+                recent.push((hook, out));
             } else {
-                recent[(n % 256) as usize] = out;
+                recent[(n % 256) as usize] = (hook, out);
             }
         }
     }

@@ -936,3 +936,81 @@ fn the_fast_path_carries_ipv6_exactly_when_asked() {
         );
     }
 }
+
+/// A container's IPv6 masquerade flow is never given a source port a host
+/// socket takes the peer's replies on, as IPv4's: a TCP listener's, a
+/// bound UDP socket's. Both the host and the container get their replies.
+#[test]
+fn masquerade_over_ipv6_never_takes_a_port_a_host_socket_holds() {
+    let sb = dual_stack(&[]);
+    let lan_tcp = Server::tcp_on(
+        &sb.lan_path(),
+        (Ipv6Addr::UNSPECIFIED, 9000).into(),
+        probe::echo(),
+    )
+    .expect("lan tcp");
+    let lan_udp = udp_server6(&sb.lan_path(), 9001);
+    // TCP: the host listens on 7000; the container connects from 7000
+    // (outside the host's ephemeral range, so kept were it free).
+    let host_listener = netbr::netns::run_in(&sb.host_path(), || {
+        std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 7000))
+    })
+    .expect("netns")
+    .expect("host listener");
+    let got = probe::tcp_connect(&sb.container_path(1), 7000, to6(v6(LAN6), 9000))
+        .and_then(|mut s| {
+            use std::io::{Read as _, Write as _};
+            s.write_all(b"tcp")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut back = Vec::new();
+            s.read_to_end(&mut back)?;
+            Ok(back)
+        })
+        .expect("the container's connection");
+    assert_eq!(got, b"tcp");
+    let peer = lan_tcp.peers()[0];
+    assert_eq!(peer.ip(), v6(UPLINK6));
+    assert_ne!(
+        peer.port(),
+        7000,
+        "the container was given the host's listening port"
+    );
+    drop(host_listener);
+    // UDP: a bound host socket keeps its port; the container's datagram from
+    // the same port leaves from another, and both get their answers.
+    let host_udp = netbr::netns::run_in(&sb.host_path(), || {
+        std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 6000))
+    })
+    .expect("netns")
+    .expect("host socket");
+    host_udp
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0; 64];
+    host_udp
+        .send_to(b"host", to6(v6(LAN6), 9001))
+        .expect("send");
+    let (n, _) = host_udp.recv_from(&mut buf).expect("the host's answer");
+    assert_eq!(&buf[..n], b"host");
+    let got = probe::udp_request(
+        &sb.container_path(1),
+        to6(v6(LAN6), 9001),
+        6000,
+        b"container",
+    )
+    .expect("the container's answer");
+    assert_eq!(got, b"container");
+    host_udp
+        .send_to(b"host again", to6(v6(LAN6), 9001))
+        .expect("send");
+    let (n, _) = host_udp
+        .recv_from(&mut buf)
+        .expect("the host's second answer");
+    assert_eq!(&buf[..n], b"host again");
+    let ports: Vec<u16> = lan_udp.peers().iter().map(|p| p.port()).collect();
+    assert_eq!(ports[0], 6000, "the host's own port: {ports:?}");
+    assert_ne!(
+        ports[1], 6000,
+        "the container was given the host's port: {ports:?}"
+    );
+}

@@ -958,6 +958,45 @@ fn the_fast_path_delivers_an_ipv6_reply_into_the_container_as_a_router_would() {
 }
 
 #[test]
+fn an_icmpv6_error_from_a_published_container_leaves_as_the_host() {
+    use std::net::Ipv6Addr;
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+    let (web6, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut h = with_ipv6_masquerade();
+    h.publish(UDP, 5353, WEB, 53);
+    let web = h.dp.endpoints.get(&to_be32(WEB), 0).expect("web");
+    h.dp.set_endpoint6(to_be32(WEB), web6, web)
+        .expect("endpoint's IPv6");
+    let (_, delivered) = h.run(
+        UP_IN,
+        &ipv6_checked(lan, uplink, UDP, &udp_datagram(40000, 5353)),
+    );
+    assert_eq!(parse_checked6(&delivered).dst, web6);
+    // web answers port unreachable, quoting the datagram as it got it.
+    let mut msg = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&delivered[14..]);
+    let error = ipv6_checked(web6, lan, 58, &msg);
+    let (verdict, out) = h.run(UP_OUT, &error);
+    assert_eq!(verdict, PASS);
+    assert_eq!(
+        netbr::probe::inet_checksum(&support::packet::ipv6_covered(&out)),
+        0,
+        "ICMPv6 checksum"
+    );
+    let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&out[at..at + 16]).expect("addr"));
+    const QUOTED: usize = 54 + 8;
+    assert_eq!((addr(22), addr(38)), (uplink, lan), "outer: from the host");
+    assert_eq!(
+        (addr(QUOTED + 8), addr(QUOTED + 24)),
+        (lan, uplink),
+        "quoted as lan sent it"
+    );
+    let quoted_dport = u16::from_be_bytes([out[QUOTED + 42], out[QUOTED + 43]]);
+    assert_eq!(quoted_dport, 5353, "the published port, as lan dialled it");
+    assert_eq!(h.counter(Reason::IcmpErrorTranslated), 1);
+}
+
+#[test]
 fn destinations_without_masquerade_leave_untranslated_and_their_replies_return() {
     let mut h = Harness::new((61000, 65535));
     let pods: netbr::addr::Cidr = "198.51.100.0/24".parse().expect("cidr");

@@ -16,7 +16,10 @@
 //! IPv6 to TC.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
+    bindings::{
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+        TC_ACT_UNSPEC,
+    },
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -84,6 +87,9 @@ pub struct Packet6 {
     pub reply_key: FlowKey6,
     /// The kind of flow (`NAT_*`) `xlat` translates for, once it does.
     pub nat: u8,
+    /// A host socket lookup's tuple (`nat::host_socket_takes`): here, not
+    /// on the port search's stack.
+    pub sock_tuple: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     /// The fast path's verdict for the packet, `TC_ACT_UNSPEC` while the
     /// host stack is to carry it.
     pub action: i32,
@@ -207,7 +213,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
     // uplink's address is the host's.
     if net.masquerades() && *daddr == net.uplink {
         if is_icmp_error(ctx) {
-            return translate_error(ctx, cfg);
+            return translate_error(ctx, cfg, false);
         }
         return match translate_tracked(ctx, cfg, hook) {
             NOT_TRACKED => publish(ctx, cfg, net, NAT_DNAT),
@@ -230,7 +236,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
         // Tracked untranslated, so that the container's replies are not
         // taken for new masquerade flows.
         match translate_tracked(ctx, cfg, hook) {
-            NOT_TRACKED => open_flow(cfg, net, NAT_NONE, |_| {}),
+            NOT_TRACKED => open_flow(ctx, cfg, net, NAT_NONE, |_| {}),
             r => r,
         }
     } else {
@@ -258,11 +264,14 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
     };
     // SAFETY: per-CPU map value, used by this packet only.
     unsafe { (*pkt).key.saddr = saddr };
+    if is_icmp_error(ctx) {
+        return translate_error(ctx, cfg, true);
+    }
     let tracked = translate_tracked(ctx, cfg, hook);
     if tracked != NOT_TRACKED {
         return tracked;
     }
-    let opened = open_flow(cfg, net, NAT_SNAT, |_| {});
+    let opened = open_flow(ctx, cfg, net, NAT_SNAT, |_| {});
     if opened != Reason::SnatNew {
         return opened;
     }
@@ -319,7 +328,7 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
         return Reason::PassIpv6;
     };
     let gateway = net.gateway;
-    let opened = open_flow(cfg, net, nat, |xlat| {
+    let opened = open_flow(ctx, cfg, net, nat, |xlat| {
         xlat.daddr = target;
         xlat.dport = port;
         if nat == NAT_HAIRPIN {
@@ -425,7 +434,13 @@ fn one_address_published(ctx: &TcContext, net: &Net6, hook: u8) -> bool {
 /// the packet `translate_tracked` parsed and found no flow for: the kind's
 /// `*New` reason, or why not.
 #[inline(always)]
-fn open_flow(cfg: &Config, net: &Net6, nat: u8, to: impl FnOnce(&mut FlowKey6)) -> Reason {
+fn open_flow(
+    ctx: &TcContext,
+    cfg: &Config,
+    net: &Net6,
+    nat: u8,
+    to: impl FnOnce(&mut FlowKey6),
+) -> Reason {
     let Some(pkt) = PACKET6.get_ptr_mut(0) else {
         return Reason::DropRewrite;
     };
@@ -441,7 +456,7 @@ fn open_flow(cfg: &Config, net: &Net6, nat: u8, to: impl FnOnce(&mut FlowKey6)) 
     }
     to(&mut pkt.xlat);
     crate::collector::arm();
-    new_flow(pkt, cfg, nat, now())
+    new_flow(ctx, pkt, cfg, nat, now())
 }
 
 /// `translate_tracked`'s answer for a packet of no flow: the packet is
@@ -490,21 +505,27 @@ fn is_icmp_error(ctx: &TcContext) -> bool {
 /// The quoted packet's IPv6 header, behind the error's 8-byte header.
 const QUOTED: usize = L4 + 8;
 const QUOTED_SADDR: usize = QUOTED + 8;
+const QUOTED_DADDR: usize = QUOTED + 24;
 const QUOTED_L4: usize = QUOTED + 40;
 
-/// Translates an ICMPv6 error from beyond the uplink about a packet netbr
-/// translated on its way out (a masqueraded packet, or a published port's
-/// reply), so that it reaches the container that sent it: a router's
-/// Packet Too Big then lowers the container's path MTU, and its Time
-/// Exceeded reaches its traceroute. The flow is the one a packet
-/// travelling like the error belongs to (the quoted tuple reversed); the
-/// outer destination and the quoted source and port become the
-/// container's. ICMPv6's checksum covers the outer pseudo-header and the
-/// quoted bytes alike, so each change is folded into it; the quoted
-/// packet's own L4 checksum covers data the error does not carry and is
-/// left alone, as for IPv4. Errors do not advance the flow's state.
+/// Translates an ICMPv6 error about a packet netbr translated, both ways.
+/// From beyond the uplink (`outbound` false), about a packet that left
+/// translated (a masqueraded one, a published port's reply): the outer
+/// destination, the quoted source and its port (or echo identifier)
+/// become the container's, so a router's Packet Too Big lowers the
+/// container's path MTU and its Time Exceeded reaches traceroute. From a
+/// container (`outbound`), about a packet that reached it translated (a
+/// published port's, a masquerade flow's reply): the outer source, the
+/// quoted destination and its port become the host's, as the peer sent
+/// them, so its port unreachable or Packet Too Big makes sense there. The
+/// flow is the one a packet travelling like the error belongs to (the
+/// quoted tuple reversed). ICMPv6's checksum covers the outer
+/// pseudo-header and the quoted bytes alike, so each change is folded into
+/// it; the quoted packet's own L4 checksum covers data the error does not
+/// carry and is left alone, as for IPv4. Errors do not advance the flow's
+/// state.
 #[inline(never)]
-fn translate_error(ctx: &TcContext, cfg: &Config) -> Reason {
+fn translate_error(ctx: &TcContext, cfg: &Config, outbound: bool) -> Reason {
     let Some(pkt) = PACKET6.get_ptr_mut(0) else {
         return Reason::DropRewrite;
     };
@@ -513,7 +534,7 @@ fn translate_error(ctx: &TcContext, cfg: &Config) -> Reason {
     let (Ok(proto), Ok(saddr), Ok(daddr)) = (
         load::<u8>(ctx, QUOTED + 6),
         load::<[u32; 4]>(ctx, QUOTED_SADDR),
-        load::<[u32; 4]>(ctx, QUOTED + 24),
+        load::<[u32; 4]>(ctx, QUOTED_DADDR),
     ) else {
         return Reason::DropTruncated;
     };
@@ -531,7 +552,9 @@ fn translate_error(ctx: &TcContext, cfg: &Config) -> Reason {
             pkt.key.dport = ports[0];
             QUOTED_L4
         }
-        IPPROTO_ICMPV6 => {
+        // A container's error about an echo (its reply would be the
+        // answer) has no flow to follow.
+        IPPROTO_ICMPV6 if !outbound => {
             let (Ok(kind), Ok(id)) = (load::<u8>(ctx, QUOTED_L4), load::<u16>(ctx, QUOTED_L4 + 4))
             else {
                 return Reason::DropTruncated;
@@ -550,17 +573,42 @@ fn translate_error(ctx: &TcContext, cfg: &Config) -> Reason {
     };
     // SAFETY: map value pointer from `lookup`.
     let xlat = unsafe { (*flow.entry).xlat };
-    let (old, new) = (pkt.key.daddr, xlat.daddr);
+    // Inbound, the destination side changes: the outer destination and
+    // the quoted source; outbound, the source side: the outer source and
+    // the quoted destination, whose port follows the source port's.
+    let (outer, quoted, port_at, old, new, old_port, new_port) = if outbound {
+        let at = sport_off + 2;
+        (
+            IP6_SADDR,
+            QUOTED_DADDR,
+            at,
+            pkt.key.saddr,
+            xlat.saddr,
+            pkt.key.sport,
+            xlat.sport,
+        )
+    } else {
+        let at = sport_off;
+        (
+            IP6_DADDR,
+            QUOTED_SADDR,
+            at,
+            pkt.key.daddr,
+            xlat.daddr,
+            pkt.key.dport,
+            xlat.dport,
+        )
+    };
     let addr = <[u32; 4] as AddrField>::diff(old, new);
-    let port = crate::csum::diff16(pkt.key.dport, xlat.dport);
+    let port = crate::csum::diff16(old_port, new_port);
     const ICMP_CSUM: usize = L4 + 2;
     let fixed = ctx
         .l4_csum_replace(ICMP_CSUM, 0, addr as u64, BPF_F_PSEUDO_HDR as u64)
         .and_then(|_| ctx.l4_csum_replace(ICMP_CSUM, 0, (addr + port) as u64, 0));
     if fixed.is_err()
-        || skb::write(ctx, IP6_DADDR, &new).is_err()
-        || skb::write(ctx, QUOTED_SADDR, &new).is_err()
-        || skb::write(ctx, sport_off, &xlat.dport).is_err()
+        || skb::write(ctx, outer, &new).is_err()
+        || skb::write(ctx, quoted, &new).is_err()
+        || skb::write(ctx, port_at, &new_port).is_err()
     {
         return Reason::DropRewrite;
     }
@@ -574,7 +622,7 @@ fn translate_error(ctx: &TcContext, cfg: &Config) -> Reason {
 /// finished flows' tuples. A BPF function of its own, returning a bare
 /// reason (`SnatNew`, `DnatNew` or `DirectNew` when opened).
 #[inline(never)]
-fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
+fn new_flow(ctx: &TcContext, pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
     if let Err(r) = conntrack::admit(now) {
         return r;
     }
@@ -605,6 +653,10 @@ fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
         };
         pkt.xlat.sport = port.to_be();
         pkt.reply_key = pkt.xlat.reversed();
+        // A port a host socket takes the peer's replies on is the host's.
+        if nat == NAT_SNAT && host_holds(ctx, pkt) {
+            continue;
+        }
         if claim(pkt, reply, cfg, now) {
             return match conntrack::insert_orig(&pkt.key, &pkt.xlat, reply, pkt.len) {
                 Ok(()) => opened,
@@ -617,6 +669,23 @@ fn new_flow(pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
     }
     crate::events::log(Reason::DropSnatExhausted, 0, now);
     Reason::DropSnatExhausted
+}
+
+/// Whether a host socket would take what the peer sends back to
+/// `pkt.xlat`'s source (`nat::host_socket_takes`), as IPv4's port search
+/// asks: a BPF function of its own, so its tuple stays off the search's
+/// frame.
+#[inline(never)]
+fn host_holds(ctx: &TcContext, pkt: &mut Packet6) -> bool {
+    let x = pkt.xlat;
+    pkt.sock_tuple = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+        saddr: x.daddr,
+        daddr: x.saddr,
+        sport: x.dport,
+        dport: x.sport,
+    };
+    // SAFETY: the program's context.
+    unsafe { crate::nat::host_socket_takes(ctx.skb.skb, x.proto, &mut pkt.sock_tuple) }
 }
 
 /// `conntrack::claim_reply` of `pkt.reply_key` in a BPF function of its

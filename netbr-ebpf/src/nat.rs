@@ -256,15 +256,29 @@ fn host_socket_holds(skb: *mut __sk_buff, s: &mut PortSearch) -> bool {
         sport: xlat.dport,
         dport: xlat.sport,
     };
-    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
-    // A negative netns id means the skb's own namespace: the host's.
+    // SAFETY: `skb` is the program's context.
+    unsafe { host_socket_takes(skb, s.xlat.proto, &mut s.tuple) }
+}
+
+/// Whether a host socket takes `proto` packets of `tuple`, the reply
+/// direction's (the peer's address and port as source): TCP's listeners,
+/// connected, request and TIME_WAIT sockets (`bpf_skc_lookup_tcp`), UDP's
+/// bound ones. `T` is the IPv4 or IPv6 half of `bpf_sock_tuple`, whose
+/// size tells the helpers the family. In the skb's own namespace: the
+/// host's.
+///
+/// # Safety
+/// `skb` must be the program's context.
+#[inline(always)]
+pub unsafe fn host_socket_takes<T>(skb: *mut __sk_buff, proto: u8, tuple: &mut T) -> bool {
+    let size = core::mem::size_of::<T>() as u32;
+    // A negative netns id means the skb's own namespace.
     let netns = u64::MAX;
-    let tuple: *mut bpf_sock_tuple =
-        (&mut s.tuple as *mut bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1).cast();
-    // SAFETY: `skb` is the program's context; the helper reads `size` bytes,
-    // the IPv4 tuple; a socket found is released below.
+    let tuple: *mut bpf_sock_tuple = (tuple as *mut T).cast();
+    // SAFETY: the helpers read `size` bytes of the tuple; a socket found is
+    // released below.
     let sk = unsafe {
-        match s.xlat.proto {
+        match proto {
             IPPROTO_TCP => bpf_skc_lookup_tcp(skb.cast(), tuple, size, netns, 0),
             IPPROTO_UDP => bpf_sk_lookup_udp(skb.cast(), tuple, size, netns, 0),
             _ => return false,

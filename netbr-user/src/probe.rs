@@ -215,36 +215,29 @@ pub fn tcp_request_peer(
 }
 
 /// A TCP connection from `ns` to `to`, from source port `from_port` (0 for
-/// any), left open for the caller to use from any thread.
+/// any), left open for the caller to use from any thread. Either family.
 pub fn tcp_connect(ns: &Path, from_port: u16, to: SocketAddr) -> Result<TcpStream> {
-    let SocketAddr::V4(to4) = to else {
-        bail!("{to} is not IPv4");
-    };
     netns::run_in(ns, move || -> Result<TcpStream> {
+        let unspecified: std::net::IpAddr = match to {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let (from, from_len) = sockaddr((unspecified, from_port).into());
+        let (dst, dst_len) = sockaddr(to);
+        let family = i32::from(from.ss_family);
         // SAFETY: plain socket syscalls on an fd this closure owns until it
-        // hands it to the returned stream.
+        // hands it to the returned stream, with addresses of their lengths.
         unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error()).context("TCP socket");
             }
             let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-            let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: port.to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(ip.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            let len = size_of::<libc::sockaddr_in>() as u32;
-            let from = sin(Ipv4Addr::UNSPECIFIED, from_port);
-            if libc::bind(fd, &from as *const _ as *const _, len) < 0 {
+            if libc::bind(fd, &from as *const _ as *const _, from_len) < 0 {
                 return Err(std::io::Error::last_os_error())
                     .with_context(|| format!("binding port {from_port}"));
             }
-            let dst = sin(*to4.ip(), to4.port());
-            if libc::connect(fd, &dst as *const _ as *const _, len) < 0 {
+            if libc::connect(fd, &dst as *const _ as *const _, dst_len) < 0 {
                 return Err(std::io::Error::last_os_error())
                     .with_context(|| format!("connecting to {to}"));
             }
@@ -252,6 +245,42 @@ pub fn tcp_connect(ns: &Path, from_port: u16, to: SocketAddr) -> Result<TcpStrea
             Ok(stream)
         }
     })?
+}
+
+/// `addr` as the socket calls take it, with its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage has room and alignment for any sockaddr.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as u32)
 }
 
 /// Sends one datagram from `ns` (from `from_port`, 0 for any) and waits for

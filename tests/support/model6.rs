@@ -62,10 +62,13 @@ pub enum Expect6 {
         to: FlowKey6,
         any_sport: bool,
     },
-    /// An ICMPv6 error translated back: its outer destination and the
-    /// quoted source become `addr`, the quoted source port (or echo
-    /// identifier, at `port_at`) `port`.
+    /// An ICMPv6 error translated: from outside (`outbound` false) its
+    /// outer destination and the quoted source become `addr`; from a
+    /// container its outer source and the quoted destination do. The
+    /// quoted port of that side (or echo identifier), at `port_at`,
+    /// becomes `port`.
     IcmpError {
+        outbound: bool,
         addr: [u32; 4],
         port: u16,
         port_at: usize,
@@ -256,10 +259,8 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables6) -> Result<Outcome, Outcome> {
     match hook {
         Hook::UplinkIngress => {
             if masquerades(&net) && daddr == net.uplink {
-                if b.get(NEXT) == Some(&IPPROTO_ICMPV6)
-                    && b.get(L4).is_some_and(|k| (1..=4).contains(k))
-                {
-                    return icmp_error(b, t);
+                if is_icmp_error(b) {
+                    return icmp_error(b, t, false);
                 }
                 return tracked_or(b, hook, t, |p| publish(b, t, &cfg, &net, p, NAT_DNAT));
             }
@@ -284,6 +285,9 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables6) -> Result<Outcome, Outcome> {
             let saddr = addr(b, SADDR)?;
             if !contains(&net, &saddr) || contains(&net, &daddr) {
                 return Ok(Reason::PassIpv6.into());
+            }
+            if is_icmp_error(b) {
+                return icmp_error(b, t, true);
             }
             tracked_or(b, hook, t, |p| {
                 if p.key.proto == IPPROTO_ICMPV6 && p.key.sport == 0 {
@@ -473,8 +477,14 @@ fn translate(
     }))
 }
 
+/// Mirrors `ipv6::is_icmp_error`: an ICMPv6 error right behind the fixed
+/// header.
+fn is_icmp_error(b: &[u8]) -> bool {
+    b.get(NEXT) == Some(&IPPROTO_ICMPV6) && b.get(L4).is_some_and(|k| (1..=4).contains(k))
+}
+
 /// Mirrors `ipv6::translate_error`.
-fn icmp_error(b: &[u8], t: &dyn Tables6) -> Result<Outcome, Outcome> {
+fn icmp_error(b: &[u8], t: &dyn Tables6, outbound: bool) -> Result<Outcome, Outcome> {
     let proto = at::<1>(b, QUOTED + 6)?[0];
     let (qs, qd) = (addr(b, QUOTED + 8)?, addr(b, QUOTED + 24)?);
     let mut key = FlowKey6 {
@@ -483,14 +493,14 @@ fn icmp_error(b: &[u8], t: &dyn Tables6) -> Result<Outcome, Outcome> {
         proto,
         ..FlowKey6::default()
     };
-    let port_at = match proto {
+    let sport_at = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let ports = at::<4>(b, QUOTED_L4)?;
             key.sport = u16::from_ne_bytes([ports[2], ports[3]]);
             key.dport = u16::from_ne_bytes([ports[0], ports[1]]);
             QUOTED_L4
         }
-        IPPROTO_ICMPV6 => {
+        IPPROTO_ICMPV6 if !outbound => {
             let kind = at::<1>(b, QUOTED_L4)?[0];
             let id = u16::from_ne_bytes(at::<2>(b, QUOTED_L4 + 4)?);
             if kind != ECHO_REQUEST {
@@ -504,9 +514,15 @@ fn icmp_error(b: &[u8], t: &dyn Tables6) -> Result<Outcome, Outcome> {
     let Some(e) = flow6(t, &key) else {
         return Ok(Reason::PassIpv6.into());
     };
+    let (addr, port, port_at) = if outbound {
+        (e.xlat.saddr, e.xlat.sport, sport_at + 2)
+    } else {
+        (e.xlat.daddr, e.xlat.dport, sport_at)
+    };
     Ok(Outcome::Done(Expect6::IcmpError {
-        addr: e.xlat.daddr,
-        port: e.xlat.dport,
+        outbound,
+        addr,
+        port,
         port_at,
     }))
 }
