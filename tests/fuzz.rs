@@ -14,10 +14,7 @@ mod support;
 
 use std::net::Ipv4Addr;
 
-use aya::{
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-    Ebpf,
-};
+use aya::Ebpf;
 use netbr::{addr::to_be32, bpf::datapath::Datapath, probe::inet_checksum};
 use netbr_common::{
     conntrack::{CtEntry, CtState, FlowKey, DIR_ORIG, STATE_COUNT},
@@ -30,7 +27,10 @@ use netbr_common::{
 };
 use support::{
     config::{test_config, BRIDGE_MAC, CT_MAX, HOST},
-    fuzzing::{fuzz_seed, kernel_taint, Rng},
+    fuzzing::{
+        counted, dropped, fuzz_seed, kernel_taint, load_tc_programs, run_tc, untouched, Recent,
+        Record, Rng, PASS,
+    },
     model::{self, Expect, Hook, Tables, UplinkRoute},
     packet::{fragment, Spec},
 };
@@ -40,11 +40,9 @@ const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const PASS: u32 = -1i32 as u32;
 const REDIRECT: u32 = 7;
 const WEB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const C2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
-const SHOT: u32 = 2;
 const PORTS: [u16; 16] = [
     8080, 8081, 8082, 5353, 22, 53, 80, 443, 40000, 40001, 50000, 61000, 61001, 5000, 123, 65535,
 ];
@@ -267,14 +265,7 @@ impl Fixture {
             .expect("frag map")
             .try_into()
             .expect("frag map type");
-        for name in ["nb_up_in", "nb_up_out", "nb_br_in"] {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("classifier");
-            p.load().expect("load program");
-        }
+        load_tc_programs(&mut ebpf);
         let rules = fuzz_rules();
         let mut slot = 0;
         let installed: Vec<_> = rules
@@ -295,38 +286,10 @@ impl Fixture {
         }
     }
 
-    /// Runs one frame; `None` when BPF_PROG_TEST_RUN refuses it (it wants a
-    /// whole IP header behind an IP ethertype), which only short frames may.
+    /// Runs one frame (`fuzzing::run_tc`).
     fn run(&mut self, hook: Hook, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
-        let name = match hook {
-            Hook::UplinkIngress => "nb_up_in",
-            Hook::UplinkEgress => "nb_up_out",
-            Hook::BridgeIngress => "nb_br_in",
-        };
-        let p: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        let mut out = vec![0u8; frame.len() + 64];
-        match p.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        }) {
-            Ok(r) => {
-                out.truncate(r.data_size_out as usize);
-                Some((r.return_value, out))
-            }
-            // It wants a whole IPv4 (20) or IPv6 (40) header behind those ethertypes.
-            Err(_) if frame.len() < 14 + 40 => None,
-            Err(e) => panic!(
-                "BPF_PROG_TEST_RUN refused {} bytes {}: {e:?}",
-                frame.len(),
-                hex(frame)
-            ),
-        }
+        // Its mutations may make an IPv6 ethertype: 40 bytes behind it.
+        run_tc(&mut self.ebpf, hook, frame, 14 + 40)
     }
 }
 
@@ -604,19 +567,8 @@ fn check(
         return check(&addressed, hook, inner, PASS, out, f);
     }
     match expect {
-        Expect::Untouched(_) => {
-            if verdict != PASS || out != b {
-                return Err(format!(
-                    "expected untouched pass, got verdict {verdict:#x}, changed: {}",
-                    out != b
-                ));
-            }
-        }
-        Expect::Drop(_) => {
-            if verdict != SHOT {
-                return Err(format!("expected drop, got verdict {verdict:#x}"));
-            }
-        }
+        Expect::Untouched(_) => untouched(verdict, b, out)?,
+        Expect::Drop(_) => dropped(verdict)?,
         Expect::Translate {
             to,
             any_sport,
@@ -741,10 +693,6 @@ fn reason_of(e: &Expect) -> Reason {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Mirrors `conntrack::claim_reply`: whether a new flow whose reply tuple is
 /// `reply_key` can be created, so the model knows a DnatNew from a drop.
 fn claimable(f: &Fixture, reply_key: &FlowKey, reply_xlat: &FlowKey) -> bool {
@@ -806,11 +754,10 @@ fn fuzz(fast: bool) {
     let tainted = kernel_taint();
     let mut f = Fixture::new(fast);
     let mut rng = Rng(seed | 1);
-    let mut recent: Vec<(Hook, Vec<u8>)> = Vec::new();
-    let mut mismatches = Vec::new();
-    let mut seen = std::collections::BTreeMap::<&'static str, u64>::new();
+    let mut recent = Recent::default();
+    let mut record = Record::default();
     for n in 0..packets {
-        let (hook, mut b) = base(&mut rng, &recent);
+        let (hook, mut b) = base(&mut rng, &recent.0);
         if rng.chance(40) {
             mutate(&mut rng, &mut b);
         }
@@ -843,77 +790,57 @@ fn fuzz(fast: bool) {
             } else {
                 "fast_path_out"
             };
-            *seen.entry(way).or_default() += 1;
+            record.count(way);
         }
         let reason = reason_of(&expect);
         let before = counter(&f, reason);
         let Some((verdict, out)) = f.run(hook, &b) else {
-            *seen.entry("refused_by_test_run").or_default() += 1;
+            record.count("refused_by_test_run");
             continue;
         };
-        let mut result = check(&b, hook, &expect, verdict, &out, &f);
-        if result.is_ok() && counter(&f, reason) != before + 1 {
-            result = Err(format!("counter {} did not move", reason.name()));
-        }
-        *seen.entry(reason.name()).or_default() += 1;
+        let result = counted(
+            check(&b, hook, &expect, verdict, &out, &f),
+            reason,
+            before,
+            counter(&f, reason),
+        );
+        record.count(reason.name());
         if let Err(e) = result {
-            if std::env::var_os("NETBR_FUZZ_DEBUG").is_some() && mismatches.is_empty() {
+            if std::env::var_os("NETBR_FUZZ_DEBUG").is_some() && !record.has_mismatches() {
                 if let Ok(p) = model::parse(&b) {
                     eprintln!("entry for {:?}: {:?}", p.key, f.ct(&p.key));
                 }
             }
-            if mismatches.len() < 10 {
-                mismatches.push(format!(
-                    "#{n} {hook:?} expected {expect:?}: {e}\n  in  {}\n  out {}",
-                    hex(&b),
-                    hex(&out)
-                ));
-            } else {
-                mismatches.push(String::new());
-            }
+            record.mismatch(format!("#{n} {hook:?} expected {expect:?}: {e}"), &b, &out);
         }
-        if verdict == PASS && out != b {
-            if recent.len() < 256 {
-                recent.push((hook, out));
-            } else {
-                recent[(n % 256) as usize] = (hook, out);
-            }
-        }
+        recent.keep(n, hook, verdict, &b, out);
     }
-    println!("{packets} packets (seed {seed}), outcomes: {seen:?}");
-    assert_eq!(kernel_taint(), tainted, "kernel taint changed");
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches, first ones:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
     // The run exercised every kind of outcome the model distinguishes.
-    for r in [
-        "hairpin_new",
-        "translated",
-        "dnat_new",
-        "snat_new",
-        "icmp_error_translated",
-        "drop_truncated",
-        "drop_bad_header",
-        "pass_fragment",
-        "pass_not_ipv4",
-        "pass_no_match",
-        "drop_direct_routing",
-        "drop_fw_deny",
-        "drop_fw_not_allowed",
-    ] {
-        assert!(
-            seen.get(r).copied().unwrap_or(0) > 0,
-            "no packet ended as {r}: {seen:?}"
-        );
-    }
+    record.assert_passed(
+        &format!("{packets} packets (seed {seed})"),
+        &tainted,
+        &[
+            "hairpin_new",
+            "translated",
+            "dnat_new",
+            "snat_new",
+            "icmp_error_translated",
+            "drop_truncated",
+            "drop_bad_header",
+            "pass_fragment",
+            "pass_not_ipv4",
+            "pass_no_match",
+            "drop_direct_routing",
+            "drop_fw_deny",
+            "drop_fw_not_allowed",
+        ],
+    );
     if fast {
         for way in ["fast_path_in", "fast_path_out"] {
             assert!(
-                seen.get(way).copied().unwrap_or(0) > 0,
-                "no packet took the {way}: {seen:?}"
+                record.seen.get(way).copied().unwrap_or(0) > 0,
+                "no packet took the {way}: {:?}",
+                record.seen
             );
         }
     }

@@ -14,10 +14,7 @@ mod support;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-    Ebpf,
-};
+use aya::Ebpf;
 use netbr::{addr::to_be32, bpf::datapath::Datapath, probe::inet_checksum};
 use netbr_common::{
     conntrack::{CtEntry6, FlowKey6, STATE_COUNT},
@@ -30,14 +27,15 @@ use netbr_common::{
 };
 use support::{
     config::{test_config, CT_MAX},
-    fuzzing::{fuzz_seed, kernel_taint, Rng},
+    fuzzing::{
+        counted, dropped, fuzz_seed, kernel_taint, load_tc_programs, run_tc, untouched, Recent,
+        Record, Rng, PASS,
+    },
     model::{self, Hook, FRAG_LATER},
     model6::{self, Expect6, Tables6, IPPROTO_ICMPV6, L4},
     packet::{echo6, fragment6, ipv6_checked, ipv6_covered, tcp_header, udp_datagram},
 };
 
-const PASS: u32 = -1i32 as u32;
-const SHOT: u32 = 2;
 const UPLINK6: &str = "2001:db8:1::1";
 /// A second address of the host's, with a port published on it alone.
 const SECOND6: &str = "2001:db8:1::9";
@@ -162,44 +160,13 @@ impl Fixture {
             .expect("frag map")
             .try_into()
             .expect("frag map type");
-        for name in ["nb_up_in", "nb_up_out", "nb_br_in"] {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("classifier");
-            p.load().expect("load program");
-        }
+        load_tc_programs(&mut ebpf);
         Self { ebpf, dp, frags }
     }
 
-    /// Runs one frame; `None` when BPF_PROG_TEST_RUN refuses it (it wants
-    /// a whole IPv6 header behind the IPv6 ethertype).
+    /// Runs one frame (`fuzzing::run_tc`).
     fn run(&mut self, hook: Hook, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
-        let name = match hook {
-            Hook::UplinkIngress => "nb_up_in",
-            Hook::UplinkEgress => "nb_up_out",
-            Hook::BridgeIngress => "nb_br_in",
-        };
-        let p: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        let mut out = vec![0u8; frame.len() + 64];
-        match p.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        }) {
-            Ok(r) => {
-                out.truncate(r.data_size_out as usize);
-                Some((r.return_value, out))
-            }
-            Err(_) if frame.len() < L4 => None,
-            Err(e) => panic!("BPF_PROG_TEST_RUN refused {} bytes: {e:?}", frame.len()),
-        }
+        run_tc(&mut self.ebpf, hook, frame, L4)
     }
 }
 
@@ -450,19 +417,8 @@ fn check(
     f: &Fixture,
 ) -> Result<(), String> {
     match expect {
-        Expect6::Untouched(_) => {
-            if verdict != PASS || out != b {
-                return Err(format!(
-                    "expected untouched pass, got verdict {verdict:#x}, changed: {}",
-                    out != b
-                ));
-            }
-        }
-        Expect6::Drop(_) => {
-            if verdict != SHOT {
-                return Err(format!("expected drop, got verdict {verdict:#x}"));
-            }
-        }
+        Expect6::Untouched(_) => untouched(verdict, b, out)?,
+        Expect6::Drop(_) => dropped(verdict)?,
         Expect6::Translate {
             reason,
             to,
@@ -550,12 +506,11 @@ fn fuzz6(fast: bool) {
     let tainted = kernel_taint();
     let mut f = Fixture::new(fast);
     let mut rng = Rng(seed | 1);
-    let mut recent: Vec<(Hook, Vec<u8>)> = Vec::new();
+    let mut recent = Recent::default();
     let mut pending = None;
-    let mut mismatches = Vec::new();
-    let mut seen = std::collections::BTreeMap::<&'static str, u64>::new();
+    let mut record = Record::default();
     for n in 0..packets {
-        let (hook, mut b) = base(&mut rng, &recent, &mut pending);
+        let (hook, mut b) = base(&mut rng, &recent.0, &mut pending);
         if rng.chance(40) {
             mutate(&mut rng, &mut b);
         }
@@ -563,59 +518,40 @@ fn fuzz6(fast: bool) {
         let reason = expect.reason();
         let before = f.dp.counter(reason).expect("counter");
         let Some((verdict, out)) = f.run(hook, &b) else {
-            *seen.entry("refused_by_test_run").or_default() += 1;
+            record.count("refused_by_test_run");
             continue;
         };
-        let mut result = check(&b, hook, &expect, verdict, &out, &f);
-        if result.is_ok() && f.dp.counter(reason).expect("counter") != before + 1 {
-            result = Err(format!("counter {} did not move", reason.name()));
-        }
-        *seen.entry(reason.name()).or_default() += 1;
+        let result = counted(
+            check(&b, hook, &expect, verdict, &out, &f),
+            reason,
+            before,
+            f.dp.counter(reason).expect("counter"),
+        );
+        record.count(reason.name());
         if let Err(e) = result {
-            if mismatches.len() < 10 {
-                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                let hex_out: String = out.iter().map(|x| format!("{x:02x}")).collect();
-                mismatches.push(format!(
-                    "#{n} {hook:?} expected {expect:?}: {e}\n  in  {hex}\n  out {hex_out}"
-                ));
-            } else {
-                mismatches.push(String::new());
-            }
+            record.mismatch(format!("#{n} {hook:?} expected {expect:?}: {e}"), &b, &out);
         }
         // What crossed the uplink translated may draw an error back.
-        if hook != Hook::BridgeIngress && verdict == PASS && out != b {
-            if recent.len() < 256 {
-                recent.push((hook, out));
-            } else {
-                recent[(n % 256) as usize] = (hook, out);
-            }
+        if hook != Hook::BridgeIngress {
+            recent.keep(n, hook, verdict, &b, out);
         }
     }
-    println!("{packets} IPv6 packets (seed {seed}), outcomes: {seen:?}");
-    assert_eq!(kernel_taint(), tainted, "kernel taint changed");
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches, first ones:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
+    record.assert_passed(
+        &format!("{packets} IPv6 packets (seed {seed})"),
+        &tainted,
+        &[
+            "translated",
+            "snat_new",
+            "dnat_new",
+            "hairpin_new",
+            "icmp_error_translated",
+            "pass_ipv6",
+            "pass_not_ipv4",
+            "pass_fragment",
+            "drop_truncated",
+            "drop_direct_routing",
+            "drop_frag_no_first",
+            "drop_rewrite",
+        ],
     );
-    for r in [
-        "translated",
-        "snat_new",
-        "dnat_new",
-        "hairpin_new",
-        "icmp_error_translated",
-        "pass_ipv6",
-        "pass_not_ipv4",
-        "pass_fragment",
-        "drop_truncated",
-        "drop_direct_routing",
-        "drop_frag_no_first",
-        "drop_rewrite",
-    ] {
-        assert!(
-            seen.get(r).copied().unwrap_or(0) > 0,
-            "no packet ended as {r}: {seen:?}"
-        );
-    }
 }
