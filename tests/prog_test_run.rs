@@ -947,6 +947,14 @@ fn the_fast_path_delivers_an_ipv6_reply_into_the_container_as_a_router_would() {
     assert_eq!((&back[0..6], &back[6..12]), (&WEB_MAC[..], &BRIDGE_MAC[..]));
     assert_eq!(back[21], reply[21] - 1, "hop limit decremented");
     assert_eq!(h.dp.fast_path_counts().expect("fast").0, 1);
+    // The next frame, not IPv6 at all (ARP), inherits nothing of that
+    // redirect: it goes on as it came.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&WEB_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    arp.resize(64, 0);
+    h.assert_passes_untouched(UP_IN, &arp, "an ARP frame after a redirect");
     // A hop limit that would expire here goes to the stack (translated),
     // which answers with time exceeded; an ICMPv6 error always does.
     let mut last_hop = reply.clone();

@@ -110,11 +110,15 @@ crate::rewrite::impl_l4_fields!(
 /// with, translated or not.
 #[inline(always)]
 pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Result<Outcome, Reason> {
-    let reason = on_hook(ctx, cfg, hook);
-    let Some(pkt) = PACKET6.get_ptr(0) else {
-        return Err(reason);
+    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+        return Err(Reason::PassIpv6);
     };
+    // Before anything else: the room is the CPU's, and a frame that is not
+    // IPv6 at all must not find the last packet's redirect there.
     // SAFETY: per-CPU map value, used by this packet only.
+    unsafe { (*pkt).action = TC_ACT_UNSPEC };
+    let reason = on_hook(ctx, cfg, hook);
+    // SAFETY: as above.
     let action = unsafe { (*pkt).action };
     if action != TC_ACT_UNSPEC {
         return Ok(Outcome { reason, action });
@@ -165,7 +169,6 @@ fn on_hook(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
     pkt.parsed = 0;
-    pkt.action = TC_ACT_UNSPEC;
     // Each address is read once (an unaligned 16-byte read is some forty
     // instructions): the destination here, which every hook picks its path
     // by; the source by uplink egress, which needs it for that, or else by
