@@ -392,11 +392,13 @@ pub async fn remove_endpoint_objects(nl: &Netlink, ep: &EndpointState) -> Vec<an
     let mut errors = Vec::new();
     // By name and index both: the index alone could have been reused.
     match nl.link(&ep.host_ifname).await {
-        Ok(Some(l)) if l.index == ep.host_ifindex => {
-            if let Err(e) = nl.del_link(l.index).await {
-                errors.push(e);
-            }
-        }
+        Ok(Some(l)) if l.index == ep.host_ifindex => match nl.del_link(l.index).await {
+            // Gone in between: its namespace's teardown takes the veth
+            // pair with it, asynchronously. What was wanted.
+            Err(e) if crate::netlink::errno(&e) == Some(libc::ENODEV) => {}
+            Err(e) => errors.push(e),
+            Ok(()) => {}
+        },
         Ok(_) => {}
         Err(e) => errors.push(e),
     }
