@@ -1282,24 +1282,36 @@ fn detach_keep_bridge_then_attach_serves_the_same_endpoints_again() {
 
 #[test]
 fn bench_measures_every_metric_for_every_arm() {
-    // Not a speed check (those are the bench's job): a short run must
-    // produce each figure for each arm, each above zero.
+    bench_run_has_every_figure(&["--arms", "routed,nftables,netbr"]);
+}
+
+#[test]
+fn bench_measures_every_metric_over_ipv6_with_ip6tables_and_an_inet_table() {
+    // A figure above zero on the netfilter arms means their IPv6 rules
+    // carried the traffic: ip6tables' FORWARD policy is drop and lan has
+    // no route to the containers.
+    bench_run_has_every_figure(&["--ipv6", "--arms", "iptables-nft,nftables,netbr-fast"]);
+}
+
+/// Not a speed check (those are the bench's job): a short run with `args`
+/// (which name its `--arms`) must produce each figure for each arm, each
+/// above zero.
+fn bench_run_has_every_figure(args: &[&str]) {
+    let arms: Vec<&str> = args
+        .iter()
+        .skip_while(|a| **a != "--arms")
+        .nth(1)
+        .expect("--arms")
+        .split(',')
+        .collect();
     let out_file = std::env::temp_dir().join(format!(
         "netbr-bench-{}.json",
         netbr::sandbox::unique_suffix()
     ));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_netbr"))
-        .args([
-            "bench",
-            "--arms",
-            "routed,nftables,netbr",
-            "--rounds",
-            "1",
-            "--secs",
-            "0.2",
-            "--fwd",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .args(["--rounds", "1", "--secs", "0.2", "--fwd", "--json"])
         .arg(&out_file)
         .output()
         .expect("run bench");
@@ -1312,10 +1324,17 @@ fn bench_measures_every_metric_for_every_arm() {
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_file).expect("json")).expect("parse");
     let _ = std::fs::remove_file(&out_file);
+    let ipv6 = args.contains(&"--ipv6");
+    assert_eq!(doc["family"], if ipv6 { "ipv6" } else { "ipv4" });
     let rows = doc["results"].as_array().expect("results");
     let metrics = netbr::bench::METRICS.len();
-    // Every metric for every arm; the BPF run-time pair for netbr only.
-    assert_eq!(rows.len(), 3 * (metrics - 2) + 2, "{doc:#}");
+    // Every metric for every arm; the BPF run-time pair for netbr's only.
+    let netbr_arms = arms.iter().filter(|a| a.starts_with("netbr")).count();
+    assert_eq!(
+        rows.len(),
+        arms.len() * (metrics - 2) + 2 * netbr_arms,
+        "{doc:#}"
+    );
     for r in rows {
         let m = r["metric"].as_str().unwrap_or("");
         let v = r["median"].as_f64().unwrap_or(-1.0);

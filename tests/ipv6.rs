@@ -34,39 +34,11 @@ fn ip(ns: &Path, args: &[&str]) {
     );
 }
 
-/// IPv6 addresses for the host's uplink and lan, on the link between them.
-fn ipv6_on_the_link(sb: &Sandbox) {
-    ip(
-        &sb.host_path(),
-        &[
-            "-6",
-            "addr",
-            "add",
-            &format!("{UPLINK6}/64"),
-            "dev",
-            UPLINK,
-            "nodad",
-        ],
-    );
-    ip(
-        &sb.lan_path(),
-        &[
-            "-6",
-            "addr",
-            "add",
-            &format!("{LAN6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-}
-
 /// The sandbox with IPv6 on the uplink link, attached dual-stack with
 /// `extra`, with containers 1 and 2.
 fn dual_stack(extra: &[&str]) -> Sandbox {
     let sb = support::sandbox();
-    ipv6_on_the_link(&sb);
+    sb.ipv6_on_the_link().expect("IPv6 on the link");
     let mut args = vec!["--subnet", SUBNET6];
     args.extend_from_slice(extra);
     let out = sb.attach_with(&args).expect("attach dual-stack");
@@ -783,7 +755,7 @@ fn published_ports_take_the_families_dockers_grammar_gives_them() {
 #[test]
 fn an_ipv6_only_bridge_gives_containers_no_ipv4_and_masquerades_and_publishes_over_ipv6() {
     let sb = support::sandbox();
-    ipv6_on_the_link(&sb);
+    sb.ipv6_on_the_link().expect("IPv6 on the link");
     let out = sb
         .netbr_ok(&sb.attach_args_ipv6_only(&["--subnet", SUBNET6]))
         .expect("attach IPv6-only");

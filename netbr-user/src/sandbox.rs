@@ -6,11 +6,14 @@
 //! ns cN    eth0 172.30.0.N/16       containers (made by `netbr endpoint add`)
 //! ```
 //!
+//! For IPv6, [`Sandbox::ipv6_on_the_link`] adds 2001:db8:1::2/64 (lan) and
+//! 2001:db8:1::1/64 (up0), and [`SUBNET6`] is the bridge's IPv6 subnet.
+//!
 //! Every name carries a unique suffix, and dropping the sandbox detaches
 //! netbr and deletes every namespace it made, also when a test panics.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -23,6 +26,9 @@ use crate::{netlink, netns};
 pub const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const SUBNET: &str = "172.30.0.0/16";
+pub const LAN_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const SUBNET6: &str = "fd00:30::/64";
 pub const UPLINK: &str = "up0";
 pub const BRIDGE: &str = "netbr0";
 
@@ -107,6 +113,25 @@ impl Sandbox {
                 nl.set_up(eth.index).await
             })
         })??;
+        Ok(())
+    }
+
+    /// IPv6 on the link between lan and the host ([`LAN_IP6`],
+    /// [`UPLINK_IP6`]), usable at once (no duplicate address detection).
+    /// Before `attach`, which finds the uplink's IPv6 address to masquerade to.
+    pub fn ipv6_on_the_link(&self) -> Result<()> {
+        for (ns, dev, addr) in [
+            (self.host_path(), UPLINK, UPLINK_IP6),
+            (self.lan_path(), "eth0", LAN_IP6),
+        ] {
+            netns::run_in(&ns, move || {
+                netlink::block_on(async {
+                    let nl = netlink::Netlink::connect()?;
+                    let link = nl.require_link(dev).await?;
+                    nl.add_addr6(link.index, addr, 64).await
+                })
+            })??;
+        }
         Ok(())
     }
 

@@ -7,26 +7,35 @@
 //! a netbr arm's sandbox with every frame dropped at the uplink's TC
 //! ingress (`ceiling`).
 
-use std::{fmt::Write as _, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 
 use super::arms::Setup;
 use crate::{
     netns,
-    sandbox::{in_netns, LAN_IP, UPLINK},
+    sandbox::{in_netns, UPLINK},
 };
 
 /// Source ports of the generated flows.
 const FLOWS: u16 = 64;
 
 /// The trafgen configuration for frames from `src` to `to`, addressed at
-/// the link layer from `smac` to `dmac`, 60 bytes on the wire before the FCS.
-fn config(smac: &str, dmac: &str, src: std::net::Ipv4Addr, to: SocketAddr) -> String {
+/// the link layer from `smac` to `dmac`: an 18-byte datagram, 60 bytes on
+/// the wire before the FCS over IPv4, 80 over IPv6 (its header is 20 more).
+fn config(smac: &str, dmac: &str, src: IpAddr, to: SocketAddr) -> String {
+    let ip = match src {
+        IpAddr::V4(_) => format!("ipv4(saddr={src}, daddr={}, ttl=64)", to.ip()),
+        IpAddr::V6(_) => format!("ipv6(saddr={src}, daddr={}, hoplimit=64)", to.ip()),
+    };
     format!(
-        "{{ eth(da={dmac}, sa={smac}), ipv4(saddr={src}, daddr={}, ttl=64), \
+        "{{ eth(da={dmac}, sa={smac}), {ip}, \
          udp(sp=dinc(1024, {}), dp={}), fill(0x41, 18) }}\n",
-        to.ip(),
         1024 + FLOWS - 1,
         to.port()
     )
@@ -114,7 +123,12 @@ fn tempfile_path(name: &str) -> std::path::PathBuf {
 /// at the container's `eth0`).
 pub fn dnat(s: &Setup, dur: Duration) -> Result<f64> {
     let (lan, host) = (s.sb.lan_path(), s.sb.host_path());
-    let conf = config(&mac(&lan, "eth0")?, &mac(&host, UPLINK)?, LAN_IP, s.udp);
+    let conf = config(
+        &mac(&lan, "eth0")?,
+        &mac(&host, UPLINK)?,
+        s.family.lan(),
+        s.udp,
+    );
     run(&lan, &conf, &s.sb.container_path(1), "eth0", dur)
 }
 
@@ -126,8 +140,8 @@ pub fn masquerade(s: &Setup, dur: Duration) -> Result<f64> {
     let conf = config(
         &mac(&c, "eth0")?,
         &gateway_mac,
-        std::net::Ipv4Addr::new(172, 30, 0, 2),
-        SocketAddr::from((LAN_IP, super::LAN_UDP)),
+        s.family.container(),
+        SocketAddr::new(s.family.lan(), super::LAN_UDP),
     );
     run(&c, &conf, &s.sb.lan_path(), "eth0", dur)
 }
@@ -139,11 +153,13 @@ pub fn masquerade(s: &Setup, dur: Duration) -> Result<f64> {
 /// routing, counted by its `drop_direct_routing`. `s` must be a netbr arm.
 pub fn ceiling(s: &Setup, dur: Duration) -> Result<f64> {
     let (lan, host) = (s.sb.lan_path(), s.sb.host_path());
-    let to = SocketAddr::from((
-        std::net::Ipv4Addr::new(172, 30, 0, 2),
-        super::arms::UDP_PORT,
-    ));
-    let conf = config(&mac(&lan, "eth0")?, &mac(&host, UPLINK)?, LAN_IP, to);
+    let to = SocketAddr::new(s.family.container(), super::arms::UDP_PORT);
+    let conf = config(
+        &mac(&lan, "eth0")?,
+        &mac(&host, UPLINK)?,
+        s.family.lan(),
+        to,
+    );
     let dropped =
         || -> Result<u64> { Ok(s.sb.stats()?["drop_direct_routing"].as_u64().unwrap_or(0)) };
     let before = dropped()?;

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use super::arms::Family;
 use crate::netns;
 
 /// Fresh connections through DNAT, each connect, one byte each way, close:
@@ -198,7 +199,8 @@ pub struct UdpSink {
 }
 
 impl UdpSink {
-    pub fn start(container: &Path, port: u16) -> Result<Self> {
+    /// A sink on `at` (a port of every address of one family) in `container`.
+    pub fn start(container: &Path, at: SocketAddr) -> Result<Self> {
         let (count, stop) = (
             Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicBool::new(false)),
@@ -206,7 +208,7 @@ impl UdpSink {
         let (c, st) = (count.clone(), stop.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = netns::spawn_in(container, move || -> Result<()> {
-            let s = UdpSocket::bind(("0.0.0.0", port))?;
+            let s = UdpSocket::bind(at)?;
             s.set_read_timeout(Some(Duration::from_millis(20)))?;
             let _ = tx.send(());
             let mut buf = [0u8; 2048];
@@ -249,7 +251,7 @@ impl Drop for UdpSink {
 pub fn udp_rate(lan: &Path, to: SocketAddr, sink: &UdpSink, dur: Duration) -> Result<f64> {
     let before = sink.received();
     let elapsed = netns::run_in(lan, move || -> Result<Duration> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind((Family::of(to).unspecified(), 0))?;
         s.connect(to)?;
         let payload = [1u8; 64];
         let start = Instant::now();
@@ -281,10 +283,11 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    pub fn start(container: &Path, port: u16) -> Result<Self> {
+    /// A server on `at` (a port of every address of one family) in `container`.
+    pub fn start(container: &Path, at: SocketAddr) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = netns::run_in(container, move || -> Result<std::net::TcpListener> {
-            let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            let l = std::net::TcpListener::bind(at)?;
             // SAFETY: listen on a socket this closure owns; deepens the backlog.
             unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) };
             Ok(l)
@@ -311,7 +314,7 @@ impl EchoServer {
         }
         Ok(Self {
             stop,
-            wake: SocketAddr::from(([127, 0, 0, 1], port)),
+            wake: SocketAddr::new(Family::of(at).loopback(), at.port()),
             container: container.to_path_buf(),
             threads,
         })

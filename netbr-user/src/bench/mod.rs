@@ -25,7 +25,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
-use arms::{Arm, Setup};
+use arms::{Arm, Family, Setup};
 
 #[derive(Args, Debug)]
 pub struct Bench {
@@ -51,6 +51,11 @@ pub struct Bench {
     /// the generator's own ceiling (at the first --ports count).
     #[arg(long)]
     pub fwd: bool,
+    /// Measure over IPv6: every arm's sandbox dual-stack, the clients and
+    /// servers on IPv6, Docker's rules in ip6tables, the nftables arm an
+    /// `inet` table (with --prefill and --rules: not yet).
+    #[arg(long)]
+    pub ipv6: bool,
     /// Rounds of every arm and metric.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -215,23 +220,24 @@ struct Servers {
 impl Servers {
     fn start(s: &Setup) -> Result<Self> {
         let (c, lan) = (s.sb.container_path(1), s.sb.lan_path());
+        let any = |port| SocketAddr::new(s.family.unspecified(), port);
         Ok(Self {
             _echo: vec![
-                load::EchoServer::start(&c, arms::TCP_PORT)?,
-                load::EchoServer::start(&lan, LAN_TCP)?,
+                load::EchoServer::start(&c, any(arms::TCP_PORT))?,
+                load::EchoServer::start(&lan, any(LAN_TCP))?,
             ],
             _iperf: vec![
                 load::Iperf3Server::start(&c, arms::STREAM_PORT)?,
                 load::Iperf3Server::start(&lan, arms::STREAM_PORT)?,
             ],
-            sink: load::UdpSink::start(&c, arms::UDP_PORT)?,
-            lan_sink: load::UdpSink::start(&lan, LAN_UDP)?,
+            sink: load::UdpSink::start(&c, any(arms::UDP_PORT))?,
+            lan_sink: load::UdpSink::start(&lan, any(LAN_UDP))?,
         })
     }
 }
 
-fn lan_addr(port: u16) -> SocketAddr {
-    SocketAddr::from((crate::sandbox::LAN_IP, port))
+fn lan_addr(family: Family, port: u16) -> SocketAddr {
+    SocketAddr::new(family.lan(), port)
 }
 
 /// One round of every metric on one arm, in `METRICS` order (the BPF ones
@@ -245,9 +251,9 @@ fn measure_round(s: &Setup, srv: &Servers, secs: f64) -> Result<Vec<f64>> {
     values.extend(
         measure_direction(
             &c,
-            lan_addr(arms::STREAM_PORT),
-            lan_addr(LAN_TCP),
-            lan_addr(LAN_UDP),
+            lan_addr(s.family, arms::STREAM_PORT),
+            lan_addr(s.family, LAN_TCP),
+            lan_addr(s.family, LAN_UDP),
             &srv.lan_sink,
             secs,
         )
@@ -456,6 +462,10 @@ impl Bench {
                 self.rules.clone(),
             )
         };
+        let family = if self.ipv6 { Family::V6 } else { Family::V4 };
+        if family == Family::V6 && !(prefills.is_empty() && rule_counts.is_empty()) {
+            bail!("--prefill and --rules measure IPv4 only so far: run them without --ipv6");
+        }
         if let Some(n) = rule_counts
             .iter()
             .find(|n| **n > netbr_common::firewall::FIREWALL_MAX_ENTRIES)
@@ -482,7 +492,7 @@ impl Bench {
             eprintln!("setting up {} arms with {n} published port(s)", arms.len());
             let setups: Vec<_> = arms
                 .iter()
-                .map(|&a| arms::setup(a, &exe, n, ct_max))
+                .map(|&a| arms::setup(a, family, &exe, n, ct_max))
                 .collect::<Result<_>>()?;
             let servers: Vec<_> = setups.iter().map(Servers::start).collect::<Result<_>>()?;
             let scenario = Scenario::Ports(n);
@@ -528,7 +538,10 @@ impl Bench {
         let mut scenarios: Vec<Scenario> = ports.iter().map(|&n| Scenario::Ports(n)).collect();
         scenarios.extend(prefills.iter().map(|&n| Scenario::Prefill(n)));
         scenarios.extend(rule_counts.iter().map(|&n| Scenario::Rules(n)));
-        print!("{}", report(&samples, &arms, &scenarios, rounds, secs));
+        print!(
+            "{}",
+            report(&samples, &arms, &scenarios, family, rounds, secs)
+        );
         if !ceilings.is_empty() {
             let sc = Scenario::Ports(ports[0]);
             let median = |a: Arm, m: &str| samples.get(&(sc, a, m)).map_or(0.0, |v| stat(v).median);
@@ -551,7 +564,7 @@ impl Bench {
                     json!({ "ports": ports, "prefill_flows": prefill, "firewall_rules": rules, "arm": arm.name(), "metric": m, "median": st.median, "min": st.min, "max": st.max, "samples": v })
                 })
                 .collect();
-            let doc = json!({ "rounds": rounds, "secs_per_metric": secs, "results": rows, "fwd_ceiling_pps": ceilings });
+            let doc = json!({ "family": if self.ipv6 { "ipv6" } else { "ipv4" }, "rounds": rounds, "secs_per_metric": secs, "results": rows, "fwd_ceiling_pps": ceilings });
             std::fs::write(path, serde_json::to_string_pretty(&doc)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
@@ -571,12 +584,18 @@ fn report(
     samples: &Samples,
     arms: &[Arm],
     scenarios: &[Scenario],
+    family: Family,
     rounds: usize,
     secs: f64,
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "netbr bench: {rounds} rounds x {secs} s per metric; medians (min-max); ratios to routed and to the best netfilter arm");
+    let over = if family == Family::V6 {
+        " over IPv6"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "netbr bench{over}: {rounds} rounds x {secs} s per metric; medians (min-max); ratios to routed and to the best netfilter arm");
     for &sc in scenarios {
         for (metric, higher_better) in METRICS {
             let median = |a: Arm| samples.get(&(sc, a, metric)).map(|v| stat(v).median);

@@ -214,7 +214,7 @@ pub fn run(netbr: &Path, rounds: usize, secs: f64) -> Result<Value> {
         let server = pods.path(1);
         servers.push((
             load::Iperf3Server::start(&server, STREAM_PORT)?,
-            load::EchoServer::start(&server, RR_PORT)?,
+            load::EchoServer::start(&server, (std::net::Ipv4Addr::UNSPECIFIED, RR_PORT).into())?,
         ));
     }
     let mut samples = vec![vec![Vec::new(); METRICS.len()]; arms.len()];
