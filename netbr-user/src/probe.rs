@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -325,27 +325,43 @@ pub fn udp_exchange(
     })?
 }
 
-/// One ICMP echo from `ns` to `dst`; returns whether a matching reply came.
-pub fn ping(ns: &Path, dst: Ipv4Addr) -> Result<bool> {
+/// One ICMP (or ICMPv6) echo from `ns` to `dst`, with an identifier fixed
+/// for this process; returns whether a matching reply came.
+pub fn ping(ns: &Path, dst: impl Into<IpAddr>) -> Result<bool> {
+    let dst: IpAddr = dst.into();
     netns::run_in(ns, move || -> Result<bool> {
+        // Echo request and reply types, and the raw socket's family.
+        let (request, reply, family, proto) = match dst {
+            IpAddr::V4(_) => (8u8, 0u8, libc::AF_INET, libc::IPPROTO_ICMP),
+            IpAddr::V6(_) => (128, 129, libc::AF_INET6, libc::IPPROTO_ICMPV6),
+        };
+        let v4 = dst.is_ipv4();
         // SAFETY: plain socket syscalls on an fd this closure owns.
         unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+            let fd = libc::socket(family, libc::SOCK_RAW, proto);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error()).context("raw ICMP socket");
             }
             let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
-            let mut req = [8u8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1, b'n', b'b'];
-            let sum = inet_checksum(&req);
-            req[2..4].copy_from_slice(&sum.to_be_bytes());
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(dst.octets()),
-                },
-                sin_zero: [0; 8],
-            };
+            let mut req = [
+                request,
+                0,
+                0,
+                0,
+                (id >> 8) as u8,
+                id as u8,
+                0,
+                1,
+                b'n',
+                b'b',
+            ];
+            // ICMPv6's checksum covers a pseudo-header: the kernel fills it
+            // in on raw ICMPv6 sockets (RFC 3542 3.1).
+            if v4 {
+                let sum = inet_checksum(&req);
+                req[2..4].copy_from_slice(&sum.to_be_bytes());
+            }
+            let (addr, addr_len) = sockaddr(SocketAddr::new(dst, 0));
             let tv = libc::timeval {
                 tv_sec: 0,
                 tv_usec: 200_000,
@@ -363,22 +379,37 @@ pub fn ping(ns: &Path, dst: Ipv4Addr) -> Result<bool> {
                 req.len(),
                 0,
                 &addr as *const _ as *const _,
-                size_of::<libc::sockaddr_in>() as u32,
+                addr_len,
             );
             let mut ok = false;
             if sent >= 0 {
                 let mut buf = [0u8; 1500];
                 for _ in 0..10 {
-                    let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                    if n < 28 {
+                    let mut from: libc::sockaddr_storage = std::mem::zeroed();
+                    let mut from_len = size_of::<libc::sockaddr_storage>() as u32;
+                    let n = libc::recvfrom(
+                        fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        &mut from as *mut _ as *mut _,
+                        &mut from_len,
+                    );
+                    if n < 8 {
                         break;
                     }
-                    let ihl = ((buf[0] & 0x0f) as usize) * 4;
-                    let icmp = &buf[ihl..n as usize];
+                    // A raw IPv4 socket's read starts with the IP header;
+                    // IPv6's with the ICMPv6 message.
+                    let ihl = if v4 {
+                        ((buf[0] & 0x0f) as usize) * 4
+                    } else {
+                        0
+                    };
+                    let icmp = &buf[ihl.min(n as usize)..n as usize];
                     if icmp.len() >= 8
-                        && icmp[0] == 0
+                        && icmp[0] == reply
                         && icmp[4..6] == req[4..6]
-                        && buf[12..16] == dst.octets()
+                        && sockaddr_ip(&from) == Some(dst)
                     {
                         ok = true;
                         break;
@@ -389,6 +420,25 @@ pub fn ping(ns: &Path, dst: Ipv4Addr) -> Result<bool> {
             Ok(ok)
         }
     })?
+}
+
+/// The address a `recvfrom` filled in.
+fn sockaddr_ip(from: &libc::sockaddr_storage) -> Option<IpAddr> {
+    // SAFETY: the family field says which sockaddr the storage holds, and
+    // sockaddr_storage has room and alignment for any of them.
+    unsafe {
+        match i32::from(from.ss_family) {
+            libc::AF_INET => {
+                let sin = &*(from as *const _ as *const libc::sockaddr_in);
+                Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into())
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(from as *const _ as *const libc::sockaddr_in6);
+                Some(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// RFC 1071 Internet checksum.
