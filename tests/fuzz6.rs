@@ -1,8 +1,9 @@
 //! Fuzzing the TC programs' IPv6 path against its reference model
 //! (`support/model6.rs`) through BPF_PROG_TEST_RUN, as `fuzz.rs` does
 //! IPv4's. Packets are structure-aware mutations of realistic dual-stack
-//! traffic (masquerade, published ports on every address and on one,
-//! hairpin, direct routing, ICMPv6 echo, errors quoting real flows,
+//! traffic (masquerade and the host's own flows beside it, published
+//! ports on every address and on one, hairpin, direct routing, ICMPv6
+//! echo, errors quoting real flows,
 //! neighbour discovery): extension-header chains of any length,
 //! fragments and their fields, wrong payload lengths, next-header values,
 //! truncation at any byte, flipped bits, VLAN tags. For each, the verdict,
@@ -544,6 +545,7 @@ fn fuzz6(fast: bool) {
             "snat_new",
             "dnat_new",
             "hairpin_new",
+            "host_flow_new",
             "icmp_error_translated",
             "pass_ipv6",
             "pass_not_ipv4",

@@ -968,3 +968,13 @@ fn masquerade_over_ipv6_never_takes_a_port_a_host_socket_holds() {
         "the container was given the host's port: {ports:?}"
     );
 }
+
+/// The host's own IPv6 sockets and containers' masqueraded flows never
+/// share a tuple, whichever comes first, as over IPv4: a host flow whose
+/// tuple a container's holds is tracked (`host`) and moved to another
+/// source port.
+#[test]
+fn host_sockets_and_masqueraded_flows_never_share_an_ipv6_tuple() {
+    let sb = dual_stack(&[]);
+    support::host_flows::never_share_a_tuple(&sb, v6(LAN6).into(), v6(UPLINK6).into());
+}

@@ -26,6 +26,7 @@ extern crate std;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Name of an IP protocol for listings.
 pub const fn proto_name(proto: u8) -> &'static str {

@@ -248,7 +248,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
         return Err(Reason::PassNoMatch);
     }
     if pkt.key.saddr == cfg.uplink_addr {
-        if !nat::host_flow_wanted(pkt, cfg, now()) {
+        if !nat::host_flow_wanted(&pkt.key, pkt.tcp_flags, cfg, now()) {
             return Err(Reason::PassNoMatch);
         }
         let xlat = nat::host_new_flow(ctx, pkt, before_new_flow())?;

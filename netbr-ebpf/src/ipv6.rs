@@ -8,7 +8,8 @@
 //! ICMPv6 errors from beyond the uplink about translated packets are
 //! translated back to their container. Everything else IPv6 passes
 //! untouched, counted as `pass_ipv6`: neighbour discovery, MLD and
-//! multicast, the host's own traffic, and packets with more extension
+//! multicast, the host's own traffic (but for the flows it must track so
+//! as never to share a tuple with a container's), and packets with more extension
 //! headers than the walk takes. Fragments follow their first fragment, as
 //! IPv4's do. The TC fast path carries tracked flows' packets into
 //! containers and out of the uplink, as IPv4's; new flows' first packets,
@@ -24,7 +25,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbr_common::{
-    conntrack::{initial_state, CtEntry6, FlowKey6, NAT_DNAT, NAT_HAIRPIN, NAT_NONE, NAT_SNAT},
+    conntrack::{
+        initial_state, CtEntry6, FlowKey6, NAT_DNAT, NAT_HAIRPIN, NAT_HOST, NAT_NONE, NAT_SNAT,
+    },
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_ROUTED,
@@ -32,7 +35,7 @@ use netbr_common::{
     },
     net6::{FragKey6, Net6},
     snat::{may_keep_port, snat_candidate},
-    IPPROTO_TCP, IPPROTO_UDP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -44,7 +47,7 @@ use crate::{
     parse::{ETH_LEN, FRAG_FIRST, FRAG_LATER, FRAG_NONE},
     redirect,
     rewrite::{rewrite, AddrField},
-    skb,
+    skb, uplink_ports,
 };
 
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -56,7 +59,6 @@ const IP6_DADDR: usize = ETH_LEN + 24;
 const IP6_HEADER: u32 = 40;
 /// The transport header, when no extension header comes first.
 const L4: usize = ETH_LEN + 40;
-const IPPROTO_ICMPV6: u8 = 58;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 /// Source ports a new masquerade flow tries from the SNAT range after its
@@ -80,6 +82,9 @@ pub struct Packet6 {
     pub frag_id: u32,
     /// 1 once `parse` filled this in for the packet at hand.
     pub parsed: u8,
+    /// 1 once `parse` succeeded for the packet at hand: a second call
+    /// returns at once.
+    pub parse_done: u8,
     /// A new flow's translation and the reply tuple it claims, built here
     /// rather than on the stack: two 40-byte tuples and the claim's own
     /// would not fit in 512 bytes beside the hooks' frames.
@@ -169,6 +174,7 @@ fn on_hook(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
     pkt.parsed = 0;
+    pkt.parse_done = 0;
     // Each address is read once (an unaligned 16-byte read is some forty
     // instructions): the destination here, which every hook picks its path
     // by; the source by uplink egress, which needs it for that, or else by
@@ -249,8 +255,8 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
 
 /// A container's packet leaving through the uplink: translated if its
 /// flow is tracked, else the first of a new masquerade flow. The host's
-/// own traffic, and a container's to another of the host's links, leave
-/// untranslated.
+/// own traffic goes to `host_egress`; a container's to another of the
+/// host's links leaves untranslated.
 #[inline(always)]
 fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u32; 4]) -> Reason {
     if !net.masquerades() || mode(cfg, CFG_ROUTED) || mode(cfg, CFG_INTERNAL) {
@@ -259,7 +265,8 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
     let Ok(saddr) = load(ctx, IP6_SADDR) else {
         return Reason::DropTruncated;
     };
-    if !net.contains(&saddr) || net.contains(daddr) {
+    let from_host = saddr == net.uplink;
+    if !from_host && (!net.contains(&saddr) || net.contains(daddr)) {
         return Reason::PassIpv6;
     }
     let Some(pkt) = PACKET6.get_ptr_mut(0) else {
@@ -267,6 +274,14 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
     };
     // SAFETY: per-CPU map value, used by this packet only.
     unsafe { (*pkt).key.saddr = saddr };
+    if from_host {
+        // To the host's own address: no flow leaves (only a test's frame
+        // carries such a packet out of a link).
+        if *daddr == net.uplink {
+            return Reason::PassIpv6;
+        }
+        return host_egress(ctx, cfg, net, hook);
+    }
     if is_icmp_error(ctx) {
         return translate_error(ctx, cfg, true);
     }
@@ -287,6 +302,42 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
     let xlat = pkt.xlat;
     match rewrite(ctx, pkt, &xlat) {
         Ok(()) => Reason::SnatNew,
+        Err(r) => r,
+    }
+}
+
+/// The host's own packet from the uplink's IPv6 address, as IPv4's
+/// (`hooks::uplink_egress`): translated if its flow was tracked and moved
+/// off a tuple a container's flow held (`NAT_HOST`); tracked when it opens
+/// a flow that must be (`nat::host_flow_wanted`); otherwise, and for the
+/// host's own errors, left as it is. Its source port is the first test, so
+/// the host's other traffic makes no lookup.
+#[inline(always)]
+fn host_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
+    if is_icmp_error(ctx) {
+        return Reason::PassIpv6;
+    }
+    let Ok(pkt) = parse(ctx, hook) else {
+        return Reason::PassIpv6;
+    };
+    if !uplink_ports::may_be_ours(pkt.key.proto, pkt.key.sport) {
+        return Reason::PassIpv6;
+    }
+    let tracked = translate_tracked(ctx, cfg, hook);
+    if tracked != NOT_TRACKED {
+        return tracked;
+    }
+    if pkt.frag == FRAG_LATER || !crate::nat::host_flow_wanted(&pkt.key, pkt.tcp_flags, cfg, now())
+    {
+        return Reason::PassIpv6;
+    }
+    let opened = open_flow(ctx, cfg, net, NAT_HOST, |_| {});
+    if opened != Reason::HostFlowNew || pkt.xlat == pkt.key {
+        return opened;
+    }
+    let xlat = pkt.xlat;
+    match rewrite(ctx, pkt, &xlat) {
+        Ok(()) => opened,
         Err(r) => r,
     }
 }
@@ -433,7 +484,8 @@ fn one_address_published(ctx: &TcContext, net: &Net6, hook: u8) -> bool {
 }
 
 /// Opens a flow of kind `nat` (`NAT_SNAT`; `NAT_DNAT` or `NAT_HAIRPIN`,
-/// whose translation `to` sets; `NAT_NONE` for a directly routed one) for
+/// whose translation `to` sets; `NAT_NONE` for a directly routed one;
+/// `NAT_HOST` for the host's own) for
 /// the packet `translate_tracked` parsed and found no flow for: the kind's
 /// `*New` reason, or why not.
 #[inline(always)]
@@ -636,11 +688,13 @@ fn new_flow(ctx: &TcContext, pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64)
     };
     let own = u16::from_be(pkt.key.sport);
     let may_keep = may_keep_port(own, cfg.host_port_min, cfg.host_port_max);
-    // The flows whose source changes may have to move to another port.
-    let searches = nat == NAT_SNAT || nat == NAT_HAIRPIN;
+    // The flows whose source changes may have to move to another port; the
+    // host's own keeps its port unless a container's flow holds the tuple.
+    let searches = nat == NAT_SNAT || nat == NAT_HAIRPIN || nat == NAT_HOST;
     let (opened, keep) = match nat {
         NAT_SNAT => (Reason::SnatNew, may_keep),
         NAT_HAIRPIN => (Reason::HairpinNew, may_keep),
+        NAT_HOST => (Reason::HostFlowNew, true),
         NAT_DNAT => (Reason::DnatNew, true),
         _ => (Reason::DirectNew, true),
     };
@@ -661,6 +715,14 @@ fn new_flow(ctx: &TcContext, pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64)
             continue;
         }
         if claim(pkt, reply, cfg, now) {
+            // The ports the flow's packets meet the uplink on, marked
+            // before the flow is complete (`uplink_ports`), as IPv4's.
+            if nat != NAT_HAIRPIN {
+                uplink_ports::mark_flow(pkt.xlat.proto, pkt.xlat.sport);
+            }
+            if nat == NAT_HOST {
+                uplink_ports::mark_flow(pkt.key.proto, pkt.key.sport);
+            }
             return match conntrack::insert_orig(&pkt.key, &pkt.xlat, reply, pkt.len) {
                 Ok(()) => opened,
                 Err(r) => r,
@@ -732,12 +794,17 @@ const L4_LAST: usize = 0x1ff - 20;
 /// before its transport header, into per-CPU room. A later fragment's
 /// ports come from its first fragment, as this hook saw it
 /// (`frag::recall_in`). `Err(PassIpv6)` for anything else. The destination
-/// is the one `run` read, and on uplink egress the source too.
+/// is the one `run` read, and on uplink egress the source too. Parsed
+/// once: a path that asked a table before translating (the host's own
+/// packets, a port on one address) finds the packet parsed.
 #[inline(always)]
 fn parse(ctx: &TcContext, hook: u8) -> Result<&'static mut Packet6, Reason> {
     let pkt = PACKET6.get_ptr_mut(0).ok_or(Reason::DropRewrite)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
+    if pkt.parse_done != 0 {
+        return Ok(pkt);
+    }
     if hook != HOOK_UPLINK_EGRESS {
         pkt.key.saddr = load(ctx, IP6_SADDR)?;
     }
@@ -786,6 +853,7 @@ fn parse(ctx: &TcContext, hook: u8) -> Result<&'static mut Packet6, Reason> {
         }
         let key = frag_key(pkt, hook);
         recall_in(&FRAGMENTS6, &key, &mut pkt.key)?;
+        pkt.parse_done = 1;
         return Ok(pkt);
     }
     match next {
@@ -817,5 +885,6 @@ fn parse(ctx: &TcContext, hook: u8) -> Result<&'static mut Packet6, Reason> {
         }
         _ => return Err(Reason::PassIpv6),
     }
+    pkt.parse_done = 1;
     Ok(pkt)
 }

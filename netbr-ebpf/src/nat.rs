@@ -13,14 +13,14 @@ use aya_ebpf::{
 };
 use netbr_common::{
     conntrack::{
-        initial_state, CtEntry, FlowKey, NAT_DNAT, NAT_HAIRPIN, NAT_HOST, NAT_NONE, NAT_SNAT,
-        TCP_ACK, TCP_SYN,
+        initial_state, CtEntry, FlowKey, FlowKeyOf, NAT_DNAT, NAT_HAIRPIN, NAT_HOST, NAT_NONE,
+        NAT_SNAT, TCP_ACK, TCP_SYN,
     },
     counters::Reason,
     maps::{Config, MappingKey, MappingTarget, MAPPING_IPV4_ONLY, MAPPING_IPV6_ONLY},
     net6::{MappingKey6, Net6},
     snat::{may_keep_port, snat_candidate, SNAT_ATTEMPTS, SNAT_HISTOGRAM_EXHAUSTED},
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -368,22 +368,26 @@ pub fn snat_new_flow(
     new_source_flow(ctx, pkt, xlat, NAT_SNAT, now)
 }
 
-/// Whether the host's own new flow must be tracked (see `NAT_HOST`), so
-/// that container flows and the host's never share a tuple: every ICMP
-/// echo, and a TCP SYN or UDP datagram from a port outside the host's
-/// ephemeral range (the only ports container flows are given) whose tuple a
-/// live flow already holds.
+/// Whether the host's own new flow of either family, `key` with
+/// `tcp_flags`, must be tracked (see `NAT_HOST`), so that container flows
+/// and the host's never share a tuple: every ICMP echo, and a TCP SYN or
+/// UDP datagram from a port outside the host's ephemeral range (the only
+/// ports container flows are given) whose tuple a live flow already holds.
 // A BPF function of its own: its lookup's frame must not sit under the port
 // search's (`host_new_flow`), or their stacks exceed 512 bytes together.
 #[inline(never)]
-pub fn host_flow_wanted(pkt: &Packet, cfg: &Config, now: u64) -> bool {
-    let key = &pkt.key;
+pub fn host_flow_wanted<A: conntrack::Family>(
+    key: &FlowKeyOf<A>,
+    tcp_flags: u8,
+    cfg: &Config,
+    now: u64,
+) -> bool {
     match key.proto {
         // An echo request carries its identifier as `sport`; replies have 0.
-        IPPROTO_ICMP => key.sport != 0,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => key.sport != 0,
         IPPROTO_TCP | IPPROTO_UDP => {
             let port = u16::from_be(key.sport);
-            (key.proto == IPPROTO_UDP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+            (key.proto == IPPROTO_UDP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
                 && !(cfg.host_port_min..=cfg.host_port_max).contains(&port)
                 && conntrack::lookup_quiet(&key.reversed(), cfg, now).is_some()
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod fuzzing;
+pub mod host_flows;
 pub mod model;
 pub mod model6;
 pub mod packet;

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use netbr_common::{
     conntrack::{nat_name, CtState, FlowKeyOf, FlowViewOf, DIR_ORIG, DIR_REPLY},
-    proto_name,
+    proto_name, IPPROTO_ICMPV6,
 };
 use serde_json::json;
 
@@ -79,9 +79,8 @@ impl ListArgs {
     }
 }
 
-/// ICMPv6, which `conntrack list` shows and filters as `icmp`.
-const IPPROTO_ICMPV6: u8 = 58;
-
+/// The protocol's name as `conntrack list` shows and filters it: ICMPv6
+/// as `icmp`.
 fn proto_of(proto: u8) -> &'static str {
     if proto == IPPROTO_ICMPV6 {
         "icmp"
