@@ -227,7 +227,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     // being taken for the host's own flow (`NAT_HOST`) that was moved off
     // the same tuple: past this point, the uplink's source means a host
     // socket.
-    if pkt.key.saddr == cfg.uplink_addr && !from_local_socket(ctx) {
+    if pkt.key.saddr == cfg.uplink_addr && !crate::skb::from_local_socket(ctx) {
         return Err(Reason::PassNoMatch);
     }
     // The host's own packet from a port no set marks: no flow of it is
@@ -286,15 +286,6 @@ fn leaves_untranslated(cfg: &Config, pkt: &Packet) -> bool {
 fn internal_allows(cfg: &Config, pkt: &Packet) -> bool {
     // SAFETY: read-only lookup.
     cfg.in_subnet(pkt.key.daddr) || unsafe { LOCAL_ADDRS.get(&pkt.key.daddr) }.is_some()
-}
-
-/// Whether the packet was sent by a socket of this host (it still carries
-/// its socket), as opposed to one forwarded from a container: those leave
-/// their socket behind when they cross the veth into this namespace.
-#[inline(always)]
-fn from_local_socket(ctx: &TcContext) -> bool {
-    // SAFETY: reading a context field; the pointer is only compared.
-    !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
 }
 
 /// Hands a packet translated on uplink ingress to the fast path when it is

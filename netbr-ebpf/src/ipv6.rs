@@ -275,9 +275,12 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
     // SAFETY: per-CPU map value, used by this packet only.
     unsafe { (*pkt).key.saddr = saddr };
     if from_host {
-        // To the host's own address: no flow leaves (only a test's frame
-        // carries such a packet out of a link).
-        if *daddr == net.uplink {
+        // Without a socket, the fast path translated it on the bridge and
+        // redirected it here (the stack never forwards a packet with a
+        // source of its own): nothing to do, and not the host's flow, as
+        // for IPv4 (`hooks::uplink_egress`). To the host's own address, no
+        // flow leaves (only a test's frame carries one out of a link).
+        if !skb::from_local_socket(ctx) || *daddr == net.uplink {
             return Reason::PassIpv6;
         }
         return host_egress(ctx, cfg, net, hook);

@@ -147,3 +147,12 @@ pub fn csum_add(ctx: &TcContext, off: usize, diff: u32) -> Result<(), ()> {
     let check: u16 = read(ctx, off)?;
     write(ctx, off, &crate::csum::apply(check, diff))
 }
+
+/// Whether the packet was sent by a socket of this host (it still carries
+/// its socket), as opposed to one forwarded from a container: those leave
+/// their socket behind when they cross the veth into this namespace.
+#[inline(always)]
+pub fn from_local_socket(ctx: &TcContext) -> bool {
+    // SAFETY: reading a context field; the pointer is only compared.
+    !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
+}
