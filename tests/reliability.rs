@@ -6,7 +6,7 @@ mod support;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv6Addr, SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -17,7 +17,7 @@ use std::{
 use netbr::{
     netns,
     probe::{self, Server},
-    sandbox::{Sandbox, LAN_IP, UPLINK_IP},
+    sandbox::{Sandbox, LAN_IP, SUBNET6, UPLINK_IP, UPLINK_IP6},
 };
 
 /// What a traffic loop saw: completed round trips, failures, and the longest
@@ -171,14 +171,40 @@ fn detach_then_attach_restores_service() {
 
 #[test]
 fn a_full_conntrack_table_refuses_new_flows_logs_it_and_serves_again_once_flows_expire() {
+    full_table_refuses_and_recovers(false);
+}
+
+/// IPv6's tables fill, refuse and recover as IPv4's, on their own: while
+/// IPv6's assured table is full, IPv4 flows are still admitted.
+#[test]
+fn a_full_ipv6_conntrack_table_refuses_ipv6_flows_alone_and_serves_again_once_they_expire() {
+    full_table_refuses_and_recovers(true);
+}
+
+/// Fills the assured table of one family (IPv6's on a dual-stack bridge if
+/// `ipv6`) with answered UDP flows to a published port, and checks that
+/// new flows are refused and logged, and admitted again once the timer
+/// collected the expired ones.
+fn full_table_refuses_and_recovers(ipv6: bool) {
     let sb = support::sandbox();
     // 64 entries per table: 32 answered UDP flows fill the assured one.
-    sb.attach_with(&["--ct-max", "64", "--timeout", "udp_stream=5"])
-        .expect("attach");
+    let mut args = vec!["--ct-max", "64", "--timeout", "udp_stream=5"];
+    if ipv6 {
+        sb.ipv6_on_the_link().expect("IPv6 on the link");
+        args.extend(["--subnet", SUBNET6]);
+    }
+    sb.attach_with(&args).expect("attach");
     sb.add_container(1).expect("c1");
     sb.publish(1, &["5353:53/udp"]).expect("publish");
-    let _srv = Server::udp(&sb.container_path(1), 53, probe::echo()).expect("server");
-    let to = SocketAddr::from((UPLINK_IP, 5353));
+    // On every address of both families.
+    let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 53));
+    let _srv = Server::udp_on(&sb.container_path(1), any, probe::echo()).expect("server");
+    let v4 = SocketAddr::from((UPLINK_IP, 5353));
+    let to = if ipv6 {
+        SocketAddr::from((UPLINK_IP6, 5353))
+    } else {
+        v4
+    };
     let ask = |port: u16| probe::udp_request(&sb.lan_path(), to, port, b"q");
     for port in 40000..40032 {
         assert_eq!(ask(port).expect("a flow while there is room"), b"q");
@@ -187,6 +213,10 @@ fn a_full_conntrack_table_refuses_new_flows_logs_it_and_serves_again_once_flows_
     // its first packet.
     assert!(ask(40032).is_err(), "no room for a 33rd flow");
     assert!(ask(40033).is_err(), "no room for a 34th flow");
+    if ipv6 {
+        let got = probe::udp_request(&sb.lan_path(), v4, 40040, b"v4").expect("IPv4 has room");
+        assert_eq!(got, b"v4");
+    }
     let stats = sb.stats().expect("stats");
     assert!(stats["drop_ct_full"].as_u64() >= Some(2), "{stats}");
     let events = sb.netbr_ok(&["events", "--json"]).expect("events");
@@ -204,9 +234,10 @@ fn a_full_conntrack_table_refuses_new_flows_logs_it_and_serves_again_once_flows_
     // Every flow stays idle past its 5 s timeout. The collector's timer,
     // in the pinned maps, makes room with no netbr process running and no
     // packet: flows are gone before the next one arrives (it collects
-    // while the table is marked full; lookups drop the rest as they meet
-    // them), and service returns without anyone acting.
-    std::thread::sleep(Duration::from_secs(6));
+    // while the table is marked full, each family's once a second;
+    // lookups drop the rest as they meet them), and service returns
+    // without anyone acting.
+    std::thread::sleep(Duration::from_secs(7));
     let flows: serde_json::Value = serde_json::from_str(
         &sb.netbr_ok(&["conntrack", "list", "--json"])
             .expect("conntrack list"),

@@ -44,9 +44,14 @@ pub trait Family: Copy + PartialEq + 'static {
     fn scratch() -> Option<*mut CtEntryOf<Self>>;
     /// Tells a listening monitor that the flow of `key` ended.
     fn report_end(key: &FlowKeyOf<Self>, e: &CtEntryOf<Self>, why: Reason);
+    /// Where the family's full mark sits in `EVENT_SLOT_FULL`
+    /// (`full_entries`): IPv4's in the low 32 bits, where the whole slot's
+    /// value was before IPv6 had tables, IPv6's in the high.
+    const FULL_SHIFT: u32;
 }
 
 impl Family for u32 {
+    const FULL_SHIFT: u32 = 0;
     #[inline(always)]
     fn assured() -> &'static HashMap<FlowKey, CtEntry> {
         &CONNTRACK
@@ -66,6 +71,7 @@ impl Family for u32 {
 }
 
 impl Family for [u32; 4] {
+    const FULL_SHIFT: u32 = 32;
     #[inline(always)]
     fn assured() -> &'static HashMap<FlowKey6, CtEntry6> {
         &CONNTRACK6
@@ -256,43 +262,59 @@ pub fn account<A: Family>(
     A::report_end(key, e, Reason::DropCtFull);
     A::fresh().erase(orig_key);
     A::fresh().erase(reply_key);
-    if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
-        // SAFETY: a map value pointer, valid for this run.
-        unsafe { *full = (*full).max(cfg.ct_max as u64) };
-    }
-    refuse(now)
+    mark_full::<A>(full_entries::<A>().max(cfg.ct_max as u64));
+    refuse::<A>(now)
 }
 
-/// Whether a new flow may be created: not while the assured table was last
-/// found full. Refusing at the first packet, as netfilter does when its
-/// table is full, fails a connection attempt cleanly instead of mid-handshake.
+/// Whether a new flow of family `A` may be created: not while `A`'s
+/// assured table was last found full (the other family's has its own
+/// room). Refusing at the first packet, as netfilter does when its table
+/// is full, fails a connection attempt cleanly instead of mid-handshake.
 #[inline(always)]
-pub fn admit(now: u64) -> Result<(), Reason> {
-    if full_entries() == 0 {
+pub fn admit<A: Family>(now: u64) -> Result<(), Reason> {
+    if full_entries::<A>() == 0 {
         return Ok(());
     }
-    refuse(now)
+    refuse::<A>(now)
 }
 
-/// While the assured table is marked full, collects its expired flows,
-/// which clears the mark once there is room. Called by the collector's
-/// timer (`collector`), once an interval, never by a packet.
+/// While family `A`'s assured table is marked full, collects its expired
+/// flows, which clears the mark once there is room. Called by the
+/// collector's timer (`collector`), never by a packet.
 #[inline(always)]
-pub fn collect_if_full(cfg: &Config, now: u64) {
-    if full_entries() != 0 {
-        collect(cfg, now);
+pub fn collect_if_full<A: Family>(cfg: &Config, now: u64) {
+    if full_entries::<A>() != 0 {
+        collect::<A>(cfg, now);
     }
 }
 
-/// Entries the assured table held when last found full; 0 if it has room.
+/// The part of `EVENT_SLOT_FULL` one family's mark takes.
+const FULL_MASK: u64 = 0xffff_ffff;
+
+/// Entries `A`'s assured table held when last found full; 0 if it has room.
 #[inline(always)]
-fn full_entries() -> u64 {
-    EVENT_LAST.get(EVENT_SLOT_FULL).copied().unwrap_or(0)
+fn full_entries<A: Family>() -> u64 {
+    let slot = EVENT_LAST.get(EVENT_SLOT_FULL).copied().unwrap_or(0);
+    (slot >> A::FULL_SHIFT) & FULL_MASK
+}
+
+/// Sets `A`'s full mark to `entries` (0: the table has room), leaving the
+/// other family's. Two CPUs marking at once may lose one write; the next
+/// refused promotion marks the table again.
+#[inline(always)]
+fn mark_full<A: Family>(entries: u64) {
+    if let Some(slot) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe {
+            *slot =
+                (*slot & !(FULL_MASK << A::FULL_SHIFT)) | (entries.min(FULL_MASK) << A::FULL_SHIFT)
+        };
+    }
 }
 
 #[inline(always)]
-fn refuse(now: u64) -> Result<(), Reason> {
-    events::log(Reason::DropCtFull, (full_entries() / 2) as u32, now);
+fn refuse<A: Family>(now: u64) -> Result<(), Reason> {
+    events::log(Reason::DropCtFull, (full_entries::<A>() / 2) as u32, now);
     Err(Reason::DropCtFull)
 }
 
@@ -331,30 +353,22 @@ struct Collection {
     assured: u32,
 }
 
-/// Removes the assured table's expired flows (and replies orphaned past the
-/// claim grace), and records when, and whether the table has room for
+/// Removes `A`'s assured table's expired flows (and replies orphaned past
+/// the claim grace), and records when, and whether the table has room for
 /// another flow. Only a full table needs this: otherwise `lookup_in` drops
 /// dead entries as it meets them.
 #[inline(never)]
-fn collect(cfg: &Config, now: u64) {
+fn collect<A: Family>(cfg: &Config, now: u64) {
     if let Some(last) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_GC) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe { *last = now };
     }
-    // IPv4's table only: a second walk in the same callback took the
-    // verifier past its 8192-jump history for one path ("The sequence of
-    // 8193 jumps is too complex"). IPv6's dead flows go when met.
-    let left = walk::<u32, _>(u32::assured(), 1, cfg, now) as u64;
-    if let Some(full) = EVENT_LAST.get_ptr_mut(EVENT_SLOT_FULL) {
-        // SAFETY: a map value pointer, valid for this run.
-        unsafe {
-            *full = if left + 2 > cfg.ct_max as u64 {
-                left
-            } else {
-                0
-            }
-        };
-    }
+    let left = walk::<A, _>(A::assured(), 1, cfg, now) as u64;
+    mark_full::<A>(if left + 2 > cfg.ct_max as u64 {
+        left
+    } else {
+        0
+    });
 }
 
 /// While a monitor listens, the collector's timer also walks the table of

@@ -681,7 +681,7 @@ fn translate_error(ctx: &TcContext, cfg: &Config, outbound: bool) -> Reason {
 /// reason (`SnatNew`, `DnatNew` or `DirectNew` when opened).
 #[inline(never)]
 fn new_flow(ctx: &TcContext, pkt: &mut Packet6, cfg: &Config, nat: u8, now: u64) -> Reason {
-    if let Err(r) = conntrack::admit(now) {
+    if let Err(r) = conntrack::admit::<[u32; 4]>(now) {
         return r;
     }
     let state = initial_state(pkt.key.proto, pkt.tcp_flags);

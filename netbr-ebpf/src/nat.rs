@@ -164,7 +164,7 @@ pub fn dnat_new_flow(
 /// `conntrack::reply_entry`), unless a full table refuses new flows.
 #[inline(always)]
 fn new_reply(pkt: &Packet, nat: u8, now: u64) -> Result<&'static mut CtEntry, Reason> {
-    conntrack::admit(now)?;
+    conntrack::admit::<u32>(now)?;
     conntrack::reply_entry(
         &pkt.key,
         nat,
