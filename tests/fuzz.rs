@@ -28,8 +28,8 @@ use netbr_common::{
 use support::{
     config::{test_config, BRIDGE_MAC, CT_MAX, HOST},
     fuzzing::{
-        counted, dropped, fuzz_seed, kernel_taint, load_tc_programs, run_tc, untouched, Recent,
-        Record, Rng, PASS,
+        ask_route, counted, dropped, fuzz_seed, ifindex, in_fast_namespace, kernel_taint,
+        load_tc_programs, run_tc, untouched, Recent, Record, Rng, C2_MAC, PASS, REDIRECT, WEB_MAC,
     },
     model::{self, Expect, Hook, Tables, UplinkRoute},
     packet::{fragment, Spec},
@@ -40,9 +40,6 @@ const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const REDIRECT: u32 = 7;
-const WEB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const C2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
 const PORTS: [u16; 16] = [
     8080, 8081, 8082, 5353, 22, 53, 80, 443, 40000, 40001, 50000, 61000, 61001, 5000, 123, 65535,
 ];
@@ -93,97 +90,8 @@ impl Tables for Fixture {
             .routes
             .borrow_mut()
             .entry(daddr)
-            .or_insert_with(|| ask_route(daddr))
+            .or_insert_with(|| ask_route(model::ip(daddr).into()))
     }
-}
-
-/// The fast-path run's namespace: an uplink `up0` (192.0.2.1/24, MAC
-/// `UPLINK_MAC`) whose only resolved neighbour is lan, also the default
-/// gateway, and a bridge `br0`.
-const FAST_SETUP: &[&[&str]] = &[
-    &[
-        "ip",
-        "link",
-        "add",
-        "up0",
-        "address",
-        "02:00:00:00:01:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "up0p",
-    ],
-    // No dummy interfaces on this kernel: a veth pair stands in for a NIC.
-    &["ip", "link", "set", "up0p", "up"],
-    &["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"],
-    &["ip", "link", "set", "up0", "up"],
-    &["ip", "link", "add", "br0", "type", "bridge"],
-    &["ip", "addr", "add", "172.30.0.1/16", "dev", "br0"],
-    &["ip", "link", "set", "br0", "up"],
-    &[
-        "ip",
-        "neigh",
-        "replace",
-        "192.0.2.2",
-        "lladdr",
-        "02:00:00:00:02:02",
-        "dev",
-        "up0",
-        "nud",
-        "permanent",
-    ],
-    &["ip", "route", "add", "default", "via", "192.0.2.2"],
-    // The endpoints' host-side veths, for the fast path into containers.
-    &[
-        "ip", "link", "add", "web0", "type", "veth", "peer", "name", "web0c",
-    ],
-    &[
-        "ip", "link", "add", "c20", "type", "veth", "peer", "name", "c20c",
-    ],
-    &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"],
-];
-const UPLINK_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
-
-/// Where this thread's namespace routes `daddr`, from `ip route get` (the
-/// kernel's own answer, which `bpf_fib_lookup` gives the programs too).
-fn ask_route(daddr: u32) -> UplinkRoute {
-    // What the stack never forwards, though `ip route get` (an output
-    // lookup) may find a route for it.
-    let first = daddr.to_ne_bytes()[0];
-    if (224..=239).contains(&first) || daddr == u32::MAX || first == 0 || first == 127 {
-        return None;
-    }
-    let out = std::process::Command::new("timeout")
-        .args([
-            "5",
-            "ip",
-            "-j",
-            "route",
-            "get",
-            &model::ip(daddr).to_string(),
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let route = &doc[0];
-    if route.get("type").is_some_and(|t| t != "unicast") || route["dev"] != "up0" {
-        return None;
-    }
-    let hop = route["gateway"].as_str().or(route["dst"].as_str())?;
-    Some((hop == LAN.to_string()).then_some((UPLINK_MAC, LAN_MAC)))
-}
-
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).expect("name");
-    // SAFETY: a NUL-terminated name; asks this thread's namespace.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert!(i != 0, "no interface {name}");
-    i
 }
 
 /// Rules the generated traffic meets: a deny of one lan client on 8080, an
@@ -730,23 +638,7 @@ fn the_tc_programs_agree_with_the_reference_model() {
 /// decremented and addressed from the bridge.
 #[test]
 fn the_tc_programs_agree_with_the_reference_model_with_the_fast_path_on() {
-    struct Namespace(String);
-    impl Drop for Namespace {
-        fn drop(&mut self) {
-            let _ = netbr::netns::delete_named(&self.0);
-        }
-    }
-    let ns = Namespace(format!("nbfz-{}", std::process::id()));
-    let path = netbr::netns::create_named(&ns.0).expect("namespace");
-    for cmd in FAST_SETUP {
-        let o = netbr::sandbox::in_netns(&path, cmd[0], &cmd[1..]).expect("setup command");
-        assert!(
-            o.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    netbr::netns::run_in(&path, || fuzz(true)).expect("the fast-path run passed");
+    in_fast_namespace(|| fuzz(true));
 }
 
 fn fuzz(fast: bool) {

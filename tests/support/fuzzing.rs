@@ -206,3 +206,177 @@ pub fn counted(
         }
     })
 }
+
+/// `TC_ACT_REDIRECT`: the fast path's verdict.
+pub const REDIRECT: u32 = 7;
+/// The fast-path runs' uplink `up0` and its one resolved neighbour, lan.
+pub const UPLINK_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+pub const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+/// The endpoints' MACs.
+pub const WEB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub const C2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
+
+/// The fast-path runs' namespace, for both families: an uplink `up0`
+/// (192.0.2.1/24 and 2001:db8:1::1/64, MAC `UPLINK_MAC`) whose only
+/// resolved neighbour is lan (192.0.2.2, 2001:db8:1::2), also the default
+/// gateway of each family; a bridge `br0` (172.30.0.1/16, fd00:30::1/64);
+/// and the endpoints' host-side veths `web0` and `c20`.
+const FAST_SETUP: &[&[&str]] = &[
+    &[
+        "ip",
+        "link",
+        "add",
+        "up0",
+        "address",
+        "02:00:00:00:01:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up0p",
+    ],
+    // No dummy interfaces on this kernel: a veth pair stands in for a NIC.
+    &["ip", "link", "set", "up0p", "up"],
+    &["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"],
+    &["ip", "link", "set", "up0", "up"],
+    &[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "up0",
+        "nodad",
+    ],
+    &["ip", "link", "add", "br0", "type", "bridge"],
+    &["ip", "addr", "add", "172.30.0.1/16", "dev", "br0"],
+    &["ip", "link", "set", "br0", "up"],
+    &[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:30::1/64",
+        "dev",
+        "br0",
+        "nodad",
+    ],
+    &[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.2",
+        "lladdr",
+        "02:00:00:00:02:02",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ],
+    &[
+        "ip",
+        "-6",
+        "neigh",
+        "replace",
+        "2001:db8:1::2",
+        "lladdr",
+        "02:00:00:00:02:02",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ],
+    &["ip", "route", "add", "default", "via", "192.0.2.2"],
+    &[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:1::2",
+    ],
+    // The endpoints' host-side veths, for the fast path into containers.
+    &[
+        "ip", "link", "add", "web0", "type", "veth", "peer", "name", "web0c",
+    ],
+    &[
+        "ip", "link", "add", "c20", "type", "veth", "peer", "name", "c20c",
+    ],
+    &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"],
+    &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+];
+
+/// Runs `run` in a namespace of its own set up as `FAST_SETUP` says, and
+/// removes the namespace after, also when `run` panics.
+pub fn in_fast_namespace(run: impl FnOnce() + Send + 'static) {
+    struct Namespace(String);
+    impl Drop for Namespace {
+        fn drop(&mut self) {
+            let _ = netbr::netns::delete_named(&self.0);
+        }
+    }
+    let ns = Namespace(format!("nbfz-{}", netbr::sandbox::unique_suffix()));
+    let path = netbr::netns::create_named(&ns.0).expect("namespace");
+    for cmd in FAST_SETUP {
+        let o = netbr::sandbox::in_netns(&path, cmd[0], &cmd[1..]).expect("setup command");
+        assert!(
+            o.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    netbr::netns::run_in(&path, run).expect("the fast-path run passed");
+}
+
+/// The index of interface `name` in this thread's namespace.
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: a NUL-terminated name; asks this thread's namespace.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i != 0, "no interface {name}");
+    i
+}
+
+/// Where this thread's namespace routes `dst` out of `up0`, from `ip route
+/// get` (the kernel's own answer, which `bpf_fib_lookup` gives the
+/// programs too): `None` when not out of `up0` (or not forwarded at all),
+/// `Some(Some((UPLINK_MAC, LAN_MAC)))` through lan, the one resolved
+/// neighbour, `Some(None)` through a neighbour not resolved yet.
+pub fn ask_route(dst: std::net::IpAddr) -> super::model::UplinkRoute {
+    // What the stack never forwards, though `ip route get` (an output
+    // lookup) may find a route for it: `redirect::forwardable{,6}`.
+    let forwardable = match dst {
+        std::net::IpAddr::V4(a) => {
+            let first = a.octets()[0];
+            !(224..=239).contains(&first) && !a.is_broadcast() && first != 0 && first != 127
+        }
+        std::net::IpAddr::V6(a) => {
+            let first = a.segments()[0];
+            first >> 8 != 0xff
+                && first & 0xffc0 != 0xfe80
+                && !a.is_unspecified()
+                && !a.is_loopback()
+        }
+    };
+    if !forwardable {
+        return None;
+    }
+    let family = if dst.is_ipv6() { "-6" } else { "-4" };
+    let out = std::process::Command::new("timeout")
+        .args(["5", "ip", family, "-j", "route", "get", &dst.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let route = &doc[0];
+    if route.get("type").is_some_and(|t| t != "unicast") || route["dev"] != "up0" {
+        return None;
+    }
+    let hop = route["gateway"].as_str().or(route["dst"].as_str())?;
+    let lan = ["192.0.2.2", "2001:db8:1::2"];
+    Some(lan.contains(&hop).then_some((UPLINK_MAC, LAN_MAC)))
+}

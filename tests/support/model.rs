@@ -546,7 +546,7 @@ fn deliver_in(
 }
 
 /// The largest frame a 1500-byte-MTU Ethernet link takes (`bpf_check_mtu`).
-const ETH_FRAME_MAX: usize = 1514;
+pub const ETH_FRAME_MAX: usize = 1514;
 
 /// Mirrors `nat::wants_snat`.
 fn wants_snat(cfg: &Config, k: &FlowKey) -> bool {

@@ -5,17 +5,19 @@
 //! leaves out what it cannot predict (the SNAT port drawn).
 
 use netbr_common::{
-    conntrack::{CtEntry6, FlowKey6, NAT_DNAT, NAT_HAIRPIN, NAT_HOST, NAT_SNAT, TCP_ACK, TCP_SYN},
+    conntrack::{
+        CtEntry6, FlowKey6, NAT_DNAT, NAT_HAIRPIN, NAT_HOST, NAT_NONE, NAT_SNAT, TCP_ACK, TCP_SYN,
+    },
     counters::Reason,
     maps::{
         Config, FragVal, MappingKey, MappingTarget, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH,
-        CFG_INTERNAL, CFG_ROUTED, MAPPING_IPV4_ONLY,
+        CFG_HOST_NAT, CFG_INTERNAL, CFG_ROUTED, MAPPING_IPV4_ONLY,
     },
     net6::{FragKey6, MappingKey6, Net6},
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use super::model::{Hook, FRAG_FIRST, FRAG_LATER, FRAG_NONE};
+use super::model::{Hook, UplinkRoute, ETH_FRAME_MAX, FRAG_FIRST, FRAG_LATER, FRAG_NONE};
 
 pub use netbr_common::IPPROTO_ICMPV6;
 const ECHO_REQUEST: u8 = 128;
@@ -48,6 +50,10 @@ pub trait Tables6 {
     /// An entry of one conntrack table.
     fn ct6_in(&self, key: &FlowKey6, assured: bool) -> Option<CtEntry6>;
     fn frag6(&self, key: &FragKey6) -> Option<FragVal>;
+    /// The MAC of the endpoint at IPv6 address `addr` (`NB_EP6R`).
+    fn endpoint6_mac(&self, addr: &[u32; 4]) -> Option<[u8; 6]>;
+    /// Where the routing table sends `daddr` out of the uplink, if it does.
+    fn uplink_route6(&self, daddr: &[u32; 4]) -> UplinkRoute;
 }
 
 /// What the program must do.
@@ -73,6 +79,13 @@ pub enum Expect6 {
         port: u16,
         port_at: usize,
     },
+    /// The fast path's redirect of `inner`'s packet, hop limit one less,
+    /// addressed `macs` (source, destination), or left for the kernel to
+    /// address (`None`, a neighbour not resolved yet).
+    Forward {
+        inner: Box<Expect6>,
+        macs: Option<([u8; 6], [u8; 6])>,
+    },
 }
 
 impl Expect6 {
@@ -81,6 +94,7 @@ impl Expect6 {
             Self::Untouched(r) | Self::Drop(r) => *r,
             Self::Translate { reason, .. } => *reason,
             Self::IcmpError { .. } => Reason::IcmpErrorTranslated,
+            Self::Forward { inner, .. } => inner.reason(),
         }
     }
 }
@@ -267,11 +281,13 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables6) -> Result<Outcome, Outcome> {
                 if is_icmp_error(b) {
                     return icmp_error(b, t, false);
                 }
-                return tracked_or(b, hook, t, |p| publish(b, t, &cfg, &net, p, NAT_DNAT));
+                return tracked_or(b, hook, t, &cfg, |p| publish(b, t, &cfg, &net, p, NAT_DNAT));
             }
             if !contains(&net, &daddr) {
                 if masquerades(&net) && net.one_address_mappings != 0 {
-                    return tracked_or(b, hook, t, |p| publish(b, t, &cfg, &net, p, NAT_DNAT));
+                    return tracked_or(b, hook, t, &cfg, |p| {
+                        publish(b, t, &cfg, &net, p, NAT_DNAT)
+                    });
                 }
                 return Ok(Reason::PassIpv6.into());
             }
@@ -300,7 +316,7 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables6) -> Result<Outcome, Outcome> {
             if is_icmp_error(b) {
                 return icmp_error(b, t, true);
             }
-            tracked_or(b, hook, t, |p| {
+            tracked_or(b, hook, t, &cfg, |p| {
                 if p.key.proto == IPPROTO_ICMPV6 && p.key.sport == 0 {
                     return Ok(Reason::PassIpv6.into());
                 }
@@ -320,15 +336,12 @@ fn decide(b: &[u8], hook: Hook, t: &dyn Tables6) -> Result<Outcome, Outcome> {
                         mapped6(t, &net, &p.key.daddr, p.key.proto, p.key.dport, false).is_some()
                     }));
             if !to_host && daddr != net.gateway {
-                // The fast path parses a packet leaving beyond the host to
-                // look its flow up; the fuzzer's tables route none out of
-                // the uplink, so a flow's packets too go on to the stack.
                 if mode(CFG_FAST_PATH) && !contains(&net, &daddr) {
-                    parse6(b, hook, Some(t))?;
+                    return out_uplink(b, hook, t, &cfg);
                 }
                 return Ok(Reason::PassIpv6.into());
             }
-            tracked_or(b, hook, t, |p| {
+            tracked_or(b, hook, t, &cfg, |p| {
                 if to_host {
                     publish(b, t, &cfg, &net, p, NAT_HAIRPIN)
                 } else {
@@ -371,18 +384,75 @@ fn host_egress(b: &[u8], hook: Hook, t: &dyn Tables6, cfg: &Config) -> Result<Ou
 }
 
 /// Mirrors `ipv6::translate_tracked`: parse, then the flow's translation,
-/// or `untracked` for a packet of no flow.
+/// or `untracked` for a packet of no flow; on uplink ingress, with the
+/// fast path's delivery into the container (`ipv6::deliver_in`).
 fn tracked_or(
     b: &[u8],
     hook: Hook,
     t: &dyn Tables6,
+    cfg: &Config,
     untracked: impl FnOnce(&Parsed6) -> Result<Outcome, Outcome>,
 ) -> Result<Outcome, Outcome> {
     let p = parse6(b, hook, Some(t))?;
-    match flow6(t, &p.key) {
-        Some(e) => translate(b, &p, Reason::Translated, e.xlat, false),
-        None => untracked(&p),
+    let Some(e) = flow6(t, &p.key) else {
+        return untracked(&p);
+    };
+    let translated = translate(b, &p, Reason::Translated, e.xlat, false)?;
+    let into_container = hook == Hook::UplinkIngress
+        && cfg.flags & CFG_FAST_PATH != 0
+        && carries(cfg, e.nat)
+        && b.len() <= ETH_FRAME_MAX
+        && hop_limit(b) > 1;
+    match (translated, t.endpoint6_mac(&e.xlat.daddr)) {
+        (Outcome::Done(inner @ Expect6::Translate { .. }), Some(mac)) if into_container => {
+            Ok(Outcome::Done(Expect6::Forward {
+                inner: Box::new(inner),
+                macs: Some((cfg.bridge_mac, mac)),
+            }))
+        }
+        (translated, _) => Ok(translated),
     }
+}
+
+/// Mirrors `ipv6::out_uplink`: with the fast path, a container's packet of
+/// a tracked flow leaving beyond the host is translated on the bridge and
+/// sent out of the uplink, when the routing table sends it there, its hop
+/// limit above 1 and its length within the uplink's MTU; otherwise it
+/// goes on to the stack untouched.
+fn out_uplink(b: &[u8], hook: Hook, t: &dyn Tables6, cfg: &Config) -> Result<Outcome, Outcome> {
+    let pass = Ok(Reason::PassIpv6.into());
+    let p = parse6(b, hook, Some(t))?;
+    let Some(e) = flow6(t, &p.key) else {
+        return pass;
+    };
+    if e.nat == NAT_HAIRPIN || !carries(cfg, e.nat) {
+        return pass;
+    }
+    // `bpf_fib_lookup` is asked with the header's length, and answers
+    // "fragmentation needed" past the uplink's MTU.
+    let len = 40 + usize::from(u16::from_be_bytes([b[18], b[19]]));
+    let Some(macs) = t.uplink_route6(&e.xlat.daddr) else {
+        return pass;
+    };
+    if len > 1500 || hop_limit(b) <= 1 {
+        return pass;
+    }
+    match translate(b, &p, Reason::Translated, e.xlat, false)? {
+        Outcome::Done(inner) => Ok(Outcome::Done(Expect6::Forward {
+            inner: Box::new(inner),
+            macs,
+        })),
+        other => Ok(other),
+    }
+}
+
+/// Mirrors `modes::fast_path_carries`.
+fn carries(cfg: &Config, nat: u8) -> bool {
+    nat != NAT_NONE && !(nat == NAT_SNAT && cfg.flags & CFG_HOST_NAT != 0)
+}
+
+fn hop_limit(b: &[u8]) -> u8 {
+    b[21]
 }
 
 /// Mirrors `nat::mapped6`.
