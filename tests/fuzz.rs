@@ -29,7 +29,8 @@ use support::{
     config::{test_config, BRIDGE_MAC, CT_MAX, HOST},
     fuzzing::{
         ask_route, counted, dropped, fuzz_seed, ifindex, in_fast_namespace, kernel_taint,
-        load_tc_programs, run_tc, untouched, Recent, Record, Rng, C2_MAC, PASS, REDIRECT, WEB_MAC,
+        load_tc_programs, redirected, run_tc, untouched, Recent, Record, Rng, C2_MAC, PASS,
+        REDIRECT, WEB_MAC,
     },
     model::{self, Expect, Hook, Tables, UplinkRoute},
     packet::{fragment, Spec},
@@ -433,23 +434,8 @@ fn check(
     f: &Fixture,
 ) -> Result<(), String> {
     if let Expect::Forward { inner, macs } = expect {
-        if verdict != REDIRECT || out.len() != b.len() {
-            return Err(format!("expected a redirect out, got verdict {verdict:#x}"));
-        }
-        let addressed = match macs {
-            Some((src, dst)) => out[0..6] == *dst && out[6..12] == *src,
-            None => out[..12] == b[..12],
-        };
-        if !addressed {
-            return Err("frame sent out not addressed to the next hop".into());
-        }
-        if out[22] != b[22].wrapping_sub(1) {
-            return Err(format!("TTL {} -> {}, not one less", b[22], out[22]));
-        }
         // The rest is checked as the translation it carries.
-        let mut routed = b.to_vec();
-        routed[..12].copy_from_slice(&out[..12]);
-        routed[22] = out[22];
+        let mut routed = redirected(verdict, b, out, macs, 22)?;
         // The TTL's change folded into the checksum incrementally (RFC
         // 1624), so a right checksum stays right and a wrong one wrong.
         let word = |ttl: u8| u32::from(u16::from_be_bytes([ttl, b[23]]));

@@ -30,7 +30,8 @@ use support::{
     config::{test_config, CT_MAX},
     fuzzing::{
         ask_route, counted, dropped, fuzz_seed, ifindex, in_fast_namespace, kernel_taint,
-        load_tc_programs, run_tc, untouched, Recent, Record, Rng, C2_MAC, PASS, REDIRECT, WEB_MAC,
+        load_tc_programs, redirected, run_tc, untouched, Recent, Record, Rng, C2_MAC, PASS,
+        WEB_MAC,
     },
     model::{self, Hook, UplinkRoute, FRAG_LATER},
     model6::{self, Expect6, Tables6, IPPROTO_ICMPV6, L4},
@@ -443,24 +444,9 @@ fn check(
     f: &Fixture,
 ) -> Result<(), String> {
     if let Expect6::Forward { inner, macs } = expect {
-        if verdict != REDIRECT || out.len() != b.len() {
-            return Err(format!("expected a redirect, got verdict {verdict:#x}"));
-        }
-        let addressed = match macs {
-            Some((src, dst)) => out[0..6] == *dst && out[6..12] == *src,
-            None => out[..12] == b[..12],
-        };
-        if !addressed {
-            return Err("redirected frame not addressed to the next hop".into());
-        }
-        if out[21] != b[21].wrapping_sub(1) {
-            return Err(format!("hop limit {} -> {}, not one less", b[21], out[21]));
-        }
         // The rest is checked as the translation it carries (IPv6 has no
         // header checksum to follow the hop limit).
-        let mut routed = b.to_vec();
-        routed[..12].copy_from_slice(&out[..12]);
-        routed[21] = out[21];
+        let routed = redirected(verdict, b, out, macs, 21)?;
         return check(&routed, hook, inner, PASS, out, f);
     }
     match expect {

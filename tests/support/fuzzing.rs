@@ -221,91 +221,26 @@ pub const C2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
 /// resolved neighbour is lan (192.0.2.2, 2001:db8:1::2), also the default
 /// gateway of each family; a bridge `br0` (172.30.0.1/16, fd00:30::1/64);
 /// and the endpoints' host-side veths `web0` and `c20`.
-const FAST_SETUP: &[&[&str]] = &[
-    &[
-        "ip",
-        "link",
-        "add",
-        "up0",
-        "address",
-        "02:00:00:00:01:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "up0p",
-    ],
+const FAST_SETUP: &[&str] = &[
+    "ip link add up0 address 02:00:00:00:01:01 type veth peer name up0p",
     // No dummy interfaces on this kernel: a veth pair stands in for a NIC.
-    &["ip", "link", "set", "up0p", "up"],
-    &["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"],
-    &["ip", "link", "set", "up0", "up"],
-    &[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::1/64",
-        "dev",
-        "up0",
-        "nodad",
-    ],
-    &["ip", "link", "add", "br0", "type", "bridge"],
-    &["ip", "addr", "add", "172.30.0.1/16", "dev", "br0"],
-    &["ip", "link", "set", "br0", "up"],
-    &[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00:30::1/64",
-        "dev",
-        "br0",
-        "nodad",
-    ],
-    &[
-        "ip",
-        "neigh",
-        "replace",
-        "192.0.2.2",
-        "lladdr",
-        "02:00:00:00:02:02",
-        "dev",
-        "up0",
-        "nud",
-        "permanent",
-    ],
-    &[
-        "ip",
-        "-6",
-        "neigh",
-        "replace",
-        "2001:db8:1::2",
-        "lladdr",
-        "02:00:00:00:02:02",
-        "dev",
-        "up0",
-        "nud",
-        "permanent",
-    ],
-    &["ip", "route", "add", "default", "via", "192.0.2.2"],
-    &[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:1::2",
-    ],
+    "ip link set up0p up",
+    "ip addr add 192.0.2.1/24 dev up0",
+    "ip link set up0 up",
+    "ip -6 addr add 2001:db8:1::1/64 dev up0 nodad",
+    "ip link add br0 type bridge",
+    "ip addr add 172.30.0.1/16 dev br0",
+    "ip link set br0 up",
+    "ip -6 addr add fd00:30::1/64 dev br0 nodad",
+    "ip neigh replace 192.0.2.2 lladdr 02:00:00:00:02:02 dev up0 nud permanent",
+    "ip -6 neigh replace 2001:db8:1::2 lladdr 02:00:00:00:02:02 dev up0 nud permanent",
+    "ip route add default via 192.0.2.2",
+    "ip -6 route add default via 2001:db8:1::2",
     // The endpoints' host-side veths, for the fast path into containers.
-    &[
-        "ip", "link", "add", "web0", "type", "veth", "peer", "name", "web0c",
-    ],
-    &[
-        "ip", "link", "add", "c20", "type", "veth", "peer", "name", "c20c",
-    ],
-    &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"],
-    &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    "ip link add web0 type veth peer name web0c",
+    "ip link add c20 type veth peer name c20c",
+    "sysctl -qw net.ipv4.conf.all.forwarding=1",
+    "sysctl -qw net.ipv6.conf.all.forwarding=1",
 ];
 
 /// Runs `run` in a namespace of its own set up as `FAST_SETUP` says, and
@@ -319,7 +254,8 @@ pub fn in_fast_namespace(run: impl FnOnce() + Send + 'static) {
     }
     let ns = Namespace(format!("nbfz-{}", netbr::sandbox::unique_suffix()));
     let path = netbr::netns::create_named(&ns.0).expect("namespace");
-    for cmd in FAST_SETUP {
+    for line in FAST_SETUP {
+        let cmd: Vec<&str> = line.split_whitespace().collect();
         let o = netbr::sandbox::in_netns(&path, cmd[0], &cmd[1..]).expect("setup command");
         assert!(
             o.status.success(),
@@ -379,4 +315,38 @@ pub fn ask_route(dst: std::net::IpAddr) -> super::model::UplinkRoute {
     let hop = route["gateway"].as_str().or(route["dst"].as_str())?;
     let lan = ["192.0.2.2", "2001:db8:1::2"];
     Some(lan.contains(&hop).then_some((UPLINK_MAC, LAN_MAC)))
+}
+
+/// Checks the fast path's redirect of `b` into `out`: the verdict, the
+/// addressing (`macs`, source and destination; `None`: left for the kernel
+/// to address) and the TTL or hop limit at `hops_at`, one less. Returns
+/// `b` as the redirect changed it apart from its translation (the MACs and
+/// that byte), for the caller to check the translation on.
+pub fn redirected(
+    verdict: u32,
+    b: &[u8],
+    out: &[u8],
+    macs: &Option<([u8; 6], [u8; 6])>,
+    hops_at: usize,
+) -> Result<Vec<u8>, String> {
+    if verdict != REDIRECT || out.len() != b.len() {
+        return Err(format!("expected a redirect, got verdict {verdict:#x}"));
+    }
+    let addressed = match macs {
+        Some((src, dst)) => out[0..6] == *dst && out[6..12] == *src,
+        None => out[..12] == b[..12],
+    };
+    if !addressed {
+        return Err("redirected frame not addressed to the next hop".into());
+    }
+    if out[hops_at] != b[hops_at].wrapping_sub(1) {
+        return Err(format!(
+            "TTL or hop limit {} -> {}, not one less",
+            b[hops_at], out[hops_at]
+        ));
+    }
+    let mut routed = b.to_vec();
+    routed[..12].copy_from_slice(&out[..12]);
+    routed[hops_at] = out[hops_at];
+    Ok(routed)
 }
