@@ -169,7 +169,7 @@ fn carries_on_after_restart(sb: &Sandbox, docker: &Dockerd) {
         "docker run after the restart: {}",
         text(&o)
     );
-    assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8081))));
+    served_within(sb, docker, 8081, "docker run after the restart");
     assert!(served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))));
     docker.ok(&["rm", "-f", "web"]);
     assert!(http_get(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))).is_err());
@@ -463,11 +463,17 @@ fn run_restart_always(docker: &Dockerd) {
 
 /// Waits for `web` to serve 8080 again.
 fn served_again(sb: &Sandbox, docker: &Dockerd, after: &str) {
+    served_within(sb, docker, 8080, after);
+}
+
+/// Waits up to a minute for host port `port` to serve: `run -d` returns
+/// once the container started, maybe before its httpd listens.
+fn served_within(sb: &Sandbox, docker: &Dockerd, port: u16, after: &str) {
     let until = Instant::now() + Duration::from_secs(60);
-    while !served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, 8080))) {
+    while !served(&sb.lan_path(), SocketAddr::from((UPLINK_IP, port))) {
         assert!(
             Instant::now() < until,
-            "web did not come back after {after}: {}",
+            "port {port} not served after {after}: {}",
             std::fs::read_to_string(docker.dir.join("plugin.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(500));
