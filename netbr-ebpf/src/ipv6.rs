@@ -110,21 +110,32 @@ crate::rewrite::impl_l4_fields!(
     csum_pseudo: p.frag != FRAG_LATER
 );
 
+/// This CPU's room for the packet at hand, which every step of the IPv6
+/// path fills in or reads (its tuples would not fit on the stack).
+#[inline(always)]
+fn packet6() -> Option<&'static mut Packet6> {
+    // SAFETY: a per-CPU map value: one program run on this CPU uses it at
+    // a time, and no reference outlives the run.
+    PACKET6.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
 /// What a packet that is not IPv4 gets on `hook`: an `Outcome` when the
 /// fast path redirects it, else the reason it goes on (or is dropped)
 /// with, translated or not.
 #[inline(always)]
 pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Result<Outcome, Reason> {
-    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+    let Some(pkt) = packet6() else {
         return Err(Reason::PassIpv6);
     };
     // Before anything else: the room is the CPU's, and a frame that is not
     // IPv6 at all must not find the last packet's redirect there.
-    // SAFETY: per-CPU map value, used by this packet only.
-    unsafe { (*pkt).action = TC_ACT_UNSPEC };
+    pkt.action = TC_ACT_UNSPEC;
     let reason = on_hook(ctx, cfg, hook);
-    // SAFETY: as above.
-    let action = unsafe { (*pkt).action };
+    // Asked again: `on_hook` wrote the room through its own reference.
+    let Some(pkt) = packet6() else {
+        return Err(reason);
+    };
+    let action = pkt.action;
     if action != TC_ACT_UNSPEC {
         return Ok(Outcome { reason, action });
     }
@@ -168,11 +179,9 @@ fn on_hook(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     if !net.configured() {
         return Reason::PassIpv6;
     }
-    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+    let Some(pkt) = packet6() else {
         return Reason::PassIpv6;
     };
-    // SAFETY: per-CPU map value, used by this packet only.
-    let pkt = unsafe { &mut *pkt };
     pkt.parsed = 0;
     pkt.parse_done = 0;
     // Each address is read once (an unaligned 16-byte read is some forty
@@ -269,11 +278,10 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
     if !from_host && (!net.contains(&saddr) || net.contains(daddr)) {
         return Reason::PassIpv6;
     }
-    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+    let Some(pkt) = packet6() else {
         return Reason::DropRewrite;
     };
-    // SAFETY: per-CPU map value, used by this packet only.
-    unsafe { (*pkt).key.saddr = saddr };
+    pkt.key.saddr = saddr;
     if from_host {
         // Without a socket, the fast path translated it on the bridge and
         // redirected it here (the stack never forwards a packet with a
@@ -297,11 +305,9 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
         return opened;
     }
     // The packet was parsed into per-CPU room by `translate_tracked`.
-    let Some(pkt) = PACKET6.get_ptr(0) else {
+    let Some(pkt) = packet6() else {
         return Reason::DropRewrite;
     };
-    // SAFETY: per-CPU map value, used by this packet only.
-    let pkt = unsafe { &*pkt };
     let xlat = pkt.xlat;
     match rewrite(ctx, pkt, &xlat) {
         Ok(()) => Reason::SnatNew,
@@ -360,11 +366,9 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
     if nat == NAT_DNAT && cfg.firewall_entries != 0 {
         return Reason::PassIpv6;
     }
-    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+    let Some(pkt) = packet6() else {
         return Reason::DropRewrite;
     };
-    // SAFETY: per-CPU map value, used by this packet only.
-    let pkt = unsafe { &mut *pkt };
     if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
         return Reason::PassIpv6;
     }
@@ -499,11 +503,9 @@ fn open_flow(
     nat: u8,
     to: impl FnOnce(&mut FlowKey6),
 ) -> Reason {
-    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+    let Some(pkt) = packet6() else {
         return Reason::DropRewrite;
     };
-    // SAFETY: per-CPU map value, used by this packet only.
-    let pkt = unsafe { &mut *pkt };
     // An echo reply answers someone else's request: not a flow to open.
     if pkt.key.proto == IPPROTO_ICMPV6 && pkt.key.sport == 0 {
         return Reason::PassIpv6;
@@ -584,11 +586,9 @@ const QUOTED_L4: usize = QUOTED + 40;
 /// state.
 #[inline(never)]
 fn translate_error(ctx: &TcContext, cfg: &Config, outbound: bool) -> Reason {
-    let Some(pkt) = PACKET6.get_ptr_mut(0) else {
+    let Some(pkt) = packet6() else {
         return Reason::DropRewrite;
     };
-    // SAFETY: per-CPU map value, used by this packet only.
-    let pkt = unsafe { &mut *pkt };
     let (Ok(proto), Ok(saddr), Ok(daddr)) = (
         load::<u8>(ctx, QUOTED + 6),
         load::<[u32; 4]>(ctx, QUOTED_SADDR),
@@ -802,9 +802,7 @@ const L4_LAST: usize = 0x1ff - 20;
 /// packets, a port on one address) finds the packet parsed.
 #[inline(always)]
 fn parse(ctx: &TcContext, hook: u8) -> Result<&'static mut Packet6, Reason> {
-    let pkt = PACKET6.get_ptr_mut(0).ok_or(Reason::DropRewrite)?;
-    // SAFETY: per-CPU map value, used by this packet only.
-    let pkt = unsafe { &mut *pkt };
+    let pkt = packet6().ok_or(Reason::DropRewrite)?;
     if pkt.parse_done != 0 {
         return Ok(pkt);
     }
