@@ -29,6 +29,11 @@ use support::packet::{
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+/// The IPv6 side of the same topology: web's address on the bridge's
+/// fd00:30::/64, lan's and the uplink's on 2001:db8:1::/64.
+const WEB6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 2);
+const LAN6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+const UPLINK6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const UP_IN: &str = "nb_up_in";
 const UP_OUT: &str = "nb_up_out";
@@ -163,6 +168,14 @@ impl Harness {
             .endpoints
             .insert(to_be32(ip), ep, 0)
             .expect("endpoint");
+    }
+
+    /// Gives endpoint web its IPv6 address, `WEB6`.
+    fn web_ipv6(&mut self) {
+        let web = self.dp.endpoints.get(&to_be32(WEB), 0).expect("web");
+        self.dp
+            .set_endpoint6(to_be32(WEB), WEB6, web)
+            .expect("endpoint's IPv6");
     }
 
     fn counter(&self, r: Reason) -> u64 {
@@ -643,12 +656,7 @@ fn with_ipv6_masquerade() -> Harness {
     use netbr_common::net6::Net6;
     let h = Harness::new((61000, 65535));
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
-    let net = Net6::new(
-        &v6("fd00:30::"),
-        64,
-        &v6("fd00:30::1"),
-        &v6("2001:db8:1::1"),
-    );
+    let net = Net6::new(&v6("fd00:30::"), 64, &v6("fd00:30::1"), &UPLINK6.octets());
     let mut h = h;
     h.dp.set_net6(&net).expect("net6");
     h
@@ -656,9 +664,7 @@ fn with_ipv6_masquerade() -> Harness {
 
 #[test]
 fn ipv6_masquerade_translates_tcp_udp_and_echo_both_ways_with_valid_checksums() {
-    use std::net::Ipv6Addr;
-    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
-    let (container, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let (container, lan, uplink) = (WEB6, LAN6, UPLINK6);
     let mut h = with_ipv6_masquerade();
     // A port in the host's ephemeral range is never kept; one outside it
     // is, and so is an echo identifier.
@@ -727,9 +733,7 @@ fn ipv6_masquerade_translates_tcp_udp_and_echo_both_ways_with_valid_checksums() 
 
 #[test]
 fn ipv6_extension_headers_are_walked_and_fragments_follow_their_first() {
-    use std::net::Ipv6Addr;
-    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
-    let (container, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let (container, lan, uplink) = (WEB6, LAN6, UPLINK6);
     let mut h = with_ipv6_masquerade();
     // A hop-by-hop header before UDP: walked over, the datagram translated.
     let hop = with_hop_by_hop(&ipv6_checked(container, lan, UDP, &udp_datagram(5000, 53)));
@@ -798,7 +802,7 @@ fn a_published_port_answers_on_the_uplinks_ipv6_address_hairpin_included_but_not
 ) {
     use std::net::Ipv6Addr;
     let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
-    let (web6, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let (web6, lan, uplink) = (WEB6, LAN6, UPLINK6);
     let mut h = with_ipv6_masquerade();
     h.publish(TCP, 8080, WEB, 80);
     let web6_words = netbr_common::net6::words(&web6.octets());
@@ -915,15 +919,11 @@ fn a_port_published_on_one_ipv6_address_answers_there_alone_and_costs_nothing_wh
 
 #[test]
 fn the_fast_path_delivers_an_ipv6_reply_into_the_container_as_a_router_would() {
-    use std::net::Ipv6Addr;
-    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
-    let (web6, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let (web6, lan, uplink) = (WEB6, LAN6, UPLINK6);
     let mut h = with_ipv6_masquerade();
     h.set_map_flags(CFG_FAST_PATH);
     h.endpoint_on_loopback(WEB);
-    let web = h.dp.endpoints.get(&to_be32(WEB), 0).expect("web");
-    h.dp.set_endpoint6(to_be32(WEB), web6, web)
-        .expect("endpoint's IPv6");
+    h.web_ipv6();
     let (_, out) = h.run(
         UP_OUT,
         &ipv6_checked(web6, lan, UDP, &udp_datagram(5000, 53)),
@@ -968,13 +968,10 @@ fn the_fast_path_delivers_an_ipv6_reply_into_the_container_as_a_router_would() {
 #[test]
 fn an_icmpv6_error_from_a_published_container_leaves_as_the_host() {
     use std::net::Ipv6Addr;
-    let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
-    let (web6, lan, uplink) = (v6("fd00:30::2"), v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let (web6, lan, uplink) = (WEB6, LAN6, UPLINK6);
     let mut h = with_ipv6_masquerade();
     h.publish(UDP, 5353, WEB, 53);
-    let web = h.dp.endpoints.get(&to_be32(WEB), 0).expect("web");
-    h.dp.set_endpoint6(to_be32(WEB), web6, web)
-        .expect("endpoint's IPv6");
+    h.web_ipv6();
     let (_, delivered) = h.run(
         UP_IN,
         &ipv6_checked(lan, uplink, UDP, &udp_datagram(40000, 5353)),
@@ -2155,7 +2152,7 @@ fn per_packet_cost() {
     // 40-byte tuples. The bridge's IPv6 subnet is masqueraded to the
     // uplink's 2001:db8:1::1.
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6");
-    let (lan6, uplink6, web6) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"), v6("fd00:30::2"));
+    let (lan6, uplink6, web6) = (LAN6, UPLINK6, WEB6);
     let net6 = netbr_common::net6::Net6::new(
         &v6("fd00:30::").octets(),
         64,
@@ -2164,9 +2161,7 @@ fn per_packet_cost() {
     );
     h.dp.set_net6(&net6).expect("net6");
     // web's IPv6 address, so the fast path delivers into it as IPv4's does.
-    let web = h.dp.endpoints.get(&to_be32(WEB), 0).expect("web");
-    h.dp.set_endpoint6(to_be32(WEB), web6, web)
-        .expect("endpoint's IPv6");
+    h.web_ipv6();
     let udp6 = |dst: &str| ipv6_frame(lan6, v6(dst), UDP, &udp_datagram(40000, 53));
     // An established masquerade flow, web6:40000 -> lan6:80.
     h.run(
