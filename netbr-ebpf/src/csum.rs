@@ -19,6 +19,23 @@ pub fn diff<const N: usize>(old: &[u16; N], new: &[u16; N]) -> u32 {
     sum
 }
 
+/// The difference replacing the 32-bit words `old` by `new` makes, as
+/// [`diff`] of their halves would give it, in fewer instructions: the
+/// words are summed in 64 bits and folded (a ones' complement sum of
+/// 32-bit words folds to the same 16-bit sum as one of their halves), to at
+/// most 17 bits, so that a few such differences add up without overflow.
+#[inline(always)]
+pub fn diff_words<const N: usize>(old: &[u32; N], new: &[u32; N]) -> u32 {
+    let mut sum = 0u64;
+    for i in 0..N {
+        sum += u64::from(!old[i]) + u64::from(new[i]);
+    }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = sum as u32;
+    (sum & 0xffff) + (sum >> 16)
+}
+
 /// The difference a changed 32-bit field makes; 0 if it is unchanged.
 #[inline(always)]
 pub fn diff32(old: u32, new: u32) -> u32 {

@@ -50,10 +50,11 @@ impl AddrField for [u32; 4] {
     const IP_CSUM: Option<usize> = None;
     #[inline(always)]
     fn diff(old: [u32; 4], new: [u32; 4]) -> u32 {
-        csum::diff32(old[0], new[0])
-            + csum::diff32(old[1], new[1])
-            + csum::diff32(old[2], new[2])
-            + csum::diff32(old[3], new[3])
+        if old == new {
+            0
+        } else {
+            csum::diff_words(&old, &new)
+        }
     }
 }
 
