@@ -7,6 +7,7 @@ mod support;
 use std::net::Ipv4Addr;
 
 use aya::{
+    maps::{PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -19,6 +20,7 @@ use netbr_common::{
         CFG_INTERNAL, CFG_NO_MASQUERADE, CFG_ROUTED,
     },
     pacing::{Pace, PaceKey, PACE_EGRESS, PACE_INGRESS, PACE_STAMP},
+    profile::{PROF_LEN, PROF_MAP, SEGMENTS, SEG_EMPTY},
 };
 use support::config::{test_config, BRIDGE_MAC, GATEWAY, HOST};
 use support::packet::{
@@ -2031,17 +2033,48 @@ where
 }
 
 /// Median ns per run of `prog` over `frames(i)` for i in 0..RUNS.
+/// How many single runs a cost figure is the median of.
+const COST_RUNS: u16 = 2000;
+
 fn median_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> u64 {
-    const RUNS: u16 = 2000;
     let mut v: Vec<u64> = if prog == "nb_xdp" {
         let p = h.xdp();
-        (0..RUNS).map(|i| run_ns(p, &frames(i))).collect()
+        (0..COST_RUNS).map(|i| run_ns(p, &frames(i))).collect()
     } else {
         let p = h.classifier(prog);
-        (0..RUNS).map(|i| run_ns(p, &frames(i))).collect()
+        (0..COST_RUNS).map(|i| run_ns(p, &frames(i))).collect()
     };
     v.sort_unstable();
     v[v.len() / 2]
+}
+
+/// The per-CPU sums of a profile build's segments.
+fn profile_sums(ebpf: &mut Ebpf) -> PerCpuArray<&mut aya::maps::MapData, u64> {
+    PerCpuArray::try_from(ebpf.map_mut(PROF_MAP).expect("profile map")).expect("per-CPU array")
+}
+
+/// Runs `median_ns`'s series on programs built with their timing marks:
+/// the mean ns per run of each segment (`netbr_common::profile`) less a
+/// mark's own cost, and that cost (a clock read).
+fn profile_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> (Vec<u64>, u64) {
+    let cpus = aya::util::nr_cpus().expect("CPUs");
+    let mut map = profile_sums(&mut h.ebpf);
+    for i in 0..PROF_LEN {
+        let zero = PerCpuValues::try_from(vec![0u64; cpus]).expect("values");
+        map.set(i, zero, 0).expect("reset");
+    }
+    median_ns(h, prog, frames);
+    let map = profile_sums(&mut h.ebpf);
+    let mean = |segment: u32| -> u64 {
+        let total: u64 = map.get(&segment, 0).expect("segment").iter().sum();
+        total / u64::from(COST_RUNS)
+    };
+    let mark = mean(SEG_EMPTY);
+    let segments = SEGMENTS
+        .iter()
+        .map(|&(s, _)| mean(s).saturating_sub(mark))
+        .collect();
+    (segments, mark)
 }
 
 /// Per-packet cost of each program and path under BPF_PROG_TEST_RUN: the
@@ -2302,6 +2335,39 @@ fn per_packet_cost() {
     ];
     for ((prog, ns), what) in repeated.iter().zip(what) {
         println!("{prog:<12} {what:<44} {ns:>6}");
+    }
+    // Programs built with their timing marks (`cargo xtask cost
+    // --profile`): where a tracked packet's time goes.
+    if h.ebpf.map(PROF_MAP).is_some() {
+        // The tracked rows' packets: each the same every run.
+        let tracked = [
+            (UP_OUT, "IPv4, egress", data((WEB, 80), (LAN, 40000))),
+            (
+                UP_IN,
+                "IPv4, into the container",
+                data((LAN, 40000), (HOST, 8080)),
+            ),
+            (UP_OUT, "IPv6, egress", data6(web6, 40000, lan6, 80)),
+            (
+                UP_IN,
+                "IPv6, into the container",
+                data6(lan6, 80, uplink6, port6),
+            ),
+        ];
+        println!("\nwhere a tracked packet's time goes (ns per run, mean of {COST_RUNS}, each segment less one mark's own cost)");
+        print!("{:<12} {:<26}", "PROGRAM", "PACKET");
+        for (_, name) in SEGMENTS {
+            print!(" {name:>8}");
+        }
+        println!(" {:>8}", "mark");
+        for (prog, what, frame) in tracked {
+            let (segments, mark) = profile_ns(&mut h, prog, |_| frame.clone());
+            print!("{prog:<12} {what:<26}");
+            for ns in segments {
+                print!(" {ns:>8}");
+            }
+            println!(" {mark:>8}");
+        }
     }
     // The runs did what their names say.
     assert!(h.counter(Reason::Translated) >= 2 * 2000);

@@ -17,6 +17,7 @@ pub mod net6;
 pub mod pacing;
 pub mod ports;
 pub mod portspec;
+pub mod profile;
 pub mod snat;
 
 #[cfg(test)]

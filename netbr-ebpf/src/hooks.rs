@@ -17,6 +17,7 @@ use netbr_common::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_NO_MASQUERADE,
         CFG_ROUTED, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
+    profile::{SEG_ACCOUNT, SEG_CLOCK, SEG_LOOKUP, SEG_PARSE, SEG_REWRITE},
 };
 
 use crate::{
@@ -25,6 +26,7 @@ use crate::{
     modes::{fast_path_carries, mode},
     nat,
     parse::{parse, Packet, FRAG_LATER},
+    profile,
     redirect::{self, NextHop},
     rewrite::{icmp_error, rewrite},
     uplink_ports,
@@ -102,10 +104,13 @@ fn translate_tracked_packed(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> u64 
 
 #[inline(always)]
 fn translate_flow(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<u32, Reason> {
+    profile::mark(SEG_PARSE);
     let now = now();
+    profile::mark(SEG_CLOCK);
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
         return Ok(NOT_TRACKED);
     };
+    profile::mark(SEG_LOOKUP);
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
     if nat == NAT_HAIRPIN {
@@ -118,7 +123,9 @@ fn translate_flow(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<u32, Re
         return Ok(HOST_STACK);
     }
     rewrite(ctx, pkt, &xlat)?;
+    profile::mark(SEG_REWRITE);
     conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
+    profile::mark(SEG_ACCOUNT);
     Ok(fast_target(cfg, pkt, &xlat, nat))
 }
 

@@ -34,6 +34,7 @@ use netbr_common::{
         HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
     net6::{FragKey6, Net6},
+    profile::{SEG_ACCOUNT, SEG_CLOCK, SEG_LOOKUP, SEG_PARSE, SEG_REWRITE},
     snat::{may_keep_port, snat_candidate},
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -45,7 +46,7 @@ use crate::{
     maps::{ENDPOINTS6, FRAGMENTS6, NET6, PACKET6},
     modes::{fast_path_carries, mode},
     parse::{ETH_LEN, FRAG_FIRST, FRAG_LATER, FRAG_NONE},
-    redirect,
+    profile, redirect,
     rewrite::{rewrite, AddrField},
     skb, uplink_ports,
 };
@@ -534,22 +535,28 @@ fn translate_tracked(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
         Ok(p) => p,
         Err(r) => return r,
     };
+    profile::mark(SEG_PARSE);
     let now = now();
+    profile::mark(SEG_CLOCK);
     let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
         return NOT_TRACKED;
     };
+    profile::mark(SEG_LOOKUP);
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
     if let Err(r) = rewrite(ctx, pkt, &xlat) {
         return r;
     }
+    profile::mark(SEG_REWRITE);
     // For the fast path in (`deliver_in`).
     pkt.xlat = xlat;
     pkt.nat = nat;
-    match conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now) {
+    let reason = match conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now) {
         Ok(()) => Reason::Translated,
         Err(r) => r,
-    }
+    };
+    profile::mark(SEG_ACCOUNT);
+    reason
 }
 
 /// Whether the packet is an ICMPv6 error (destination unreachable, packet

@@ -23,6 +23,7 @@ mod nat;
 mod pacing;
 mod parse;
 mod port_search;
+mod profile;
 mod redirect;
 mod rewrite;
 mod skb;
@@ -39,6 +40,7 @@ use aya_ebpf::{
 use netbr_common::{
     maps::{HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
     pacing::{PACE_EGRESS, PACE_INGRESS},
+    profile::{SEG_EMPTY, SEG_REST, SEG_START},
 };
 use sockaddr::{V4, V6};
 
@@ -48,7 +50,8 @@ use sockaddr::{V4, V6};
 /// `TC_ACT_UNSPEC` (TCX_NEXT), so programs attached after ours still run.
 #[inline(always)]
 fn verdict(ctx: &TcContext, hook: u8) -> i32 {
-    match hooks::run(ctx, hook) {
+    profile::mark(SEG_START);
+    let verdict = match hooks::run(ctx, hook) {
         Ok(o) => {
             counters::count(o.reason);
             monitor::outcome(ctx, hook, o.reason);
@@ -63,7 +66,10 @@ fn verdict(ctx: &TcContext, hook: u8) -> i32 {
                 TC_ACT_UNSPEC
             }
         }
-    }
+    };
+    profile::mark(SEG_REST);
+    profile::mark(SEG_EMPTY);
+    verdict
 }
 
 #[classifier]

@@ -64,7 +64,13 @@ enum Task {
     },
     /// Print each program's per-packet cost under BPF_PROG_TEST_RUN (ns per
     /// run: tracked, new and unmatched packets), release build. Needs root.
-    Cost,
+    Cost {
+        /// Also split a tracked packet's run into segments (parse, clock,
+        /// conntrack lookup, rewrite, ...), timed by marks built into the
+        /// programs for this run only.
+        #[arg(long)]
+        profile: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -174,39 +180,50 @@ fn main() -> Result<()> {
                     .env("NETBR_SOAK_FLOWS", flows.to_string()),
             )
         }
-        Task::Cost => {
+        Task::Cost { profile } => {
             setup::all()?;
             require_root("BPF_PROG_TEST_RUN loads BPF programs")?;
-            run(
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-                    "test",
-                    "--release",
-                    "-p",
-                    "netbr-user",
-                    "--test",
-                    "prog_test_run",
-                    "per_packet_cost",
-                    "--",
-                    "--ignored",
-                    "--nocapture",
-                ]),
-            )
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            // Read by netbr-user's build script; unset, the marks are not
+            // built (and a build that had them is redone without).
+            if profile {
+                cargo.env("NETBR_EBPF_PROFILE", "1");
+            } else {
+                cargo.env_remove("NETBR_EBPF_PROFILE");
+            }
+            run(cargo.args([
+                "test",
+                "--release",
+                "-p",
+                "netbr-user",
+                "--test",
+                "prog_test_run",
+                "per_packet_cost",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ]))
         }
         Task::Lint => {
             setup::all()?;
             cargo(&["fmt", "--all", "--check"], &[])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
-            run(Command::new("cargo").current_dir("netbr-ebpf").args([
-                "+nightly",
-                "clippy",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ]))
+            // The BPF crate as shipped, and with `cost --profile`'s marks.
+            for features in [&[][..], &["--features", "profile"]] {
+                run(Command::new("cargo")
+                    .current_dir("netbr-ebpf")
+                    .args([
+                        "+nightly",
+                        "clippy",
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                    ])
+                    .args(features)
+                    .args(["--", "-D", "warnings"]))?;
+            }
+            Ok(())
         }
     }
 }
