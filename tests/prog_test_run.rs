@@ -398,8 +398,14 @@ fn expired_flow_is_forgotten_on_lookup() {
     cfg.timeouts = [0; STATE_COUNT];
     h.dp.set_config(&cfg).expect("config");
     h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    past_a_clock_tick();
     assert_reply_finds_the_flow_expired(&mut h);
+}
+
+/// Waits until the flows' clock, which moves a kernel tick at a time
+/// (`conntrack::now`: 10 ms at the slowest HZ), has moved.
+fn past_a_clock_tick() {
+    std::thread::sleep(std::time::Duration::from_millis(25));
 }
 
 /// Sends the reply of the flow (WEB, 5000) -> (REMOTE, 53) masqueraded to
@@ -440,6 +446,7 @@ fn a_tracked_packet_touches_only_its_own_entry_until_the_state_changes() {
     // More datagrams out: the state stays UNREPLIED, the reply entry is
     // neither read for state nor written.
     let reply_before = new_entry(&h, &reply_key);
+    past_a_clock_tick();
     h.run(UP_OUT, &Spec::udp((WEB, 5000), (REMOTE, 53)).build());
     let orig = new_entry(&h, &orig_key);
     assert_eq!(orig.packets, before.packets + 1);
@@ -1620,7 +1627,7 @@ fn a_snat_port_is_free_again_once_its_flow_has_timed_out() {
     let mut cfg = h.dp.config().expect("config");
     cfg.timeouts = [0; STATE_COUNT];
     h.dp.set_config(&cfg).expect("config");
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    past_a_clock_tick();
     let (verdict, out) = h.run(UP_OUT, &Spec::udp((CLIENT, 40001), (REMOTE, 53)).build());
     assert_eq!(verdict, PASS, "the timed-out flow's port must be reusable");
     assert_eq!(parse_checked(&out), seen((HOST, 61000), (REMOTE, 53)));

@@ -13,7 +13,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::bpf_timer,
     btf_maps::Array,
-    helpers::{bpf_ktime_get_ns, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start},
+    helpers::{bpf_timer_init, bpf_timer_set_callback, bpf_timer_start},
     macros::btf_map,
 };
 
@@ -72,8 +72,7 @@ extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, c: *mut Collector) -> 
         tick
     };
     if let Some(cfg) = CONFIG.get(0) {
-        // SAFETY: the helper has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = crate::conntrack::now();
         // One family per firing: two walks in one callback took the
         // verifier past its 8192-jump history for one path ("The sequence
         // of 8193 jumps is too complex"); on separate branches each path

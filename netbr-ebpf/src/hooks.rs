@@ -9,7 +9,7 @@
 //! Hairpin flows change both at once on the bridge device, so they bypass
 //! routing with a redirect.
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use netbr_common::{
     conntrack::{FlowKey, NAT_HAIRPIN, NAT_SNAT},
     counters::Reason,
@@ -21,7 +21,8 @@ use netbr_common::{
 };
 
 use crate::{
-    conntrack, firewall, frag,
+    conntrack::{self, now},
+    firewall, frag,
     maps::{CONFIG, LOCAL_ADDRS, PACKET},
     modes::{fast_path_carries, mode},
     nat,
@@ -53,12 +54,6 @@ fn config() -> Result<&'static Config, Reason> {
         Some(cfg) if cfg.configured != 0 => Ok(cfg),
         _ => Err(Reason::PassNotConfigured),
     }
-}
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: the helper has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 /// The clock for opening a flow. The first such packet arms the assured

@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
         TC_ACT_UNSPEC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
 use netbr_common::{
@@ -40,7 +40,7 @@ use netbr_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, now},
     frag::{recall_in, remember_in},
     hooks::Outcome,
     maps::{ENDPOINTS6, FRAGMENTS6, NET6, PACKET6},
@@ -775,12 +775,6 @@ fn claim(pkt: &Packet6, reply: &CtEntry6, cfg: &Config, now: u64) -> bool {
 #[inline(always)]
 fn is_link_local(addr: &[u32; 4]) -> bool {
     u32::from_be(addr[0]) & 0xffc0_0000 == 0xfe80_0000
-}
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: the helper has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]

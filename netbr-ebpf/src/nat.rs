@@ -6,8 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1},
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release,
-        bpf_skc_lookup_tcp,
+        bpf_get_prandom_u32, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
     },
     programs::TcContext,
 };
@@ -342,8 +341,7 @@ extern "C" fn probe_port(_index: u64, skb: *mut c_void) -> i64 {
     if s.check_sockets != 0 && host_socket_holds(unsafe { *(skb as *const *mut __sk_buff) }, s) {
         return 0;
     }
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::conntrack::now();
     if claim_port(&s.xlat, reply, cfg, now) {
         s.found = 1;
         s.attempt = attempt;

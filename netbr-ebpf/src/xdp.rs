@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    helpers::{bpf_check_mtu, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_redirect},
     programs::XdpContext,
     EbpfContext as _,
 };
@@ -96,8 +96,7 @@ fn try_run(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     let key = crate::zeroing::tuple(ipv.saddr, ipv.daddr, sport, dport, ipv.proto);
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = conntrack::now();
     let flow = conntrack::lookup_assured(&key, cfg, now)?;
     // SAFETY: map value pointer from the lookup, valid for this run.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
