@@ -30,7 +30,7 @@ use support::{
     fuzzing::{
         ask_route, counted, dropped, fuzz_seed, ifindex, in_fast_namespace, kernel_taint,
         load_tc_programs, redirected, run_tc, untouched, Recent, Record, Rng, C2_MAC, PASS,
-        REDIRECT, WEB_MAC,
+        WEB_MAC,
     },
     model::{self, Expect, Hook, Tables, UplinkRoute},
     packet::{fragment, Spec},
@@ -435,7 +435,7 @@ fn check(
 ) -> Result<(), String> {
     if let Expect::Forward { inner, macs } = expect {
         // The rest is checked as the translation it carries.
-        let mut routed = redirected(verdict, b, out, macs, 22)?;
+        let mut routed = redirected(verdict, b, out, macs, Some(22))?;
         // The TTL's change folded into the checksum incrementally (RFC
         // 1624), so a right checksum stays right and a wrong one wrong.
         let word = |ttl: u8| u32::from(u16::from_be_bytes([ttl, b[23]]));
@@ -449,15 +449,8 @@ fn check(
         return check(&routed, hook, inner, PASS, out, f);
     }
     if let Expect::Redirect { inner, to_mac } = expect {
-        if verdict != REDIRECT || out.len() != b.len() {
-            return Err(format!("expected a redirect, got verdict {verdict:#x}"));
-        }
-        if out[0..6] != *to_mac || out[6..12] != BRIDGE_MAC {
-            return Err("redirected frame not addressed from the bridge to the endpoint".into());
-        }
-        // The rest is checked as the translation it carries.
-        let mut addressed = b.to_vec();
-        addressed[..12].copy_from_slice(&out[..12]);
+        // A hairpin, bridged from the bridge's MAC to the endpoint's.
+        let addressed = redirected(verdict, b, out, &Some((BRIDGE_MAC, *to_mac)), None)?;
         return check(&addressed, hook, inner, PASS, out, f);
     }
     match expect {

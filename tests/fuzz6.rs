@@ -446,7 +446,7 @@ fn check(
     if let Expect6::Forward { inner, macs } = expect {
         // The rest is checked as the translation it carries (IPv6 has no
         // header checksum to follow the hop limit).
-        let routed = redirected(verdict, b, out, macs, 21)?;
+        let routed = redirected(verdict, b, out, macs, Some(21))?;
         return check(&routed, hook, inner, PASS, out, f);
     }
     match expect {

@@ -317,17 +317,18 @@ pub fn ask_route(dst: std::net::IpAddr) -> super::model::UplinkRoute {
     Some(lan.contains(&hop).then_some((UPLINK_MAC, LAN_MAC)))
 }
 
-/// Checks the fast path's redirect of `b` into `out`: the verdict, the
-/// addressing (`macs`, source and destination; `None`: left for the kernel
-/// to address) and the TTL or hop limit at `hops_at`, one less. Returns
-/// `b` as the redirect changed it apart from its translation (the MACs and
-/// that byte), for the caller to check the translation on.
+/// Checks a redirect of `b` into `out`: the verdict, the addressing
+/// (`macs`, source and destination; `None`: left for the kernel to
+/// address) and, for a packet routed on the fast path, the TTL or hop limit
+/// at `hops_at`, one less (a hairpin bridged to its endpoint keeps it).
+/// Returns `b` as the redirect changed it apart from its translation (the
+/// MACs and that byte), for the caller to check the translation on.
 pub fn redirected(
     verdict: u32,
     b: &[u8],
     out: &[u8],
     macs: &Option<([u8; 6], [u8; 6])>,
-    hops_at: usize,
+    hops_at: Option<usize>,
 ) -> Result<Vec<u8>, String> {
     if verdict != REDIRECT || out.len() != b.len() {
         return Err(format!("expected a redirect, got verdict {verdict:#x}"));
@@ -339,14 +340,16 @@ pub fn redirected(
     if !addressed {
         return Err("redirected frame not addressed to the next hop".into());
     }
-    if out[hops_at] != b[hops_at].wrapping_sub(1) {
-        return Err(format!(
-            "TTL or hop limit {} -> {}, not one less",
-            b[hops_at], out[hops_at]
-        ));
-    }
     let mut routed = b.to_vec();
     routed[..12].copy_from_slice(&out[..12]);
-    routed[hops_at] = out[hops_at];
+    if let Some(at) = hops_at {
+        if out[at] != b[at].wrapping_sub(1) {
+            return Err(format!(
+                "TTL or hop limit {} -> {}, not one less",
+                b[at], out[at]
+            ));
+        }
+        routed[at] = out[at];
+    }
     Ok(routed)
 }
