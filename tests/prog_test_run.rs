@@ -7,7 +7,7 @@ mod support;
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{PerCpuArray, PerCpuValues},
+    maps::PerCpuArray,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -2055,31 +2055,46 @@ fn median_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> u6
     v[v.len() / 2]
 }
 
+/// A cost row's packets, by run.
+type Frames = Box<dyn Fn(u16) -> Vec<u8>>;
+
 /// The per-CPU sums of a profile build's segments.
 fn profile_sums(ebpf: &mut Ebpf) -> PerCpuArray<&mut aya::maps::MapData, u64> {
     PerCpuArray::try_from(ebpf.map_mut(PROF_MAP).expect("profile map")).expect("per-CPU array")
 }
 
-/// Runs `median_ns`'s series on programs built with their timing marks:
-/// the mean ns per run of each segment (`netbr_common::profile`) less a
-/// mark's own cost, and that cost (a clock read).
+/// Runs `median_ns`'s series of single runs on programs built with their
+/// timing marks, reading the segments' sums after each run: the median ns
+/// of each segment (`netbr_common::profile`) less a mark's own cost (the
+/// median empty segment), and that cost (a clock read). Medians, as for
+/// the cost figures: a new flow's mean carries the rare run that evicts
+/// from the LRU table.
 fn profile_ns(h: &mut Harness, prog: &str, frames: impl Fn(u16) -> Vec<u8>) -> (Vec<u64>, u64) {
-    let cpus = aya::util::nr_cpus().expect("CPUs");
-    let mut map = profile_sums(&mut h.ebpf);
-    for i in 0..PROF_LEN {
-        let zero = PerCpuValues::try_from(vec![0u64; cpus]).expect("values");
-        map.set(i, zero, 0).expect("reset");
-    }
-    median_ns(h, prog, frames);
-    let map = profile_sums(&mut h.ebpf);
-    let mean = |segment: u32| -> u64 {
-        let total: u64 = map.get(&segment, 0).expect("segment").iter().sum();
-        total / u64::from(COST_RUNS)
+    let sums = |h: &mut Harness| -> Vec<u64> {
+        let map = profile_sums(&mut h.ebpf);
+        (0..PROF_LEN)
+            .map(|i| map.get(&i, 0).expect("segment").iter().sum())
+            .collect()
     };
-    let mark = mean(SEG_EMPTY);
+    let mut before = sums(h);
+    let mut runs: Vec<Vec<u64>> = vec![Vec::new(); PROF_LEN as usize];
+    for i in 0..COST_RUNS {
+        run_ns(h.classifier(prog), &frames(i));
+        let after = sums(h);
+        for (segment, times) in runs.iter_mut().enumerate() {
+            times.push(after[segment] - before[segment]);
+        }
+        before = after;
+    }
+    let mut median = |segment: u32| -> u64 {
+        let times = &mut runs[segment as usize];
+        times.sort_unstable();
+        times[times.len() / 2]
+    };
+    let mark = median(SEG_EMPTY);
     let segments = SEGMENTS
         .iter()
-        .map(|&(s, _)| mean(s).saturating_sub(mark))
+        .map(|&(s, _)| median(s).saturating_sub(mark))
         .collect();
     (segments, mark)
 }
@@ -2344,31 +2359,55 @@ fn per_packet_cost() {
         println!("{prog:<12} {what:<44} {ns:>6}");
     }
     // Programs built with their timing marks (`cargo xtask cost
-    // --profile`): where a tracked packet's time goes.
+    // --profile`): where a tracked packet's time goes, and a new flow's.
     if h.ebpf.map(PROF_MAP).is_some() {
-        // The tracked rows' packets: each the same every run.
-        let tracked = [
-            (UP_OUT, "IPv4, egress", data((WEB, 80), (LAN, 40000))),
+        // Tracked packets are the same every run; new flows' come from
+        // ports no row above used.
+        let rows: [(&str, &str, Frames); 7] = [
+            (
+                UP_OUT,
+                "IPv4, egress",
+                Box::new(move |_| data((WEB, 80), (LAN, 40000))),
+            ),
             (
                 UP_IN,
                 "IPv4, into the container",
-                data((LAN, 40000), (HOST, 8080)),
+                Box::new(move |_| data((LAN, 40000), (HOST, 8080))),
             ),
-            (UP_OUT, "IPv6, egress", data6(web6, 40000, lan6, 80)),
+            (
+                UP_OUT,
+                "IPv6, egress",
+                Box::new(move |_| data6(web6, 40000, lan6, 80)),
+            ),
             (
                 UP_IN,
                 "IPv6, into the container",
-                data6(lan6, 80, uplink6, port6),
+                Box::new(move |_| data6(lan6, 80, uplink6, port6)),
+            ),
+            (
+                UP_IN,
+                "IPv4, new flow (DNAT SYN)",
+                Box::new(|i| Spec::tcp((REMOTE, 20000 + i), (HOST, 8080), SYN).build()),
+            ),
+            (
+                UP_OUT,
+                "IPv4, new masquerade flow",
+                Box::new(|i| Spec::udp((CLIENT, 22000 + i), (REMOTE, 53)).build()),
+            ),
+            (
+                UP_OUT,
+                "IPv6, new masquerade flow",
+                Box::new(move |i| ipv6_checked(web6, lan6, UDP, &udp_datagram(24000 + i, 53))),
             ),
         ];
-        println!("\nwhere a tracked packet's time goes (ns per run, mean of {COST_RUNS}, each segment less one mark's own cost)");
+        println!("\nwhere a packet's time goes (median ns of {COST_RUNS} runs, each segment less one mark's own cost)");
         print!("{:<12} {:<26}", "PROGRAM", "PACKET");
         for (_, name) in SEGMENTS {
             print!(" {name:>8}");
         }
         println!(" {:>8}", "mark");
-        for (prog, what, frame) in tracked {
-            let (segments, mark) = profile_ns(&mut h, prog, |_| frame.clone());
+        for (prog, what, frames) in rows {
+            let (segments, mark) = profile_ns(&mut h, prog, frames);
             print!("{prog:<12} {what:<26}");
             for ns in segments {
                 print!(" {ns:>8}");

@@ -12,7 +12,8 @@ pub const SEG_START: u32 = 0;
 pub const SEG_PARSE: u32 = 1;
 /// Reading the clock (`bpf_ktime_get_ns`) for the flow's timers.
 pub const SEG_CLOCK: u32 = 2;
-/// The conntrack lookup (a hash of the tuple, one table).
+/// The conntrack lookup (a hash of the tuple, one table; a new flow's
+/// packet misses in both).
 pub const SEG_LOOKUP: u32 = 3;
 /// Rewriting addresses and ports with their checksums.
 pub const SEG_REWRITE: u32 = 4;
@@ -24,16 +25,23 @@ pub const SEG_REST: u32 = 6;
 /// Nothing: a mark right after the last one, which measures what a mark
 /// itself adds to each segment (its clock read).
 pub const SEG_EMPTY: u32 = 7;
+/// A new flow's admission: its clock read, the published port's mapping,
+/// the firewall.
+pub const SEG_ADMIT: u32 = 8;
+/// A new flow's entries: the port search (masquerade) and both inserts.
+pub const SEG_INSERT: u32 = 9;
 /// The slot holding the last mark's time.
 pub const PROF_LAST: u32 = 15;
 pub const PROF_LEN: u32 = 16;
 
 /// The segments of a profile, in order, with the names the cost test
 /// prints.
-pub const SEGMENTS: [(u32, &str); 6] = [
+pub const SEGMENTS: [(u32, &str); 8] = [
     (SEG_PARSE, "parse"),
     (SEG_CLOCK, "clock"),
     (SEG_LOOKUP, "lookup"),
+    (SEG_ADMIT, "admit"),
+    (SEG_INSERT, "insert"),
     (SEG_REWRITE, "rewrite"),
     (SEG_ACCOUNT, "account"),
     (SEG_REST, "rest"),

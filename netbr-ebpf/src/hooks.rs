@@ -17,7 +17,7 @@ use netbr_common::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_NO_MASQUERADE,
         CFG_ROUTED, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
-    profile::{SEG_ACCOUNT, SEG_CLOCK, SEG_LOOKUP, SEG_PARSE, SEG_REWRITE},
+    profile::{SEG_ACCOUNT, SEG_ADMIT, SEG_CLOCK, SEG_INSERT, SEG_LOOKUP, SEG_PARSE, SEG_REWRITE},
 };
 
 use crate::{
@@ -102,10 +102,11 @@ fn translate_flow(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<u32, Re
     profile::mark(SEG_PARSE);
     let now = now();
     profile::mark(SEG_CLOCK);
-    let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
+    let found = conntrack::lookup(&pkt.key, cfg, now);
+    profile::mark(SEG_LOOKUP);
+    let Some(flow) = found else {
         return Ok(NOT_TRACKED);
     };
-    profile::mark(SEG_LOOKUP);
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
     if nat == NAT_HAIRPIN {
@@ -214,8 +215,11 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     // Here, not inside `dnat_new_flow`: beneath that function's frame the
     // firewall's would take the stack past 512 bytes.
     firewall::admit_in(cfg, pkt, &xlat)?;
+    profile::mark(SEG_ADMIT);
     let xlat = nat::dnat_new_flow(pkt, &xlat, cfg, now)?;
+    profile::mark(SEG_INSERT);
     rewrite(ctx, pkt, &xlat)?;
+    profile::mark(SEG_REWRITE);
     Ok(deliver_in(ctx, cfg, pkt, xlat.daddr, Reason::DnatNew))
 }
 
@@ -270,7 +274,9 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
         return Ok(Outcome::pass(Reason::UntranslatedNew));
     }
     let xlat = nat::snat_new_flow(ctx, pkt, cfg, now)?;
+    profile::mark(SEG_INSERT);
     rewrite(ctx, pkt, &xlat)?;
+    profile::mark(SEG_REWRITE);
     Ok(Outcome::pass(Reason::SnatNew))
 }
 

@@ -34,7 +34,7 @@ use netbr_common::{
         HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
     net6::{FragKey6, Net6},
-    profile::{SEG_ACCOUNT, SEG_CLOCK, SEG_LOOKUP, SEG_PARSE, SEG_REWRITE},
+    profile::{SEG_ACCOUNT, SEG_CLOCK, SEG_INSERT, SEG_LOOKUP, SEG_PARSE, SEG_REWRITE},
     snat::{may_keep_port, snat_candidate},
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -302,6 +302,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
         return tracked;
     }
     let opened = open_flow(ctx, cfg, net, NAT_SNAT, |_| {});
+    profile::mark(SEG_INSERT);
     if opened != Reason::SnatNew {
         return opened;
     }
@@ -310,10 +311,12 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
         return Reason::DropRewrite;
     };
     let xlat = pkt.xlat;
-    match rewrite(ctx, pkt, &xlat) {
+    let reason = match rewrite(ctx, pkt, &xlat) {
         Ok(()) => Reason::SnatNew,
         Err(r) => r,
-    }
+    };
+    profile::mark(SEG_REWRITE);
+    reason
 }
 
 /// The host's own packet from the uplink's IPv6 address, as IPv4's
@@ -538,10 +541,11 @@ fn translate_tracked(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     profile::mark(SEG_PARSE);
     let now = now();
     profile::mark(SEG_CLOCK);
-    let Some(flow) = conntrack::lookup(&pkt.key, cfg, now) else {
+    let found = conntrack::lookup(&pkt.key, cfg, now);
+    profile::mark(SEG_LOOKUP);
+    let Some(flow) = found else {
         return NOT_TRACKED;
     };
-    profile::mark(SEG_LOOKUP);
     // SAFETY: map value pointer from `lookup`.
     let (xlat, nat) = unsafe { ((*flow.entry).xlat, (*flow.entry).nat) };
     if let Err(r) = rewrite(ctx, pkt, &xlat) {

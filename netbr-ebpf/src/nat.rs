@@ -361,6 +361,7 @@ pub fn snat_new_flow(
     now: u64,
 ) -> Result<FlowKey, Reason> {
     firewall::admit_out(cfg, pkt)?;
+    crate::profile::mark(netbr_common::profile::SEG_ADMIT);
     let mut xlat = pkt.key;
     xlat.saddr = cfg.uplink_addr;
     new_source_flow(ctx, pkt, xlat, NAT_SNAT, now)
