@@ -161,7 +161,7 @@ pub fn run(ctx: &TcContext, hook: u8) -> Result<Outcome, Reason> {
     // SAFETY: per-CPU map value, used by this packet only.
     let pkt = unsafe { &mut *pkt };
     match parse(ctx, pkt) {
-        Err(Reason::PassNotIpv4) => return crate::ipv6::run(ctx, cfg, hook),
+        Err(Reason::PassIpv6) => return crate::ipv6::run(ctx, cfg, hook),
         r => r?,
     }
     if pkt.frag == FRAG_LATER {

@@ -51,7 +51,6 @@ use crate::{
     skb, uplink_ports,
 };
 
-const ETH_P_IPV6: u16 = 0x86dd;
 /// Fixed-header field offsets from the start of the frame (RFC 8200).
 const IP6_PAYLOAD_LEN: usize = ETH_LEN + 4;
 const IP6_NEXT_HEADER: usize = ETH_LEN + 6;
@@ -120,16 +119,16 @@ fn packet6() -> Option<&'static mut Packet6> {
     PACKET6.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// What a packet that is not IPv4 gets on `hook`: an `Outcome` when the
-/// fast path redirects it, else the reason it goes on (or is dropped)
-/// with, translated or not.
+/// What an IPv6 frame gets on `hook`: an `Outcome` when the fast path
+/// redirects it, else the reason it goes on (or is dropped) with,
+/// translated or not.
 #[inline(always)]
 pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Result<Outcome, Reason> {
     let Some(pkt) = packet6() else {
         return Err(Reason::PassIpv6);
     };
-    // Before anything else: the room is the CPU's, and a frame that is not
-    // IPv6 at all must not find the last packet's redirect there.
+    // Before anything else: the room is the CPU's, and a frame `on_hook`
+    // leaves early must not find the last packet's redirect there.
     pkt.action = TC_ACT_UNSPEC;
     let reason = on_hook(ctx, cfg, hook);
     // Asked again: `on_hook` wrote the room through its own reference.
@@ -164,16 +163,11 @@ fn deliver_in(ctx: &TcContext, cfg: &Config) -> i32 {
     redirect::into_container6(ctx, &pkt.xlat.daddr, cfg).unwrap_or(TC_ACT_UNSPEC)
 }
 
-/// The reason a packet that is not IPv4 gets on `hook`, translated or not;
-/// a redirect the fast path chose is left in `Packet6::action`.
+/// The reason an IPv6 frame (`parse::parse` read its ethertype) gets on
+/// `hook`, translated or not; a redirect the fast path chose is left in
+/// `Packet6::action`.
 #[inline(always)]
 fn on_hook(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
-    let Ok(ethertype) = skb::read::<u16>(ctx, 12) else {
-        return Reason::PassNotIpv4;
-    };
-    if u16::from_be(ethertype) != ETH_P_IPV6 {
-        return Reason::PassNotIpv4;
-    }
     let Some(net) = NET6.get(0) else {
         return Reason::PassIpv6;
     };

@@ -10,6 +10,7 @@ use crate::zeroing::{tuple, zero};
 
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 /// IPv4 header field offsets from the start of the frame (RFC 791).
 pub const IP_TOT_LEN: usize = ETH_LEN + 2;
 /// TTL, with the protocol after it: one 16-bit word of the checksum.
@@ -119,11 +120,16 @@ fn load<T: Copy>(ctx: &TcContext, off: usize, short: Reason) -> Result<T, Reason
 
 /// Parses an Ethernet + IPv4 + TCP/UDP/ICMP-echo packet. `Err` carries the
 /// reason the packet is not translatable; [`Reason::is_drop`] says whether it
-/// is malformed (drop) or merely not ours (pass untouched).
+/// is malformed (drop) or merely not ours (pass untouched). An IPv6 frame
+/// is `Err(PassIpv6)`, for `hooks::run` to hand to IPv6's path, which then
+/// need not read the ethertype again.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
-    let ethertype: u16 = load(ctx, 12, Reason::PassNotIpv4)?;
-    if u16::from_be(ethertype) != ETH_P_IP {
+    let ethertype = u16::from_be(load(ctx, 12, Reason::PassNotIpv4)?);
+    if ethertype == ETH_P_IPV6 {
+        return Err(Reason::PassIpv6);
+    }
+    if ethertype != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
     // The whole fixed header at once. Only a packet too short for it takes
