@@ -64,6 +64,14 @@ pub fn arm() {
     }
 }
 
+/// The clock for opening a flow, of either family. The first such packet
+/// arms the collector, which makes room apart from any packet.
+#[inline(always)]
+pub fn new_flow_clock() -> u64 {
+    arm();
+    conntrack::now()
+}
+
 extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, c: *mut Collector) -> i32 {
     // SAFETY: the timer's own map value, as the kernel passes it.
     let tick = unsafe {

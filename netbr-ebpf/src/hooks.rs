@@ -21,6 +21,7 @@ use netbr_common::{
 };
 
 use crate::{
+    collector,
     conntrack::{self, now},
     firewall, frag,
     maps::{CONFIG, LOCAL_ADDRS, PACKET},
@@ -54,14 +55,6 @@ fn config() -> Result<&'static Config, Reason> {
         Some(cfg) if cfg.configured != 0 => Ok(cfg),
         _ => Err(Reason::PassNotConfigured),
     }
-}
-
-/// The clock for opening a flow. The first such packet arms the assured
-/// table's collector, which makes room apart from any packet.
-#[inline(always)]
-fn before_new_flow() -> u64 {
-    crate::collector::arm();
-    now()
 }
 
 /// Translates a packet of a tracked flow on an uplink hook (every kind but
@@ -199,7 +192,7 @@ fn uplink_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     if !pkt.may_open_flow() {
         return Err(Reason::PassFragment);
     }
-    let now = before_new_flow();
+    let now = collector::new_flow_clock();
     if cfg.in_subnet(pkt.key.daddr) {
         if mode(cfg, CFG_INTERNAL) {
             return Err(Reason::DropInternal);
@@ -257,7 +250,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
         if !nat::host_flow_wanted(&pkt.key, pkt.tcp_flags, cfg, now()) {
             return Err(Reason::PassNoMatch);
         }
-        let xlat = nat::host_new_flow(ctx, pkt, before_new_flow())?;
+        let xlat = nat::host_new_flow(ctx, pkt, collector::new_flow_clock())?;
         if xlat != pkt.key {
             rewrite(ctx, pkt, &xlat)?;
         }
@@ -266,7 +259,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     if !nat::wants_snat(pkt, cfg) {
         return Err(Reason::PassNoMatch);
     }
-    let now = before_new_flow();
+    let now = collector::new_flow_clock();
     if leaves_untranslated(cfg, pkt) {
         // Tracked, so that its replies are known from direct routing.
         firewall::admit_out(cfg, pkt)?;
@@ -342,7 +335,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
         return Err(Reason::PassNoMatch);
     }
     let hairpin = if pkt.may_open_flow() {
-        nat::hairpin_new_flow(ctx, pkt, cfg, before_new_flow())?
+        nat::hairpin_new_flow(ctx, pkt, cfg, collector::new_flow_clock())?
     } else {
         None
     };
@@ -357,7 +350,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
         return Err(Reason::PassNoMatch);
     }
     let hop = fast_masquerade_route(ctx, cfg, pkt)?;
-    let xlat = nat::snat_new_flow(ctx, pkt, cfg, before_new_flow())?;
+    let xlat = nat::snat_new_flow(ctx, pkt, cfg, collector::new_flow_clock())?;
     rewrite(ctx, pkt, &xlat)?;
     Ok(Outcome {
         reason: Reason::SnatNew,

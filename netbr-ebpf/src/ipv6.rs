@@ -300,17 +300,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
     if opened != Reason::SnatNew {
         return opened;
     }
-    // The packet was parsed into per-CPU room by `translate_tracked`.
-    let Some(pkt) = packet6() else {
-        return Reason::DropRewrite;
-    };
-    let xlat = pkt.xlat;
-    let reason = match rewrite(ctx, pkt, &xlat) {
-        Ok(()) => Reason::SnatNew,
-        Err(r) => r,
-    };
-    profile::mark(SEG_REWRITE);
-    reason
+    translate_opened(ctx, opened)
 }
 
 /// The host's own packet from the uplink's IPv6 address, as IPv4's
@@ -342,11 +332,7 @@ fn host_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8) -> Reason {
     if opened != Reason::HostFlowNew || pkt.xlat == pkt.key {
         return opened;
     }
-    let xlat = pkt.xlat;
-    match rewrite(ctx, pkt, &xlat) {
-        Ok(()) => opened,
-        Err(r) => r,
-    }
+    translate_opened(ctx, opened)
 }
 
 /// A new connection to a published port on the uplink's IPv6 address:
@@ -397,11 +383,7 @@ fn publish(ctx: &TcContext, cfg: &Config, net: &Net6, nat: u8) -> Reason {
     if opened != Reason::DnatNew && opened != Reason::HairpinNew {
         return opened;
     }
-    let xlat = pkt.xlat;
-    match rewrite(ctx, pkt, &xlat) {
-        Ok(()) => opened,
-        Err(r) => r,
-    }
+    translate_opened(ctx, opened)
 }
 
 /// Bridge-device ingress: a container's packet to a published port on the
@@ -513,8 +495,23 @@ fn open_flow(
         pkt.xlat.saddr = net.uplink;
     }
     to(&mut pkt.xlat);
-    crate::collector::arm();
-    new_flow(ctx, pkt, cfg, nat, now())
+    new_flow(ctx, pkt, cfg, nat, crate::collector::new_flow_clock())
+}
+
+/// Rewrites the packet into the translation of the flow `open_flow` just
+/// opened for it, which said `opened`: `opened`, or why the rewrite failed.
+#[inline(always)]
+fn translate_opened(ctx: &TcContext, opened: Reason) -> Reason {
+    let Some(pkt) = packet6() else {
+        return Reason::DropRewrite;
+    };
+    let xlat = pkt.xlat;
+    let reason = match rewrite(ctx, pkt, &xlat) {
+        Ok(()) => opened,
+        Err(r) => r,
+    };
+    profile::mark(SEG_REWRITE);
+    reason
 }
 
 /// `translate_tracked`'s answer for a packet of no flow: the packet is
