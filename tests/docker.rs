@@ -101,7 +101,7 @@ fn docker_run_publishes_masquerades_binds_host_ips_and_cleans_up() {
         .expect("conntrack");
     assert!(!flows.contains(&ip), "{flows}");
     docker.ok(&["network", "rm", "n1"]);
-    let pins = netbr::netns::run_in(&sb.host_path(), move || netbr::store::pin_dir(&bridge))
+    let pins = netbr::netns::run_in(&sb.host_path(), move || netbr::bpf::pins::pin_dir(&bridge))
         .expect("netns")
         .expect("pin dir");
     assert!(!pins.exists(), "{} left behind", pins.display());

@@ -237,6 +237,13 @@ pub fn spawn_in<T: Send + 'static>(
     }))
 }
 
+/// `<netns cookie>-<name>`: names a bridge's pin and state directories.
+/// The cookie, unlike the namespace's inode, is never reused, so nothing a
+/// dead namespace leaked can be adopted by a new one.
+pub fn scoped_name(name: &str) -> Result<String> {
+    Ok(format!("{}-{name}", current_cookie()?))
+}
+
 /// `SO_NETNS_COOKIE` of the calling thread's namespace: what
 /// `bpf_get_netns_cookie` returns for its sockets.
 pub fn current_cookie() -> Result<u64> {

@@ -24,10 +24,14 @@ use netbr_common::{
     net6::{MAP_CONNTRACK6, MAP_CONNTRACK6_NEW},
 };
 
-use super::pins::{
-    cgroup2_root, unpin_link, LINKS, LINK_BIND4, LINK_BIND6, LINK_BRIDGE_INGRESS, LINK_CONNECT4,
-    LINK_CONNECT6, LINK_GETPEER4, LINK_GETPEER6, LINK_RECVMSG4, LINK_RECVMSG6, LINK_SENDMSG4,
-    LINK_SENDMSG6, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
+use super::{
+    pins::{
+        cgroup2_root, is_pacing_pin, unpin_link, LINKS, LINK_BIND4, LINK_BIND6,
+        LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_CONNECT6, LINK_GETPEER4, LINK_GETPEER6,
+        LINK_RECVMSG4, LINK_RECVMSG6, LINK_SENDMSG4, LINK_SENDMSG6, LINK_UPLINK_EGRESS,
+        LINK_UPLINK_INGRESS, LINK_XDP,
+    },
+    program,
 };
 
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps
@@ -141,17 +145,6 @@ fn attach_cgroup_one(
     Ok(())
 }
 
-/// The program `name` of the object, as its concrete type.
-pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let p = ebpf
-        .program_mut(name)
-        .with_context(|| format!("the BPF object has no program {name}"))?;
-    Ok(p.try_into()?)
-}
-
 fn attach_one(
     ebpf: &mut Ebpf,
     prog: &str,
@@ -225,7 +218,7 @@ pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| super::pacing::is_pacing_pin(&e.file_name().to_string_lossy()))
+        .filter(|e| is_pacing_pin(&e.file_name().to_string_lossy()))
         .map(|e| e.path())
         .collect();
     pacing.sort_by_key(|p| {

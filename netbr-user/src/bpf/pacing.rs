@@ -2,7 +2,7 @@
 //! endpoint by whichever command sets its limits, through pinned TCX links
 //! named after the endpoint's host-side veth.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -18,31 +18,16 @@ use netbr_common::{
     pacing::PACE_EGRESS,
 };
 
-/// Pins of the two programs and prefix of the per-endpoint links, in the
-/// bridge's pin directory.
-const PROG_PIN_EGRESS: &str = "prog_pace_out";
-const PROG_PIN_INGRESS: &str = "prog_pace_in";
-const LINK_PREFIX: &str = "pace_";
-
-/// Whether a pin directory entry belongs to pacing (so `detach` removes it).
-pub fn is_pacing_pin(name: &str) -> bool {
-    name.starts_with(LINK_PREFIX) || name == PROG_PIN_EGRESS || name == PROG_PIN_INGRESS
-}
-
-/// The pinned link of an endpoint's pacing in direction `dir`.
-pub fn link_path(pins: &Path, host_ifname: &str, dir: u8) -> PathBuf {
-    let side = if dir == PACE_EGRESS { "out" } else { "in" };
-    pins.join(format!("{LINK_PREFIX}{host_ifname}_{side}"))
-}
+use super::pins::{PROG_PIN_PACE_EGRESS, PROG_PIN_PACE_INGRESS};
 
 /// Loads both programs and pins them, replacing the pins of an earlier
 /// attach, so endpoints limited later attach this object's programs.
 pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
     for (name, pin) in [
-        (PROG_PACE_EGRESS, PROG_PIN_EGRESS),
-        (PROG_PACE_INGRESS, PROG_PIN_INGRESS),
+        (PROG_PACE_EGRESS, PROG_PIN_PACE_EGRESS),
+        (PROG_PACE_INGRESS, PROG_PIN_PACE_INGRESS),
     ] {
-        let program: &mut SchedClassifier = super::attach::program(ebpf, name)?;
+        let program: &mut SchedClassifier = super::program(ebpf, name)?;
         program
             .load()
             .with_context(|| format!("verifying {name}"))?;
@@ -62,9 +47,9 @@ pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
 /// program pinned now (a re-attach loaded new ones).
 pub fn attach(pins: &Path, dir: u8, ifname: &str, hook: TcAttachType, link: &Path) -> Result<()> {
     let pin = if dir == PACE_EGRESS {
-        PROG_PIN_EGRESS
+        PROG_PIN_PACE_EGRESS
     } else {
-        PROG_PIN_INGRESS
+        PROG_PIN_PACE_INGRESS
     };
     let mut program = SchedClassifier::from_pin(pins.join(pin))
         .with_context(|| format!("opening {pin}: attach the bridge again"))?;

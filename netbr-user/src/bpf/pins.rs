@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-pub use crate::store::pin_dir;
-
 use anyhow::{Context as _, Result};
 use aya::programs::links::PinnedLink;
+
+/// Where the calling thread's namespace pins `bridge`'s datapath.
+pub fn pin_dir(bridge: &str) -> Result<PathBuf> {
+    Ok(Path::new(netbr_common::maps::PIN_ROOT).join(crate::netns::scoped_name(bridge)?))
+}
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS: &str = "/sys/fs/bpf";
@@ -42,6 +45,29 @@ pub const LINKS: [&str; 14] = [
     LINK_BIND6,
     LINK_XDP,
 ];
+
+/// Pins of the two pacing programs and prefix of the per-endpoint pacing
+/// links, in the bridge's pin directory.
+pub const PROG_PIN_PACE_EGRESS: &str = "prog_pace_out";
+pub const PROG_PIN_PACE_INGRESS: &str = "prog_pace_in";
+const PACE_LINK_PREFIX: &str = "pace_";
+
+/// Whether a pin directory entry belongs to pacing (so `detach` removes it).
+pub fn is_pacing_pin(name: &str) -> bool {
+    name.starts_with(PACE_LINK_PREFIX)
+        || name == PROG_PIN_PACE_EGRESS
+        || name == PROG_PIN_PACE_INGRESS
+}
+
+/// The pinned link of an endpoint's pacing in direction `dir`.
+pub fn pacing_link(pins: &Path, host_ifname: &str, dir: u8) -> PathBuf {
+    let side = if dir == netbr_common::pacing::PACE_EGRESS {
+        "out"
+    } else {
+        "in"
+    };
+    pins.join(format!("{PACE_LINK_PREFIX}{host_ifname}_{side}"))
+}
 
 /// Creates a bridge's pin directory and the netbr root above it. A detach
 /// elsewhere removes the root once it is empty, and may do so between the

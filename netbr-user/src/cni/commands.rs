@@ -11,6 +11,7 @@ use super::{
 };
 use crate::{
     addr::{Cidr, PortRange},
+    bpf,
     netlink::Netlink,
     netns,
     store::{
@@ -491,7 +492,7 @@ pub fn gc(conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
 
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
     let not_available = |msg: String| CniError::new(code::NOT_AVAILABLE, msg);
-    let pins = store::pin_dir(conf.bridge()).map_err(|e| datapath("finding the pins", e))?;
+    let pins = bpf::pins::pin_dir(conf.bridge()).map_err(|e| datapath("finding the pins", e))?;
     if pins.join(netbr_common::maps::MAP_CONFIG).exists() {
         return View::open(conf.bridge())
             .map(|_| ())

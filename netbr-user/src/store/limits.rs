@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     addr::to_be32,
-    bpf::{datapath::Datapath, pacing},
+    bpf::{datapath::Datapath, pacing, pins},
     netlink::Netlink,
     netns::NetnsGuard,
 };
@@ -123,7 +123,7 @@ pub async fn install_all(
 pub fn forget(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()> {
     for dir in [PACE_EGRESS, PACE_INGRESS] {
         let _ = dp.pacing.remove(&key(ep, dir));
-        pacing::detach(&pacing::link_path(pins, &ep.host_ifname, dir))?;
+        pacing::detach(&pins::pacing_link(pins, &ep.host_ifname, dir))?;
     }
     Ok(())
 }
@@ -133,7 +133,7 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
     // Ingress: the flag last on the way up, first on the way down, so the
     // fast path only ever redirects to a veth that paces.
     let nl = Netlink::connect()?;
-    let link = pacing::link_path(pins, &ep.host_ifname, PACE_INGRESS);
+    let link = pins::pacing_link(pins, &ep.host_ifname, PACE_INGRESS);
     let mut fq = None;
     match ep.limits.ingress {
         Some(limit) => {
@@ -157,7 +157,7 @@ async fn apply(pins: &Path, dp: &mut Datapath, ep: &EndpointState) -> Result<()>
             release_root_qdisc(&nl, ep.host_ifindex).await?;
         }
     }
-    let link = pacing::link_path(pins, &ep.host_ifname, PACE_EGRESS);
+    let link = pins::pacing_link(pins, &ep.host_ifname, PACE_EGRESS);
     let Some(limit) = ep.limits.egress else {
         let _ = dp.pacing.remove(&key(ep, PACE_EGRESS));
         pacing::detach(&link)?;

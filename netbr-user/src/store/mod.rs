@@ -27,23 +27,11 @@ pub use endpoint::{veth_names, EndpointRequest, NetnsChoice};
 pub use ports::{mapping_key, PortTaken};
 pub use state::{EndpointState, Limit, Limits, Owner, Port, State};
 
-use crate::bpf::{datapath::Datapath, layout};
-
-/// `<netns cookie>-<bridge>`: names a bridge's pin and state directories.
-/// The cookie, unlike the namespace's inode, is never reused, so nothing a
-/// dead namespace leaked can be adopted by a new one.
-pub fn bridge_key(bridge: &str) -> Result<String> {
-    Ok(format!("{}-{bridge}", crate::netns::current_cookie()?))
-}
-
-/// Where the calling thread's namespace pins `bridge`'s datapath.
-pub fn pin_dir(bridge: &str) -> Result<PathBuf> {
-    Ok(Path::new(netbr_common::maps::PIN_ROOT).join(bridge_key(bridge)?))
-}
+use crate::bpf::{datapath::Datapath, layout, pins::pin_dir};
 
 /// Where `bridge`'s lock and state file live.
 pub fn state_dir(bridge: &str) -> Result<PathBuf> {
-    Ok(Path::new(STATE_ROOT).join(bridge_key(bridge)?))
+    Ok(Path::new(STATE_ROOT).join(crate::netns::scoped_name(bridge)?))
 }
 
 pub fn not_attached(bridge: &str) -> anyhow::Error {
