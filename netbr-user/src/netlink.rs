@@ -251,6 +251,18 @@ impl Netlink {
         .await
     }
 
+    /// Sets a link's MAC. On a bridge this also stops the kernel from
+    /// taking the lowest MAC of its ports as the bridge's own.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+            "setting the MAC address",
+        )
+        .await
+    }
+
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
         self.set(
             LinkUnspec::new_with_index(index).controller(master).build(),

@@ -352,6 +352,13 @@ impl Store {
             Some(b) => b,
             None => nl.create_bridge(&bridge_name).await?,
         };
+        // A bridge whose MAC was never set takes the lowest of its ports'
+        // MACs, and changes it as ports come and go. The programs compare
+        // and write the gateway's MAC (`Config::bridge_mac`), so it is set
+        // once to what it is, as Docker sets docker0's.
+        if let Some(mac) = bridge.mac {
+            nl.set_mac(bridge.index, mac).await?;
+        }
         if let Some(mtu) = req.mtu.filter(|m| *m != bridge.mtu) {
             nl.set_mtu(bridge.index, mtu).await?;
         }
