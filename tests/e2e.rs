@@ -1705,3 +1705,88 @@ fn the_firewall_decides_new_flows_to_published_ports_and_from_containers() {
     assert!(firewall_ls(&sb).iter().all(|r| r["id"] != out));
     support::assert_no_netfilter_rules(&sb.host_path());
 }
+
+/// Packets `dev` of namespace `ns` has received.
+fn rx_packets(ns: &std::path::Path, dev: &'static str) -> u64 {
+    netbr::netns::run_in(ns, move || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev").expect("net/dev");
+        text.lines()
+            .find_map(|l| {
+                let (name, rest) = l.split_once(':')?;
+                (name.trim() == dev).then(|| rest.split_whitespace().nth(1)?.parse().ok())?
+            })
+            .expect("counters of the device")
+    })
+    .expect("run in namespace")
+}
+
+/// Closes a connection with a reset, as a client with `SO_LINGER` 0 does:
+/// no TIME_WAIT holds its tuple, which the next connection may reuse.
+fn reset(s: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a value of its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+}
+
+#[test]
+fn with_the_fast_path_established_flows_leave_from_the_veth_and_never_cross_the_bridge() {
+    let sb = sandbox();
+    sb.attach_with(&["--fast-path"]).expect("attach");
+    let c1 = sb.container_path(1);
+    sb.add_container(1).expect("c1");
+    let udp = Server::udp(&sb.lan_path(), 9001, probe::echo()).expect("lan UDP server");
+    let to = SocketAddr::from((LAN_IP, 9001));
+    // The flow's first datagram opens it on the bridge's hook; the rest
+    // are `nb_ep_in`'s, on the container's veth. A port below the host's
+    // ephemeral range, which masquerade keeps.
+    probe::udp_request(&c1, to, 21000, b"open").expect("open the flow");
+    let before = rx_packets(&sb.host_path(), netbr::sandbox::BRIDGE);
+    for _ in 0..200 {
+        assert_eq!(
+            probe::udp_request(&c1, to, 21000, b"data").expect("datagram"),
+            b"data"
+        );
+    }
+    let crossed = rx_packets(&sb.host_path(), netbr::sandbox::BRIDGE) - before;
+    assert_eq!(udp.peers().len(), 201);
+    assert!(
+        udp.peers()
+            .iter()
+            .all(|p| *p == SocketAddr::from((UPLINK_IP, 21000))),
+        "{:?}",
+        udp.peers()
+    );
+    // A few frames the bridge must see (ARP, neighbour discovery) may come.
+    assert!(
+        crossed < 20,
+        "{crossed} of 200 datagrams crossed the bridge"
+    );
+
+    // A connection reusing a reset connection's tuple: its SYN meets the
+    // closed flow on the veth and goes out from there, keeping its port
+    // (uplink egress once took it, carrying the container's socket, for
+    // the host's own and moved it off the port: the reply never came back).
+    let tcp = Server::tcp(&sb.lan_path(), 9000, probe::echo()).expect("lan TCP server");
+    let to = SocketAddr::from((LAN_IP, 9000));
+    for round in 0..3 {
+        let s = probe::tcp_connect(&c1, 21001, to)
+            .unwrap_or_else(|e| panic!("connection {round} from port 21001: {e:#}"));
+        reset(s);
+        // The reset reaches lan and the flow is closed before the next SYN.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(tcp.peers(), vec![SocketAddr::from((UPLINK_IP, 21001)); 3]);
+}

@@ -179,10 +179,11 @@ pub const UNPINNED: [&str; 8] = [
 ];
 
 /// Every program of the object.
-pub const PROGRAMS: [&str; 16] = [
+pub const PROGRAMS: [&str; 17] = [
     PROG_UPLINK_INGRESS,
     PROG_UPLINK_EGRESS,
     PROG_BRIDGE_INGRESS,
+    PROG_ENDPOINT_INGRESS,
     PROG_XDP,
     PROG_CONNECT4,
     PROG_SENDMSG4,

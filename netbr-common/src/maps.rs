@@ -82,6 +82,9 @@ pub struct Event {
 pub const PROG_UPLINK_INGRESS: &str = "nb_up_in";
 pub const PROG_UPLINK_EGRESS: &str = "nb_up_out";
 pub const PROG_BRIDGE_INGRESS: &str = "nb_br_in";
+/// On each endpoint's host-side veth, ingress (the fast path's tracked
+/// flows, before the bridge).
+pub const PROG_ENDPOINT_INGRESS: &str = "nb_ep_in";
 /// XDP on the uplink (`attach --xdp`).
 pub const PROG_XDP: &str = "nb_xdp";
 /// cgroup sock_addr programs: host-local access to published ports.

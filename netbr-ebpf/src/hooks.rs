@@ -27,7 +27,7 @@ use crate::{
     maps::{CONFIG, LOCAL_ADDRS, PACKET},
     modes::{fast_path_carries, mode},
     nat,
-    parse::{parse, Packet, FRAG_LATER},
+    parse::{parse, Packet, FRAG_LATER, FRAG_NONE},
     profile,
     redirect::{self, NextHop},
     rewrite::{icmp_error, rewrite},
@@ -356,6 +356,53 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
         reason: Reason::SnatNew,
         action: redirect::out_uplink(ctx, hop, cfg)?,
     })
+}
+
+/// Ingress of a container's host-side veth (`nb_ep_in`), with the fast
+/// path: a packet of a flow `bridge_tracked` carries is translated and sent
+/// on here, before the bridge. Each such packet then skips the bridge's
+/// receive path and, with `br_netfilter` loaded (Docker hosts load it), the
+/// netfilter hooks and the route lookup the bridge runs for every frame
+/// addressed to the host: 15% of a masqueraded frame's kernel time in
+/// `netbr bench --fwd` (docs/performance.md). Everything else, and a flow's
+/// packet the fast path leaves to the stack, is `None`: untouched and
+/// uncounted, for the bridge's hook, which decides as if this one did not
+/// exist. So this hook opens no flow and never drops a packet the bridge
+/// would have let by.
+#[inline(always)]
+pub fn endpoint_ingress(ctx: &TcContext) -> Option<Result<Outcome, Reason>> {
+    let cfg = config().ok()?;
+    if !mode(cfg, CFG_FAST_PATH) || mode(cfg, CFG_INTERNAL) {
+        return None;
+    }
+    // Only frames the bridge would hand to the host, as its hook sees them.
+    let dst_mac: [u8; 6] = crate::skb::read(ctx, 0).ok()?;
+    if dst_mac != cfg.bridge_mac {
+        return None;
+    }
+    // SAFETY: per-CPU map value, used by this packet only; the bridge's
+    // hook parses again into it.
+    let pkt = unsafe { &mut *PACKET.get_ptr_mut(0)? };
+    match parse(ctx, pkt) {
+        Ok(()) => {}
+        Err(Reason::PassIpv6) => return crate::ipv6::endpoint_ingress(ctx, cfg),
+        Err(_) => return None,
+    }
+    // Container to container, as `bridge_ingress` skips it; hairpin
+    // replies (to the gateway) are tracked flows and stay.
+    let local = cfg.in_subnet(pkt.key.daddr) && pkt.key.daddr != cfg.gateway_addr;
+    if pkt.frag != FRAG_NONE || (local && !mode(cfg, CFG_ROUTED)) {
+        return None;
+    }
+    match bridge_tracked(ctx, cfg, pkt) {
+        Ok(NO_FLOW) => None,
+        Ok(action) => Some(Ok(Outcome {
+            reason: translated(pkt),
+            action,
+        })),
+        Err(r) if r.is_drop() => Some(Err(r)),
+        Err(_) => None,
+    }
 }
 
 /// `bridge_tracked`'s verdict for a packet of no flow the bridge acts on

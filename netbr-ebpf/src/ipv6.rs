@@ -31,7 +31,7 @@ use netbr_common::{
     counters::Reason,
     maps::{
         Config, CFG_ALLOW_DIRECT_ROUTING, CFG_FAST_PATH, CFG_INTERNAL, CFG_ROUTED,
-        HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
+        HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
     net6::{FragKey6, Net6},
     profile::{SEG_ACCOUNT, SEG_CLOCK, SEG_INSERT, SEG_LOOKUP, SEG_PARSE, SEG_REWRITE},
@@ -146,6 +146,43 @@ pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Result<Outcome, Reason> {
         }
     }
     Err(reason)
+}
+
+/// IPv6's part of `hooks::endpoint_ingress`: on a container's host-side
+/// veth, a packet of a tracked flow leaving through the uplink goes out
+/// from there, as [`out_uplink`] sends it from the bridge. `None` for
+/// everything else, which goes on untouched to the bridge's hook: packets
+/// to the host or the subnet, extension headers and fragments (whose
+/// first fragment the bridge's hook remembers).
+#[inline(always)]
+pub fn endpoint_ingress(ctx: &TcContext, cfg: &Config) -> Option<Result<Outcome, Reason>> {
+    let net = NET6.get(0)?;
+    if !net.configured() || !net.masquerades() {
+        return None;
+    }
+    let next: u8 = load(ctx, IP6_NEXT_HEADER).ok()?;
+    if !matches!(next, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
+        return None;
+    }
+    let daddr = load(ctx, IP6_DADDR).ok()?;
+    if daddr == net.gateway || net.contains(&daddr) {
+        return None;
+    }
+    let pkt = packet6()?;
+    pkt.action = TC_ACT_UNSPEC;
+    pkt.parsed = 0;
+    pkt.parse_done = 0;
+    pkt.key.daddr = daddr;
+    if to_host(ctx, net, HOOK_BRIDGE_INGRESS, &daddr) {
+        return None;
+    }
+    let reason = out_uplink(ctx, cfg, HOOK_BRIDGE_INGRESS);
+    // Asked again: `out_uplink` wrote the room through its own reference.
+    let action = packet6()?.action;
+    if action != TC_ACT_UNSPEC {
+        return Some(Ok(Outcome { reason, action }));
+    }
+    reason.is_drop().then_some(Err(reason))
 }
 
 /// Fast path in: a tracked packet translated towards a container goes
@@ -396,10 +433,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
     if !net.masquerades() {
         return Reason::PassIpv6;
     }
-    let to_host = *daddr == net.uplink
-        || (net.one_address_mappings != 0
-            && !net.contains(daddr)
-            && one_address_published(ctx, net, hook));
+    let to_host = to_host(ctx, net, hook, daddr);
     if !to_host && *daddr != net.gateway {
         // Leaving beyond the host: with the fast path, a tracked flow's
         // packet goes out of the uplink from here.
@@ -413,6 +447,16 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[
         NOT_TRACKED => Reason::PassIpv6,
         r => r,
     }
+}
+
+/// Whether a container's packet to `daddr` is for the host: its uplink
+/// address, or a port published on one address alone.
+#[inline(always)]
+fn to_host(ctx: &TcContext, net: &Net6, hook: u8, daddr: &[u32; 4]) -> bool {
+    *daddr == net.uplink
+        || (net.one_address_mappings != 0
+            && !net.contains(daddr)
+            && one_address_published(ctx, net, hook))
 }
 
 /// Fast path out: a container's packet of a tracked flow (masquerade, a

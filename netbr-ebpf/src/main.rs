@@ -38,6 +38,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use netbr_common::{
+    counters::Reason,
     maps::{HOOK_BRIDGE_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
     pacing::{PACE_EGRESS, PACE_INGRESS},
     profile::{SEG_EMPTY, SEG_REST, SEG_START},
@@ -51,7 +52,16 @@ use sockaddr::{V4, V6};
 #[inline(always)]
 fn verdict(ctx: &TcContext, hook: u8) -> i32 {
     profile::mark(SEG_START);
-    let verdict = match hooks::run(ctx, hook) {
+    let verdict = settle(ctx, hook, hooks::run(ctx, hook));
+    profile::mark(SEG_REST);
+    profile::mark(SEG_EMPTY);
+    verdict
+}
+
+/// Counts a hook's outcome and turns it into its verdict.
+#[inline(always)]
+fn settle(ctx: &TcContext, hook: u8, outcome: Result<hooks::Outcome, Reason>) -> i32 {
+    match outcome {
         Ok(o) => {
             counters::count(o.reason);
             monitor::outcome(ctx, hook, o.reason);
@@ -66,10 +76,7 @@ fn verdict(ctx: &TcContext, hook: u8) -> i32 {
                 TC_ACT_UNSPEC
             }
         }
-    };
-    profile::mark(SEG_REST);
-    profile::mark(SEG_EMPTY);
-    verdict
+    }
 }
 
 #[classifier]
@@ -85,6 +92,17 @@ pub fn nb_up_out(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nb_br_in(ctx: TcContext) -> i32 {
     verdict(&ctx, HOOK_BRIDGE_INGRESS)
+}
+
+/// A container's host-side veth, ingress: its packets of flows the fast
+/// path carries, before the bridge; the rest go on, uncounted, to
+/// `nb_br_in`, whose work this is and under whose name it is reported.
+#[classifier]
+pub fn nb_ep_in(ctx: TcContext) -> i32 {
+    match hooks::endpoint_ingress(&ctx) {
+        Some(outcome) => settle(&ctx, HOOK_BRIDGE_INGRESS, outcome),
+        None => TC_ACT_UNSPEC,
+    }
 }
 
 /// Bandwidth limits on what a container sends: TC egress of its interface

@@ -148,11 +148,17 @@ pub fn csum_add(ctx: &TcContext, off: usize, diff: u32) -> Result<(), ()> {
     write(ctx, off, &crate::csum::apply(check, diff))
 }
 
-/// Whether the packet was sent by a socket of this host (it still carries
-/// its socket), as opposed to one forwarded from a container: those leave
-/// their socket behind when they cross the veth into this namespace.
+/// Whether the packet was sent by a socket of this host, as opposed to
+/// one a container sent. A container's packet came in through a device
+/// (`skb_iif`, which a redirect keeps), and may still carry its socket:
+/// the veth hands it over with the sender's socket, which the bridge's
+/// path drops before the bridge device's hook but which is still there on
+/// the endpoint's veth (`nb_ep_in`; seen on 6.18, where taking the socket
+/// alone for the host's turned fast-path SYNs into host flows). A packet the host's
+/// stack forwarded has an ingress device too, but never the host's own
+/// source address, which is what the callers ask about.
 #[inline(always)]
 pub fn from_local_socket(ctx: &TcContext) -> bool {
-    // SAFETY: reading a context field; the pointer is only compared.
-    !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
+    // SAFETY: reading context fields; the pointer is only compared.
+    unsafe { (*ctx.skb.skb).ingress_ifindex == 0 && !(*ctx.skb.skb).__bindgen_anon_2.sk.is_null() }
 }

@@ -45,16 +45,17 @@ pub fn program_of(hook: super::model::Hook) -> &'static str {
     }
 }
 
-/// Loads the three TC programs of `ebpf`.
+/// Loads the three TC programs of `ebpf`, and the endpoint program.
 pub fn load_tc_programs(ebpf: &mut aya::Ebpf) {
     use aya::programs::SchedClassifier;
-    for hook in [
-        super::model::Hook::UplinkIngress,
-        super::model::Hook::UplinkEgress,
-        super::model::Hook::BridgeIngress,
+    for name in [
+        program_of(super::model::Hook::UplinkIngress),
+        program_of(super::model::Hook::UplinkEgress),
+        program_of(super::model::Hook::BridgeIngress),
+        netbr_common::maps::PROG_ENDPOINT_INGRESS,
     ] {
         let p: &mut SchedClassifier = ebpf
-            .program_mut(program_of(hook))
+            .program_mut(name)
             .expect("program")
             .try_into()
             .expect("classifier");
@@ -65,16 +66,66 @@ pub fn load_tc_programs(ebpf: &mut aya::Ebpf) {
 /// Runs `frame` through `hook`'s program: its verdict and output, or
 /// `None` when BPF_PROG_TEST_RUN refuses it, which it does only to a frame
 /// shorter than `shortest` (an IP ethertype wants a whole IP header behind
-/// it: 20 bytes for IPv4, 40 for IPv6).
+/// it: 20 bytes for IPv4, 40 for IPv6). A frame for the bridge meets
+/// `nb_ep_in` first, as on a container's veth (`endpoint_first`): the
+/// model says what the pair must do, which is what `nb_br_in` alone does.
 pub fn run_tc(
     ebpf: &mut aya::Ebpf,
     hook: super::model::Hook,
     frame: &[u8],
     shortest: usize,
 ) -> Option<(u32, Vec<u8>)> {
+    if hook == super::model::Hook::BridgeIngress {
+        if let Some(sent_on) = endpoint_first(ebpf, frame, shortest) {
+            return Some(sent_on);
+        }
+    }
+    test_run(ebpf, program_of(hook), frame, shortest)
+}
+
+/// `nb_ep_in` on a container's frame, addressed to the bridge as a
+/// container addresses its gateway: the verdict and output if the program
+/// sent the frame on, `None` if it passed it to the bridge, which it must
+/// do untouched.
+fn endpoint_first(ebpf: &mut aya::Ebpf, frame: &[u8], shortest: usize) -> Option<(u32, Vec<u8>)> {
+    use super::config::BRIDGE_MAC;
+    if frame.len() < 6 {
+        return None;
+    }
+    let mut addressed = frame.to_vec();
+    addressed[..6].copy_from_slice(&BRIDGE_MAC);
+    let (verdict, mut out) = test_run(
+        ebpf,
+        netbr_common::maps::PROG_ENDPOINT_INGRESS,
+        &addressed,
+        shortest,
+    )?;
+    if verdict == PASS {
+        assert!(
+            out == addressed,
+            "nb_ep_in changed a frame it passed on to the bridge: {}",
+            hex(frame)
+        );
+        return None;
+    }
+    // A redirect to an unresolved neighbour leaves the destination MAC to
+    // the kernel: the one written here for the program goes again.
+    if out.len() >= 6 && out[..6] == BRIDGE_MAC {
+        out[..6].copy_from_slice(&frame[..6]);
+    }
+    Some((verdict, out))
+}
+
+/// One BPF_PROG_TEST_RUN of the TC program `name` (`run_tc`).
+fn test_run(
+    ebpf: &mut aya::Ebpf,
+    name: &str,
+    frame: &[u8],
+    shortest: usize,
+) -> Option<(u32, Vec<u8>)> {
     use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
     let p: &mut SchedClassifier = ebpf
-        .program_mut(program_of(hook))
+        .program_mut(name)
         .expect("program")
         .try_into()
         .expect("classifier");

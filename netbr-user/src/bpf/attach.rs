@@ -26,10 +26,9 @@ use netbr_common::{
 
 use super::{
     pins::{
-        cgroup2_root, is_pacing_pin, unpin_link, LINKS, LINK_BIND4, LINK_BIND6,
-        LINK_BRIDGE_INGRESS, LINK_CONNECT4, LINK_CONNECT6, LINK_GETPEER4, LINK_GETPEER6,
-        LINK_RECVMSG4, LINK_RECVMSG6, LINK_SENDMSG4, LINK_SENDMSG6, LINK_UPLINK_EGRESS,
-        LINK_UPLINK_INGRESS, LINK_XDP,
+        cgroup2_root, is_veth_pin, unpin_link, LINKS, LINK_BIND4, LINK_BIND6, LINK_BRIDGE_INGRESS,
+        LINK_CONNECT4, LINK_CONNECT6, LINK_GETPEER4, LINK_GETPEER6, LINK_RECVMSG4, LINK_RECVMSG6,
+        LINK_SENDMSG4, LINK_SENDMSG6, LINK_UPLINK_EGRESS, LINK_UPLINK_INGRESS, LINK_XDP,
     },
     program,
 };
@@ -212,20 +211,20 @@ pub fn remove_pins(dir: &Path, keep: &[&str]) -> Vec<anyhow::Error> {
             errors.push(e);
         }
     }
-    // Pacing links and programs: links first, so no program is left
-    // attached when its pin goes.
-    let mut pacing: Vec<_> = std::fs::read_dir(dir)
+    // Endpoints' veth links and programs: links first, so no program is
+    // left attached when its pin goes.
+    let mut on_veths: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| is_pacing_pin(&e.file_name().to_string_lossy()))
+        .filter(|e| is_veth_pin(&e.file_name().to_string_lossy()))
         .map(|e| e.path())
         .collect();
-    pacing.sort_by_key(|p| {
+    on_veths.sort_by_key(|p| {
         p.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("prog_"))
     });
-    for path in pacing {
+    for path in on_veths {
         if let Err(e) = unpin_link(&path) {
             errors.push(e);
         }

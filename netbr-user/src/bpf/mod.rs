@@ -10,6 +10,7 @@ pub mod layout;
 pub mod pacing;
 pub mod pins;
 pub mod upgrade;
+pub mod veth;
 
 /// The compiled programs, built by `build.rs` through aya-build.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbr-bpf"));

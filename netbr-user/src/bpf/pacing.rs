@@ -6,11 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
-        LinkOrder, SchedClassifier, TcAttachType,
-    },
+    programs::{LinkOrder, TcAttachType},
     Ebpf,
 };
 use netbr_common::{
@@ -19,61 +15,28 @@ use netbr_common::{
 };
 
 use super::pins::{PROG_PIN_PACE_EGRESS, PROG_PIN_PACE_INGRESS};
+use super::veth;
 
 /// Loads both programs and pins them, replacing the pins of an earlier
 /// attach, so endpoints limited later attach this object's programs.
 pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
-    for (name, pin) in [
-        (PROG_PACE_EGRESS, PROG_PIN_PACE_EGRESS),
-        (PROG_PACE_INGRESS, PROG_PIN_PACE_INGRESS),
-    ] {
-        let program: &mut SchedClassifier = super::program(ebpf, name)?;
-        program
-            .load()
-            .with_context(|| format!("verifying {name}"))?;
-        let path = pins.join(pin);
-        if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
-        }
-        program
-            .pin(&path)
-            .with_context(|| format!("pinning {name}"))?;
-    }
-    Ok(())
+    veth::pin_program(ebpf, PROG_PACE_EGRESS, pins, PROG_PIN_PACE_EGRESS)?;
+    veth::pin_program(ebpf, PROG_PACE_INGRESS, pins, PROG_PIN_PACE_INGRESS)
 }
 
 /// Attaches the pacing program of direction `dir` to `hook` of `ifname` in
 /// the calling thread's network namespace, or moves an existing link to the
-/// program pinned now (a re-attach loaded new ones).
+/// program pinned now (a re-attach loaded new ones). First among the
+/// device's links: on the host veth's ingress, the policer must see a
+/// packet before the fast path's `nb_ep_in` sends it on.
 pub fn attach(pins: &Path, dir: u8, ifname: &str, hook: TcAttachType, link: &Path) -> Result<()> {
     let pin = if dir == PACE_EGRESS {
         PROG_PIN_PACE_EGRESS
     } else {
         PROG_PIN_PACE_INGRESS
     };
-    let mut program = SchedClassifier::from_pin(pins.join(pin))
-        .with_context(|| format!("opening {pin}: attach the bridge again"))?;
-    if link.exists() {
-        let old = PinnedLink::from_pin(link).context("opening the pinned pacing link")?;
-        match program.attach_to_link(FdLink::from(old).try_into()?) {
-            Ok(id) => {
-                drop(program.take_link(id)?);
-                return Ok(());
-            }
-            // The device went away (and the link with it): start afresh.
-            Err(_) => super::pins::unpin_link(link)?,
-        }
-    }
-    let id = program
-        .attach_with_options(
-            ifname,
-            hook,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .with_context(|| format!("attaching the pacing program to {ifname}"))?;
-    let fd: FdLink = program.take_link(id)?.try_into()?;
-    fd.pin(link).context("pinning the pacing link")?;
-    Ok(())
+    veth::link_pinned(pins, pin, ifname, hook, LinkOrder::first(), link)
+        .with_context(|| format!("attaching the pacing program to {ifname}"))
 }
 
 /// Detaches an endpoint's pacing in one direction, if attached.

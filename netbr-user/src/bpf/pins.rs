@@ -46,17 +46,30 @@ pub const LINKS: [&str; 14] = [
     LINK_XDP,
 ];
 
-/// Pins of the two pacing programs and prefix of the per-endpoint pacing
-/// links, in the bridge's pin directory.
+/// Pins of the two pacing programs and of the endpoint program, and the
+/// prefixes of their per-endpoint links, in the bridge's pin directory.
 pub const PROG_PIN_PACE_EGRESS: &str = "prog_pace_out";
 pub const PROG_PIN_PACE_INGRESS: &str = "prog_pace_in";
+pub const PROG_PIN_ENDPOINT_INGRESS: &str = "prog_ep_in";
 const PACE_LINK_PREFIX: &str = "pace_";
+const ENDPOINT_LINK_PREFIX: &str = "ep_";
 
-/// Whether a pin directory entry belongs to pacing (so `detach` removes it).
-pub fn is_pacing_pin(name: &str) -> bool {
+/// Whether a pin directory entry is a program or link of an endpoint's veth
+/// (so `detach` removes it).
+pub fn is_veth_pin(name: &str) -> bool {
     name.starts_with(PACE_LINK_PREFIX)
-        || name == PROG_PIN_PACE_EGRESS
-        || name == PROG_PIN_PACE_INGRESS
+        || name.starts_with(ENDPOINT_LINK_PREFIX)
+        || [
+            PROG_PIN_PACE_EGRESS,
+            PROG_PIN_PACE_INGRESS,
+            PROG_PIN_ENDPOINT_INGRESS,
+        ]
+        .contains(&name)
+}
+
+/// The pinned link of the endpoint program on an endpoint's veth.
+pub fn endpoint_link(pins: &Path, host_ifname: &str) -> PathBuf {
+    pins.join(format!("{ENDPOINT_LINK_PREFIX}{host_ifname}"))
 }
 
 /// The pinned link of an endpoint's pacing in direction `dir`.

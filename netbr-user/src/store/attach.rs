@@ -457,7 +457,13 @@ impl Store {
             };
             attach::attach_all(&mut ebpf, &dir, &req.uplink, &bridge_name)?;
             crate::bpf::pacing::pin_programs(&mut ebpf, &dir)?;
+            crate::bpf::veth::pin_endpoint_program(&mut ebpf, &dir)?;
+            // Limits first: a policer's link goes ahead of the endpoint
+            // program's on the same hook.
             super::limits::install_all(&dir, &mut dp, &endpoints).await?;
+            for ep in &endpoints {
+                crate::bpf::veth::link_endpoint(&dir, &ep.host_ifname)?;
+            }
             if req.xdp {
                 for ep in &endpoints {
                     super::endpoint::accept_xdp_frames(ep)?;

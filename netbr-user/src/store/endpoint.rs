@@ -273,8 +273,14 @@ impl Store {
                     );
                 }
             }
+            if let Err(e) = crate::bpf::veth::link_endpoint(&self.pins, &host_if) {
+                let _ = dp.endpoints.remove(&to_be32(ip));
+                dp.remove_endpoint6(to_be32(ip));
+                return Err(e);
+            }
             self.state.endpoints.push(ep.clone());
             if let Err(e) = self.commit() {
+                let _ = crate::bpf::veth::unlink_endpoint(&self.pins, &host_if);
                 self.state.endpoints.pop();
                 let _ = dp.endpoints.remove(&to_be32(ip));
                 dp.remove_endpoint6(to_be32(ip));
@@ -324,6 +330,7 @@ impl Store {
             let _ = dp.endpoints.remove(&ip);
             dp.remove_endpoint6(ip);
             super::limits::forget(&self.pins, &mut dp, &ep)?;
+            crate::bpf::veth::unlink_endpoint(&self.pins, &ep.host_ifname)?;
             self.remove_endpoint_rules(&mut dp, name)?;
         }
         let mut errors = remove_endpoint_objects(&nl, &ep).await;
