@@ -608,17 +608,4 @@ impl Store {
         }
         Ok(errors)
     }
-
-    /// Removes the state directory (lock included: waiters notice the lock
-    /// file is gone and take a fresh one) and `/run/netbr` once empty.
-    fn remove_state_dir(&self) -> Result<()> {
-        if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir)
-                .with_context(|| format!("removing {}", self.dir.display()))?;
-        }
-        if let Some(root) = self.dir.parent() {
-            let _ = std::fs::remove_dir(root);
-        }
-        Ok(())
-    }
 }

@@ -19,7 +19,7 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context as _, Result};
 use netbr_common::maps::{MAP_CONFIG, STATE_ROOT};
 
 pub use attach::{ipv6_only_keys, AttachReport, AttachRequest};
@@ -61,6 +61,17 @@ pub struct Store {
     _lock: lock::BridgeLock,
 }
 
+impl Drop for Store {
+    /// A writer that found no bridge and made none (refused as not
+    /// attached, or an attach that failed) leaves no directory behind; the
+    /// lock is still held here, as `detach` holds it when it removes it.
+    fn drop(&mut self) {
+        if !self.dir.join(state::STATE_FILE).exists() && !self.pins.exists() {
+            let _ = self.remove_state_dir();
+        }
+    }
+}
+
 impl Store {
     /// Waits for the bridge's lock and reads its state.
     pub fn open(bridge: &str) -> Result<Self> {
@@ -75,6 +86,19 @@ impl Store {
             state,
             _lock: lock,
         })
+    }
+
+    /// Removes the state directory (lock included: waiters notice the lock
+    /// file is gone and take a fresh one) and `/run/netbr` once empty.
+    fn remove_state_dir(&self) -> Result<()> {
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        if let Some(root) = self.dir.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
+        Ok(())
     }
 
     pub fn is_attached(&self) -> bool {
