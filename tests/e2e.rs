@@ -1790,3 +1790,16 @@ fn with_the_fast_path_established_flows_leave_from_the_veth_and_never_cross_the_
     }
     assert_eq!(tcp.peers(), vec![SocketAddr::from((UPLINK_IP, 21001)); 3]);
 }
+
+#[test]
+fn writers_on_a_bridge_never_attached_are_refused_and_leave_nothing_behind() {
+    let sb = sandbox();
+    fails_with(&sb, &["endpoint", "add", "c1"], "is not attached");
+    fails_with(&sb, &["publish", "c1", "-p", "8080:80"], "is not attached");
+    let dir = netbr::netns::run_in(&sb.host_path(), || {
+        netbr::store::state_dir(netbr::sandbox::BRIDGE)
+    })
+    .expect("run in namespace")
+    .expect("state directory");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
