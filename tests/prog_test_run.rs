@@ -40,6 +40,7 @@ const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const UP_IN: &str = "nb_up_in";
 const UP_OUT: &str = "nb_up_out";
 const BR_IN: &str = "nb_br_in";
+const EP_IN: &str = "nb_ep_in";
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 const WEB_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 2];
 const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 3];
@@ -86,7 +87,7 @@ impl Harness {
             let ep = Endpoint::new(ifindex, mac, 0);
             dp.endpoints.insert(to_be32(ip), ep, 0).expect("endpoint");
         }
-        for name in [UP_IN, UP_OUT, BR_IN] {
+        for name in [UP_IN, UP_OUT, BR_IN, EP_IN] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program")
@@ -567,6 +568,47 @@ fn hairpin_is_dnated_to_the_target_and_snated_to_the_gateway_then_redirected() {
     assert_eq!(parse_checked(&back), seen((HOST, 8080), (CLIENT, 40000)));
     assert_eq!(&back[0..6], &CLIENT_MAC);
     assert_eq!(h.counter(Reason::HairpinNew), 1);
+    assert_eq!(h.counter(Reason::Translated), 1);
+}
+
+/// `frame` as a container sends it to its gateway: to the bridge's MAC,
+/// which is what `nb_ep_in` acts on.
+fn to_bridge(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[..6].copy_from_slice(&BRIDGE_MAC);
+    frame
+}
+
+#[test]
+fn the_endpoint_program_sends_tracked_flows_on_and_passes_the_rest_untouched() {
+    let mut h = Harness::new((61000, 65535));
+    h.set_map_flags(CFG_FAST_PATH);
+    h.publish(TCP, 8080, WEB, 80);
+    // A new flow's first packet is the bridge's: nb_ep_in passes it as it
+    // came, opens nothing, counts nothing.
+    let syn = to_bridge(Spec::tcp((CLIENT, 40000), (HOST, 8080), SYN).build());
+    h.assert_passes_untouched(EP_IN, &syn, "a new flow's first packet");
+    assert_eq!(h.entries(), 0);
+    assert_eq!(h.counter(Reason::PassNoMatch), 0);
+    let (verdict, out) = h.run(BR_IN, &syn);
+    assert_eq!(verdict, REDIRECT);
+    let gateway_port = parse_checked(&out).sport;
+    // The flow's next packet is nb_ep_in's: translated as the bridge
+    // would, addressed to the target, redirected, counted once.
+    let ack = to_bridge(Spec::tcp((CLIENT, 40000), (HOST, 8080), ACK).build());
+    let (verdict, out) = h.run(EP_IN, &ack);
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(
+        parse_checked(&out),
+        seen((GATEWAY, gateway_port), (WEB, 80))
+    );
+    assert_eq!((&out[0..6], &out[6..12]), (&WEB_MAC[..], &BRIDGE_MAC[..]));
+    assert_eq!(h.counter(Reason::Translated), 1);
+    // Not addressed to the bridge, or with the fast path off: the bridge's.
+    let mut elsewhere = ack.clone();
+    elsewhere[..6].copy_from_slice(&WEB_MAC);
+    h.assert_passes_untouched(EP_IN, &elsewhere, "a frame to another MAC");
+    h.set_map_flags(0);
+    h.assert_passes_untouched(EP_IN, &ack, "the fast path off");
     assert_eq!(h.counter(Reason::Translated), 1);
 }
 
@@ -2170,6 +2212,18 @@ fn per_packet_cost() {
             h.run(BR_IN, &Spec::tcp((CLIENT, 5555), (HOST, 8080), SYN).build());
             median_ns(&mut h, BR_IN, |_| data((CLIENT, 5555), (HOST, 8080)))
         }),
+        (EP_IN, "tracked TCP, translated (hairpin), redirected", {
+            median_ns(&mut h, EP_IN, |_| {
+                to_bridge(data((CLIENT, 5555), (HOST, 8080)))
+            })
+        }),
+        (
+            EP_IN,
+            "passed to the bridge (a new flow's first packet)",
+            median_ns(&mut h, EP_IN, |i| {
+                to_bridge(Spec::tcp((CLIENT, 1024 + i), (REMOTE, 80), SYN).build())
+            }),
+        ),
         (
             BR_IN,
             "unmatched (container to container)",

@@ -1,6 +1,7 @@
 //! `cargo xtask setup|install|test|demo|bench|lint|fuzz|soak|cost`: everything a fresh machine needs, in
 //! one place. Every step checks before it acts, so re-running is cheap.
 
+mod fwd_profile;
 mod install;
 mod setup;
 
@@ -70,6 +71,15 @@ enum Task {
         /// programs for this run only.
         #[arg(long)]
         profile: bool,
+    },
+    /// Where a forwarded frame's kernel time goes: each arm's `netbr bench
+    /// --fwd` recorded with perf's software clock, the samples of its DNAT
+    /// and masquerade runs grouped by the kernel functions on their stacks.
+    /// Needs root and perf.
+    FwdProfile {
+        /// Arms, comma-separated, as `netbr bench --arms` takes them.
+        #[arg(long, default_value = "netbr-fast,routed")]
+        arms: String,
     },
 }
 
@@ -203,6 +213,11 @@ fn main() -> Result<()> {
                 "--ignored",
                 "--nocapture",
             ]))
+        }
+        Task::FwdProfile { arms } => {
+            setup::all()?;
+            require_root("perf records every CPU; the bench creates network namespaces")?;
+            fwd_profile::run(&arms)
         }
         Task::Lint => {
             setup::all()?;
