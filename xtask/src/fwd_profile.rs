@@ -44,49 +44,58 @@ const GROUPS: &[(&str, Claims)] = &[
     }),
     ("the bridge's receive path and br_netfilter", in_bridge),
     ("IP and UDP receive in the receiving namespace", |s| {
-        top(s, 10).any(|f| {
-            [
+        near_leaf(
+            s,
+            10,
+            &[
                 "ip_rcv",
                 "ip_local_deliver",
                 "udp_",
                 "__udp",
                 "ip_protocol_deliver",
-            ]
-            .iter()
-            .any(|p| f.starts_with(p))
-        })
+            ],
+        )
     }),
     ("veth transmit and backlog enqueue", |s| {
-        top(s, 6).any(|f| {
-            [
+        near_leaf(
+            s,
+            6,
+            &[
                 "veth_xmit",
                 "__dev_forward_skb",
                 "enqueue_to_backlog",
                 "netif_rx",
                 "__netif_rx",
-            ]
-            .iter()
-            .any(|p| f.starts_with(p))
-        })
+            ],
+        )
     }),
     ("skb allocation, copies and frees", |s| {
-        top(s, 2).any(|f| {
-            [
+        near_leaf(
+            s,
+            2,
+            &[
                 "skb_",
                 "kfree_skb",
                 "__kfree_skb",
                 "kmem_cache",
                 "__alloc_skb",
                 "napi_",
-            ]
-            .iter()
-            .any(|p| f.starts_with(p))
-        })
+            ],
+        )
     }),
 ];
 
 fn top<'a>(s: &'a [&'a str], n: usize) -> impl Iterator<Item = &'a &'a str> {
     s.iter().take(n)
+}
+
+/// Whether one of the `n` frames nearest the leaf starts with a prefix.
+fn near_leaf(s: &[&str], n: usize, prefixes: &[&str]) -> bool {
+    top(s, n).any(|f| starts_with_any(f, prefixes))
+}
+
+fn starts_with_any(f: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| f.starts_with(p))
 }
 
 /// A sample in bridge code (or netfilter's hooks the bridge calls), not in
@@ -97,15 +106,16 @@ fn in_bridge(s: &[&str]) -> bool {
         return false;
     };
     !s[..i].iter().any(|f| {
-        [
-            "ip_local_deliver",
-            "udp_",
-            "tcx_run",
-            "sch_handle_ingress",
-            "tcf_classify",
-        ]
-        .iter()
-        .any(|p| f.starts_with(p))
+        starts_with_any(
+            f,
+            &[
+                "ip_local_deliver",
+                "udp_",
+                "tcx_run",
+                "sch_handle_ingress",
+                "tcf_classify",
+            ],
+        )
     })
 }
 
