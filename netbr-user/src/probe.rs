@@ -83,7 +83,7 @@ impl Server {
         handle: impl Fn(TcpStream, SocketAddr) -> std::io::Result<()> + Send + 'static,
     ) -> Result<Self> {
         Self::start(ns, move |stop, peers, ready| {
-            let l = match TcpListener::bind(bind) {
+            let l = match bind_when_free(|| TcpListener::bind(bind)) {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));
@@ -121,7 +121,7 @@ impl Server {
     /// Like [`Self::udp`], listening on `bind` (an IPv6 address, say).
     pub fn udp_on(ns: &Path, bind: SocketAddr, respond: Responder) -> Result<Self> {
         Self::start(ns, move |stop, peers, ready| {
-            let s = match UdpSocket::bind(bind) {
+            let s = match bind_when_free(|| UdpSocket::bind(bind)) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));
@@ -233,10 +233,13 @@ pub fn tcp_connect(ns: &Path, from_port: u16, to: SocketAddr) -> Result<TcpStrea
                 return Err(std::io::Error::last_os_error()).context("TCP socket");
             }
             let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-            if libc::bind(fd, &from as *const _ as *const _, from_len) < 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("binding port {from_port}"));
-            }
+            bind_when_free(|| {
+                if libc::bind(fd, &from as *const _ as *const _, from_len) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+            .with_context(|| format!("binding port {from_port}"))?;
             if libc::connect(fd, &dst as *const _ as *const _, dst_len) < 0 {
                 return Err(std::io::Error::last_os_error())
                     .with_context(|| format!("connecting to {to}"));
@@ -245,6 +248,27 @@ pub fn tcp_connect(ns: &Path, from_port: u16, to: SocketAddr) -> Result<TcpStrea
             Ok(stream)
         }
     })?
+}
+
+/// Runs `bind` until it does not fail with `EADDRINUSE`, for up to two
+/// seconds. A socket this process just closed can stay bound for a moment:
+/// a child another thread is spawning holds a copy of every descriptor
+/// from its `clone` until its `exec` closes them (`O_CLOEXEC`), and the
+/// socket is released only with the last copy. Tests reuse fixed ports
+/// while other tests spawn commands, so a bind may meet that window.
+fn bind_when_free<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match bind() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            result => return result,
+        }
+    }
 }
 
 /// `addr` as the socket calls take it, with its length.
@@ -305,7 +329,7 @@ pub fn udp_exchange(
             SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
             SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
         };
-        let s = UdpSocket::bind((any, from_port))?;
+        let s = bind_when_free(|| UdpSocket::bind((any, from_port)))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         let mut buf = vec![0; 65536];
         let (n, from) = if connected {
