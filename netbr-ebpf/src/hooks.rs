@@ -226,7 +226,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome,
     // being taken for the host's own flow (`NAT_HOST`) that was moved off
     // the same tuple: past this point, the uplink's source means a host
     // socket.
-    if pkt.key.saddr == cfg.uplink_addr && !crate::skb::from_local_socket(ctx) {
+    if pkt.key.saddr == cfg.uplink_addr && !crate::skb::sent_by_this_host(ctx) {
         return Err(Reason::PassNoMatch);
     }
     // The host's own packet from a port no set marks: no flow of it is
@@ -313,15 +313,7 @@ fn bridge_ingress(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<Outcome
     if mode(cfg, CFG_INTERNAL) && !internal_allows(cfg, pkt) {
         return Err(Reason::DropInternal);
     }
-    // Container to container: no flow has such a tuple (a hairpin flow's
-    // packets are addressed to a host address, its replies to the
-    // gateway), so no lookup is paid. Routed mode publishes at container
-    // addresses, so it looks.
-    if cfg.in_subnet(pkt.key.daddr)
-        && pkt.key.daddr != cfg.gateway_addr
-        && !pkt.is_icmp_error()
-        && !mode(cfg, CFG_ROUTED)
-    {
+    if container_to_container(cfg, pkt) {
         return Err(Reason::PassNoMatch);
     }
     let action = bridge_tracked(ctx, cfg, pkt)?;
@@ -388,10 +380,7 @@ pub fn endpoint_ingress(ctx: &TcContext) -> Option<Result<Outcome, Reason>> {
         Err(Reason::PassIpv6) => return crate::ipv6::endpoint_ingress(ctx, cfg),
         Err(_) => return None,
     }
-    // Container to container, as `bridge_ingress` skips it; hairpin
-    // replies (to the gateway) are tracked flows and stay.
-    let local = cfg.in_subnet(pkt.key.daddr) && pkt.key.daddr != cfg.gateway_addr;
-    if pkt.frag != FRAG_NONE || (local && !mode(cfg, CFG_ROUTED)) {
+    if pkt.frag != FRAG_NONE || container_to_container(cfg, pkt) {
         return None;
     }
     match bridge_tracked(ctx, cfg, pkt) {
@@ -403,6 +392,19 @@ pub fn endpoint_ingress(ctx: &TcContext) -> Option<Result<Outcome, Reason>> {
         Err(r) if r.is_drop() => Some(Err(r)),
         Err(_) => None,
     }
+}
+
+/// A packet between two containers of the bridge, which both bridge hooks
+/// leave alone without a lookup: no flow has such a tuple (a hairpin
+/// flow's packets are addressed to a host address, its replies to the
+/// gateway). An ICMP error may quote a flow's tuple, and routed mode
+/// publishes at container addresses, so those are looked up.
+#[inline(always)]
+fn container_to_container(cfg: &Config, pkt: &Packet) -> bool {
+    cfg.in_subnet(pkt.key.daddr)
+        && pkt.key.daddr != cfg.gateway_addr
+        && !pkt.is_icmp_error()
+        && !mode(cfg, CFG_ROUTED)
 }
 
 /// `bridge_tracked`'s verdict for a packet of no flow the bridge acts on

@@ -119,17 +119,26 @@ fn packet6() -> Option<&'static mut Packet6> {
     PACKET6.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
+/// [`packet6`], emptied of what the last packet on this CPU left: its
+/// redirect and its parse marks. Every entry point starts with it, so a
+/// frame left early never finds the last packet's redirect.
+#[inline(always)]
+fn fresh_packet6() -> Option<&'static mut Packet6> {
+    let pkt = packet6()?;
+    pkt.action = TC_ACT_UNSPEC;
+    pkt.parsed = 0;
+    pkt.parse_done = 0;
+    Some(pkt)
+}
+
 /// What an IPv6 frame gets on `hook`: an `Outcome` when the fast path
 /// redirects it, else the reason it goes on (or is dropped) with,
 /// translated or not.
 #[inline(always)]
 pub fn run(ctx: &TcContext, cfg: &Config, hook: u8) -> Result<Outcome, Reason> {
-    let Some(pkt) = packet6() else {
+    if fresh_packet6().is_none() {
         return Err(Reason::PassIpv6);
-    };
-    // Before anything else: the room is the CPU's, and a frame `on_hook`
-    // leaves early must not find the last packet's redirect there.
-    pkt.action = TC_ACT_UNSPEC;
+    }
     let reason = on_hook(ctx, cfg, hook);
     // Asked again: `on_hook` wrote the room through its own reference.
     let Some(pkt) = packet6() else {
@@ -168,10 +177,7 @@ pub fn endpoint_ingress(ctx: &TcContext, cfg: &Config) -> Option<Result<Outcome,
     if daddr == net.gateway || net.contains(&daddr) {
         return None;
     }
-    let pkt = packet6()?;
-    pkt.action = TC_ACT_UNSPEC;
-    pkt.parsed = 0;
-    pkt.parse_done = 0;
+    let pkt = fresh_packet6()?;
     pkt.key.daddr = daddr;
     if to_host(ctx, net, HOOK_BRIDGE_INGRESS, &daddr) {
         return None;
@@ -214,8 +220,6 @@ fn on_hook(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     let Some(pkt) = packet6() else {
         return Reason::PassIpv6;
     };
-    pkt.parsed = 0;
-    pkt.parse_done = 0;
     // Each address is read once (an unaligned 16-byte read is some forty
     // instructions): the destination here, which every hook picks its path
     // by; the source by uplink egress, which needs it for that, or else by
@@ -320,7 +324,7 @@ fn uplink_egress(ctx: &TcContext, cfg: &Config, net: &Net6, hook: u8, daddr: &[u
         // source of its own): nothing to do, and not the host's flow, as
         // for IPv4 (`hooks::uplink_egress`). To the host's own address, no
         // flow leaves (only a test's frame carries one out of a link).
-        if !skb::from_local_socket(ctx) || *daddr == net.uplink {
+        if !skb::sent_by_this_host(ctx) || *daddr == net.uplink {
             return Reason::PassIpv6;
         }
         return host_egress(ctx, cfg, net, hook);

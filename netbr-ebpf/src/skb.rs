@@ -158,7 +158,7 @@ pub fn csum_add(ctx: &TcContext, off: usize, diff: u32) -> Result<(), ()> {
 /// stack forwarded has an ingress device too, but never the host's own
 /// source address, which is what the callers ask about.
 #[inline(always)]
-pub fn from_local_socket(ctx: &TcContext) -> bool {
+pub fn sent_by_this_host(ctx: &TcContext) -> bool {
     // SAFETY: reading context fields; the pointer is only compared.
     unsafe { (*ctx.skb.skb).ingress_ifindex == 0 && !(*ctx.skb.skb).__bindgen_anon_2.sk.is_null() }
 }
