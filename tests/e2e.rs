@@ -1707,19 +1707,6 @@ fn the_firewall_decides_new_flows_to_published_ports_and_from_containers() {
 }
 
 /// Packets `dev` of namespace `ns` has received.
-fn rx_packets(ns: &std::path::Path, dev: &'static str) -> u64 {
-    netbr::netns::run_in(ns, move || {
-        let text = std::fs::read_to_string("/proc/thread-self/net/dev").expect("net/dev");
-        text.lines()
-            .find_map(|l| {
-                let (name, rest) = l.split_once(':')?;
-                (name.trim() == dev).then(|| rest.split_whitespace().nth(1)?.parse().ok())?
-            })
-            .expect("counters of the device")
-    })
-    .expect("run in namespace")
-}
-
 /// Closes a connection with a reset, as a client with `SO_LINGER` 0 does:
 /// no TIME_WAIT holds its tuple, which the next connection may reuse.
 fn reset(s: std::net::TcpStream) {
@@ -1753,14 +1740,14 @@ fn with_the_fast_path_established_flows_leave_from_the_veth_and_never_cross_the_
     // are `nb_ep_in`'s, on the container's veth. A port below the host's
     // ephemeral range, which masquerade keeps.
     probe::udp_request(&c1, to, 21000, b"open").expect("open the flow");
-    let before = rx_packets(&sb.host_path(), netbr::sandbox::BRIDGE);
+    let before = support::fast_path::bridge_rx_packets(&sb);
     for _ in 0..200 {
         assert_eq!(
             probe::udp_request(&c1, to, 21000, b"data").expect("datagram"),
             b"data"
         );
     }
-    let crossed = rx_packets(&sb.host_path(), netbr::sandbox::BRIDGE) - before;
+    let crossed = support::fast_path::bridge_rx_packets(&sb) - before;
     assert_eq!(udp.peers().len(), 201);
     assert!(
         udp.peers()
@@ -1789,6 +1776,76 @@ fn with_the_fast_path_established_flows_leave_from_the_veth_and_never_cross_the_
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(tcp.peers(), vec![SocketAddr::from((UPLINK_IP, 21001)); 3]);
+}
+
+/// A stream's large writes cross the container's veth as GSO packets of
+/// up to 64 KiB; the fast path routes them by their segments' size, so
+/// they leave from the veth like any other tracked packet (the route's
+/// MTU check once refused them all, and a masqueraded stream took the
+/// bridge and the host's forward path).
+#[test]
+fn with_the_fast_path_a_streams_large_writes_leave_from_the_veth_too() {
+    let sb = sandbox();
+    sb.attach_with(&["--fast-path"]).expect("attach");
+    sb.add_container(1).expect("c1");
+    let _lan = Server::tcp_stream(&sb.lan_path(), 9000).expect("lan stream server");
+    let to = SocketAddr::from((LAN_IP, 9000));
+    let crossed = support::fast_path::stream_crossings(&sb, &sb.container_path(1), to, 64);
+    assert!(
+        crossed < 20,
+        "{crossed} frames of 64 writes crossed the bridge"
+    );
+}
+
+/// The fast path's MTU check counts a GSO packet's segments, as the
+/// stack's forward path does: with the uplink's link narrower than what
+/// lan announces, a stream's large writes are the stack's, which answers
+/// "fragmentation needed", and the container's socket learns the path's
+/// MTU. (Sent on whole, their 1500-byte segments would leave a 1400-byte
+/// link.)
+#[test]
+fn with_the_fast_path_a_stream_learns_a_narrower_uplinks_mtu() {
+    let sb = sandbox();
+    sb.attach_with(&["--fast-path"]).expect("attach");
+    sb.add_container(1).expect("c1");
+    ip_ok(
+        &sb.host_path(),
+        &["link", "set", netbr::sandbox::UPLINK, "mtu", "1400"],
+    );
+    ip_ok(&sb.lan_path(), &["link", "set", "eth0", "mtu", "1400"]);
+    // lan announces the MSS of a 1500-byte link, as a server behind a
+    // wider link would.
+    let route = [
+        "192.0.2.0/24",
+        "dev",
+        "eth0",
+        "src",
+        "192.0.2.2",
+        "advmss",
+        "1460",
+    ];
+    ip_ok(
+        &sb.lan_path(),
+        &[&["route", "replace"][..], &route].concat(),
+    );
+    let _lan = Server::tcp_stream(&sb.lan_path(), 9000).expect("lan stream server");
+    let mut s = probe::tcp_connect(&sb.container_path(1), 0, SocketAddr::from((LAN_IP, 9000)))
+        .expect("connect");
+    support::fast_path::echo_blocks(&mut s, 16);
+    let mut mtu: libc::c_int = 0;
+    let mut len: libc::socklen_t = 4;
+    // SAFETY: getsockopt on a socket this test owns, into an int.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "IP_MTU");
+    assert_eq!(mtu, 1400, "the container did not learn the uplink's MTU");
 }
 
 #[test]

@@ -447,7 +447,7 @@ fn bridge_tracked(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<i32, Re
     if pkt.is_icmp_error() || !fast_path_carries(cfg, nat) {
         return Err(Reason::PassNoMatch);
     }
-    let hop = redirect::route_out(ctx, &xlat, pkt.len, cfg)?;
+    let hop = redirect::route_out(ctx, &xlat, pkt.len, pkt.sport_off, cfg)?;
     rewrite(ctx, pkt, &xlat)?;
     conntrack::account(&flow, &pkt.key, pkt.tcp_flags, pkt.len, cfg, now)?;
     redirect::out_uplink(ctx, hop, cfg)
@@ -470,5 +470,5 @@ fn fast_masquerade_route(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> Result<
     // not change the answer.
     let mut routed = pkt.key;
     routed.saddr = cfg.uplink_addr;
-    redirect::route_out(ctx, &routed, pkt.len, cfg)
+    redirect::route_out(ctx, &routed, pkt.len, pkt.sport_off, cfg)
 }

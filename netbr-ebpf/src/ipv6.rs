@@ -487,7 +487,7 @@ fn out_uplink(ctx: &TcContext, cfg: &Config, hook: u8) -> Reason {
     if nat == NAT_HAIRPIN || !fast_path_carries(cfg, nat) {
         return Reason::PassIpv6;
     }
-    let Some(hop) = redirect::route_out6(ctx, &xlat, pkt.len, cfg) else {
+    let Some(hop) = redirect::route_out6(ctx, &xlat, pkt.len, pkt.sport_off, cfg) else {
         return Reason::PassIpv6;
     };
     if let Err(r) = rewrite(ctx, pkt, &xlat) {

@@ -188,8 +188,10 @@ pub fn route_out(
     ctx: &TcContext,
     xlat: &FlowKey,
     len: u32,
+    l4_off: usize,
     cfg: &Config,
 ) -> Result<NextHop, Reason> {
+    let len = skb::segment_len(ctx, len, l4_off, xlat.proto);
     let hop = uplink_next_hop(ctx, xlat, len, cfg).ok_or(Reason::PassNoMatch)?;
     decrement_ttl(ctx).ok_or(Reason::PassNoMatch)?;
     Ok(hop)
@@ -221,7 +223,14 @@ fn forwardable6(daddr: &[u32; 4]) -> bool {
 
 /// [`route_out`] for an IPv6 packet: its hop limit decremented.
 #[inline(always)]
-pub fn route_out6(ctx: &TcContext, xlat: &FlowKey6, len: u32, cfg: &Config) -> Option<NextHop> {
+pub fn route_out6(
+    ctx: &TcContext,
+    xlat: &FlowKey6,
+    len: u32,
+    l4_off: usize,
+    cfg: &Config,
+) -> Option<NextHop> {
+    let len = skb::segment_len(ctx, len, l4_off, xlat.proto);
     let hop = uplink_next_hop6(ctx, xlat, len, cfg)?;
     decrement_hop_limit(ctx)?;
     Some(hop)

@@ -9,6 +9,9 @@
 //! here checks bounds afresh, so callers hold no pointer across a call.
 
 use aya_ebpf::programs::TcContext;
+use netbr_common::{IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::parse::ETH_LEN;
 
 /// Past every header offset netbr reads (an ICMP error's quoted L4 header
 /// behind two IPv4 headers with options ends before byte 160). It bounds
@@ -146,6 +149,34 @@ pub unsafe fn store_unaligned<T: Copy>(p: *mut u8, v: &T) {
 pub fn csum_add(ctx: &TcContext, off: usize, diff: u32) -> Result<(), ()> {
     let check: u16 = read(ctx, off)?;
     write(ctx, off, &crate::csum::apply(check, diff))
+}
+
+/// The length a route's MTU must hold for the packet at hand: its own
+/// (`len`, the IP length its header gives) or, for a GSO packet, each
+/// segment's. A TCP stream's writes cross a veth whole, up to 64 KiB with
+/// one IP header; the device they leave by cuts them into segments of
+/// their IP and transport headers (the transport header at `l4_off`, the
+/// source port's offset for TCP and UDP) and
+/// `gso_size` bytes of payload. The stack's forward path asks the same
+/// (`ip_exceeds_mtu`, `ip6_pkt_too_big`: `skb_gso_validate_network_len`);
+/// asked with the whole length, the route lookup refused every such
+/// packet and a stream through masquerade took the stack.
+#[inline(always)]
+pub fn segment_len(ctx: &TcContext, len: u32, l4_off: usize, proto: u8) -> u32 {
+    // SAFETY: reading a context field.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return len;
+    }
+    let l4_header = match proto {
+        IPPROTO_TCP => match read::<u8>(ctx, l4_off + 12) {
+            Ok(data_offset) => u32::from(data_offset >> 4) * 4,
+            Err(()) => return len,
+        },
+        IPPROTO_UDP => 8,
+        _ => return len,
+    };
+    (l4_off - ETH_LEN) as u32 + l4_header + gso_size
 }
 
 /// Whether the packet was sent by a socket of this host, as opposed to

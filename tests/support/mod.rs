@@ -1,6 +1,7 @@
 //! Helpers shared by the test binaries.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod fast_path;
 pub mod fuzzing;
 pub mod host_flows;
 pub mod model;
