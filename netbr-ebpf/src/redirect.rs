@@ -108,11 +108,17 @@ pub enum NextHop {
 /// (another route, or a packet too big for the uplink: the stack sends the
 /// ICMP error).
 #[inline(always)]
-pub fn uplink_next_hop(ctx: &TcContext, xlat: &FlowKey, len: u32, cfg: &Config) -> Option<NextHop> {
+pub fn uplink_next_hop(
+    ctx: &TcContext,
+    xlat: &FlowKey,
+    len: u32,
+    l4_off: usize,
+    cfg: &Config,
+) -> Option<NextHop> {
     if !forwardable(xlat.daddr) {
         return None;
     }
-    let p = fib_query(AF_INET, xlat.proto, len, cfg)?;
+    let p = fib_query(ctx, AF_INET, xlat.proto, len, l4_off, cfg)?;
     p.__bindgen_anon_3.ipv4_src = xlat.saddr;
     p.__bindgen_anon_4.ipv4_dst = xlat.daddr;
     ask_fib(ctx, p, cfg)
@@ -124,22 +130,31 @@ pub fn uplink_next_hop6(
     ctx: &TcContext,
     xlat: &FlowKey6,
     len: u32,
+    l4_off: usize,
     cfg: &Config,
 ) -> Option<NextHop> {
     if !forwardable6(&xlat.daddr) {
         return None;
     }
-    let p = fib_query(AF_INET6, xlat.proto, len, cfg)?;
+    let p = fib_query(ctx, AF_INET6, xlat.proto, len, l4_off, cfg)?;
     p.__bindgen_anon_3.ipv6_src = xlat.saddr;
     p.__bindgen_anon_4.ipv6_dst = xlat.daddr;
     ask_fib(ctx, p, cfg)
 }
 
-/// `bpf_fib_lookup`'s parameters for a packet of `len` bytes from the
-/// bridge, in per-CPU room (64 bytes, too many for the stack beside the
-/// hooks' frames); the caller fills in the addresses.
+/// `bpf_fib_lookup`'s parameters for a packet of `len` bytes (IP length)
+/// from the bridge, its transport header at `l4_off`, in per-CPU room (64
+/// bytes, too many for the stack beside the hooks' frames); the caller
+/// fills in the addresses.
 #[inline(always)]
-fn fib_query(family: u8, proto: u8, len: u32, cfg: &Config) -> Option<&'static mut bpf_fib_lookup> {
+fn fib_query(
+    ctx: &TcContext,
+    family: u8,
+    proto: u8,
+    len: u32,
+    l4_off: usize,
+    cfg: &Config,
+) -> Option<&'static mut bpf_fib_lookup> {
     let p = FIB.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, used by this packet only.
     let p = unsafe { &mut *p };
@@ -148,8 +163,9 @@ fn fib_query(family: u8, proto: u8, len: u32, cfg: &Config) -> Option<&'static m
     p.family = family;
     p.l4_protocol = proto;
     // With the length given, a packet too big for the route's MTU gets
-    // BPF_FIB_LKUP_RET_FRAG_NEEDED: the stack then sends the error.
-    p.__bindgen_anon_1.tot_len = len as u16;
+    // BPF_FIB_LKUP_RET_FRAG_NEEDED: the stack then sends the error. A GSO
+    // packet is measured by its segments.
+    p.__bindgen_anon_1.tot_len = skb::segment_len(ctx, len, l4_off, proto) as u16;
     p.ifindex = cfg.bridge_ifindex;
     Some(p)
 }
@@ -191,8 +207,7 @@ pub fn route_out(
     l4_off: usize,
     cfg: &Config,
 ) -> Result<NextHop, Reason> {
-    let len = skb::segment_len(ctx, len, l4_off, xlat.proto);
-    let hop = uplink_next_hop(ctx, xlat, len, cfg).ok_or(Reason::PassNoMatch)?;
+    let hop = uplink_next_hop(ctx, xlat, len, l4_off, cfg).ok_or(Reason::PassNoMatch)?;
     decrement_ttl(ctx).ok_or(Reason::PassNoMatch)?;
     Ok(hop)
 }
@@ -230,8 +245,7 @@ pub fn route_out6(
     l4_off: usize,
     cfg: &Config,
 ) -> Option<NextHop> {
-    let len = skb::segment_len(ctx, len, l4_off, xlat.proto);
-    let hop = uplink_next_hop6(ctx, xlat, len, cfg)?;
+    let hop = uplink_next_hop6(ctx, xlat, len, l4_off, cfg)?;
     decrement_hop_limit(ctx)?;
     Some(hop)
 }

@@ -156,8 +156,8 @@ pub fn csum_add(ctx: &TcContext, off: usize, diff: u32) -> Result<(), ()> {
 /// segment's. A TCP stream's writes cross a veth whole, up to 64 KiB with
 /// one IP header; the device they leave by cuts them into segments of
 /// their IP and transport headers (the transport header at `l4_off`, the
-/// source port's offset for TCP and UDP) and
-/// `gso_size` bytes of payload. The stack's forward path asks the same
+/// source port's offset for TCP and UDP) and `gso_size` bytes of payload.
+/// The stack's forward path asks the same
 /// (`ip_exceeds_mtu`, `ip6_pkt_too_big`: `skb_gso_validate_network_len`);
 /// asked with the whole length, the route lookup refused every such
 /// packet and a stream through masquerade took the stack.

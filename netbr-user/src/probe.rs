@@ -214,15 +214,20 @@ pub fn tcp_request_peer(
     })?
 }
 
+/// The unspecified address of `addr`'s family (`0.0.0.0` or `::`): where
+/// a socket binds to talk to `addr`, or listens for it.
+pub fn unspecified_like(addr: SocketAddr) -> IpAddr {
+    match addr {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// A TCP connection from `ns` to `to`, from source port `from_port` (0 for
 /// any), left open for the caller to use from any thread. Either family.
 pub fn tcp_connect(ns: &Path, from_port: u16, to: SocketAddr) -> Result<TcpStream> {
     netns::run_in(ns, move || -> Result<TcpStream> {
-        let unspecified: std::net::IpAddr = match to {
-            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-        };
-        let (from, from_len) = sockaddr((unspecified, from_port).into());
+        let (from, from_len) = sockaddr((unspecified_like(to), from_port).into());
         let (dst, dst_len) = sockaddr(to);
         let family = i32::from(from.ss_family);
         // SAFETY: plain socket syscalls on an fd this closure owns until it
@@ -324,11 +329,7 @@ pub fn udp_exchange(
 ) -> Result<(Vec<u8>, SocketAddr)> {
     let payload = payload.to_vec();
     netns::run_in(ns, move || -> Result<(Vec<u8>, SocketAddr)> {
-        // The unspecified address of the destination's family.
-        let any: std::net::IpAddr = match to {
-            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-        };
+        let any = unspecified_like(to);
         let s = bind_when_free(|| UdpSocket::bind((any, from_port)))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         let mut buf = vec![0; 65536];

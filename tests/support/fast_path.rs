@@ -33,13 +33,7 @@ fn rx_packets(ns: &std::path::Path, dev: &'static str) -> u64 {
 /// cross the bridge (a new flow's first packets, ARP or neighbour
 /// discovery may).
 pub fn assert_large_writes_leave_from_the_veth(sb: &Sandbox, to: SocketAddr) {
-    let any = SocketAddr::new(
-        match to {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-        },
-        to.port(),
-    );
+    let any = SocketAddr::new(probe::unspecified_like(to), to.port());
     let _lan = probe::Server::tcp_stream_on(&sb.lan_path(), any).expect("lan stream server");
     let mut s = probe::tcp_connect(&sb.container_path(1), 0, to).expect("connect");
     let before = bridge_rx_packets(sb);
